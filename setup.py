@@ -1,0 +1,29 @@
+"""vivit-jax: ViViT (Arnab et al., ICCV 2021) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="vivit-jax",
+    version="0.1.0",
+    description="ViViT video transformers in JAX/Flax: all four variants, "
+                "scenic and HuggingFace checkpoint conversion, training and evaluation.",
+    packages=find_packages(include=["vivit", "vivit.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "ml_collections",
+        "numpy",
+        "tensorflow-cpu",
+        "tensorflow-datasets",
+        "matplotlib",
+    ],
+    extras_require={
+        # Reading/writing HuggingFace ViViT checkpoints.
+        "hf": ["transformers", "safetensors"],
+        "video": ["av"],
+        # torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
+        "test": ["pytest", "transformers", "safetensors", "torch==2.13.0", "av"],
+    },
+)

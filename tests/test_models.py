@@ -1,0 +1,241 @@
+"""Model shapes, gradients, parameter counts, dtypes, invariants and errors."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference
+from conftest import INPUT_SIZE, random_params, random_video, tiny_config
+from vivit.models import (build_model, check_params, get_model_config, init_params,
+                          param_shapes, vivit_b_16x2, vivit_b_16x2_fe, vivit_l_16x2_fe)
+
+
+def test_forward_backward_shapes_and_reference(variant_case):
+  """Every paper-allowed variant x embedding x classifier: jit forward/backward,
+  finite values, and logits equal to the plain-numpy reference."""
+  variant, embedding, classifier = variant_case
+  config = tiny_config(variant, embedding, classifier)
+  model = build_model(config)
+  params = random_params(config)
+  video = random_video()
+
+  logits = jax.jit(lambda p, v: model.apply({'params': p}, v))(params, video)
+  assert logits.shape == (2, config.num_classes)
+  assert logits.dtype == jnp.float32
+  assert np.all(np.isfinite(logits))
+  expected = reference.vivit_batch(video, params, config)
+  np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
+
+  def loss(p):
+    return jnp.mean(model.apply({'params': p}, video) ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  flat = flax.traverse_util.flatten_dict(grads, sep='/')
+  assert all(np.all(np.isfinite(g)) for g in flat.values())
+  assert np.abs(flat['embedding/kernel']).sum() > 0
+
+
+def test_training_mode_uses_dropout_and_stochastic_depth():
+  config = tiny_config(dropout_rate=0.3, attention_dropout_rate=0.3, stochastic_depth=0.5)
+  model, params, video = build_model(config), random_params(config), random_video()
+  run = jax.jit(lambda rng: model.apply({'params': params}, video, train=True,
+                                        rngs={'dropout': rng}))
+  a, b = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
+  assert np.all(np.isfinite(a)) and np.abs(a - b).max() > 1e-3
+  np.testing.assert_array_equal(a, run(jax.random.PRNGKey(1)))
+  # Evaluation ignores every rate: equal to the same model without them.
+  plain = build_model(tiny_config()).apply({'params': params}, video)
+  np.testing.assert_allclose(model.apply({'params': params}, video), plain, atol=1e-6)
+
+
+@pytest.mark.parametrize('variant', ['spatio_temporal', 'factorised_self_attention'])
+def test_remat_gives_same_gradients(variant):
+  config = tiny_config(variant, classifier='gap')
+  params, video = random_params(config), random_video()
+  grads = []
+  for remat in (False, True):
+    model = build_model(tiny_config(variant, classifier='gap', remat=remat))
+    grads.append(jax.jit(jax.grad(
+        lambda p: jnp.sum(model.apply({'params': p}, video) ** 2)))(params))
+  for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _count(shapes):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+
+
+def _block(d, mlp):
+  """Parameters of a standard pre-LN block: 2 LN, q/k/v/out, 2-layer MLP."""
+  return 2 * 2 * d + 4 * (d * d + d) + (d * mlp + mlp) + (mlp * d + d)
+
+
+def test_vivit_b_param_count_matches_transformers():
+  from transformers import VivitConfig, VivitForVideoClassification
+  hf = VivitForVideoClassification(VivitConfig(num_labels=400))
+  hf_count = sum(p.numel() for p in hf.parameters())
+  config = vivit_b_16x2()
+  assert config.num_classes == 400
+  assert _count(param_shapes(config)) == hf_count
+
+
+def test_factorised_param_counts_match_formula():
+  d, mlp, t, p = 768, 3072, 2, 16
+  frames, size, classes = 32, 224, 400
+  grid = (size // p) ** 2
+  steps = frames // t
+  embed = t * p * p * 3 * d + d
+  head = d * classes + classes
+  norm = 2 * d
+
+  fe = vivit_b_16x2_fe()  # 12 spatial + 4 temporal layers, CLS in both
+  expected = (embed + d + (grid + 1) * d + 12 * _block(d, mlp) + norm
+              + d + (steps + 1) * d + 4 * _block(d, mlp) + norm + head)
+  assert _count(param_shapes(fe)) == expected
+
+  fsa = get_model_config('B/16x2-FSA')
+  fsa_block = _block(d, mlp) + 2 * d + 4 * (d * d + d)  # + time LN and attention
+  assert _count(param_shapes(fsa)) == embed + steps * grid * d + 12 * fsa_block + norm + head
+
+  fdp = get_model_config('B/16x2-FDP')
+  assert _count(param_shapes(fdp)) == embed + steps * grid * d + 12 * _block(d, mlp) + norm + head
+
+  l_fe = vivit_l_16x2_fe(temporal_layers=24)
+  dl, mlpl = 1024, 4096
+  expected_l = (t * p * p * 3 * dl + dl + dl + (grid + 1) * dl + 24 * _block(dl, mlpl)
+                + 2 * dl + dl + (steps + 1) * dl + 24 * _block(dl, mlpl) + 2 * dl
+                + dl * classes + classes)
+  assert _count(param_shapes(l_fe)) == expected_l
+
+
+@pytest.mark.parametrize('variant,classifier', [
+    ('spatio_temporal', 'token'), ('factorised_encoder', 'token'),
+    ('factorised_self_attention', 'gap'), ('factorised_dot_product', 'gap')])
+def test_bfloat16_close_to_float32(variant, classifier):
+  config = tiny_config(variant, classifier=classifier)
+  params, video = random_params(config), random_video()
+  f32 = build_model(config).apply({'params': params}, video)
+  config.dtype = 'bfloat16'
+  bf16 = build_model(config).apply({'params': params}, video)
+  assert bf16.dtype == jnp.float32
+  assert all(l.dtype == jnp.float32 for l in jax.tree_util.tree_leaves(
+      init_params(config, jax.random.PRNGKey(0))))
+  rel = np.abs(np.asarray(bf16) - np.asarray(f32)).max() / np.abs(np.asarray(f32)).max()
+  assert rel < 2e-2, rel
+
+
+def test_factorised_self_attention_without_temporal_attention_is_per_frame():
+  """Model 3 with zeroed temporal attention output = its spatial stack per frame:
+  logits are then the mean over time steps of the logits of each step alone."""
+  config = tiny_config('factorised_self_attention', input_size=(6, 16, 16))
+  params = flax.core.unfreeze(random_params(config))
+  for name, block in params['Transformer'].items():
+    if name.startswith('encoderblock'):
+      out = block['MultiHeadDotProductAttention_time']['out']
+      out['kernel'] = np.zeros_like(out['kernel'])
+      out['bias'] = np.zeros_like(out['bias'])
+  video = random_video(size=(6, 16, 16))
+  full = build_model(config).apply({'params': params}, video)
+
+  step_config = tiny_config('factorised_self_attention', input_size=(2, 16, 16))
+  pos = params['Transformer']['posembed_input']['pos_embedding']
+  per_step, grid = [], 4
+  for t in range(3):
+    step_params = flax.core.copy(params, {})
+    step_params['Transformer'] = dict(params['Transformer'])
+    step_params['Transformer']['posembed_input'] = {
+        'pos_embedding': pos[:, t * grid:(t + 1) * grid]}
+    per_step.append(build_model(step_config).apply(
+        {'params': step_params}, video[:, 2 * t:2 * t + 2]))
+  np.testing.assert_allclose(full, np.mean(per_step, axis=0), atol=1e-5)
+  # And the temporal attention matters when it is not zeroed.
+  normal = build_model(config).apply({'params': random_params(config)}, video)
+  assert np.abs(normal - np.mean(per_step, axis=0)).max() > 1e-3
+
+
+def test_factorised_encoder_with_one_time_step_is_spatial_vit():
+  """Model 2 on a single time step: its spatial encoder is exactly a ViT (model 1
+  with one time step) on that frame, followed by the temporal encoder."""
+  config = tiny_config('factorised_encoder', input_size=(2, 16, 16))
+  params = random_params(config)
+  video = random_video(size=(2, 16, 16))
+  logits = build_model(config).apply({'params': params}, video)
+
+  vit_config = tiny_config('spatio_temporal', input_size=(2, 16, 16), num_classes=0)
+  vit_params = {'embedding': params['embedding'], 'cls': params['cls_SpatialTransformer'],
+                'Transformer': params['SpatialTransformer']}
+  frame_features = build_model(vit_config).apply({'params': vit_params}, video)
+  p = reference.to_numpy(params)
+  expected = []
+  for feature in np.asarray(frame_features, np.float64):
+    y = reference.with_cls(feature[None], p['cls_TemporalTransformer'])
+    y = reference.encoder(y, p['TemporalTransformer'], reference.vit_block)
+    expected.append(reference.head(y[0], p))
+  np.testing.assert_allclose(logits, np.stack(expected), atol=1e-5)
+
+
+def test_published_configs():
+  b = vivit_b_16x2()
+  assert (b.variant, b.hidden_size, b.num_layers, tuple(b.tubelet)) == (
+      'spatio_temporal', 768, 12, (2, 16, 16))
+  fe = vivit_b_16x2_fe()
+  assert (fe.variant, fe.num_layers, fe.temporal.num_layers) == ('factorised_encoder', 12, 4)
+  l_fe = vivit_l_16x2_fe()
+  assert (l_fe.hidden_size, l_fe.num_heads, l_fe.num_layers, l_fe.mlp_dim) == (
+      1024, 16, 24, 4096)
+  h = get_model_config('H/14x2-FSA')
+  assert (h.hidden_size, h.num_layers, h.classifier, tuple(h.tubelet)) == (
+      1280, 32, 'gap', (2, 14, 14))
+  with pytest.raises(ValueError, match='unknown model name'):
+    get_model_config('XL/16x2')
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(variant='joint'), "unknown model.variant 'joint'"),
+    (dict(variant='factorised_self_attention', classifier='token'),
+     "classifier='token' is not defined for variant 'factorised_self_attention'"),
+    (dict(variant='factorised_dot_product', classifier='token'),
+     "classifier='token' is not defined for variant 'factorised_dot_product'"),
+    (dict(variant='factorised_dot_product', classifier='gap', num_heads=3, hidden_size=18),
+     'needs an even num_heads, got 3'),
+    (dict(hidden_size=18), 'hidden_size 18 is not divisible by model.num_heads 4'),
+    (dict(embedding='voxel'), "unknown model.embedding 'voxel'"),
+])
+def test_config_errors(overrides, message):
+  config = tiny_config()
+  config.update(overrides)
+  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    build_model(config)
+
+
+@pytest.mark.parametrize('size,message', [
+    ((5, 16, 16), 'video frame count 5 is not divisible by the tubelet size 2'),
+    ((4, 20, 16), 'video height 20 is not divisible by the tubelet size 8'),
+    ((4, 16, 12), 'video width 12 is not divisible by the tubelet size 8'),
+])
+def test_video_not_divisible_by_tubelet(size, message):
+  config = tiny_config()
+  model = build_model(config)
+  params = random_params(config)
+  with pytest.raises(ValueError, match=message):
+    model.apply({'params': params}, random_video(size=size))
+
+
+def test_frame_embedding_needs_enough_frames():
+  config = tiny_config(embedding='frame', num_sampled_frames=8)
+  with pytest.raises(ValueError, match='num_sampled_frames=8.*clip length 4'):
+    init_params(config, jax.random.PRNGKey(0))
+
+
+def test_check_params_names_the_mismatched_parameter():
+  config = tiny_config()
+  params = flax.core.unfreeze(random_params(config))
+  other = tiny_config(mlp_dim=32)
+  with pytest.raises(ValueError, match=r'Transformer/encoderblock_0/MlpBlock_0/Dense_0/'
+                                       r'kernel has shape \(16, 24\) but the model config '
+                                       r'needs \(16, 32\)'):
+    check_params(other, params)
+  del params['Transformer']['encoder_norm']
+  with pytest.raises(ValueError, match='missing parameter Transformer/encoder_norm/bias'):
+    check_params(config, params)
+  assert INPUT_SIZE == tuple(config.input_size)

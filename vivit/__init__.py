@@ -1,0 +1,1 @@
+"""vivit-jax: ViViT video transformers in JAX/Flax."""

@@ -1,0 +1,4 @@
+"""Checkpoint conversion: HuggingFace transformers and scenic <-> vivit-jax."""
+from vivit.convert.scenic import from_scenic
+from vivit.convert.transformers import (from_hf_pixel_values, from_transformers,
+                                        to_hf_pixel_values, to_transformers)

@@ -1,0 +1,53 @@
+"""`python -m vivit.convert --from {transformers,scenic} --src ... --dst ...`
+
+Writes a vivit-jax params checkpoint (see `vivit.checkpoints`) that training,
+fine-tuning and evaluation load. Scenic checkpoints also need the scenic config
+file they were trained with (`--scenic-config`, a Python file with `get_config()`).
+"""
+import argparse
+import importlib.util
+import sys
+
+from vivit.checkpoints import save_params
+from vivit.convert import from_scenic, from_transformers
+
+
+def load_config_file(path: str):
+  """`get_config()` of a Python config file (scenic's or ours)."""
+  spec = importlib.util.spec_from_file_location('converted_config', path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f'cannot load a config from {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m vivit.convert', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--from', dest='source', required=True,
+                      choices=('transformers', 'scenic'))
+  parser.add_argument('--src', required=True,
+                      help='HF save_pretrained directory, or scenic checkpoint file/dir')
+  parser.add_argument('--dst', required=True, help='output directory')
+  parser.add_argument('--scenic-config', help='scenic config file (with --from scenic)')
+  parser.add_argument('--num-classes', type=int, help='scenic: override the head width')
+  parser.add_argument('--input-size', type=int, nargs=3, metavar=('T', 'H', 'W'),
+                      help='scenic: input size the checkpoint was trained on')
+  args = parser.parse_args(argv)
+  if args.source == 'transformers':
+    config, params = from_transformers(args.src)
+  else:
+    if not args.scenic_config:
+      parser.error('--from scenic needs --scenic-config')
+    config, params = from_scenic(args.src, load_config_file(args.scenic_config),
+                                 num_classes=args.num_classes, input_size=args.input_size)
+  save_params(args.dst, config, params)
+  print(f'wrote {config.variant} model ({config.num_layers} layers, hidden '
+        f'{config.hidden_size}, {config.num_classes} classes, input '
+        f'{tuple(config.input_size)}) to {args.dst}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,176 @@
+"""Scenic (google-research/scenic, projects/vivit) checkpoints -> vivit-jax.
+
+Parameter names are identical, so only the model config needs translating from
+scenic's fields (`attention_config.type`, `patches.size` as (h, w, t),
+`temporal_encoding_config`, `spatial_transformer`, `temporal_transformer`, ...).
+"""
+import os
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax
+import ml_collections
+import numpy as np
+
+from vivit.models import check_params, default_model_config
+
+Params = Dict[str, Any]
+
+SCENIC_VARIANTS = {
+    'spacetime': 'spatio_temporal',
+    'factorized_encoder': 'factorised_encoder',
+    'factorized_self_attention_block': 'factorised_self_attention',
+    'factorized_dot_product_attention': 'factorised_dot_product',
+}
+SCENIC_KERNEL_INITS = {
+    'central_frame_initializer': 'central_frame',
+    'average_frame_initializer': 'average_frame',
+    None: 'lecun_normal',
+}
+# Scenic's crop when a checkpoint's input size is neither given nor in its config.
+DEFAULT_CROP = 224
+
+
+def latest_checkpoint_file(path: str) -> str:
+  """`path` itself, or the highest-step `checkpoint_<step>` file in a directory."""
+  if not os.path.isdir(path):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'no scenic checkpoint at {path}')
+    return path
+  steps = [(int(m.group(1)), name) for name in os.listdir(path)
+           if (m := re.fullmatch(r'checkpoint_(\d+)', name))]
+  if not steps:
+    raise FileNotFoundError(f'{path} holds no checkpoint_<step> file')
+  return os.path.join(path, max(steps)[1])
+
+
+def read_scenic_params(path: str) -> Params:
+  """Params of a scenic train-state msgpack (under `optimizer/target` or `params`)."""
+  with open(latest_checkpoint_file(path), 'rb') as f:
+    state = flax.serialization.msgpack_restore(f.read())
+  if 'optimizer' in state and 'target' in state['optimizer']:
+    params = state['optimizer']['target']
+  elif 'params' in state:
+    params = state['params']
+  else:
+    raise ValueError(f'{path}: no params under optimizer/target or params '
+                     f'(top-level keys: {sorted(state)})')
+  return _to_numpy(params)
+
+
+def _to_numpy(tree):
+  """Nested dict of float32 numpy arrays."""
+  return {k: _to_numpy(v) if isinstance(v, dict) else np.asarray(v, np.float32)
+          for k, v in tree.items()}
+
+
+def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_classes: int,
+                             input_size: Sequence[int]) -> ml_collections.ConfigDict:
+  """Translates scenic's `config.model` into a vivit-jax model config."""
+  attention_type = scenic_config.get('attention_config', {}).get('type', 'spacetime')
+  if attention_type not in SCENIC_VARIANTS:
+    raise ValueError(f'unknown scenic attention_config.type {attention_type!r}; '
+                     f'expected one of {", ".join(SCENIC_VARIANTS)}')
+  patch_h, patch_w, *patch_t = scenic_config.patches.size
+  encoding = scenic_config.get('temporal_encoding_config',
+                               ml_collections.ConfigDict({'method': '3d_conv'}))
+  config = default_model_config()
+  config.variant = SCENIC_VARIANTS[attention_type]
+  if encoding.method == 'temporal_sampling':
+    config.embedding = 'frame'
+    config.num_sampled_frames = encoding.n_sampled_frames
+    config.tubelet = (1, patch_h, patch_w)
+  elif encoding.method == '3d_conv':
+    if not patch_t:
+      raise ValueError('3d_conv encoding needs patches.size = (h, w, t)')
+    config.tubelet = (patch_t[0], patch_h, patch_w)
+    config.tubelet_init = SCENIC_KERNEL_INITS.get(encoding.get('kernel_init_method'),
+                                                  'lecun_normal')
+  else:
+    raise ValueError(f'unknown temporal_encoding_config.method {encoding.method!r}')
+  config.hidden_size = scenic_config.hidden_size
+  body = scenic_config
+  if config.variant == 'factorised_encoder':
+    body = scenic_config.spatial_transformer
+    temporal = scenic_config.temporal_transformer
+    config.temporal.update(num_layers=temporal.num_layers, num_heads=temporal.num_heads,
+                           mlp_dim=temporal.mlp_dim)
+  config.num_layers, config.num_heads = body.num_layers, body.num_heads
+  config.mlp_dim = body.mlp_dim
+  config.classifier = 'token' if scenic_config.classifier in ('token', '0') else 'gap'
+  config.representation_size = scenic_config.get('representation_size')
+  config.attention_order = scenic_config.get('attention_config', {}).get(
+      'attention_order', 'time_space')
+  config.dropout_rate = scenic_config.get('dropout_rate', 0.0)
+  config.attention_dropout_rate = scenic_config.get('attention_dropout_rate', 0.0)
+  config.stochastic_depth = scenic_config.get('stochastic_droplayer_rate', 0.0)
+  config.num_classes = num_classes
+  config.input_size = tuple(input_size)
+  return config
+
+
+def _guess_input_size(params: Params, config: ml_collections.ConfigDict):
+  """(time, DEFAULT_CROP, DEFAULT_CROP) whose token count fits the position
+  embedding, or None."""
+  t, h, w = config.tubelet
+  per_frame = (DEFAULT_CROP // h) * (DEFAULT_CROP // w)
+  cls = int(config.classifier == 'token')
+  if config.variant == 'factorised_encoder':
+    steps = params['TemporalTransformer']['posembed_input']['pos_embedding'].shape[1] - cls
+  else:
+    tokens = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - cls
+    if tokens % per_frame:
+      return None
+    steps = tokens // per_frame
+  frames = steps if config.embedding == 'frame' else steps * t
+  return (frames, DEFAULT_CROP, DEFAULT_CROP)
+
+
+def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
+                num_classes: Optional[int] = None,
+                input_size: Optional[Sequence[int]] = None,
+                ) -> Tuple[ml_collections.ConfigDict, Params]:
+  """Loads a scenic ViViT checkpoint.
+
+  Args:
+    path: a flax msgpack train state, or a directory of `checkpoint_<step>` files
+      (the latest is read).
+    scenic_model_config: the `config.model` of the scenic config it was trained
+      with; the whole scenic config also works, and then its
+      `dataset_configs.num_frames` and `crop_size` give the input size.
+    num_classes: defaults to the width of `output_projection`; another value gives
+      a fresh zero-initialised `output_projection` (fine-tuning on new labels).
+    input_size: (time, height, width) the model was trained on; by default from the
+      scenic config, else 224x224 crops with as many frames as the position
+      embedding holds.
+
+  Returns:
+    (model config, params).
+  """
+  if 'model' in scenic_model_config:
+    dataset = scenic_model_config.get('dataset_configs', {})
+    if input_size is None and dataset.get('num_frames') and dataset.get('crop_size'):
+      crop = dataset['crop_size']
+      input_size = (dataset['num_frames'], crop, crop)
+    scenic_model_config = scenic_model_config.model
+  params = read_scenic_params(path)
+  if num_classes is None:
+    if 'output_projection' not in params:
+      raise ValueError(f'{path}: no output_projection; pass num_classes')
+    num_classes = params['output_projection']['kernel'].shape[-1]
+  width = params.get('output_projection', {}).get('kernel', np.zeros((0, 0))).shape[-1]
+  if num_classes != width and 'output_projection' in params:
+    # A new label set: a fresh head, zero-initialised as scenic's.
+    hidden = params['output_projection']['kernel'].shape[0]
+    params['output_projection'] = {'kernel': np.zeros((hidden, num_classes), np.float32),
+                                   'bias': np.zeros((num_classes,), np.float32)}
+  config = model_config_from_scenic(scenic_model_config, num_classes,
+                                    input_size or (32, DEFAULT_CROP, DEFAULT_CROP))
+  if input_size is None:
+    guessed = _guess_input_size(params, config)
+    if guessed is None:
+      raise ValueError(f'{path}: cannot infer the input size from the position '
+                       f'embedding; pass input_size=(time, height, width)')
+    config.input_size = guessed
+  check_params(config, params)
+  return config, params

@@ -1,0 +1,262 @@
+"""HuggingFace transformers ViViT (model 1) <-> vivit-jax params.
+
+HF's image processor maps pixels to [-3, 1] (rescale to [-1, 1], then mean/std 0.5),
+while the released weights (scenic's) and this project expect [-1, 1]. The
+converted models compute the same function of the same tensor; `to_hf_pixel_values`
+and `from_hf_pixel_values` only move the channel axis, so feed HF models the
+[-1, 1] video to reproduce scenic's accuracy.
+"""
+import json
+import os
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax
+import ml_collections
+import numpy as np
+
+from vivit.models import check_params, default_model_config
+
+Params = Dict[str, Any]
+_TANH_GELUS = ('gelu_fast', 'gelu_new', 'gelu_pytorch_tanh')
+_WEIGHT_FILES = ('model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin')
+
+
+def to_hf_pixel_values(video: np.ndarray) -> np.ndarray:
+  """`[batch, time, height, width, 3]` -> HF `pixel_values [batch, time, 3, h, w]`."""
+  return np.transpose(video, (0, 1, 4, 2, 3))
+
+
+def from_hf_pixel_values(pixel_values: np.ndarray) -> np.ndarray:
+  """HF `pixel_values [batch, time, 3, h, w]` -> `[batch, time, height, width, 3]`."""
+  return np.transpose(pixel_values, (0, 1, 3, 4, 2))
+
+
+def _hub_names(num_layers: int, has_classifier: bool, has_pooler: bool):
+  """(hub name, our '/'-joined path, kind) for every tensor, kind saying how the
+  layouts differ."""
+  names = [
+      ('embeddings.patch_embeddings.projection.weight', 'embedding/kernel', 'conv'),
+      ('embeddings.patch_embeddings.projection.bias', 'embedding/bias', 'copy'),
+      ('embeddings.cls_token', 'cls', 'copy'),
+      ('embeddings.position_embeddings', 'Transformer/posembed_input/pos_embedding',
+       'copy'),
+      ('layernorm.weight', 'Transformer/encoder_norm/scale', 'copy'),
+      ('layernorm.bias', 'Transformer/encoder_norm/bias', 'copy'),
+  ]
+  for i in range(num_layers):
+    hub, ours = f'encoder.layer.{i}.', f'Transformer/encoderblock_{i}/'
+    attn = ours + 'MultiHeadDotProductAttention_0/'
+    for hub_ln, our_ln in (('layernorm_before', 'LayerNorm_0'),
+                           ('layernorm_after', 'LayerNorm_1')):
+      names += [(hub + hub_ln + '.weight', ours + our_ln + '/scale', 'copy'),
+                (hub + hub_ln + '.bias', ours + our_ln + '/bias', 'copy')]
+    for proj in ('query', 'key', 'value'):
+      names += [(f'{hub}attention.attention.{proj}.weight', f'{attn}{proj}/kernel', 'qkv'),
+                (f'{hub}attention.attention.{proj}.bias', f'{attn}{proj}/bias', 'qkv_bias')]
+    names += [(hub + 'attention.output.dense.weight', attn + 'out/kernel', 'out'),
+              (hub + 'attention.output.dense.bias', attn + 'out/bias', 'copy'),
+              (hub + 'intermediate.dense.weight', ours + 'MlpBlock_0/Dense_0/kernel', 'dense'),
+              (hub + 'intermediate.dense.bias', ours + 'MlpBlock_0/Dense_0/bias', 'copy'),
+              (hub + 'output.dense.weight', ours + 'MlpBlock_0/Dense_1/kernel', 'dense'),
+              (hub + 'output.dense.bias', ours + 'MlpBlock_0/Dense_1/bias', 'copy')]
+  if has_pooler:
+    names += [('pooler.dense.weight', 'pre_logits/kernel', 'dense'),
+              ('pooler.dense.bias', 'pre_logits/bias', 'copy')]
+  if has_classifier:
+    names += [('classifier.weight', 'output_projection/kernel', 'dense'),
+              ('classifier.bias', 'output_projection/bias', 'copy')]
+  return names
+
+
+def _hf_to_ours(kind: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:
+  if kind == 'conv':      # [D, 3, t, h, w] -> [t, h, w, 3, D]
+    return tensor.transpose(2, 3, 4, 1, 0)
+  if kind == 'dense':     # torch Linear [out, in] -> [in, out]
+    return tensor.T
+  if kind == 'qkv':       # [heads*hd, D] -> [D, heads, hd]
+    return tensor.T.reshape(tensor.shape[1], num_heads, -1)
+  if kind == 'qkv_bias':  # [heads*hd] -> [heads, hd]
+    return tensor.reshape(num_heads, -1)
+  if kind == 'out':       # [D, heads*hd] -> [heads, hd, D]
+    return tensor.T.reshape(num_heads, -1, tensor.shape[0])
+  return tensor
+
+
+def _ours_to_hf(kind: str, tensor: np.ndarray) -> np.ndarray:
+  if kind == 'conv':
+    return tensor.transpose(4, 3, 0, 1, 2)
+  if kind == 'dense':
+    return tensor.T
+  if kind == 'qkv':       # [D, heads, hd] -> [heads*hd, D]
+    return tensor.reshape(tensor.shape[0], -1).T
+  if kind == 'qkv_bias':
+    return tensor.reshape(-1)
+  if kind == 'out':       # [heads, hd, D] -> [D, heads*hd]
+    return tensor.reshape(-1, tensor.shape[-1]).T
+  return tensor
+
+
+# In-memory module names of newer transformers -> the hub names they still save.
+_RENAMES = [
+    (r'^layers\.(\d+)\.attention\.q_proj\.', r'encoder.layer.\1.attention.attention.query.'),
+    (r'^layers\.(\d+)\.attention\.k_proj\.', r'encoder.layer.\1.attention.attention.key.'),
+    (r'^layers\.(\d+)\.attention\.v_proj\.', r'encoder.layer.\1.attention.attention.value.'),
+    (r'^layers\.(\d+)\.attention\.o_proj\.', r'encoder.layer.\1.attention.output.dense.'),
+    (r'^layers\.(\d+)\.mlp\.fc1\.', r'encoder.layer.\1.intermediate.dense.'),
+    (r'^layers\.(\d+)\.mlp\.fc2\.', r'encoder.layer.\1.output.dense.'),
+    (r'^layers\.(\d+)\.', r'encoder.layer.\1.'),
+]
+
+
+def _hub_name(name: str) -> str:
+  name = name[len('vivit.'):] if name.startswith('vivit.') else name
+  for pattern, replacement in _RENAMES:
+    new = re.sub(pattern, replacement, name)
+    if new != name:
+      return new
+  return name
+
+
+def _read_weights(path: str) -> Dict[str, np.ndarray]:
+  """All tensors of a `save_pretrained` directory, as float32 numpy, hub names."""
+  files = [f for f in _WEIGHT_FILES if os.path.exists(os.path.join(path, f))]
+  if not files:
+    raise FileNotFoundError(f'{path} holds no HuggingFace weights (looked for '
+                            f'{", ".join(_WEIGHT_FILES)})')
+  name = files[0]
+  if name == 'pytorch_model.bin':
+    import torch  # Only for the legacy pickle format.
+    state = torch.load(os.path.join(path, name), map_location='cpu', weights_only=True)
+    tensors = {k: v.float().numpy() for k, v in state.items()}
+  else:
+    from safetensors.numpy import load_file
+    shards = [name]
+    if name.endswith('.index.json'):
+      with open(os.path.join(path, name)) as f:
+        shards = sorted(set(json.load(f)['weight_map'].values()))
+    tensors = {}
+    for shard in shards:
+      tensors.update(load_file(os.path.join(path, shard)))
+  return {_hub_name(k): np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
+def _model_config_from_hf(hf: Dict[str, Any], has_classifier: bool,
+                          has_pooler: bool) -> ml_collections.ConfigDict:
+  if hf.get('model_type') != 'vivit':
+    raise ValueError(f"config.json has model_type {hf.get('model_type')!r}, not 'vivit'")
+  act = hf.get('hidden_act', 'gelu_fast')
+  if act not in _TANH_GELUS:
+    raise ValueError(f'hidden_act {act!r} is not supported: vivit-jax uses the tanh '
+                     f'GELU ({", ".join(_TANH_GELUS)})')
+  eps = hf.get('layer_norm_eps', 1e-6)
+  if abs(eps - 1e-6) > 1e-12:
+    raise ValueError(f'layer_norm_eps {eps} is not supported (vivit-jax uses 1e-6)')
+  if hf.get('num_channels', 3) != 3:
+    raise ValueError(f"num_channels {hf['num_channels']} is not supported (RGB only)")
+  hidden, heads = hf['hidden_size'], hf['num_attention_heads']
+  if hf.get('head_dim') not in (None, hidden // heads) or hidden % heads:
+    raise ValueError(f'head_dim {hf.get("head_dim")} with hidden_size {hidden} and '
+                     f'{heads} heads is not supported (need hidden = heads * head_dim)')
+  if has_pooler and hf.get('pooler_act', 'tanh') != 'tanh':
+    raise ValueError(f"pooler_act {hf['pooler_act']!r} is not supported (tanh only)")
+  image = hf.get('image_size', 224)
+  config = default_model_config()
+  config.update(dict(
+      variant='spatio_temporal', embedding='tubelet',
+      tubelet=tuple(hf.get('tubelet_size', (2, 16, 16))),
+      input_size=(hf.get('num_frames', 32), image, image), hidden_size=hidden,
+      num_heads=heads, num_layers=hf['num_hidden_layers'],
+      mlp_dim=hf['intermediate_size'], classifier='token',
+      num_classes=len(hf.get('id2label') or {}) if has_classifier else 0))
+  if has_pooler:
+    config.representation_size = hf.get('pooler_output_size') or hidden
+  return config
+
+
+def from_transformers(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
+  """Reads a `save_pretrained` directory of `VivitForVideoClassification` or
+  `VivitModel`.
+
+  A `VivitModel` with its pooler becomes `representation_size=hidden` and
+  `num_classes=0`: the model then returns HF's `pooler_output`.
+
+  Returns:
+    (model config, params) with scenic/vivit-jax parameter names.
+  """
+  config_file = os.path.join(path, 'config.json')
+  if not os.path.exists(config_file):
+    raise FileNotFoundError(f'{path} is not a HuggingFace model directory '
+                            f'(no config.json)')
+  with open(config_file) as f:
+    hf = json.load(f)
+  weights = _read_weights(path)
+  has_classifier = 'classifier.weight' in weights
+  has_pooler = 'pooler.dense.weight' in weights and not has_classifier
+  config = _model_config_from_hf(hf, has_classifier, has_pooler)
+  if has_classifier:
+    config.num_classes = weights['classifier.weight'].shape[0]
+  flat = {}
+  for hub, ours, kind in _hub_names(config.num_layers, has_classifier, has_pooler):
+    if hub not in weights:
+      if kind == 'qkv_bias' and not hf.get('qkv_bias', True):
+        flat[ours] = np.zeros((config.num_heads, config.hidden_size // config.num_heads),
+                              np.float32)
+        continue
+      raise ValueError(f'{path}: tensor {hub} is missing from the checkpoint')
+    flat[ours] = _hf_to_ours(kind, weights[hub], config.num_heads)
+  params = flax.traverse_util.unflatten_dict(flat, sep='/')
+  check_params(config, params)
+  return config, params
+
+
+def to_transformers(model_config: ml_collections.ConfigDict, params: Params, path: str,
+                    class_names: Optional[Sequence[str]] = None) -> None:
+  """Writes a directory `VivitForVideoClassification.from_pretrained` loads.
+
+  Only model 1 with tubelet embedding, token classifier and a square input exists
+  in transformers; anything else raises ValueError.
+  """
+  from safetensors.numpy import save_file
+  from transformers import VivitConfig
+  reasons = []
+  if model_config.variant != 'spatio_temporal':
+    reasons.append(f'variant {model_config.variant!r} (HF has spatio_temporal only)')
+  if model_config.embedding != 'tubelet':
+    reasons.append(f'embedding {model_config.embedding!r} (HF has tubelet only)')
+  if model_config.classifier != 'token':
+    reasons.append(f'classifier {model_config.classifier!r} (HF uses the CLS token)')
+  if model_config.representation_size is not None and model_config.num_classes:
+    reasons.append('representation_size with a classifier (HF has no pre-logits '
+                   'layer before its classifier)')
+  frames, height, width = model_config.input_size
+  if height != width:
+    reasons.append(f'non-square input {height}x{width} (HF has one image_size)')
+  if reasons:
+    raise ValueError('cannot export to transformers: ' + '; '.join(reasons))
+  check_params(model_config, params)
+  num_classes = model_config.num_classes
+  if class_names is not None and len(class_names) != num_classes:
+    raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
+  labels = list(class_names or [f'LABEL_{i}' for i in range(num_classes)])
+  has_pooler = not num_classes and model_config.representation_size is not None
+  hf_config = VivitConfig(
+      image_size=height, num_frames=frames, tubelet_size=list(model_config.tubelet),
+      num_channels=3, hidden_size=model_config.hidden_size,
+      num_hidden_layers=model_config.num_layers,
+      num_attention_heads=model_config.num_heads,
+      intermediate_size=model_config.mlp_dim, hidden_act='gelu_fast',
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+      layer_norm_eps=1e-6, qkv_bias=True,
+      pooler_output_size=model_config.representation_size if has_pooler else None,
+      id2label=dict(enumerate(labels)) if num_classes else None,
+      architectures=['VivitForVideoClassification' if num_classes else 'VivitModel'])
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
+  prefix = 'vivit.' if num_classes else ''
+  tensors = {}
+  for hub, ours, kind in _hub_names(model_config.num_layers, bool(num_classes), has_pooler):
+    name = hub if hub.startswith(('classifier.',)) else prefix + hub
+    tensors[name] = np.ascontiguousarray(_ours_to_hf(kind, np.asarray(flat[ours], np.float32)))
+  os.makedirs(path, exist_ok=True)
+  hf_config.save_pretrained(path)
+  save_file(tensors, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})
