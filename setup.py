@@ -17,7 +17,9 @@ setup(
         "numpy",
         "tensorflow-cpu",
         "tensorflow-datasets",
+        "importlib_resources",  # needed by tfds (etils.epath) but not declared by it
         "matplotlib",
+        "tensorboard",
     ],
     extras_require={
         # Reading/writing HuggingFace ViViT checkpoints.

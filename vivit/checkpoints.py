@@ -60,3 +60,52 @@ def load_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
     params = checkpointer.restore(os.path.join(path, 'params'))
   check_params(config, params)
   return config, params
+
+
+# Training checkpoints: WORKDIR/checkpoints/<step> (train state, the last N) and
+# WORKDIR/best/<step> (params of the best validation top-1).
+
+
+def train_managers(workdir: str, keep: int):
+  """(last-N manager of train states, best-by-top1 manager of params)."""
+  workdir = os.path.abspath(workdir)
+  last = ocp.CheckpointManager(
+      os.path.join(workdir, 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+  best = ocp.CheckpointManager(
+      os.path.join(workdir, 'best'),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=1, best_fn=lambda metrics: metrics['top1'], best_mode='max',
+          create=True))
+  return last, best
+
+
+def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -> None:
+  """Records the model config in `workdir`, or raises ValueError naming the params
+  that differ from the one a checkpoint there was written with."""
+  path = os.path.join(workdir, 'model_config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = model_config_from_json(f.read())
+    from vivit.models import param_shapes
+    try:
+      check_params(model_config, param_shapes(stored))
+    except ValueError as e:
+      raise ValueError(f'workdir {workdir} holds checkpoints of a different model; '
+                       f'use a new --workdir or the same model config. {e}') from None
+  os.makedirs(workdir, exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(model_config_to_json(model_config))
+  os.replace(tmp, path)
+
+
+def restore_best_params(workdir: str, abstract_params) -> Tuple[int, Params]:
+  """(step, params) of the best checkpoint in `workdir`."""
+  _, best = train_managers(workdir, keep=1)
+  step = best.best_step()
+  if step is None:
+    raise FileNotFoundError(f'no best checkpoint under {os.path.abspath(workdir)}/best; '
+                            f'train first or pass --checkpoint')
+  params = best.restore(step, args=ocp.args.StandardRestore(abstract_params))
+  return step, params

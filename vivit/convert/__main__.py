@@ -13,13 +13,15 @@ from vivit.convert import from_scenic, from_transformers
 
 
 def load_config_file(path: str):
-  """`get_config()` of a Python config file (scenic's or ours)."""
-  spec = importlib.util.spec_from_file_location('converted_config', path)
+  """`get_config()` of a Python config file (scenic's or ours); `FILE:ARG` passes
+  ARG to `get_config`, as `--config FILE:ARG` does."""
+  path, _, arg = path.partition(':')
+  spec = importlib.util.spec_from_file_location('loaded_config', path)
   if spec is None or spec.loader is None:
     raise FileNotFoundError(f'cannot load a config from {path}')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,126 @@
+"""Synthetic dataset, transforms and the tf.data pipeline."""
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vivit.data import pipeline, synthetic, transforms
+
+SEED = tf.constant([3, 7], tf.int64)
+
+
+def tiny_dataset_config(data_dir, **overrides):
+  config = ml_collections.ConfigDict(dict(
+      name='synthetic_motion/tiny', data_dir=str(data_dir), train_split='train',
+      eval_split='validation', test_split='test', num_frames=4, stride=2, min_resize=16,
+      crop_size=16, scale_jitter=(1.0, 1.25), flip=False, colour_jitter=0.1,
+      shuffle_buffer=64, cache=True))
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp('tfds')
+  pipeline.get_builder(tiny_dataset_config(path))
+  return path
+
+
+def test_synthetic_clips_are_deterministic_and_need_motion():
+  a = synthetic.render_clip(4, np.random.default_rng(0))
+  b = synthetic.render_clip(4, np.random.default_rng(0))
+  assert a.shape == (synthetic.NUM_FRAMES, synthetic.SIZE, synthetic.SIZE, 3)
+  assert a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  # Time reversal maps each class to its partner: the last frame of 'grow' looks like
+  # the first of 'shrink', so frames alone cannot separate them.
+  rng = np.random.default_rng(1)
+  for forward, backward in ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)):
+    centre, radius, visible = synthetic._trajectory(forward, np.random.default_rng(5))
+    centre_b, radius_b, visible_b = synthetic._trajectory(backward, np.random.default_rng(5))
+    assert np.allclose(np.sort(radius), np.sort(radius_b))
+    assert np.any(centre != centre_b) or np.any(radius != radius_b) or np.any(
+        visible != visible_b)
+  del rng
+
+
+def test_clip_indices_offsets_and_crops():
+  np.testing.assert_array_equal(transforms.clip_indices(10, 4, 3, 2), [2, 5, 8, 1])
+  np.testing.assert_array_equal(transforms.test_offsets(20, 4, 2, 3), [0, 6, 13])
+  np.testing.assert_array_equal(transforms.test_offsets(20, 4, 2, 1), [6])
+  wide = tf.reshape(tf.range(2 * 4 * 10 * 1), (2, 4, 10, 1))
+  wide = tf.tile(wide, [1, 1, 1, 3])
+  crops = transforms.spatial_crops(wide, 4, 3)
+  assert crops.shape == (3, 2, 4, 4, 3)
+  np.testing.assert_array_equal(crops[0], wide[:, :, 0:4])
+  np.testing.assert_array_equal(crops[1], wide[:, :, 3:7])
+  np.testing.assert_array_equal(crops[2], wide[:, :, 6:10])
+  with pytest.raises(ValueError, match='num_crops must be 1 or 3'):
+    transforms.spatial_crops(wide, 4, 2)
+
+
+def _train_view(video, seed, flip=False, colour=0.0):
+  return transforms.train_view(video, num_frames=4, stride=2, min_resize=16, crop_size=16,
+                               scale_range=(1.0, 1.3), flip=flip, colour_strength=colour,
+                               seed=seed).numpy()
+
+
+def test_train_view_shapes_range_and_determinism():
+  video = tf.constant(synthetic.render_clip(0, np.random.default_rng(0)))
+  view = _train_view(video, SEED, colour=0.3)
+  assert view.shape == (4, 16, 16, 3) and view.dtype == np.float32
+  assert -1.0 <= view.min() and view.max() <= 1.0 and view.std() > 0.05
+  np.testing.assert_array_equal(view, _train_view(video, SEED, colour=0.3))
+  assert np.abs(view - _train_view(video, SEED + 1, colour=0.3)).max() > 0.01
+
+
+def test_flip_only_where_configured():
+  # Left half black, right half white: a flip puts white on the left.
+  half = np.zeros((8, 16, 16, 3), np.uint8)
+  half[:, :, 8:] = 255
+  video = tf.constant(half)
+  seeds = [tf.constant([i, 0], tf.int64) for i in range(16)]
+  unflipped = [_train_view(video, s, flip=False)[:, :, :2].mean() for s in seeds]
+  flipped = [_train_view(video, s, flip=True)[:, :, :2].mean() for s in seeds]
+  assert max(unflipped) < -0.9
+  assert sum(f > 0.9 for f in flipped) >= 3 and sum(f < -0.9 for f in flipped) >= 3
+
+
+def test_test_views_shape_and_zero_centring():
+  video = tf.constant(np.full((16, 32, 24, 3), 255, np.uint8))
+  views = transforms.test_views(video, num_frames=4, stride=2, min_resize=16, crop_size=16,
+                                num_clips=2, num_crops=3).numpy()
+  assert views.shape == (6, 4, 16, 16, 3)
+  np.testing.assert_allclose(views, 1.0, atol=1e-5)
+
+
+def test_train_batches_resume_mid_epoch_and_across_epochs(data_dir):
+  config = tiny_dataset_config(data_dir)
+  fresh = pipeline.train_batches(config, 16, seed=5)
+  first = [next(fresh) for _ in range(7)]  # 4 steps per epoch: crosses into epoch 1
+  assert first[0]['video'].shape == (16, 4, 16, 16, 3)
+  assert first[0]['label'].dtype == np.int32
+  for start in (2, 5):
+    resumed = next(pipeline.train_batches(config, 16, seed=5, start_step=start))
+    np.testing.assert_array_equal(resumed['video'], first[start]['video'])
+    np.testing.assert_array_equal(resumed['label'], first[start]['label'])
+  # Epochs are shuffled differently.
+  assert not np.array_equal(first[0]['label'], first[4]['label'])
+
+
+def test_eval_batches_pad_the_last_batch(data_dir):
+  config = tiny_dataset_config(data_dir)
+  batches = list(pipeline.eval_batches(config, 'test', 8, num_clips=2, num_crops=3))
+  assert [b['video'].shape for b in batches] == [(8, 6, 4, 16, 16, 3)] * 3
+  assert sum(b['mask'].sum() for b in batches) == 20
+  assert batches[-1]['mask'].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+
+
+def test_missing_split_and_dataset_errors(data_dir, tmp_path):
+  config = tiny_dataset_config(data_dir, train_split='training')
+  with pytest.raises(ValueError, match="no split 'training'; available: test, train, "
+                                       "validation"):
+    next(pipeline.train_batches(config, 8, seed=0))
+  with pytest.raises(FileNotFoundError, match='kinetics400 is not prepared'):
+    pipeline.get_builder(ml_collections.ConfigDict(dict(name='kinetics400',
+                                                        data_dir=str(tmp_path))))

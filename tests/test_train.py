@@ -1,0 +1,217 @@
+"""The training loop end to end: devices, kill/resume, SIGTERM, evaluation, errors."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from ml_collections import ConfigDict
+
+from vivit import evaluate, optim
+from vivit.convert.__main__ import load_config_file
+from vivit.data import pipeline
+from vivit.train import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, 'configs', 'synthetic_motion.py')
+
+
+def tiny_overrides(data_dir, **extra):
+  """Command-line overrides for a seconds-long run on `synthetic_motion/tiny`."""
+  values = {
+      'dataset.name': 'synthetic_motion/tiny', 'dataset.data_dir': data_dir,
+      'dataset.num_frames': 4, 'dataset.min_resize': 16, 'dataset.crop_size': 16,
+      'model.hidden_size': 16, 'model.num_layers': 1, 'model.mlp_dim': 32,
+      'training.batch_size': 8, 'training.num_steps': 12, 'training.log_every': 1,
+      'training.eval_every': 6, 'training.checkpoint_every': 2,
+      'eval.batch_size': 8, 'eval.num_clips': 2, 'eval.num_crops': 1}
+  values.update(extra)
+  return values
+
+
+def tiny_config(data_dir, **extra):
+  config = load_config_file(CONFIG)
+  for key, value in tiny_overrides(data_dir, **extra).items():
+    section, field = key.split('.')
+    config[section][field] = value
+  return config
+
+
+def cli_args(data_dir, workdir, **extra):
+  return [sys.executable, '-m', 'vivit.train', f'--config={CONFIG}', f'--workdir={workdir}'] + [
+      f'--config.{k}={v}' for k, v in tiny_overrides(data_dir, **extra).items()]
+
+
+def run_env(devices=1):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return env
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp('tfds'))
+  pipeline.get_builder(ConfigDict({'name': 'synthetic_motion/tiny', 'data_dir': path}))
+  return path
+
+
+def read_metrics(workdir, split='train'):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [r for r in map(json.loads, f) if r['split'] == split]
+
+
+def final_params(workdir, step):
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+  return state['params']
+
+
+def test_schedule_and_optimizer():
+  training = ConfigDict(dict(learning_rate=0.1, schedule='cosine', optimizer='sgd',
+                             momentum=0.9, weight_decay=0.0, grad_clip=1.0))
+  _, schedule = optim.make_optimizer(training, total_steps=100, warmup_steps=10)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(100)],
+                             [0.0, 0.05, 0.1, 0.0], atol=1e-7)
+  assert 0.04 < schedule(55) < 0.06
+  training.schedule = 'constant'
+  _, schedule = optim.make_optimizer(training, 100, 10)
+  np.testing.assert_allclose([schedule(5), schedule(50)], [0.05, 0.1], atol=1e-7)
+  training.optimizer = 'lamb'
+  with pytest.raises(ValueError, match="unknown training.optimizer 'lamb'"):
+    optim.make_optimizer(training, 100, 10)
+  # Clipping: a huge gradient moves SGD by at most lr * 1.
+  training.update(optimizer='sgd', momentum=0.0, schedule='constant')
+  optimizer, _ = optim.make_optimizer(training, 100, 0)
+  params = {'w': np.zeros(4, np.float32)}
+  updates, _ = optimizer.update({'w': np.full(4, 1e6, np.float32)}, optimizer.init(params),
+                                params)
+  np.testing.assert_allclose(optax.global_norm(updates), 0.1, rtol=1e-5)
+
+
+def test_view_averaging_against_hand_computation():
+  logits = np.array([[[1.0, 0.0, 3.0], [3.0, 2.0, -1.0]],     # mean [2, 1, 1]   -> 0
+                     [[0.0, 4.0, 0.0], [0.0, -2.0, 2.0]]])    # mean [0, 1, 1]   -> 1 (first max)
+  averaged = np.asarray(evaluate.average_views(logits))
+  np.testing.assert_allclose(averaged, [[2, 1, 1], [0, 1, 1]])
+  metrics = evaluate.classification_metrics(averaged, np.array([0, 2]), num_classes=3)
+  assert metrics['top1'] == 0.5
+  assert metrics['top5'] == 1.0
+  assert metrics['per_class_accuracy'] == [1.0, 0.0, 0.0]
+  assert metrics['confusion_matrix'] == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
+
+
+def test_same_loss_on_1_and_8_devices(data_dir, tmp_path):
+  losses = {}
+  for devices in (1, 8):
+    workdir = tmp_path / f'devices{devices}'
+    result = subprocess.run(cli_args(data_dir, workdir, **{'training.num_steps': 4}),
+                            env=run_env(devices), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses[devices] = [r['loss'] for r in read_metrics(workdir)]
+  assert len(losses[1]) == 4
+  np.testing.assert_allclose(losses[8], losses[1], atol=1e-5, rtol=0)
+  assert losses[1][0] != losses[1][-1]
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
+  straight = tmp_path / 'straight'
+  result = subprocess.run(cli_args(data_dir, straight), env=run_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  killed = tmp_path / 'killed'
+  process = subprocess.Popen(cli_args(data_dir, killed), env=run_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint_dir = killed / 'checkpoints'
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    done = [int(d) for d in os.listdir(checkpoint_dir)] if checkpoint_dir.exists() and all(
+        d.isdigit() for d in os.listdir(checkpoint_dir)) else []
+    if any(4 <= s < 12 for s in done):
+      break
+    time.sleep(0.05)
+  assert process.poll() is None, 'the run finished before it could be killed'
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  steps_before = sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit())
+  assert max(steps_before) < 12
+
+  result = subprocess.run(cli_args(data_dir, killed), env=run_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'resumed from' in result.stdout
+  a, b = final_params(straight, 12), final_params(killed, 12)
+  diffs = [np.abs(np.asarray(x) - np.asarray(y)).max()
+           for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+  assert max(diffs) < 1e-6
+  # And training changed them.
+  first = final_params(straight, 2)
+  assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(
+      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(first))) > 1e-4
+
+
+def test_sigterm_saves_a_checkpoint_at_the_step_reached(data_dir, tmp_path):
+  workdir = tmp_path / 'term'
+  process = subprocess.Popen(
+      cli_args(data_dir, workdir, **{'training.num_steps': 100000,
+                                     'training.checkpoint_every': 100000,
+                                     'training.eval_every': 100000}),
+      env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and
+                                        len(metrics.read_text().splitlines()) >= 3):
+    time.sleep(0.1)
+  process.send_signal(signal.SIGTERM)
+  out, _ = process.communicate(timeout=120)
+  assert process.returncode == 0
+  match = re.search(r'SIGTERM: saved checkpoint at step (\d+)', out)
+  assert match, out[-2000:]
+  step = int(match.group(1))
+  assert step >= 3
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [str(step)]
+
+
+def test_train_in_process_then_evaluate(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  result = train_and_evaluate(config, str(tmp_path))
+  assert result['step'] == 12 and 0 <= result['val_top1'] <= 1
+  validation = read_metrics(tmp_path, 'validation')
+  assert [r['step'] for r in validation] == [6, 12]
+
+  out = evaluate.run(tiny_config(data_dir), str(tmp_path))
+  saved = json.loads((tmp_path / 'eval_results.json').read_text())
+  for key in ('top1', 'top5', 'num_videos', 'views', 'per_class_accuracy'):
+    assert saved[key] == out[key]
+  assert saved['num_videos'] == 20 and saved['views'] == 2
+  assert len(saved['per_class_accuracy']) == 10
+  assert np.sum(saved['confusion_matrix']) == 20
+  assert (tmp_path / 'confusion_matrix.png').stat().st_size > 1000
+  assert (tmp_path / 'training_curve.png').stat().st_size > 1000
+
+  # Same workdir, different model: refused, naming the parameter.
+  other = tiny_config(data_dir, **{'model.mlp_dim': 48})
+  with pytest.raises(ValueError, match=r'different model.*MlpBlock_0/Dense_0/kernel'):
+    train_and_evaluate(other, str(tmp_path))
+
+
+def test_bad_input_errors(data_dir, tmp_path):
+  result = subprocess.run(cli_args(data_dir, tmp_path / 'typo') + ['--config.training.batch_sise=8'],
+                          env=run_env(), capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'batch_sise' in result.stderr
+  result = subprocess.run(cli_args(data_dir, tmp_path / 'odd', **{'training.batch_size': 12}),
+                          env=run_env(8), capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'batch size 12 is not divisible by the 8 devices' in result.stderr
+  with pytest.raises(ValueError, match="no split 'valid'"):
+    train_and_evaluate(tiny_config(data_dir, **{'dataset.eval_split': 'valid'}),
+                       str(tmp_path / 'split'))

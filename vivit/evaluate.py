@@ -1,0 +1,188 @@
+"""`python -m vivit.evaluate --config C --workdir W`: the multi-view test.
+
+Each test video gives `config.eval.num_clips` evenly spaced clips x
+`config.eval.num_crops` spatial crops; logits are averaged over the views. Writes
+W/eval_results.json, W/confusion_matrix.png and W/training_curve.png.
+"""
+import json
+import os
+import sys
+from typing import Any, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+from ml_collections import config_flags
+
+from vivit import checkpoints, sharding
+from vivit.data import pipeline
+
+
+def average_views(logits):
+  """`[batch, views, classes]` -> `[batch, classes]`: the mean logit over views."""
+  return jnp.mean(logits, axis=1)
+
+
+def make_logits_fn(model, mesh):
+  """Compiled `(params, videos [batch, views, T, H, W, 3]) -> [batch, classes]`."""
+  def logits_fn(params, videos):
+    batch, views = videos.shape[:2]
+    logits = model.apply({'params': params}, videos.reshape((batch * views,) + videos.shape[2:]))
+    return average_views(logits.reshape(batch, views, -1))
+  return jax.jit(logits_fn, out_shardings=sharding.replicated(mesh))
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray,
+                           num_classes: int) -> Dict[str, Any]:
+  """top-1, top-5, per-class accuracy and confusion matrix (rows: true class)."""
+  predictions = np.argmax(logits, -1)
+  top5 = np.argsort(-logits, axis=-1)[:, :5]
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(confusion, (labels, predictions), 1)
+  per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+  return {'top1': float(np.mean(predictions == labels)),
+          'top5': float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+          'num_videos': int(len(labels)),
+          'per_class_accuracy': per_class.tolist(),
+          'confusion_matrix': confusion.tolist()}
+
+
+def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict, split: str,
+                   batch_size: int, num_classes: int, mesh, num_clips: int = 1,
+                   num_crops: int = 1) -> Dict[str, Any]:
+  """Multi-view evaluation of `split` (every host its shard, metrics over all)."""
+  sharding.check_batch_size(batch_size, mesh)
+  batch_sharding = sharding.batch_sharding(mesh)
+  all_logits, all_labels = [], []
+  host_batch = batch_size // jax.process_count()
+  for batch in pipeline.eval_batches(dataset_config, split, host_batch, num_clips, num_crops):
+    videos = jax.make_array_from_process_local_data(batch_sharding, batch['video'])
+    logits = np.asarray(logits_fn(params, videos))
+    labels, mask = batch['label'], batch['mask']
+    if jax.process_count() > 1:
+      labels = multihost_utils.process_allgather(labels, tiled=True)
+      mask = multihost_utils.process_allgather(mask, tiled=True)
+    keep = mask > 0
+    all_logits.append(logits[keep])
+    all_labels.append(labels[keep])
+  result = classification_metrics(np.concatenate(all_logits), np.concatenate(all_labels),
+                                  num_classes)
+  result['views'] = num_clips * num_crops
+  result['num_clips'], result['num_crops'] = num_clips, num_crops
+  return result
+
+
+def plot_confusion(confusion, class_names, path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  confusion = np.asarray(confusion)
+  size = max(4, 0.45 * len(class_names))
+  fig, ax = plt.subplots(figsize=(size + 1, size))
+  image = ax.imshow(confusion, cmap='Blues')
+  ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7)
+  ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  if len(class_names) <= 30:
+    for (i, j), count in np.ndenumerate(confusion):
+      if count:
+        ax.text(j, i, str(count), ha='center', va='center', fontsize=6,
+                color='white' if count > confusion.max() / 2 else 'black')
+  fig.colorbar(image)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_training_curve(metrics_file: str, path: str) -> bool:
+  """Train loss and validation top-1 against step, from metrics.jsonl."""
+  if not os.path.exists(metrics_file):
+    return False
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  with open(metrics_file) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  train = [(r['step'], r['loss']) for r in records if r['split'] == 'train']
+  val = [(r['step'], r['top1']) for r in records if r['split'] == 'validation']
+  fig, loss_ax = plt.subplots(figsize=(7, 4))
+  if train:
+    loss_ax.plot(*zip(*train), color='tab:blue', label='train loss')
+  loss_ax.set_xlabel('step')
+  loss_ax.set_ylabel('train loss', color='tab:blue')
+  if val:
+    acc_ax = loss_ax.twinx()
+    acc_ax.plot(*zip(*val), 'o-', color='tab:orange', label='validation top-1')
+    acc_ax.set_ylabel('validation top-1', color='tab:orange')
+    acc_ax.set_ylim(0, 1)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
+        split: str = None) -> Dict[str, Any]:
+  """Loads the best (or `checkpoint`) params and runs the multi-view test."""
+  from vivit.models import build_model, param_shapes
+  builder = pipeline.get_builder(config.dataset)
+  label = builder.info.features['label']
+  split = split or config.dataset.test_split
+  pipeline.check_split(builder, split)
+  pipeline.sync_model_config(config, label.num_classes)
+  if checkpoint:
+    model_config, params = checkpoints.load_params(checkpoint)
+    source = checkpoint
+  else:
+    model_config = config.model
+    step, params = checkpoints.restore_best_params(workdir, param_shapes(model_config))
+    source = f'{workdir}/best/{step}'
+  mesh = sharding.make_mesh(config.mesh)
+  result = evaluate_split(make_logits_fn(build_model(model_config), mesh), params,
+                          config.dataset, split, config.eval.batch_size, label.num_classes,
+                          mesh, config.eval.num_clips, config.eval.num_crops)
+  result.update(split=split, checkpoint=source, class_names=list(label.names))
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+    plot_confusion(result['confusion_matrix'], label.names,
+                   os.path.join(workdir, 'confusion_matrix.png'))
+    plot_training_curve(os.path.join(workdir, 'metrics.jsonl'),
+                        os.path.join(workdir, 'training_curve.png'))
+    print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
+          f"({result['num_videos']} videos x {result['views']} views, {source})")
+    worst = np.argsort(result['per_class_accuracy'])[:3]
+    print('hardest classes: ' + ', '.join(
+        f"{label.names[i]} {result['per_class_accuracy'][i]:.3f}" for i in worst))
+  return result
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Training directory (reads best/, writes results).')
+  flags.DEFINE_string('checkpoint', None, 'A params checkpoint (python -m vivit.convert) '
+                      'to evaluate instead of the workdir best.')
+  flags.DEFINE_string('split', None, 'Split to evaluate (default config.dataset.test_split).')
+
+
+def main(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
+  if FLAGS.config is None or FLAGS.workdir is None:
+    sys.exit('usage: python -m vivit.evaluate --config configs/X.py --workdir DIR')
+  config = FLAGS.config
+  config.unlock()
+  run(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

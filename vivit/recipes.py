@@ -1,0 +1,48 @@
+"""The paper's training recipes (scenic's released configs), shared by `configs/`.
+
+`paper_config(...)` fills every field the training loop reads; each config file
+under `configs/<dataset>/` states only what its row of the recipe table changes.
+"""
+from typing import Optional, Sequence, Tuple
+
+import ml_collections
+from ml_collections import config_dict
+
+from vivit.models import get_model_config
+
+
+def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_rate: float,
+                 num_epochs: float, stride: int = 2, min_resize: int = 256,
+                 crop_size: int = 224, flip: bool = True, label_smoothing: float = 0.0,
+                 mixup: float = 0.0, stochastic_depth: float = 0.0,
+                 randaugment: Optional[Tuple[int, int]] = None,
+                 temporal_layers: Optional[int] = None,
+                 class_splits: Optional[Sequence[int]] = None) -> ml_collections.ConfigDict:
+  """32 frames, tubelet 16x16x2, momentum SGD, cosine decay with 2.5 warm-up epochs,
+  grad-norm clip 1, batch 64, no weight decay, no dropout, 4x3-view test."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.dataset = ml_collections.ConfigDict(dict(
+      name=dataset, data_dir=config_dict.placeholder(str), train_split='train',
+      eval_split='validation', test_split='test', num_frames=32, stride=stride,
+      min_resize=min_resize, crop_size=crop_size, scale_jitter=(0.9, 1.33), flip=flip,
+      colour_jitter=0.2, randaugment=randaugment, shuffle_buffer=4096, cache=False,
+      class_splits=tuple(class_splits) if class_splits else None))
+  config.model = get_model_config(model_name, num_classes=num_classes,
+                                  input_size=(32, crop_size, crop_size),
+                                  stochastic_depth=stochastic_depth)
+  if temporal_layers is not None:
+    config.model.temporal.num_layers = temporal_layers
+  config.training = ml_collections.ConfigDict(dict(
+      batch_size=64, num_epochs=float(num_epochs), num_steps=config_dict.placeholder(int),
+      warmup_epochs=2.5, optimizer='sgd', learning_rate=learning_rate, momentum=0.9,
+      weight_decay=0.0, schedule='cosine', grad_clip=1.0, label_smoothing=label_smoothing,
+      mixup=mixup, log_every=100, eval_every=5000, checkpoint_every=1000,
+      keep_checkpoints=3))
+  config.eval = ml_collections.ConfigDict(dict(batch_size=64, num_clips=4, num_crops=3))
+  config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  # ImageNet-21k ViT initialisation (kernel inflation 'central_frame').
+  config.init_from = ml_collections.ConfigDict(dict(
+      path=config_dict.placeholder(str), kernel_init='central_frame',
+      posemb='tile'))
+  return config

@@ -1,0 +1,220 @@
+"""`python -m vivit.train --config configs/X.py --workdir DIR`: train a ViViT.
+
+Resumes from the latest checkpoint in DIR (step, params, optimiser state; the RNG
+and the data position are functions of the step). SIGTERM saves and exits.
+"""
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vivit import checkpoints, evaluate, sharding
+from vivit.data import pipeline
+from vivit.models import build_model, init_params
+from vivit.optim import make_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimizer,
+               training: ml_collections.ConfigDict, num_classes: int, seed: int):
+  """One SGD step: `(state, batch) -> (state, metrics)`. Pure; RNG from the step."""
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
+  mix_rng, dropout_rng = jax.random.split(rng)
+  video, labels = batch['video'], jax.nn.one_hot(batch['label'], num_classes)
+  if training.label_smoothing:
+    labels = optax.smooth_labels(labels, training.label_smoothing)
+  if training.mixup:
+    mix = jax.random.beta(mix_rng, training.mixup, training.mixup)
+    video = mix * video + (1 - mix) * jnp.roll(video, 1, axis=0)
+    labels = mix * labels + (1 - mix) * jnp.roll(labels, 1, axis=0)
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, video, train=True,
+                         rngs={'dropout': dropout_rng})
+    return optax.softmax_cross_entropy(logits, labels).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {'loss': loss,
+             'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+             'grad_norm': optax.global_norm(grads)}
+  return TrainState(state.step + 1, params, opt_state), metrics
+
+
+class MetricWriter:
+  """Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard events (host 0)."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    if self.active:
+      import tensorflow as tf
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+
+  def write(self, step: int, split: str, metrics: Dict[str, float]) -> None:
+    if not self.active:
+      return
+    import tensorflow as tf
+    record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    with self._tb.as_default(step=step):
+      for name, value in metrics.items():
+        tf.summary.scalar(f'{split}/{name}', float(value))
+    self._tb.flush()
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(seconds), 60)
+  return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+  """Trains until `total steps`, evaluating and checkpointing on the way.
+
+  Returns {'step', 'params', 'val_top1'}."""
+  workdir = os.path.abspath(workdir)
+  training = config.training
+  builder = pipeline.get_builder(config.dataset)
+  num_classes = builder.info.features['label'].num_classes
+  pipeline.sync_model_config(config, num_classes)
+  train_examples = pipeline.check_split(builder, config.dataset.train_split)
+  pipeline.check_split(builder, config.dataset.eval_split)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_size(training.batch_size, mesh)
+  steps_per_epoch = train_examples // training.batch_size
+  total_steps = training.num_steps or int(training.num_epochs * steps_per_epoch)
+  warmup_steps = int(training.warmup_epochs * steps_per_epoch)
+
+  model = build_model(config.model)
+  optimizer, schedule = make_optimizer(training, total_steps, warmup_steps)
+  checkpoints.check_workdir_model(workdir, config.model)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2))
+
+  def init_state():
+    params = init_params(config.model, jax.random.PRNGKey(config.seed))
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+  abstract = jax.eval_shape(init_state)
+  state_sharding = sharding.tree_shardings(mesh, abstract)
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
+  start = last.latest_step()
+  if start is None:
+    state = jax.jit(init_state, out_shardings=state_sharding)()
+    start = 0
+  else:
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        state_sharding)
+    state = last.restore(start, args=ocp.args.StandardRestore(target))
+    print(f'resumed from {workdir}/checkpoints/{start}', flush=True)
+
+  step_fn = jax.jit(
+      lambda s, b: train_step(s, b, model=model, optimizer=optimizer, training=training,
+                              num_classes=num_classes, seed=config.seed),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  logits_fn = evaluate.make_logits_fn(model, mesh)
+  writer = MetricWriter(workdir)
+  host_batch = training.batch_size // jax.process_count()
+  batches = pipeline.train_batches(config.dataset, host_batch, config.seed, start)
+
+  stop = {'signal': None}
+  previous_handler = signal.signal(signal.SIGTERM,
+                                   lambda signum, frame: stop.update(signal=signum))
+  step, val_top1 = start, None
+  window, window_start, run_start = [], time.time(), time.time()
+  try:
+    while step < total_steps:
+      batch = sharding.global_batch(next(batches), batch_sharding)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      window.append(metrics)
+      if step % training.log_every == 0 or step == total_steps:
+        summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+        summary['learning_rate'] = float(schedule(step - 1))
+        elapsed = time.time() - window_start
+        summary['steps_per_second'] = len(window) / elapsed
+        writer.write(step, 'train', summary)
+        eta = (total_steps - step) / summary['steps_per_second']
+        if writer.active:
+          print(f"step {step}/{total_steps} | loss {summary['loss']:.4f} | "
+                f"acc {summary['accuracy']:.3f} | lr {summary['learning_rate']:.2e} | "
+                f"{summary['steps_per_second']:.1f} steps/s | ETA {_duration(eta)}",
+                flush=True)
+        window, window_start = [], time.time()
+      if step % training.eval_every == 0 or step == total_steps:
+        result = evaluate.evaluate_split(
+            logits_fn, state.params, config.dataset, config.dataset.eval_split,
+            config.eval.batch_size, num_classes, mesh, num_clips=1, num_crops=1)
+        val_top1 = result['top1']
+        writer.write(step, 'validation', {'top1': result['top1'], 'top5': result['top5']})
+        if writer.active:
+          print(f"step {step} | validation top-1 {result['top1']:.4f} "
+                f"({result['num_videos']} videos)", flush=True)
+        best.save(step, args=ocp.args.StandardSave(state.params),
+                  metrics={'top1': result['top1']})
+      if step % training.checkpoint_every == 0 or step == total_steps:
+        last.save(step, args=ocp.args.StandardSave(state))
+      if stop['signal'] is not None:
+        last.save(step, args=ocp.args.StandardSave(state), force=True)
+        last.wait_until_finished()
+        print(f'SIGTERM: saved checkpoint at step {step}; exiting', flush=True)
+        break
+  finally:
+    last.wait_until_finished()
+    best.wait_until_finished()
+    signal.signal(signal.SIGTERM, previous_handler)
+  if writer.active and stop['signal'] is None:
+    print(f'trained {step - start} steps in {_duration(time.time() - run_start)}; '
+          f'final validation top-1 {val_top1:.4f}', flush=True)
+  return {'step': step, 'params': state.params, 'val_top1': val_top1}
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+  flags.DEFINE_bool('distributed', False,
+                    'Call jax.distributed.initialize() (one process per host).')
+
+
+def main(argv) -> None:
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
+  if FLAGS.config is None or FLAGS.workdir is None:
+    sys.exit('usage: python -m vivit.train --config configs/X.py --workdir DIR')
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  config = FLAGS.config
+  config.unlock()
+  train_and_evaluate(config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
