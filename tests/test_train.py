@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from vivit import evaluate, optim
 from vivit.convert.__main__ import load_config_file
 from vivit.data import pipeline
+from vivit.models import init_params
 from vivit.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,9 +154,11 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
   assert max(diffs) < 1e-6
   # And training changed them.
-  first = final_params(straight, 2)
+  config = tiny_config(data_dir)
+  pipeline.sync_model_config(config, 10)
+  initial = init_params(config.model, jax.random.PRNGKey(config.seed))
   assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(
-      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(first))) > 1e-4
+      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(initial))) > 1e-4
 
 
 def test_sigterm_saves_a_checkpoint_at_the_step_reached(data_dir, tmp_path):
@@ -199,7 +202,7 @@ def test_train_in_process_then_evaluate(data_dir, tmp_path):
 
   # Same workdir, different model: refused, naming the parameter.
   other = tiny_config(data_dir, **{'model.mlp_dim': 48})
-  with pytest.raises(ValueError, match=r'different model.*MlpBlock_0/Dense_0/kernel'):
+  with pytest.raises(ValueError, match=r'(?s)different model.*MlpBlock_0/Dense_0/kernel'):
     train_and_evaluate(other, str(tmp_path))
 
 
@@ -215,3 +218,19 @@ def test_bad_input_errors(data_dir, tmp_path):
   with pytest.raises(ValueError, match="no split 'valid'"):
     train_and_evaluate(tiny_config(data_dir, **{'dataset.eval_split': 'valid'}),
                        str(tmp_path / 'split'))
+
+
+@pytest.mark.parametrize('name', ['kinetics400/vivit_b_16x2', 'kinetics400/vivit_b_16x2_fe',
+                                  'kinetics400/vivit_l_16x2_fe', 'kinetics600/vivit_l_16x2_fe',
+                                  'ssv2/vivit_l_16x2_fe', 'epic_kitchens/vivit_l_16x2_fe'])
+def test_paper_configs_load_and_build(name, tmp_path):
+  from vivit.models import param_shapes
+  config = load_config_file(os.path.join(ROOT, 'configs', name + '.py'))
+  assert config.dataset.num_frames == 32 and tuple(config.model.tubelet) == (2, 16, 16)
+  assert config.training.optimizer == 'sgd' and config.training.warmup_epochs == 2.5
+  shapes = param_shapes(config.model)
+  assert shapes['output_projection']['kernel'].shape[-1] == config.model.num_classes
+  if name.startswith('ssv2'):
+    assert not config.dataset.flip and config.training.mixup == 0.3
+    with pytest.raises(NotImplementedError, match='dataset.randaugment'):
+      train_and_evaluate(config, str(tmp_path))

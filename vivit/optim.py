@@ -8,7 +8,8 @@ def make_schedule(training: ml_collections.ConfigDict, total_steps: int, warmup_
   constant."""
   lr = training.learning_rate
   if training.schedule == 'cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, 1))
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps,
+                                              max(total_steps, warmup_steps + 1))
   if training.schedule == 'constant':
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, max(warmup_steps, 1)), optax.constant_schedule(lr)],
