@@ -184,13 +184,14 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached(data_dir, tmp_path):
 
 
 def test_train_in_process_then_evaluate(data_dir, tmp_path):
-  config = tiny_config(data_dir)
+  config = tiny_config(data_dir, **{'training.mixup': 0.2, 'training.label_smoothing': 0.1})
   result = train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 12 and 0 <= result['val_top1'] <= 1
   validation = read_metrics(tmp_path, 'validation')
   assert [r['step'] for r in validation] == [6, 12]
 
-  out = evaluate.run(tiny_config(data_dir), str(tmp_path))
+  out = evaluate.run(tiny_config(data_dir, **{'training.mixup': 0.2,
+                                              'training.label_smoothing': 0.1}), str(tmp_path))
   saved = json.loads((tmp_path / 'eval_results.json').read_text())
   for key in ('top1', 'top5', 'num_videos', 'views', 'per_class_accuracy'):
     assert saved[key] == out[key]
@@ -234,3 +235,18 @@ def test_paper_configs_load_and_build(name, tmp_path):
     assert not config.dataset.flip and config.training.mixup == 0.3
     with pytest.raises(NotImplementedError, match='dataset.randaugment'):
       train_and_evaluate(config, str(tmp_path))
+
+
+def test_mixup_and_label_smoothing():
+  from vivit.train import mixup
+  video = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
+  labels = np.eye(4, dtype=np.float32)
+  mixed_video, mixed_labels = mixup(jax.random.PRNGKey(0), video, labels, 0.4)
+  weight = float(mixed_labels[0, 0])
+  assert 0 < weight < 1
+  np.testing.assert_allclose(mixed_labels.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(mixed_labels[1], [1 - weight, weight, 0, 0], rtol=1e-6)
+  np.testing.assert_allclose(mixed_video[:, 0, 0], weight * np.arange(4) + (1 - weight) *
+                             np.roll(np.arange(4), 1), rtol=1e-6)
+  smoothed = optax.smooth_labels(labels, 0.2)
+  np.testing.assert_allclose(smoothed[0], [0.85, 0.05, 0.05, 0.05], rtol=1e-6)

@@ -48,6 +48,14 @@ def check_implemented(config: ml_collections.ConfigDict) -> None:
                               '. Set them to None to train without.')
 
 
+def mixup(rng, video, labels, alpha: float):
+  """Mixes each example with its neighbour in the batch, one Beta(alpha, alpha)
+  weight per batch: `video [batch, ...]`, `labels [batch, classes]`."""
+  weight = jax.random.beta(rng, alpha, alpha)
+  mix = lambda x: weight * x + (1 - weight) * jnp.roll(x, 1, axis=0)
+  return mix(video), mix(labels)
+
+
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimizer,
                training: ml_collections.ConfigDict, num_classes: int, seed: int):
   """One SGD step: `(state, batch) -> (state, metrics)`. Pure; RNG from the step."""
@@ -57,9 +65,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
   if training.label_smoothing:
     labels = optax.smooth_labels(labels, training.label_smoothing)
   if training.mixup:
-    mix = jax.random.beta(mix_rng, training.mixup, training.mixup)
-    video = mix * video + (1 - mix) * jnp.roll(video, 1, axis=0)
-    labels = mix * labels + (1 - mix) * jnp.roll(labels, 1, axis=0)
+    video, labels = mixup(mix_rng, video, labels, training.mixup)
 
   def loss_fn(params):
     logits = model.apply({'params': params}, video, train=True,

@@ -95,109 +95,94 @@ def classify(x, *, num_classes: int, representation_size: Optional[int]):
                   name='output_projection')(x)
 
 
-class ViViT(nn.Module):
+class VideoTransformer(nn.Module):
+  """Fields shared by every variant (see `vivit.models.configs`)."""
+  num_classes: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  embedding: str = 'tubelet'
+  tubelet: Tuple[int, int, int] = (2, 16, 16)
+  num_sampled_frames: Optional[int] = None
+  tubelet_init: str = 'central_frame'
+  classifier: str = 'token'
+  representation_size: Optional[int] = None
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  stochastic_depth: float = 0.0
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def encode(self, x, name: str, train: bool, **encoder_args):
+    """Optional CLS token, then an `Encoder`: `[n, tokens, hidden]` -> pooled
+    `[n, hidden]`. Call from a compact method."""
+    if self.classifier == 'token':
+      suffix = '' if name == 'Transformer' else f'_{name}'
+      cls = self.param(f'cls{suffix}', nn.initializers.zeros, (1, 1, x.shape[-1]))
+      cls = jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+      x = jnp.concatenate([cls, x], axis=1)
+    encoder_args = {'num_layers': self.num_layers, 'mlp_dim': self.mlp_dim,
+                    'num_heads': self.num_heads, **encoder_args}
+    x = Encoder(dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                stochastic_depth=self.stochastic_depth, remat=self.remat,
+                dtype=self.dtype, name=name, **encoder_args)(x, train=train)
+    return _pool(x, self.classifier)
+
+  def tokens(self, video):
+    """`[batch, time, height, width, 3]` -> `[batch, t', h', w', hidden]`."""
+    return tokenise(jnp.asarray(video, self.dtype), hidden_size=self.hidden_size,
+                    embedding=self.embedding, tubelet=self.tubelet,
+                    num_sampled_frames=self.num_sampled_frames,
+                    tubelet_init=self.tubelet_init, dtype=self.dtype)
+
+  def head(self, x):
+    return classify(x, num_classes=self.num_classes,
+                    representation_size=self.representation_size)
+
+
+class ViViT(VideoTransformer):
   """Models 1, 3 and 4: one encoder over all space-time tokens.
 
   `variant`: 'spatio_temporal' (joint attention), 'factorised_self_attention'
   (per block: time attention, space attention, MLP) or 'factorised_dot_product'
   (half the heads over time, half over space).
   """
-  variant: str
-  num_classes: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  embedding: str = 'tubelet'
-  tubelet: Tuple[int, int, int] = (2, 16, 16)
-  num_sampled_frames: Optional[int] = None
-  tubelet_init: str = 'central_frame'
-  classifier: str = 'token'
-  representation_size: Optional[int] = None
+  variant: str = 'spatio_temporal'
   attention_order: str = 'time_space'
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, video, *, train: bool = False):
     """`[batch, time, height, width, 3]` -> `[batch, num_classes]`."""
-    x = tokenise(jnp.asarray(video, self.dtype), hidden_size=self.hidden_size,
-                 embedding=self.embedding, tubelet=self.tubelet,
-                 num_sampled_frames=self.num_sampled_frames,
-                 tubelet_init=self.tubelet_init, dtype=self.dtype)
+    x = self.tokens(video)
     batch, time, height, width, hidden = x.shape
-    x = x.reshape(batch, time * height * width, hidden)
-    if self.classifier == 'token':
-      cls = self.param('cls', nn.initializers.zeros, (1, 1, hidden))
-      x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, hidden)).astype(x.dtype), x],
-                          axis=1)
     block = {'spatio_temporal': 'standard'}.get(self.variant, self.variant)
-    x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, block=block,
-                temporal_dims=time, attention_order=self.attention_order,
-                dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                stochastic_depth=self.stochastic_depth, remat=self.remat,
-                dtype=self.dtype, name='Transformer')(x, train=train)
-    return classify(_pool(x, self.classifier), num_classes=self.num_classes,
-                    representation_size=self.representation_size)
+    x = self.encode(x.reshape(batch, time * height * width, hidden), 'Transformer', train,
+                    block=block, temporal_dims=time, attention_order=self.attention_order)
+    return self.head(x)
 
 
-class FactorisedEncoderViViT(nn.Module):
+class FactorisedEncoderViViT(VideoTransformer):
   """Model 2: a spatial ViT per time step, then a temporal ViT over their outputs.
 
   The spatial encoder (and its CLS token) is shared by all time steps.
   """
-  num_classes: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  temporal_num_layers: int
-  temporal_num_heads: int
-  temporal_mlp_dim: int
-  embedding: str = 'tubelet'
-  tubelet: Tuple[int, int, int] = (2, 16, 16)
-  num_sampled_frames: Optional[int] = None
-  tubelet_init: str = 'central_frame'
-  classifier: str = 'token'
-  representation_size: Optional[int] = None
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  remat: bool = False
-  dtype: Dtype = jnp.float32
+  temporal_num_layers: int = 4
+  temporal_num_heads: int = 12
+  temporal_mlp_dim: int = 3072
 
   @nn.compact
   def __call__(self, video, *, train: bool = False):
     """`[batch, time, height, width, 3]` -> `[batch, num_classes]`."""
-    x = tokenise(jnp.asarray(video, self.dtype), hidden_size=self.hidden_size,
-                 embedding=self.embedding, tubelet=self.tubelet,
-                 num_sampled_frames=self.num_sampled_frames,
-                 tubelet_init=self.tubelet_init, dtype=self.dtype)
+    x = self.tokens(video)
     batch, time, height, width, hidden = x.shape
-
-    def encode(x, name, num_layers, num_heads, mlp_dim):
-      """`[n, tokens, hidden]` -> pooled `[n, hidden]`."""
-      if self.classifier == 'token':
-        cls = self.param(f'cls_{name}', nn.initializers.zeros, (1, 1, hidden))
-        cls = jnp.broadcast_to(cls, (x.shape[0], 1, hidden)).astype(x.dtype)
-        x = jnp.concatenate([cls, x], axis=1)
-      x = Encoder(num_layers, mlp_dim, num_heads, dropout_rate=self.dropout_rate,
-                  attention_dropout_rate=self.attention_dropout_rate,
-                  stochastic_depth=self.stochastic_depth, remat=self.remat,
-                  dtype=self.dtype, name=name)(x, train=train)
-      return _pool(x, self.classifier)
-
-    x = encode(x.reshape(batch * time, height * width, hidden), 'SpatialTransformer',
-               self.num_layers, self.num_heads, self.mlp_dim)
-    x = encode(x.reshape(batch, time, hidden), 'TemporalTransformer',
-               self.temporal_num_layers, self.temporal_num_heads,
-               self.temporal_mlp_dim)
-    return classify(x, num_classes=self.num_classes,
-                    representation_size=self.representation_size)
+    x = self.encode(x.reshape(batch * time, height * width, hidden), 'SpatialTransformer',
+                    train)
+    x = self.encode(x.reshape(batch, time, hidden), 'TemporalTransformer', train,
+                    num_layers=self.temporal_num_layers, num_heads=self.temporal_num_heads,
+                    mlp_dim=self.temporal_mlp_dim)
+    return self.head(x)
 
 
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
