@@ -3,11 +3,15 @@ frame-shuffled clips and compare validation accuracy.
 
 The ten classes form five time-reversal pairs (right/left, down/up,
 down-right/up-left, grow/shrink, appear/vanish): a clip played backwards is a clip
-of the partner class. Shuffled frames keep which pair a clip belongs to (the kind of
-object motion is still visible in the set of frames) but destroy the direction, so
-a model that sees shuffled frames should reach ~20% top-1 (the pair, then a coin
-flip) and ~50% direction accuracy within the right pair, while ordered clips reach
-near 100%.
+of the partner class. Shuffled frames keep which pair a clip belongs to (the set of
+frames still shows a horizontal path, a growing-or-shrinking object, ...) but not
+the direction, so a model trained and tested on shuffled frames can reach at most
+~50% top-1 (the pair, then a coin flip) and ~50% direction accuracy within the
+right pair, while ordered clips reach ~100%.
+
+Measured (2-core CPU, model 1, 4000 steps each, 2 clips x 3 crops):
+  ordered frames   top-1 0.970  direction 0.997
+  shuffled frames  top-1 0.387  direction 0.563   (chance: 0.100 / 0.500)
 
   python experiments/shuffled_frames.py [--variant spatio_temporal] [--steps N]
 """

@@ -42,8 +42,8 @@ def get_builder(dataset_config: ml_collections.ConfigDict) -> tfds.core.DatasetB
         print(f'generating {name} in {builder.data_dir} ...', flush=True)
       builder.download_and_prepare()
     return builder
-  hint = (f'run `python -m vivit.data.prepare {base_name} ...` or point '
-          f'--config.dataset.data_dir at the prepared TFDS directory')
+  hint = ('prepare it in TFDS format first, or point --config.dataset.data_dir at the '
+          'directory that holds it')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
