@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vivit.convert.__main__ import load_config_file  # noqa: E402
+from vivit.recipes import load_config  # noqa: E402
 from vivit.train import train_and_evaluate  # noqa: E402
 from vivit import evaluate  # noqa: E402
 
@@ -45,7 +45,7 @@ def direction_accuracy(confusion: np.ndarray) -> float:
 
 
 def run(variant: str, shuffle: bool, steps, data_dir):
-  config = load_config_file(f'{CONFIG}:{variant}')
+  config = load_config(f'{CONFIG}:{variant}')
   config.dataset.shuffle_frames = shuffle
   if data_dir:
     config.dataset.data_dir = data_dir

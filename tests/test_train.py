@@ -15,7 +15,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from vivit import evaluate, optim
-from vivit.convert.__main__ import load_config_file
+from vivit.recipes import load_config
 from vivit.data import pipeline
 from vivit.models import init_params
 from vivit.train import train_and_evaluate
@@ -38,7 +38,7 @@ def tiny_overrides(data_dir, **extra):
 
 
 def tiny_config(data_dir, **extra):
-  config = load_config_file(CONFIG)
+  config = load_config(CONFIG)
   for key, value in tiny_overrides(data_dir, **extra).items():
     section, field = key.split('.')
     config[section][field] = value
@@ -201,6 +201,13 @@ def test_train_in_process_then_evaluate(data_dir, tmp_path):
   assert (tmp_path / 'confusion_matrix.png').stat().st_size > 1000
   assert (tmp_path / 'training_curve.png').stat().st_size > 1000
 
+  # Restarting a finished run trains nothing and keeps its checkpoints.
+  again = train_and_evaluate(tiny_config(data_dir, **{'training.mixup': 0.2,
+                                                      'training.label_smoothing': 0.1}),
+                             str(tmp_path))
+  assert again['step'] == 12 and again['val_top1'] is None
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '12']
+
   # Same workdir, different model: refused, naming the parameter.
   other = tiny_config(data_dir, **{'model.mlp_dim': 48})
   with pytest.raises(ValueError, match=r'(?s)different model.*MlpBlock_0/Dense_0/kernel'):
@@ -226,7 +233,7 @@ def test_bad_input_errors(data_dir, tmp_path):
                                   'ssv2/vivit_l_16x2_fe', 'epic_kitchens/vivit_l_16x2_fe'])
 def test_paper_configs_load_and_build(name, tmp_path):
   from vivit.models import param_shapes
-  config = load_config_file(os.path.join(ROOT, 'configs', name + '.py'))
+  config = load_config(os.path.join(ROOT, 'configs', name + '.py'))
   assert config.dataset.num_frames == 32 and tuple(config.model.tubelet) == (2, 16, 16)
   assert config.training.optimizer == 'sgd' and config.training.warmup_epochs == 2.5
   shapes = param_shapes(config.model)

@@ -13,7 +13,7 @@ from typing import Any, Dict, Tuple
 import ml_collections
 import orbax.checkpoint as ocp
 
-from vivit.models import check_params, default_model_config
+from vivit.models import check_params, default_model_config, param_shapes
 
 Params = Dict[str, Any]
 
@@ -87,7 +87,6 @@ def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -
   if os.path.exists(path):
     with open(path) as f:
       stored = model_config_from_json(f.read())
-    from vivit.models import param_shapes
     try:
       check_params(model_config, param_shapes(stored))
     except ValueError as e:

@@ -1,14 +1,29 @@
-"""The paper's training recipes (scenic's released configs), shared by `configs/`.
+"""Config files: loading them, and the paper's recipes they share.
 
-`paper_config(...)` fills every field the training loop reads; each config file
-under `configs/<dataset>/` states only what its row of the recipe table changes.
+`load_config('configs/X.py:arg')` reads any config file outside the command line.
+`paper_config(...)` fills every field the training loop reads with the paper's
+recipe (scenic's released configs); each file under `configs/<dataset>/` states only
+what its row of the recipe table changes.
 """
+import importlib.util
 from typing import Optional, Sequence, Tuple
 
 import ml_collections
 from ml_collections import config_dict
 
 from vivit.models import get_model_config
+
+
+def load_config(path: str):
+  """`get_config()` of a Python config file (scenic's or ours); `FILE:ARG` passes
+  ARG to `get_config`, as `--config FILE:ARG` does."""
+  path, _, arg = path.partition(':')
+  spec = importlib.util.spec_from_file_location('loaded_config', path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f'cannot load a config from {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_rate: float,

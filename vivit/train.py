@@ -103,6 +103,11 @@ class MetricWriter:
         tf.summary.scalar(f'{split}/{name}', float(value))
     self._tb.flush()
 
+  def close(self) -> None:
+    if self.active:
+      self._jsonl.close()
+      self._tb.close()
+
 
 def _duration(seconds: float) -> str:
   minutes, seconds = divmod(int(seconds), 60)
@@ -198,20 +203,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                 f"({result['num_videos']} videos)", flush=True)
         best.save(step, args=ocp.args.StandardSave(state.params),
                   metrics={'top1': result['top1']})
-      if step % training.checkpoint_every == 0 or step == total_steps:
+      saved = step % training.checkpoint_every == 0 or step == total_steps
+      if saved:
         last.save(step, args=ocp.args.StandardSave(state))
       if stop['signal'] is not None:
-        last.save(step, args=ocp.args.StandardSave(state), force=True)
+        if not saved:
+          last.save(step, args=ocp.args.StandardSave(state), force=True)
         last.wait_until_finished()
         print(f'SIGTERM: saved checkpoint at step {step}; exiting', flush=True)
         break
   finally:
     last.wait_until_finished()
     best.wait_until_finished()
+    writer.close()
     signal.signal(signal.SIGTERM, previous_handler)
   if writer.active and stop['signal'] is None:
-    print(f'trained {step - start} steps in {_duration(time.time() - run_start)}; '
-          f'final validation top-1 {val_top1:.4f}', flush=True)
+    if step == start:
+      print(f'{workdir} already holds the final checkpoint (step {step}); nothing to '
+            f'train', flush=True)
+    else:
+      print(f'trained {step - start} steps in {_duration(time.time() - run_start)}; '
+            f'final validation top-1 {val_top1:.4f}', flush=True)
   return {'step': step, 'params': state.params, 'val_top1': val_top1}
 
 

@@ -5,23 +5,11 @@ fine-tuning and evaluation load. Scenic checkpoints also need the scenic config
 file they were trained with (`--scenic-config`, a Python file with `get_config()`).
 """
 import argparse
-import importlib.util
 import sys
 
 from vivit.checkpoints import save_params
 from vivit.convert import from_scenic, from_transformers
-
-
-def load_config_file(path: str):
-  """`get_config()` of a Python config file (scenic's or ours); `FILE:ARG` passes
-  ARG to `get_config`, as `--config FILE:ARG` does."""
-  path, _, arg = path.partition(':')
-  spec = importlib.util.spec_from_file_location('loaded_config', path)
-  if spec is None or spec.loader is None:
-    raise FileNotFoundError(f'cannot load a config from {path}')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+from vivit.recipes import load_config
 
 
 def main(argv=None) -> int:
@@ -42,7 +30,7 @@ def main(argv=None) -> int:
   else:
     if not args.scenic_config:
       parser.error('--from scenic needs --scenic-config')
-    config, params = from_scenic(args.src, load_config_file(args.scenic_config),
+    config, params = from_scenic(args.src, load_config(args.scenic_config),
                                  num_classes=args.num_classes, input_size=args.input_size)
   save_params(args.dst, config, params)
   print(f'wrote {config.variant} model ({config.num_layers} layers, hidden '
