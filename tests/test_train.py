@@ -109,17 +109,19 @@ def test_view_averaging_against_hand_computation():
 
 
 def test_same_loss_on_1_and_8_devices(data_dir, tmp_path):
+  """Same global batch on 1 device, 8 data-parallel devices, and 4 x 2 with FSDP."""
   losses = {}
-  for devices in (1, 8):
-    workdir = tmp_path / f'devices{devices}'
-    result = subprocess.run(cli_args(data_dir, workdir, **{'training.num_steps': 4}),
-                            env=run_env(devices), capture_output=True, text=True,
-                            timeout=300)
+  for devices, fsdp in ((1, 1), (8, 1), (8, 2)):
+    workdir = tmp_path / f'devices{devices}_fsdp{fsdp}'
+    result = subprocess.run(
+        cli_args(data_dir, workdir, **{'training.num_steps': 4, 'mesh.fsdp': fsdp}),
+        env=run_env(devices), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    losses[devices] = [r['loss'] for r in read_metrics(workdir)]
-  assert len(losses[1]) == 4
-  np.testing.assert_allclose(losses[8], losses[1], atol=1e-5, rtol=0)
-  assert losses[1][0] != losses[1][-1]
+    losses[devices, fsdp] = [r['loss'] for r in read_metrics(workdir)]
+  assert len(losses[1, 1]) == 4
+  np.testing.assert_allclose(losses[8, 1], losses[1, 1], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(losses[8, 2], losses[1, 1], atol=1e-5, rtol=0)
+  assert losses[1, 1][0] != losses[1, 1][-1]
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
