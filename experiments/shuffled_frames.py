@@ -71,8 +71,7 @@ def main():
     result = run(args.variant, shuffle, args.steps, args.data_dir)
     rows.append((('shuffled' if shuffle else 'ordered') + ' frames', result['top1'],
                  direction_accuracy(result['confusion_matrix'])))
-  print(f'\nsynthetic_motion validation, {args.variant}, '
-        f'{rows and result["views"]} views per clip')
+  print(f'\nsynthetic_motion validation, {args.variant}, {result["views"]} views per clip')
   print(f'{"input":<16} {"top-1":>7} {"direction acc.":>15}')
   for name, top1, direction in rows:
     print(f'{name:<16} {top1:>7.3f} {direction:>15.3f}')

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference
-from conftest import INPUT_SIZE, random_params, random_video, tiny_config
+from conftest import random_params, random_video, tiny_config
 from vivit.models import (build_model, check_params, get_model_config, init_params,
                           param_shapes, vivit_b_16x2, vivit_b_16x2_fe, vivit_l_16x2_fe)
 
@@ -238,4 +238,3 @@ def test_check_params_names_the_mismatched_parameter():
   del params['Transformer']['encoder_norm']
   with pytest.raises(ValueError, match='missing parameter Transformer/encoder_norm/bias'):
     check_params(config, params)
-  assert INPUT_SIZE == tuple(config.input_size)
