@@ -66,18 +66,21 @@ def load_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
 # WORKDIR/best/<step> (params of the best validation top-1).
 
 
-def train_managers(workdir: str, keep: int):
-  """(last-N manager of train states, best-by-top1 manager of params)."""
-  workdir = os.path.abspath(workdir)
-  last = ocp.CheckpointManager(
-      os.path.join(workdir, 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
-  best = ocp.CheckpointManager(
-      os.path.join(workdir, 'best'),
+def best_manager(workdir: str) -> ocp.CheckpointManager:
+  """Keeps the params with the best validation top-1."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'best'),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=1, best_fn=lambda metrics: metrics['top1'], best_mode='max',
           create=True))
-  return last, best
+
+
+def train_managers(workdir: str, keep: int):
+  """(last-N manager of train states, best-by-top1 manager of params)."""
+  last = ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), 'checkpoints'),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+  return last, best_manager(workdir)
 
 
 def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -> None:
@@ -101,7 +104,7 @@ def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -
 
 def restore_best_params(workdir: str, abstract_params) -> Tuple[int, Params]:
   """(step, params) of the best checkpoint in `workdir`."""
-  _, best = train_managers(workdir, keep=1)
+  best = best_manager(workdir)
   step = best.best_step()
   if step is None:
     raise FileNotFoundError(f'no best checkpoint under {os.path.abspath(workdir)}/best; '

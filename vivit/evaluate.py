@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from vivit import checkpoints, sharding
 from vivit.data import pipeline
+from vivit.models import build_model, param_shapes
 
 
 def average_views(logits):
@@ -128,12 +129,8 @@ def plot_training_curve(metrics_file: str, path: str) -> bool:
 def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
         split: str = None) -> Dict[str, Any]:
   """Loads the best (or `checkpoint`) params and runs the multi-view test."""
-  from vivit.models import build_model, param_shapes
-  builder = pipeline.get_builder(config.dataset)
-  label = builder.info.features['label']
   split = split or config.dataset.test_split
-  pipeline.check_split(builder, split)
-  pipeline.sync_model_config(config, label.num_classes)
+  label, _ = pipeline.open_dataset(config, split)
   if checkpoint:
     model_config, params = checkpoints.load_params(checkpoint)
     source = checkpoint

@@ -121,11 +121,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   workdir = os.path.abspath(workdir)
   training = config.training
   check_implemented(config)
-  builder = pipeline.get_builder(config.dataset)
-  num_classes = builder.info.features['label'].num_classes
-  pipeline.sync_model_config(config, num_classes)
-  train_examples = pipeline.check_split(builder, config.dataset.train_split)
-  pipeline.check_split(builder, config.dataset.eval_split)
+  label, (train_examples, _) = pipeline.open_dataset(
+      config, config.dataset.train_split, config.dataset.eval_split)
+  num_classes = label.num_classes
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(training.batch_size, mesh)
   steps_per_epoch = train_examples // training.batch_size

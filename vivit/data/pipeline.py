@@ -19,20 +19,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vivit.data import transforms
+from vivit.data.synthetic import SyntheticMotion
 
 # Datasets generated locally on first use (no download).
-LOCAL_BUILDERS = {}
-
-
-def _register_local_builders():
-  if not LOCAL_BUILDERS:
-    from vivit.data.synthetic import SyntheticMotion
-    LOCAL_BUILDERS['synthetic_motion'] = SyntheticMotion
+LOCAL_BUILDERS = {'synthetic_motion': SyntheticMotion}
 
 
 def get_builder(dataset_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The TFDS builder, generating embedded datasets on first use."""
-  _register_local_builders()
   name, data_dir = dataset_config.name, dataset_config.get('data_dir')
   base_name, _, builder_config = name.partition('/')
   if base_name in LOCAL_BUILDERS:
@@ -65,10 +59,6 @@ def check_split(builder: tfds.core.DatasetBuilder, split: str) -> int:
   return splits[split].num_examples
 
 
-def num_classes(dataset_config: ml_collections.ConfigDict) -> int:
-  return get_builder(dataset_config).info.features['label'].num_classes
-
-
 def sync_model_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
   """The model is built for the clips the data pipeline produces."""
   ds = config.dataset
@@ -76,6 +66,17 @@ def sync_model_config(config: ml_collections.ConfigDict, num_classes: int) -> No
   if config.model.num_classes != num_classes:
     raise ValueError(f'model.num_classes={config.model.num_classes} but dataset '
                      f'{ds.name} has {num_classes} classes')
+
+
+def open_dataset(config: ml_collections.ConfigDict, *splits: str):
+  """Checks that `splits` exist and fits `config.model` to the data.
+
+  Returns (label feature, number of examples per split)."""
+  builder = get_builder(config.dataset)
+  label = builder.info.features['label']
+  sizes = [check_split(builder, split) for split in splits]
+  sync_model_config(config, label.num_classes)
+  return label, sizes
 
 
 def _read(builder, split: str):

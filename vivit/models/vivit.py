@@ -69,7 +69,7 @@ def tokenise(video, *, hidden_size: int, embedding: str, tubelet: Tuple[int, int
   if not num or num > time:
     raise ValueError(f'frame embedding samples num_sampled_frames={num} frames; '
                      f'it must be between 1 and the clip length {time}')
-  video = video[:, jnp.asarray(sampled_frame_indices(time, num))]
+  video = video[:, np.asarray(sampled_frame_indices(time, num))]
   # Frames stacked along height: one 2-D conv embeds every frame (scenic's layout).
   x = nn.Conv(hidden_size, (h, w), strides=(h, w), padding='VALID', dtype=dtype,
               name='embedding')(video.reshape(batch, num * height, width, channels))
