@@ -20,12 +20,14 @@ setup(
         "importlib_resources",  # needed by tfds (etils.epath) but not declared by it
         "matplotlib",
         "tensorboard",
+        "av",  # PyAV: decoding videos in `python -m vivit.data.prepare`
     ],
     extras_require={
         # Reading/writing HuggingFace ViViT checkpoints.
         "hf": ["transformers", "safetensors"],
-        "video": ["av"],
+        # `prepare --beam`: TFDS's Apache Beam generation (Dataflow, Flink, Spark).
+        "beam": ["apache-beam"],
         # torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
-        "test": ["pytest", "transformers", "safetensors", "torch==2.13.0", "av"],
+        "test": ["pytest", "transformers", "safetensors", "torch==2.13.0", "apache-beam"],
     },
 )

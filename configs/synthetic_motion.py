@@ -21,11 +21,12 @@ def get_config(variant: str = 'spatio_temporal') -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.dataset = ml_collections.ConfigDict(dict(
-      name='synthetic_motion', data_dir=config_dict.placeholder(str),
-      train_split='train', eval_split='validation', test_split='test',
+      name='synthetic_motion', format='tfds', data_dir=config_dict.placeholder(str),
+      label_key='label', train_split='train', eval_split='validation', test_split='test',
       num_frames=8, stride=2, min_resize=32, crop_size=32, scale_jitter=(1.0, 1.25),
       flip=False,  # flipping swaps move_left and move_right
-      colour_jitter=0.1, shuffle_buffer=4096, cache=True,
+      colour_jitter=0.1, num_threads=0,  # 0: one input thread per core
+      shuffle_buffer=1024,  # format 'dmvr' only: serialized examples
       shuffle_frames=False))  # True destroys temporal order (experiments/shuffled_frames.py)
 
   config.model = get_model_config(f'Ti/8x2{SUFFIX[variant]}', hidden_size=64, num_heads=4,

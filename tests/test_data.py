@@ -14,7 +14,7 @@ def tiny_dataset_config(data_dir, **overrides):
       name='synthetic_motion/tiny', data_dir=str(data_dir), train_split='train',
       eval_split='validation', test_split='test', num_frames=4, stride=2, min_resize=16,
       crop_size=16, scale_jitter=(1.0, 1.25), flip=False, colour_jitter=0.1,
-      shuffle_buffer=64, cache=True))
+      num_threads=2))
   config.update(overrides)
   return config
 

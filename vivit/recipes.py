@@ -28,7 +28,8 @@ def load_config(path: str):
 
 def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_rate: float,
                  num_epochs: float, stride: int = 2, min_resize: int = 256,
-                 crop_size: int = 224, flip: bool = True, label_smoothing: float = 0.0,
+                 crop_size: int = 224, flip: bool = True, test_split: str = 'test',
+                 label_smoothing: float = 0.0,
                  mixup: float = 0.0, stochastic_depth: float = 0.0,
                  randaugment: Optional[Tuple[int, int]] = None,
                  temporal_layers: Optional[int] = None,
@@ -38,10 +39,14 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.dataset = ml_collections.ConfigDict(dict(
-      name=dataset, data_dir=config_dict.placeholder(str), train_split='train',
-      eval_split='validation', test_split='test', num_frames=32, stride=stride,
+      # format 'dmvr': data_dir is a pattern of scenic/DMVR tfrecords, e.g.
+      # '/data/k400/{split}.tfrecord@1024' (see vivit.data.dmvr).
+      name=dataset, format='tfds', data_dir=config_dict.placeholder(str),
+      label_key='label', train_split='train',
+      eval_split='validation', test_split=test_split, num_frames=32, stride=stride,
       min_resize=min_resize, crop_size=crop_size, scale_jitter=(0.9, 1.33), flip=flip,
-      colour_jitter=0.2, randaugment=randaugment, shuffle_buffer=4096, cache=False,
+      colour_jitter=0.2, randaugment=randaugment, num_threads=0,
+      shuffle_buffer=1024,  # 'dmvr' streams only: serialized examples
       class_splits=tuple(class_splits) if class_splits else None))
   config.model = get_model_config(model_name, num_classes=num_classes,
                                   input_size=(32, crop_size, crop_size),

@@ -6,5 +6,6 @@ from vivit.recipes import paper_config
 def get_config():
   return paper_config('L/16x2-FE', 'ssv2', 174, learning_rate=0.4, num_epochs=35,
                       stride=1, min_resize=288, crop_size=256, flip=False,
+                      test_split='validation',  # the test set has no labels
                       label_smoothing=0.3, mixup=0.3, stochastic_depth=0.3,
                       randaugment=(2, 20), temporal_layers=4)

@@ -1,8 +1,12 @@
-"""tf.data input pipelines over TFDS video datasets, one shard per host.
+"""tf.data input pipelines over video datasets, one shard per host.
 
-Training batches are a pure function of (seed, step): epoch `e` shuffles with seed
-`seed + e` and every example's augmentation seed is (seed, e, example id), so a
-resumed run sees exactly the batches the uninterrupted run would have.
+Examples are read by index from TFDS ArrayRecord files, still serialized (a
+prepared video is a list of JPEG frames): every epoch is a stateless random
+permutation of this host's examples, and only the frames a clip uses are decoded.
+Training batch `s` is a pure function of (seed, host, s), so a resumed run sees
+exactly the batches the uninterrupted run would have without reading the ones
+before. Host memory is bounded by the batches in flight, not by the dataset.
+DMVR-style tfrecords (scenic's format) stream through `vivit.data.dmvr` instead.
 
 Batches are host-local numpy dicts:
   train: video `[batch, time, height, width, 3]` float32 in [-1, 1], label `[batch]`
@@ -19,7 +23,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vivit.data import transforms
-from vivit.data.synthetic import SyntheticMotion
+from vivit.data.synthetic import SyntheticMotion  # importing vivit.data registers the rest
 
 # Datasets generated locally on first use (no download).
 LOCAL_BUILDERS = {'synthetic_motion': SyntheticMotion}
@@ -68,26 +72,103 @@ def sync_model_config(config: ml_collections.ConfigDict, num_classes: int) -> No
                      f'{ds.name} has {num_classes} classes')
 
 
+def label_key(dataset_config: ml_collections.ConfigDict) -> str:
+  """The feature that training predicts: 'label', or e.g. Epic-Kitchens' 'verb'."""
+  return dataset_config.get('label_key') or 'label'
+
+
 def open_dataset(config: ml_collections.ConfigDict, *splits: str):
   """Checks that `splits` exist and fits `config.model` to the data.
 
   Returns (label feature, number of examples per split)."""
-  builder = get_builder(config.dataset)
-  label = builder.info.features['label']
-  sizes = [check_split(builder, split) for split in splits]
+  if config.dataset.get('format', 'tfds') == 'dmvr':
+    from vivit.data import dmvr
+    label = tfds.features.ClassLabel(num_classes=config.model.num_classes)
+    sizes = [dmvr.num_examples(config.dataset.data_dir, split) for split in splits]
+  else:
+    builder = get_builder(config.dataset)
+    key = label_key(config.dataset)
+    labels = [name for name, feature in builder.info.features.items()
+              if isinstance(feature, tfds.features.ClassLabel)]
+    if key not in labels:
+      raise ValueError(f'dataset {builder.name} has no label {key!r}; set '
+                       f'dataset.label_key to one of: {", ".join(labels)}')
+    label = builder.info.features[key]
+    sizes = [check_split(builder, split) for split in splits]
   sync_model_config(config, label.num_classes)
   return label, sizes
 
 
-def _read(builder, split: str):
-  """This host's shard of `split`, in a fixed order, as (id, video, label); and its
-  number of examples."""
-  check_split(builder, split)
-  host_split = tfds.split_for_jax_process(split)
-  ds = builder.as_dataset(split=host_split, shuffle_files=False,
-                          read_config=tfds.ReadConfig(interleave_cycle_length=1))
-  ds = ds.enumerate().map(lambda i, ex: (i, ex['video'], ex['label']))
-  return ds, builder.info.splits[host_split].num_examples
+READ_GROUP = 16  # examples fetched per read call
+
+
+class Records:
+  """This host's share of one split as serialized examples, read by index from a
+  TFDS ArrayRecord dataset (random access: a shuffle needs no buffer, and a resumed
+  run reads nothing it has already seen)."""
+
+  def __init__(self, builder: tfds.core.DatasetBuilder, split: str, label_key: str):
+    check_split(builder, split)
+    self._source = builder.as_data_source(
+        tfds.split_for_jax_process(split),
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    self.num_examples = len(self._source)
+    features = builder.info.features
+    decoders = ({'video': tfds.decode.SkipDecoding()}
+                if isinstance(features['video'], tfds.features.Video) else None)
+    self._parse = lambda serialized: features.deserialize_example(
+        serialized, decoders=decoders)
+    self._label_key = label_key
+
+  def parse(self, serialized):
+    """(video `[time]` JPEG strings or `[time, height, width, 3]` uint8, label)."""
+    example = self._parse(serialized)
+    return example['video'], example[self._label_key]
+
+  def read(self, indices: tf.data.Dataset, num_threads: int) -> tf.data.Dataset:
+    """(index, serialized example) for each int64 index of `indices`, in order."""
+    def fetch(group):
+      return np.array(self._source.__getitems__(group.tolist()), dtype=object)
+
+    def fetch_group(group):
+      records = tf.numpy_function(fetch, [group], tf.string, stateful=False)
+      return group, tf.ensure_shape(records, group.shape)
+
+    return (indices.batch(READ_GROUP)
+            .map(fetch_group, num_parallel_calls=num_threads, deterministic=True)
+            .unbatch())
+
+  def train_stream(self, seed: int, batch_size: int, start_step: int,
+                   num_threads: int) -> tf.data.Dataset:
+    """(stream position, serialized) from step `start_step` on: every epoch is a
+    fresh permutation (seeded by `seed`, the epoch and the host) of which the first
+    `steps_per_epoch * batch_size` examples are used."""
+    steps_per_epoch = self.num_examples // batch_size
+    host_seed = seed * 1_000_003 + jax.process_index()
+    last = self.num_examples - 1
+
+    def example_index(position):
+      step = position // batch_size
+      epoch = step // steps_per_epoch
+      slot = (step % steps_per_epoch) * batch_size + position % batch_size
+      return tf.random.experimental.index_shuffle(
+          slot, tf.stack([tf.constant(host_seed, tf.int64), epoch]), last)
+
+    positions = tf.data.Dataset.range(start_step * batch_size, 2 ** 62)
+    stream = self.read(positions.map(example_index), num_threads)
+    return tf.data.Dataset.zip(positions, stream).map(
+        lambda position, indexed: (position, indexed[1]))
+
+  def in_order(self, num_threads: int) -> tf.data.Dataset:
+    return self.read(tf.data.Dataset.range(self.num_examples), num_threads)
+
+
+def open_records(dataset_config: ml_collections.ConfigDict, split: str):
+  """`Records` (or `dmvr.Records`) of this host's share of `split`."""
+  if dataset_config.get('format', 'tfds') == 'dmvr':
+    from vivit.data import dmvr
+    return dmvr.Records(dataset_config.data_dir, split, dataset_config.shuffle_buffer)
+  return Records(get_builder(dataset_config), split, label_key(dataset_config))
 
 
 def _shuffle_time(video, seed, axis: int):
@@ -97,68 +178,74 @@ def _shuffle_time(video, seed, axis: int):
   return tf.gather(video, order, axis=axis)
 
 
-def _options() -> tf.data.Options:
+def _options(num_threads: int) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  options.threading.private_threadpool_size = 2
+  if num_threads:
+    options.threading.private_threadpool_size = num_threads
   return options
+
+
+def _threads(dataset_config) -> int:
+  """`dataset.num_threads` (0: one per core) as a parallelism for tf.data maps."""
+  return dataset_config.get('num_threads') or tf.data.AUTOTUNE
 
 
 def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, seed: int,
                   start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
   """Endless augmented training batches of `batch_size` (this host's share),
-  starting at global step `start_step`."""
-  builder = get_builder(dataset_config)
-  base, examples = _read(builder, dataset_config.train_split)
-  if dataset_config.get('cache', True):
-    base = base.cache()
-  steps_per_epoch = examples // batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f'split {dataset_config.train_split} has {examples} examples on this '
-                     f'host, fewer than one batch of {batch_size}')
+  starting at global step `start_step`. Batch `s` is a pure function of (seed,
+  host, s): nothing before `start_step` is read to resume."""
+  records = open_records(dataset_config, dataset_config.train_split)
+  if records.num_examples < batch_size:
+    raise ValueError(f'split {dataset_config.train_split} has {records.num_examples} '
+                     f'examples on this host, fewer than one batch of {batch_size}')
   view = functools.partial(
       transforms.train_view, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
       flip=dataset_config.flip, colour_strength=dataset_config.colour_jitter)
   shuffle_frames = dataset_config.get('shuffle_frames', False)
-  epoch, skip = divmod(start_step, steps_per_epoch)
-  while True:
-    def augment(index, video, label, epoch=epoch):
-      example_seed = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch,
-                               tf.cast(index, tf.int64)])
-      video = view(video, seed=example_seed)
-      if shuffle_frames:
-        video = _shuffle_time(video, example_seed, axis=0)
-      return {'video': video, 'label': tf.cast(label, tf.int32)}
-    ds = base.shuffle(min(examples, dataset_config.shuffle_buffer), seed=seed + epoch,
-                      reshuffle_each_iteration=False)
-    ds = ds.skip(skip * batch_size)
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(2).with_options(_options())
-    yield from ds.as_numpy_iterator()
-    epoch, skip = epoch + 1, 0
+  host_seed = seed * 1_000_003 + jax.process_index()
+
+  def augment(position, serialized):
+    video, label = records.parse(serialized)
+    example_seed = tf.stack([tf.constant(host_seed, tf.int64), position])
+    video = view(video, seed=example_seed)
+    if shuffle_frames:
+      video = _shuffle_time(video, example_seed, axis=0)
+    return {'video': video, 'label': tf.cast(label, tf.int32)}
+
+  threads = _threads(dataset_config)
+  ds = records.train_stream(seed, batch_size, start_step, threads)
+  ds = ds.map(augment, num_parallel_calls=threads, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+  return ds.with_options(_options(dataset_config.get('num_threads'))).as_numpy_iterator()
 
 
 def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_size: int,
                  num_clips: int = 1, num_crops: int = 1) -> Iterator[Dict[str, np.ndarray]]:
   """One pass over `split` with `num_clips x num_crops` views per video; the last
   batch is padded (mask 0) to keep shapes static."""
-  builder = get_builder(dataset_config)
+  records = open_records(dataset_config, split)
   views = functools.partial(
       transforms.test_views, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, num_clips=num_clips, num_crops=num_crops)
   shuffle_frames = dataset_config.get('shuffle_frames', False)
 
-  def prepare(index, video, label):
+  def prepare(index, serialized):
+    video, label = records.parse(serialized)
     video = views(video)
     if shuffle_frames:
       video = _shuffle_time(video, tf.stack([tf.constant(-1, tf.int64), index]), axis=1)
     return {'video': video, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)}
 
-  ds = _read(builder, split)[0].map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size).prefetch(2).with_options(_options())
+  threads = _threads(dataset_config)
+  ds = records.in_order(threads).map(prepare, num_parallel_calls=threads,
+                                     deterministic=True)
+  ds = ds.batch(batch_size).prefetch(2)
+  ds = ds.with_options(_options(dataset_config.get('num_threads')))
   for batch in ds.as_numpy_iterator():
     missing = batch_size - len(batch['label'])
     if missing:

@@ -99,9 +99,14 @@ class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
   Configs: `synthetic_motion` (3000 / 300 / 300 clips) and `synthetic_motion/tiny`.
   """
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '1.1.0': 'ArrayRecord files (read by index), same examples.'}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in SPLIT_SIZES]
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault('file_format', 'array_record')
+    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

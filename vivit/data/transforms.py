@@ -1,6 +1,7 @@
 """Video transforms on one decoded clip, in TensorFlow for tf.data.
 
-Clips are `[time, height, width, 3]`. Randomness is stateless: every random op takes
+Videos are `[time, height, width, 3]` uint8, or `[time]` JPEG strings (prepared
+datasets): only the frames a clip uses are decoded. Randomness is stateless: every random op takes
 a `seed` tensor of shape [2], so a pipeline is reproducible from (seed, epoch,
 example) and can resume mid-epoch.
 """
@@ -12,6 +13,20 @@ import tensorflow as tf
 def split_seed(seed, num: int):
   """`num` independent [2] seeds from one."""
   return tf.unstack(tf.random.experimental.stateless_split(seed, num))
+
+
+def num_video_frames(video):
+  return tf.shape(video)[0]
+
+
+def gather_frames(video, indices):
+  """`video[indices]` as uint8 `[len(indices), height, width, 3]`, decoding only
+  those frames when `video` holds JPEG strings."""
+  frames = tf.gather(video, indices)
+  if video.dtype != tf.string:
+    return frames
+  return tf.map_fn(lambda jpeg: tf.io.decode_jpeg(jpeg, channels=3), frames,
+                   fn_output_signature=tf.uint8)
 
 
 def clip_indices(num_video_frames, num_frames: int, stride: int, offset):
@@ -109,8 +124,8 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
                scale_range: Sequence[float], flip: bool, colour_strength: float, seed):
   """One augmented training clip `[num_frames, crop, crop, 3]` in [-1, 1]."""
   offset_seed, crop_seed, flip_seed, colour_seed = split_seed(seed, 4)
-  count = tf.shape(video)[0]
-  video = tf.gather(video, clip_indices(
+  count = num_video_frames(video)
+  video = gather_frames(video, clip_indices(
       count, num_frames, stride, random_offset(count, num_frames, stride, offset_seed)))
   video = scale_jitter_crop(tf.cast(video, tf.float32), min_resize, crop_size,
                             tuple(scale_range), crop_seed)
@@ -124,11 +139,11 @@ def test_views(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
                num_clips: int, num_crops: int):
   """Every view of the multi-view test: `[clips * crops, num_frames, crop, crop, 3]`,
   clip-major, in [-1, 1]."""
-  count = tf.shape(video)[0]
+  count = num_video_frames(video)
   views = []
   offsets = test_offsets(count, num_frames, stride, num_clips)
   for i in range(num_clips):
-    clip = tf.gather(video, clip_indices(count, num_frames, stride, offsets[i]))
+    clip = gather_frames(video, clip_indices(count, num_frames, stride, offsets[i]))
     clip = resize_short_side(tf.cast(clip, tf.float32), min_resize)
     views.append(spatial_crops(clip, crop_size, num_crops))
   return zero_centre(tf.concat(views, axis=0))

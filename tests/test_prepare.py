@@ -1,0 +1,440 @@
+"""Preparing real datasets from their official file formats, then training on them.
+
+Every release here is written in its official layout with small real videos (H.264
+mp4 and VP9 webm, odd sizes, portrait and landscape, 25 and 29.97 fps, some shorter
+than a clip, some broken)."""
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+
+import video_files as vf
+from vivit import evaluate
+from vivit.data import dmvr, pipeline, prepare
+from vivit.data.video_builder import AnnotationError, builders
+from vivit.train import train_and_evaluate
+from test_train import ROOT, tiny_config
+
+KINETICS_CLASSES = ['air drumming', 'passing American football (in game)',
+                    "tying bow tie"]
+# (youtube id, start, class, fps, frames, (height, width)); the first two are
+# shorter than a 4-frame x stride-2 clip.
+KINETICS_TRAIN = [
+    ('-3B32lodo2M', 0, 0, 25, 6, (48, 64)),
+    ('_dbcJuKJQNs', 40, 1, vf.NTSC, 5, (64, 48)),
+    ('abc123xyz00', 12, 2, 25, 16, (45, 81)),
+    ('def456uvw11', 3, 0, vf.NTSC, 20, (50, 50)),
+    ('ghi789rst22', 100, 1, 25, 14, (64, 36)),
+    ('jkl012opq33', 7, 2, vf.NTSC, 16, (48, 64)),
+    ('mno345lmn44', 0, 0, 25, 12, (48, 64)),
+    ('pqr678ijk55', 5, 1, 25, 12, (64, 48)),
+    ('stu901fgh66', 9, 2, vf.NTSC, 14, (48, 64)),
+]
+KINETICS_VALIDATION = [
+    ('vwx234cde77', 1, 0, 25, 12, (48, 64)),
+    ('yza567bcd88', 2, 1, vf.NTSC, 15, (64, 48)),
+    ('bcd890abc99', 3, 2, 25, 10, (48, 64)),
+]
+# id -> (what is wrong, where it is listed)
+KINETICS_BAD = {'corruptvid00': 'corrupt', 'emptyvideo00': 'empty',
+                'audioonly000': 'audio', 'missingvid00': 'missing'}
+
+
+def expected_frames(num_frames, fps, target=25.0):
+  """Source frame indices kept when resampling to `target` fps by nearest time."""
+  duration = num_frames / float(fps)
+  count = int(np.floor(duration * target + 1e-6))
+  return [min(int(round(k / target * float(fps))), num_frames - 1) for k in range(count)]
+
+
+def write_kinetics(root):
+  """Kinetics-400 as the 2017 release: per-split CSVs (validate.csv with quoted
+  labels, a test.csv without labels), clips under per-class folders, one flat
+  `<youtube_id>.mp4`."""
+  videos, annotations = os.path.join(root, 'videos'), os.path.join(root, 'annotations')
+  rows = {'train': [], 'validate': []}
+  for split, clips in (('train', KINETICS_TRAIN), ('validate', KINETICS_VALIDATION)):
+    for i, (yid, start, label, fps, frames, size) in enumerate(clips):
+      name = f'{yid}_{start:06d}_{start + 10:06d}.mp4'
+      folder = os.path.join(videos, split, KINETICS_CLASSES[label])
+      path = os.path.join(folder, name) if i != 2 else os.path.join(videos, yid + '.mp4')
+      vf.write_video(path, frames, fps, size)
+      rows[split].append([KINETICS_CLASSES[label], yid, start, start + 10,
+                          'val' if split == 'validate' else split, 0])
+  for yid, kind in KINETICS_BAD.items():
+    rows['train'].append([KINETICS_CLASSES[0], yid, 0, 10, 'train', 0])
+    path = os.path.join(videos, 'train', KINETICS_CLASSES[0], f'{yid}_000000_000010.mp4')
+    if kind == 'audio':
+      vf.write_audio_only(path)
+    elif kind != 'missing':
+      vf.write_bad(path, kind)
+  header = ['label', 'youtube_id', 'time_start', 'time_end', 'split', 'is_cc']
+  vf.write_csv(os.path.join(annotations, 'train.csv'), header, rows['train'])
+  vf.write_csv(os.path.join(annotations, 'validate.csv'), header, rows['validate'],
+               quote_all=True)
+  vf.write_csv(os.path.join(annotations, 'test.csv'),
+               ['youtube_id', 'time_start', 'time_end', 'split'], [['zzz', 0, 10, 'test']])
+  return videos, annotations
+
+
+def run_prepare(dataset, videos, annotations, data_dir, *extra):
+  args = [dataset, '--videos', videos, '--data_dir', str(data_dir), '--short_side', '32']
+  if annotations:
+    args += ['--annotations', annotations]
+  return prepare.prepare(prepare.parse_args(args + list(extra)))
+
+
+def load(dataset, data_dir):
+  """{id: example} of every split, frames decoded, from plain TFDS."""
+  builder = tfds.builder(dataset, data_dir=str(data_dir))
+  examples = {}
+  for split in builder.info.splits:
+    for example in builder.as_data_source(split):
+      example = dict(example, split=split, video=np.stack(example['video']))
+      examples[example['id'].decode()] = example
+  return builder, examples
+
+
+def levels(video):
+  return [vf.level_index(frame.mean()) for frame in video]
+
+
+@pytest.fixture(scope='module')
+def kinetics(tmp_path_factory):
+  root = tmp_path_factory.mktemp('kinetics')
+  videos, annotations = write_kinetics(str(root))
+  data_dir = root / 'tfds'
+  report = run_prepare('kinetics400', videos, annotations, data_dir)
+  return videos, annotations, data_dir, report
+
+
+def test_kinetics_labels_counts_frames_fps_and_report(kinetics):
+  _, _, data_dir, report = kinetics
+  builder, examples = load('kinetics400', data_dir)
+  assert builder.info.features['label'].names == sorted(KINETICS_CLASSES)
+  assert set(builder.info.splits) == {'train', 'validation'}  # test.csv has no labels
+  assert builder.info.splits['train'].num_examples == len(KINETICS_TRAIN)
+  assert builder.info.splits['validation'].num_examples == len(KINETICS_VALIDATION)
+  names = builder.info.features['label'].names
+  for split, clips in (('train', KINETICS_TRAIN), ('validation', KINETICS_VALIDATION)):
+    for yid, start, label, fps, frames, (height, width) in clips:
+      example = examples[f'{yid}_{start:06d}_{start + 10:06d}']
+      assert example['split'] == split
+      assert names[example['label']] == KINETICS_CLASSES[label]
+      assert example['fps'] == 25.0
+      video = example['video']
+      short = 32
+      scale = short / min(height, width)
+      assert video.shape == (len(expected_frames(frames, fps)), round(height * scale),
+                             round(width * scale), 3)
+      assert levels(video) == [i % vf.CYCLE for i in expected_frames(frames, fps)]
+  skipped = {s['id'].split('_')[0]: s['reason'] for s in report['skipped']}
+  assert set(skipped) == set(KINETICS_BAD)
+  assert skipped['emptyvideo00'] == 'empty file (0 bytes)'
+  assert skipped['audioonly000'].startswith('no video stream')
+  assert skipped['missingvid00'] == 'video file not found'
+  assert skipped['corruptvid00'].startswith('cannot open')
+  with open(os.path.join(data_dir, 'kinetics400', 'prepare_report.json')) as f:
+    assert '"corruptvid00_000000_000010"' in f.read()
+  assert not os.path.exists(os.path.join(data_dir, 'kinetics400', '_prepare'))
+
+
+def test_prepare_twice_is_a_no_op(kinetics, capsys):
+  videos, annotations, data_dir, _ = kinetics
+  version_dir = os.path.join(data_dir, 'kinetics400', '1.0.0')
+  before = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns
+            for f in os.listdir(version_dir)}
+  assert run_prepare('kinetics400', videos, annotations, data_dir) == {}
+  assert 'already prepared' in capsys.readouterr().out
+  assert {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns
+          for f in os.listdir(version_dir)} == before
+  with pytest.raises(ValueError, match='prepared with fps=25, short_side=32'):
+    run_prepare('kinetics400', videos, annotations, data_dir, '--fps', '30')
+
+
+def test_workers_and_beam_give_the_same_examples(kinetics, tmp_path):
+  videos, annotations, data_dir, _ = kinetics
+  _, reference = load('kinetics400', data_dir)
+  run_prepare('kinetics400', videos, annotations, tmp_path / 'workers', '--workers', '2')
+  _, with_workers = load('kinetics400', tmp_path / 'workers')
+  report = run_prepare('kinetics400', videos, annotations, tmp_path / 'beam', '--beam',
+                       '--beam_options', '--runner=DirectRunner --direct_num_workers=2 '
+                       '--direct_running_mode=multi_threading')
+  _, with_beam = load('kinetics400', tmp_path / 'beam')
+  assert len(report['skipped']) == len(KINETICS_BAD)
+  for other in (with_workers, with_beam):
+    assert sorted(other) == sorted(reference)
+    for key, example in reference.items():
+      np.testing.assert_array_equal(other[key]['video'], example['video'])
+      assert (other[key]['label'], other[key]['split']) == (example['label'],
+                                                            example['split'])
+
+
+def prepare_command(videos, annotations, data_dir):
+  return [sys.executable, '-m', 'vivit.data.prepare', 'kinetics400', '--videos', videos,
+          '--annotations', annotations, '--data_dir', str(data_dir), '--short_side', '32']
+
+
+def test_sigkill_midway_then_restart_completes_the_same_dataset(kinetics, tmp_path):
+  videos, annotations, data_dir, _ = kinetics
+  _, reference = load('kinetics400', data_dir)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  process = subprocess.Popen(prepare_command(videos, annotations, tmp_path),
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  work = tmp_path / 'kinetics400' / '_prepare' / 'train'
+  deadline = time.time() + 120
+  while time.time() < deadline and process.poll() is None:
+    done = sum(len(files) for _, _, files in os.walk(work)) if work.exists() else 0
+    if done >= 2:
+      break
+    time.sleep(0.01)
+  assert process.poll() is None, 'prepare finished before it could be killed'
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  decoded_before = sum(len(files) for _, _, files in os.walk(work))
+  total = len(KINETICS_TRAIN) + len(KINETICS_VALIDATION) + len(KINETICS_BAD)
+  assert decoded_before < total
+  result = subprocess.run(prepare_command(videos, annotations, tmp_path), env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'{decoded_before} of {total} videos were decoded by an earlier run' in result.stderr
+  _, resumed = load('kinetics400', tmp_path)
+  assert sorted(resumed) == sorted(reference)
+  for key, example in reference.items():
+    np.testing.assert_array_equal(resumed[key]['video'], example['video'])
+
+
+def train_and_test(data_dir, name, tmp_path, **extra):
+  """A few training steps on a prepared dataset, then the multi-view evaluation."""
+  config = tiny_config(str(data_dir), **{'dataset.name': name, 'training.num_steps': 3,
+                                          'training.batch_size': 4, 'eval.batch_size': 4,
+                                          'training.eval_every': 3, **extra})
+  label = pipeline.label_key(config.dataset)
+  config.model.num_classes = tfds.builder(name, data_dir=str(data_dir)).info.features[
+      label].num_classes
+  workdir = str(tmp_path / f'run_{name}')
+  os.makedirs(workdir, exist_ok=True)
+  trained = train_and_evaluate(config, workdir)
+  assert trained['step'] == 3 and 0 <= trained['val_top1'] <= 1
+  result = evaluate.run(config, workdir, split=config.dataset.eval_split)
+  return result
+
+
+def test_train_and_evaluate_on_prepared_kinetics(kinetics, tmp_path):
+  result = train_and_test(kinetics[2], 'kinetics400', tmp_path)
+  assert result['num_videos'] == len(KINETICS_VALIDATION)
+  assert result['class_names'] == sorted(KINETICS_CLASSES)
+
+
+def test_dmvr_reader_yields_the_tfds_clips(kinetics, tmp_path):
+  """Scenic-format SequenceExamples of the same frames give the same clips."""
+  _, _, data_dir, _ = kinetics
+  builder = tfds.builder('kinetics400', data_dir=str(data_dir))
+  raw = builder.as_data_source('validation',
+                               deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  records = []
+  for serialized in raw:
+    example = builder.info.features.deserialize_example(
+        serialized, decoders={'video': tfds.decode.SkipDecoding()})
+    sequence = tf.train.SequenceExample()
+    sequence.context.feature[dmvr.LABEL].int64_list.value.append(int(example['label']))
+    frames = sequence.feature_lists.feature_list[dmvr.FRAMES]
+    for jpeg in example['video'].numpy():
+      frames.feature.add().bytes_list.value.append(jpeg)
+    records.append(sequence.SerializeToString())
+  for shard, part in enumerate((records[:2], records[2:])):
+    with tf.io.TFRecordWriter(str(tmp_path / f'validation.tfrecord-{shard:05d}-of-00002')) as w:
+      for record in part:
+        w.write(record)
+  pattern = str(tmp_path / '{split}.tfrecord@2')
+  config = tiny_config(str(data_dir), **{'dataset.name': 'kinetics400'}).dataset
+  tfds_batches = list(pipeline.eval_batches(config, 'validation', 4, num_clips=2,
+                                            num_crops=3))
+  config.update(format='dmvr', data_dir=pattern)
+  dmvr_batches = list(pipeline.eval_batches(config, 'validation', 4, num_clips=2,
+                                            num_crops=3))
+  assert len(dmvr_batches) == len(tfds_batches) == 1
+  for key in ('video', 'label', 'mask'):
+    np.testing.assert_array_equal(dmvr_batches[0][key], tfds_batches[0][key])
+  assert dmvr.num_examples(pattern, 'validation') == len(KINETICS_VALIDATION)
+  # Training streams resume at a step with the batches of an uninterrupted stream.
+  config.train_split = 'validation'
+  fresh = pipeline.train_batches(config, 2, seed=1)
+  first = [next(fresh) for _ in range(3)]
+  resumed = next(pipeline.train_batches(config, 2, seed=1, start_step=2))
+  np.testing.assert_array_equal(resumed['video'], first[2]['video'])
+  assert first[0]['video'].shape == (2, 4, 16, 16, 3)
+  with pytest.raises(FileNotFoundError, match='2 of the 3 shards'):
+    os.rename(tmp_path / 'validation.tfrecord-00001-of-00002',
+              tmp_path / 'validation.tfrecord-00001-of-00003')
+    dmvr.files(str(tmp_path / '{split}.tfrecord@3'), 'validation')
+
+
+def test_bad_annotations_name_file_and_line(tmp_path):
+  videos = str(tmp_path / 'videos')
+  os.makedirs(videos)
+  annotations = tmp_path / 'annotations'
+  vf.write_csv(str(annotations / 'train.csv'), ['label', 'video', 'start', 'end'],
+               [['a', 'x', 0, 10]])
+  with pytest.raises(AnnotationError, match=r'train.csv:1: expected a header with columns '
+                                            r'youtube_id,time_start,time_end'):
+    run_prepare('kinetics400', videos, str(annotations), tmp_path / 'out')
+  header = ['label', 'youtube_id', 'time_start', 'time_end', 'split']
+  vf.write_csv(str(annotations / 'train.csv'), header, [['a', 'x', 0, 10, 'train']])
+  vf.write_csv(str(annotations / 'validate.csv'), header,
+               [['a', 'y', 0, 10, 'val'], ['b', 'z', 0, 10, 'val']])
+  with pytest.raises(AnnotationError, match=r"validate.csv:3: label 'b' is not a class"):
+    run_prepare('kinetics400', videos, str(annotations), tmp_path / 'out')
+
+
+def test_every_dataset_is_registered_with_tfds():
+  assert set(builders()) == {'kinetics400', 'kinetics600', 'kinetics700', 'ssv2',
+                             'epic_kitchens_100', 'moments_in_time', 'video_folder'}
+  for name in builders():
+    assert tfds.builder_cls(name) is builders()[name]
+
+
+# --- the other releases -----------------------------------------------------------
+
+SSV2_TEMPLATES = ['Pushing [something] from left to right', 'Putting [something] on [something]',
+                  'Holding [something]']
+
+
+def write_ssv2(root):
+  videos, annotations = os.path.join(root, 'videos'), os.path.join(root, 'labels')
+  labels = {t.replace('[', '').replace(']', ''): str(i) for i, t in enumerate(SSV2_TEMPLATES)}
+  vf.write_json(os.path.join(annotations, 'something-something-v2-labels.json'), labels)
+  items = {'train': [], 'validation': []}
+  for i in range(8):
+    split = 'train' if i < 6 else 'validation'
+    template = SSV2_TEMPLATES[i % 3]
+    items[split].append({'id': str(1000 + i), 'label': template.replace('[something]', 'a cup'),
+                         'template': template, 'placeholders': ['a cup']})
+    vf.write_video(os.path.join(videos, f'{1000 + i}.webm'), 6 + i, 12,
+                   (40, 54) if i % 2 else (54, 40), codec='libvpx-vp9')
+  for split, entries in items.items():
+    vf.write_json(os.path.join(annotations, f'something-something-v2-{split}.json'), entries)
+  vf.write_json(os.path.join(annotations, 'something-something-v2-test.json'),
+                [{'id': '2000'}])
+  return videos, annotations
+
+
+EPIC_VERBS = ['take', 'put', 'wash']
+EPIC_NOUNS = ['plate', 'cup', 'knife', 'tap']
+
+
+def write_epic(root):
+  """Two long videos (60 and 50 fps) under <participant>/videos, and a third
+  video only as released rgb_frames (an extension video: numbered at 50 fps)."""
+  videos, annotations = os.path.join(root, 'EPIC-KITCHENS'), os.path.join(root, 'annotations')
+  vf.write_video(os.path.join(videos, 'P01', 'videos', 'P01_01.MP4'), 120, 60, (36, 64))
+  vf.write_video(os.path.join(videos, 'P02', 'videos', 'P02_03.MP4'), 100, 50, (64, 36))
+  frames_dir = os.path.join(videos, 'P03', 'rgb_frames', 'P03_101')
+  os.makedirs(frames_dir)
+  for n in range(1, 61):
+    Image.fromarray(np.full((36, 48, 3), vf.frame_level(n - 1), np.uint8)).save(
+        os.path.join(frames_dir, f'frame_{n:010d}.jpg'), quality=95)
+  classes = ['id', 'key', 'instances', 'category']
+  vf.write_csv(os.path.join(annotations, 'EPIC_100_verb_classes.csv'), classes,
+               [[i, v, f"['{v}']", 'x'] for i, v in enumerate(EPIC_VERBS)])
+  vf.write_csv(os.path.join(annotations, 'EPIC_100_noun_classes.csv'), classes,
+               [[i, n, f"['{n}']", 'x'] for i, n in enumerate(EPIC_NOUNS)])
+  header = ['narration_id', 'participant_id', 'video_id', 'narration_timestamp',
+            'start_timestamp', 'stop_timestamp', 'start_frame', 'stop_frame', 'narration',
+            'verb', 'verb_class', 'noun', 'noun_class', 'all_nouns', 'all_noun_classes']
+
+  def row(nid, video, start, stop, rate, verb, noun):
+    stamp = lambda s: f'00:00:{s:05.2f}'
+    return [nid, video.split('_')[0], video, stamp(start), stamp(start), stamp(stop),
+            max(1, int(start * rate)), int(stop * rate), 'x', EPIC_VERBS[verb], verb,
+            EPIC_NOUNS[noun], noun, f"['{EPIC_NOUNS[noun]}']", f'[{noun}]']
+  train = [row('P01_01_0', 'P01_01', 0.0, 0.5, 60, 0, 0), row('P01_01_1', 'P01_01', 0.5, 1.2, 60, 1, 1),
+           row('P02_03_0', 'P02_03', 0.2, 1.0, 60, 2, 2), row('P03_101_0', 'P03_101', 0.1, 0.9, 50, 0, 3),
+           row('P09_09_0', 'P09_09', 0.0, 1.0, 60, 1, 0)]  # no such video
+  validation = [row('P01_01_2', 'P01_01', 1.2, 1.9, 60, 2, 1),
+                row('P02_03_1', 'P02_03', 1.0, 1.8, 60, 0, 2)]
+  vf.write_csv(os.path.join(annotations, 'EPIC_100_train.csv'), header, train)
+  vf.write_csv(os.path.join(annotations, 'EPIC_100_validation.csv'), header, validation)
+  return videos, annotations
+
+
+def write_moments(root):
+  videos, annotations = os.path.join(root, 'Moments_in_Time_Raw'), os.path.join(root, 'Moments_in_Time_Raw')
+  classes = ['blocking', 'adult+female+singing', 'running']
+  with open(os.path.join(annotations if os.makedirs(annotations) is None else '',
+                         'moments_categories.txt'), 'w') as f:
+    f.writelines(f'{c},{i}\n' for i, c in enumerate(classes))
+  for split, csv_name, count in (('training', 'trainingSet.csv', 6),
+                                 ('validation', 'validationSet.csv', 3)):
+    rows = []
+    for i in range(count):
+      label = classes[i % 3]
+      file = f'{label}/getty-clip-{split}-{i}.mp4'
+      vf.write_video(os.path.join(videos, split, file), 10 + i, 30, (48, 64))
+      rows.append([file, label, 3, 0])
+    vf.write_csv(os.path.join(annotations, csv_name), None, rows)
+  return videos, annotations
+
+
+def write_folder_tree(root):
+  videos = os.path.join(root, 'videos')
+  for split, count in (('train', 6), ('validation', 2)):
+    for i in range(count):
+      label = ('cat', 'dog')[i % 2]
+      vf.write_video(os.path.join(videos, split, label, f'{label}{i}.mp4'), 10, 25, (48, 64))
+  return videos, None
+
+
+@pytest.mark.parametrize('dataset', ['ssv2', 'epic_kitchens_100', 'moments_in_time',
+                                     'video_folder'])
+def test_other_releases_prepare_train_and_evaluate(dataset, tmp_path):
+  writer = {'ssv2': write_ssv2, 'epic_kitchens_100': write_epic,
+            'moments_in_time': write_moments, 'video_folder': write_folder_tree}[dataset]
+  videos, annotations = writer(str(tmp_path))
+  data_dir = tmp_path / 'tfds'
+  report = run_prepare(dataset, videos, annotations, data_dir, '--workers', '2')
+  builder, examples = load(dataset, data_dir)
+  extra = {}
+  if dataset == 'ssv2':
+    assert builder.info.features['label'].names == [
+        t.replace('[', '').replace(']', '') for t in SSV2_TEMPLATES]
+    assert report['examples'] == {'train': 6, 'validation': 2}
+    for i in range(8):
+      example = examples[str(1000 + i)]
+      assert example['label'] == i % 3 and example['fps'] == 12.0
+      assert levels(example['video']) == list(range(6 + i))  # its own 12 fps
+      assert min(example['video'].shape[1:3]) == 32
+  elif dataset == 'epic_kitchens_100':
+    assert builder.info.features['verb'].names == EPIC_VERBS
+    assert builder.info.features['noun'].names == EPIC_NOUNS
+    assert [s['id'] for s in report['skipped']] == ['P09_09_0']
+    # A 0.5 s..1.2 s segment of a 60 fps video: source frames 30..71 at 25 fps.
+    segment = examples['P01_01_1']
+    assert (segment['verb'], segment['noun']) == (1, 1)
+    assert levels(segment['video']) == [min(30 + round(k * 60 / 25), 71) % vf.CYCLE
+                                        for k in range(17)]
+    assert len(segment['video']) == 17
+    # Released frames 5..45 of an extension video (numbered at 50 fps) -> 20 frames.
+    frames = examples['P03_101_0']['video']
+    assert len(frames) == 20 and levels(frames)[0] == 4
+    extra = {'dataset.label_key': 'verb'}
+  elif dataset == 'moments_in_time':
+    assert builder.info.features['label'].names == ['blocking', 'adult+female+singing',
+                                                    'running']
+    assert report['examples'] == {'train': 6, 'validation': 3}
+    example = examples['running/getty-clip-training-2.mp4']
+    assert example['label'] == 2 and len(example['video']) == int((12 / 30) * 25)
+  else:
+    assert builder.info.features['label'].names == ['cat', 'dog']
+    assert report['examples'] == {'train': 6, 'validation': 2}
+    assert examples[os.path.join('train', 'dog', 'dog1.mp4')]['label'] == 1
+  result = train_and_test(data_dir, dataset, tmp_path, **extra)
+  assert result['num_videos'] == report['examples']['validation']

@@ -1,0 +1,100 @@
+"""Small real video files and official-format annotation files for the dataset tests.
+
+Frame i of every test video is a flat grey of level `frame_level(i)`, so a decoded
+frame tells which source frame it came from."""
+import csv
+import json
+import os
+from fractions import Fraction
+
+import numpy as np
+
+NTSC = Fraction(30000, 1001)
+
+
+CYCLE = 42  # frame levels repeat after this many frames
+
+
+def frame_level(i: int) -> int:
+  """Grey level of frame i: 5 levels apart, inside video's 16..235 range."""
+  return 20 + 5 * (i % CYCLE)
+
+
+def level_index(level: float) -> int:
+  """The source frame index modulo CYCLE whose level is nearest `level`."""
+  return int(np.argmin([abs(frame_level(i) - level) for i in range(CYCLE)]))
+
+
+def write_video(path, num_frames=12, fps=25, size=(48, 64), codec='libx264'):
+  """An mp4 (H.264) or webm (VP9) of flat grey frames; `size` is (height, width),
+  odd sizes allowed."""
+  import av
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  height, width = size
+  odd = height % 2 or width % 2
+  with av.open(path, 'w') as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.height, stream.width = height, width
+    stream.pix_fmt = 'yuv444p' if odd else 'yuv420p'
+    # Lossless, so that every frame keeps its grey level.
+    stream.options = ({'qp': '0', 'preset': 'ultrafast'} if codec == 'libx264'
+                      else {'lossless': '1'})
+    for i in range(num_frames):
+      image = np.full((height, width, 3), frame_level(i), np.uint8)
+      frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path
+
+
+def write_audio_only(path):
+  import av
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with av.open(path, 'w', format='mp4') as container:
+    stream = container.add_stream('aac', rate=16000)
+    samples = np.zeros((1, 1024 * 8), np.float32)
+    frame = av.AudioFrame.from_ndarray(samples, format='fltp', layout='mono')
+    frame.sample_rate = 16000
+    for packet in stream.encode(frame):
+      container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path
+
+
+def write_bad(path, kind):
+  """'empty' (0 bytes), 'corrupt' (random bytes) or 'truncated' (first third of an
+  mp4 whose index is at its end)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  if kind == 'empty':
+    open(path, 'wb').close()
+  elif kind == 'corrupt':
+    with open(path, 'wb') as f:
+      f.write(np.random.RandomState(0).bytes(5000))
+  else:
+    whole = write_video(path + '.whole.mp4', num_frames=20)
+    with open(whole, 'rb') as f:
+      data = f.read()
+    os.remove(whole)
+    with open(path, 'wb') as f:
+      f.write(data[:len(data) // 3])
+  return path
+
+
+def write_csv(path, header, rows, quote_all=False):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', newline='') as f:
+    writer = csv.writer(f, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL)
+    if header:
+      writer.writerow(header)
+    writer.writerows(rows)
+  return path
+
+
+def write_json(path, value):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(value, f)
+  return path

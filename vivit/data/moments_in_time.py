@@ -1,0 +1,65 @@
+"""Moments in Time from the official `trainingSet.csv` / `validationSet.csv`.
+
+Annotations: the directory holding `moments_categories.txt` (`label,index` per line)
+and the split CSVs (no header; rows `<label>/<file>.mp4,<label>,...`). Videos are
+looked up as `VIDEOS/training/<file>` (or `validation/`), then `VIDEOS/<file>`.
+"""
+import os
+
+from vivit.data.video_builder import AnnotationError, Entry, VideoDatasetBuilder, \
+    read_csv
+
+SPLITS = {'train': ('trainingSet.csv', 'training'),
+          'validation': ('validationSet.csv', 'validation')}
+CATEGORIES = 'moments_categories.txt'
+
+
+def read_categories(path):
+  names = {}
+  for line, row in read_csv(path, (), header=False):
+    try:
+      label, index = row[0].strip(), int(row[1])
+    except (IndexError, ValueError):
+      raise AnnotationError(f'{path}:{line}: expected "label,index", got '
+                            f'{",".join(row)!r}') from None
+    names[index] = label
+  if sorted(names) != list(range(len(names))):
+    raise AnnotationError(f'{path}: class indices are not 0..{len(names) - 1}')
+  return [names[i] for i in range(len(names))]
+
+
+def read_moments(videos, annotations):
+  class_names = read_categories(os.path.join(annotations, CATEGORIES))
+  classes = set(class_names)
+  entries = []
+  for split, (csv_name, video_subdir) in SPLITS.items():
+    path = os.path.join(annotations, csv_name)
+    if not os.path.exists(path):
+      continue
+    for line, row in read_csv(path, (), header=False):
+      where = f'{path}:{line}'
+      if len(row) < 2 or not row[0].lower().endswith(('.mp4', '.webm', '.avi')):
+        raise AnnotationError(f'{where}: expected "<label>/<file>.mp4,<label>,...", got '
+                              f'{",".join(row)!r:.80}')
+      file, label = row[0].strip(), row[1].strip()
+      if label not in classes:
+        raise AnnotationError(f'{where}: label {label!r} is not in {CATEGORIES}')
+      candidates = [os.path.join(videos, video_subdir, file), os.path.join(videos, file)]
+      found = next((c for c in candidates if os.path.exists(c)), None)
+      entries.append(Entry(file, split, (('label', label),), found))
+  if not entries:
+    raise AnnotationError(f'{annotations}: neither trainingSet.csv nor validationSet.csv')
+  return entries, {'label': class_names}
+
+
+class MomentsInTime(VideoDatasetBuilder):
+  """Moments in Time (Monfort et al., 2019): 3 s clips of 339 action classes."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+Request and download Moments_in_Time_Raw from the MIT-IBM Watson lab, then
+  python -m vivit.data.prepare moments_in_time --videos Moments_in_Time_Raw \\
+      --annotations Moments_in_Time_Raw --data_dir DATA_DIR
+"""
+
+  @classmethod
+  def read_annotations(cls, videos, annotations):
+    return read_moments(videos, annotations)

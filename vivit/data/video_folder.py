@@ -1,0 +1,66 @@
+"""Any labelled set of videos: a CSV `path,label[,split]`, or a directory tree
+`VIDEOS/<split>/<class>/<video>`.
+
+CSV paths are relative to the videos directory (or absolute); a header row
+`path,label[,split]` is optional; rows without a split are `train`. Classes are the
+labels in alphabetical order.
+"""
+import os
+
+from vivit.data.video_builder import AnnotationError, Entry, VideoDatasetBuilder, \
+    read_csv
+
+VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.mpg', '.mpeg')
+HEADER = ['path', 'label', 'split']
+
+
+def read_listing(videos, csv_path):
+  rows = []
+  for line, row in read_csv(csv_path, (), header=False):
+    row = [v.strip() for v in row]
+    if line == 1 and row == HEADER[:len(row)]:
+      continue
+    if len(row) not in (2, 3) or not all(row):
+      raise AnnotationError(f'{csv_path}:{line}: expected "path,label[,split]", got '
+                            f'{",".join(row)!r:.80}')
+    rows.append((row[0], row[1], row[2] if len(row) == 3 else 'train'))
+  if not rows:
+    raise AnnotationError(f'{csv_path}: no videos listed')
+  return rows
+
+
+def read_tree(videos):
+  rows = []
+  for split in sorted(os.listdir(videos)):
+    for label in sorted(os.listdir(os.path.join(videos, split))):
+      class_dir = os.path.join(videos, split, label)
+      if not os.path.isdir(class_dir):
+        continue
+      for name in sorted(os.listdir(class_dir)):
+        if name.lower().endswith(VIDEO_EXTENSIONS):
+          rows.append((os.path.join(split, label, name), label, split))
+  if not rows:
+    raise AnnotationError(f'{videos}: no <split>/<class>/<video> files found')
+  return rows
+
+
+def read_folder(videos, annotations):
+  rows = read_listing(videos, annotations) if annotations else read_tree(videos)
+  class_names = sorted({label for _, label, _ in rows})
+  entries = []
+  for path, label, split in rows:
+    full = path if os.path.isabs(path) else os.path.join(videos, path)
+    entries.append(Entry(path, split, (('label', label),), full))
+  return entries, {'label': class_names}
+
+
+class VideoFolder(VideoDatasetBuilder):
+  """A user's own labelled videos (`python -m vivit.data.prepare video_folder`)."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  python -m vivit.data.prepare video_folder --videos DIR [--annotations LIST.csv] \\
+      --data_dir DATA_DIR
+"""
+
+  @classmethod
+  def read_annotations(cls, videos, annotations):
+    return read_folder(videos, annotations)
