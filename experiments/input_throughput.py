@@ -10,9 +10,10 @@ jitter, flip, colour jitter: the Kinetics recipe):
 
   python experiments/input_throughput.py                    # synthesised dataset
   python experiments/input_throughput.py --dataset kinetics400 --data_dir /data/tfds
+  python experiments/input_throughput.py --input_clips_per_core 8 --model B/16x2  # GPU host
 
-Without --data_dir it writes `--videos` 10 s 340x256 mp4s of moving texture and
-prepares them with `vivit.data.prepare video_folder` first (also timed).
+Without --data_dir it writes `--videos` 340x256 mp4s of moving texture (`--seconds`
+long) and prepares them with `vivit.data.prepare video_folder` first (also timed).
 """
 import argparse
 import os
@@ -39,7 +40,7 @@ def synthesise_videos(root: str, count: int, seconds: float = 10.0, fps: int = 2
       stream.height, stream.width, stream.pix_fmt = 256, 340, 'yuv420p'
       stream.options = {'preset': 'veryfast', 'crf': '23'}
       for t in range(int(seconds * fps)):
-        frame = texture[t % 128:t % 128 + 256, t:t + 340]
+        frame = texture[t % 128:t % 128 + 256, t % 140:t % 140 + 340]
         for packet in stream.encode(av.VideoFrame.from_ndarray(
             np.ascontiguousarray(frame), format='rgb24')):
           container.mux(packet)
@@ -89,14 +90,16 @@ def input_rate(config, batch_size: int, steps: int, start_step: int = 0):
   return first, steps * batch_size / (time.perf_counter() - start)
 
 
-def train_step_seconds(model_name: str, batch_size: int, num_classes: int = 400) -> float:
+def train_step_seconds(model_name: str, batch_size: int, num_classes: int = 400,
+                       **overrides) -> float:
   import jax
   import jax.numpy as jnp
   import ml_collections
   from vivit.models import build_model, get_model_config, init_params
   from vivit.optim import make_optimizer
-  from vivit.train import TrainState, train_step
-  config = get_model_config(model_name, num_classes=num_classes, input_size=(32, 224, 224))
+  from vivit.step import TrainState, train_step
+  config = get_model_config(model_name, num_classes=num_classes, input_size=(32, 224, 224),
+                            **overrides)
   model = build_model(config)
   training = ml_collections.ConfigDict(dict(
       optimizer='sgd', learning_rate=0.1, momentum=0.9, weight_decay=0.0,
@@ -125,20 +128,31 @@ def main():
   parser.add_argument('--dataset', default='video_folder')
   parser.add_argument('--data_dir', help='a prepared dataset; default: synthesise one')
   parser.add_argument('--videos', type=int, default=48, help='videos to synthesise')
+  parser.add_argument('--seconds', type=float, default=10.0,
+                      help='length of each synthesised video')
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=6, help='batches timed per setting')
   parser.add_argument('--model', default='B/16x2',
                       help="model for the train-step time ('none' to skip)")
+  parser.add_argument('--dtype', default='float32', help='model compute dtype')
+  parser.add_argument('--remat', action='store_true', help='rematerialise each block')
+  parser.add_argument('--input_clips_per_core', type=float,
+                      help='skip the input pipeline (on a machine without TensorFlow) and '
+                      'compare the model with this rate, measured elsewhere')
   args = parser.parse_args()
   cores = os.cpu_count()
+  if args.input_clips_per_core:
+    report_model(args, args.input_clips_per_core, None)
+    return
 
   if args.data_dir is None:
     from vivit.data import prepare
     args.data_dir = tempfile.mkdtemp(prefix='vivit_throughput_')
     videos = os.path.join(args.data_dir, 'videos')
     start = time.perf_counter()
-    synthesise_videos(videos, args.videos)
-    print(f'wrote {args.videos} 10 s 340x256 mp4s in {time.perf_counter() - start:.0f} s')
+    synthesise_videos(videos, args.videos, args.seconds)
+    print(f'wrote {args.videos} {args.seconds:g} s 340x256 mp4s in '
+          f'{time.perf_counter() - start:.0f} s')
     start = time.perf_counter()
     prepare.prepare(prepare.parse_args(['video_folder', '--videos', videos, '--data_dir',
                                         args.data_dir, '--workers', str(cores)]))
@@ -169,14 +183,22 @@ def main():
         f'{steps_per_epoch - 1} (the end of epoch 0)')
 
   if args.model != 'none':
-    import jax
-    seconds = train_step_seconds(args.model, args.batch_size)
-    model_rate = args.batch_size / seconds
-    input_per_core = rows[-1][1] / rows[-1][0]
-    print(f'\nmodel {args.model} train step, batch {args.batch_size}, on '
-          f'{jax.devices()[0].device_kind}: {seconds:.2f} s ({model_rate:.2f} clips/s)')
-    print(f'input / model: {rows[-1][1] / model_rate:.2f} with {cores} input threads; '
-          f'{model_rate / input_per_core:.1f} input cores keep this model busy')
+    report_model(args, rows[-1][1] / rows[-1][0], rows[-1])
+
+
+def report_model(args, input_per_core: float, input_row) -> None:
+  import jax
+  seconds = train_step_seconds(args.model, args.batch_size, dtype=args.dtype,
+                               remat=args.remat)
+  model_rate = args.batch_size / seconds
+  print(f'\nmodel {args.model} ({args.dtype}{", remat" if args.remat else ""}) train '
+        f'step, batch {args.batch_size}, on {jax.devices()[0].device_kind}: '
+        f'{seconds:.3f} s ({model_rate:.2f} clips/s)')
+  if input_row:
+    threads, rate = input_row
+    print(f'input / model: {rate / model_rate:.2f} with {threads} input threads')
+  print(f'{model_rate / input_per_core:.2g} input cores (at {input_per_core:.1f} clips/s '
+        f'each) keep this model busy')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,7 @@
 """Synthetic dataset, transforms and the tf.data pipeline."""
+import threading
+import time
+
 import ml_collections
 import numpy as np
 import pytest
@@ -103,6 +106,32 @@ def test_train_batches_resume_mid_epoch_and_across_epochs(data_dir):
     np.testing.assert_array_equal(resumed['label'], first[start]['label'])
   # Epochs are shuffled differently.
   assert not np.array_equal(first[0]['label'], first[4]['label'])
+
+
+def feeders():
+  return [t for t in threading.enumerate() if t.name == 'vivit-records-feeder']
+
+
+def test_read_by_a_thread_or_from_memory_the_batches_are_the_same(data_dir, monkeypatch):
+  config = tiny_dataset_config(data_dir)
+  from_memory = pipeline.train_batches(config, 16, seed=5, start_step=3)
+  expected = [next(from_memory) for _ in range(3)]
+  expected_eval = list(pipeline.eval_batches(config, 'test', 8))
+  assert not feeders()
+  monkeypatch.setattr(pipeline, 'IN_MEMORY_BYTES', 0)  # every split is "large"
+  fed = pipeline.train_batches(config, 16, seed=5, start_step=3)
+  for batch in expected:
+    np.testing.assert_array_equal(next(fed)['video'], batch['video'])
+  assert len(feeders()) == 1
+  for got, batch in zip(pipeline.eval_batches(config, 'test', 8), expected_eval,
+                        strict=True):
+    np.testing.assert_array_equal(got['video'], batch['video'])
+  # Stopping mid-stream (end of training) stops the reader thread and cannot hang.
+  fed.close()
+  deadline = time.time() + 10
+  while feeders() and time.time() < deadline:
+    time.sleep(0.05)
+  assert not feeders()
 
 
 def test_eval_batches_pad_the_last_batch(data_dir):

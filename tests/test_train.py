@@ -247,7 +247,7 @@ def test_paper_configs_load_and_build(name, tmp_path):
 
 
 def test_mixup_and_label_smoothing():
-  from vivit.train import mixup
+  from vivit.step import mixup
   video = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 3), np.float32)
   labels = np.eye(4, dtype=np.float32)
   mixed_video, mixed_labels = mixup(jax.random.PRNGKey(0), video, labels, 0.4)

@@ -25,14 +25,16 @@ def level_index(level: float) -> int:
   return int(np.argmin([abs(frame_level(i) - level) for i in range(CYCLE)]))
 
 
-def write_video(path, num_frames=12, fps=25, size=(48, 64), codec='libx264'):
+def write_video(path, num_frames=12, fps=25, size=(48, 64), codec='libx264',
+                container_format=None):
   """An mp4 (H.264) or webm (VP9) of flat grey frames; `size` is (height, width),
-  odd sizes allowed."""
+  odd sizes allowed; `container_format` e.g. 'mpegts' or 'h264' (raw, no
+  timestamps)."""
   import av
   os.makedirs(os.path.dirname(path), exist_ok=True)
   height, width = size
   odd = height % 2 or width % 2
-  with av.open(path, 'w') as container:
+  with av.open(path, 'w', format=container_format) as container:
     stream = container.add_stream(codec, rate=fps)
     stream.height, stream.width = height, width
     stream.pix_fmt = 'yuv444p' if odd else 'yuv420p'
@@ -65,8 +67,9 @@ def write_audio_only(path):
 
 
 def write_bad(path, kind):
-  """'empty' (0 bytes), 'corrupt' (random bytes) or 'truncated' (first third of an
-  mp4 whose index is at its end)."""
+  """'empty' (0 bytes), 'corrupt' (random bytes), 'truncated' (first third of an
+  mp4 whose index is at its end: it does not open) or 'truncated_webm' (first half
+  of a webm: it opens and decodes, but ends early)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if kind == 'empty':
     open(path, 'wb').close()
@@ -74,12 +77,15 @@ def write_bad(path, kind):
     with open(path, 'wb') as f:
       f.write(np.random.RandomState(0).bytes(5000))
   else:
-    whole = write_video(path + '.whole.mp4', num_frames=20)
+    webm = kind == 'truncated_webm'
+    whole = write_video(path + ('.whole.webm' if webm else '.whole.mp4'),
+                        num_frames=60 if webm else 20,
+                        codec='libvpx-vp9' if webm else 'libx264')
     with open(whole, 'rb') as f:
       data = f.read()
     os.remove(whole)
     with open(path, 'wb') as f:
-      f.write(data[:len(data) // 3])
+      f.write(data[:len(data) // (2 if webm else 3)])
   return path
 
 

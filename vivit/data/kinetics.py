@@ -7,18 +7,17 @@ from the file name. Columns `label,youtube_id,time_start,time_end` (plus `split`
 prepared. Classes are the training labels in alphabetical order.
 
 Videos: `<youtube_id>_<start:06d>_<end:06d>.<ext>` (the official downloader's names)
-or `<youtube_id>.<ext>`, anywhere under the videos directory (flat, per split or per
-class).
+or `<youtube_id>.<ext>` (cut at time_start..time_end when it holds the whole YouTube
+video), anywhere under the videos directory (flat, per split or per class).
 """
 import os
 import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from vivit.data.video_builder import AnnotationError, Entry, VideoDatasetBuilder, \
-    index_files, read_csv
+from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+    VideoDatasetBuilder, index_files, read_csv
 
-VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov')
 SPLIT_WORDS = {'train': 'train', 'training': 'train', 'val': 'validation',
                'validate': 'validation', 'validation': 'validation', 'test': 'test'}
 COLUMNS = ('youtube_id', 'time_start', 'time_end')
@@ -84,8 +83,12 @@ def read_kinetics(videos: str, annotations: str
         raise AnnotationError(f'{where}: time_start/time_end are not numbers: '
                               f'{row["time_start"]!r}, {row["time_end"]!r}') from None
       name = clip_name(row['youtube_id'], start, end)
-      path_found = found.get(name, found.get(row['youtube_id']))
-      entries.append(Entry(name, split, (('label', row['label']),), path_found))
+      labels = (('label', row['label']),)
+      if name in found or row['youtube_id'] not in found:
+        entries.append(Entry(name, split, labels, found.get(name)))
+      else:  # `<youtube_id>.mp4`: the whole YouTube video, or only the clip
+        entries.append(Entry(name, split, labels, found[row['youtube_id']], start=start,
+                             stop=end, only_if_longer=True))
   return entries, {'label': class_names}
 
 

@@ -6,8 +6,8 @@ looked up as `VIDEOS/training/<file>` (or `validation/`), then `VIDEOS/<file>`.
 """
 import os
 
-from vivit.data.video_builder import AnnotationError, Entry, VideoDatasetBuilder, \
-    read_csv
+from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+    VideoDatasetBuilder, read_csv
 
 SPLITS = {'train': ('trainingSet.csv', 'training'),
           'validation': ('validationSet.csv', 'validation')}
@@ -38,7 +38,7 @@ def read_moments(videos, annotations):
       continue
     for line, row in read_csv(path, (), header=False):
       where = f'{path}:{line}'
-      if len(row) < 2 or not row[0].lower().endswith(('.mp4', '.webm', '.avi')):
+      if len(row) < 2 or not row[0].lower().endswith(VIDEO_EXTENSIONS):
         raise AnnotationError(f'{where}: expected "<label>/<file>.mp4,<label>,...", got '
                               f'{",".join(row)!r:.80}')
       file, label = row[0].strip(), row[1].strip()

@@ -14,7 +14,8 @@ Batches are host-local numpy dicts:
          (mask 0 marks padding in the last batch).
 """
 import functools
-from typing import Dict, Iterator
+import threading
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import jax
 import ml_collections
@@ -99,13 +100,58 @@ def open_dataset(config: ml_collections.ConfigDict, *splits: str):
   return label, sizes
 
 
-READ_GROUP = 16  # examples fetched per read call
+def host_seed(seed: int) -> int:
+  """This host's seed: hosts shuffle and augment their shards independently."""
+  return seed * 1_000_003 + jax.process_index()
+
+
+class Stream(NamedTuple):
+  """(key, serialized example) pairs as a tf.data dataset, and how to stop whatever
+  feeds it."""
+  dataset: tf.data.Dataset
+  stop: Callable[[], None] = lambda: None
+
+
+READ_CHUNK = 8  # examples a feeder thread reads and enqueues at once
+QUEUE_CAPACITY = 16  # serialized examples waiting for the tf.data pipeline
+IN_MEMORY_BYTES = 512 * 2 ** 20  # a host's share of a split up to this is kept in memory
+
+
+def _fed_by_thread(chunks: Iterator[Tuple[np.ndarray, List[bytes]]],
+                   count: Optional[int]) -> Stream:
+  """A dataset of the (key, serialized) pairs of `chunks` (`count` of them, None:
+  endless), read by a Python thread and handed over through a TF queue: no Python
+  runs inside tf.data, so an iterator can be deleted at any time (a py_function
+  waiting for the GIL would deadlock that)."""
+  queue = tf.queue.FIFOQueue(QUEUE_CAPACITY, [tf.int64, tf.string], shapes=[[], []])
+  failure = []
+
+  def feed():
+    try:
+      for keys, records in chunks:
+        queue.enqueue_many((keys, tf.constant(records, tf.string)))
+    except (tf.errors.CancelledError, tf.errors.AbortedError):
+      return  # stopped
+    except Exception as e:  # pylint: disable=broad-except
+      failure.append(e)
+    queue.close()
+
+  threading.Thread(target=feed, name='vivit-records-feeder', daemon=True).start()
+  items = tf.data.Dataset.range(2 ** 62 if count is None else count)
+  dataset = items.map(lambda _: queue.dequeue(), num_parallel_calls=1)
+
+  def stop():
+    queue.close(cancel_pending_enqueues=True)
+    if failure:
+      raise failure[0]
+  return Stream(dataset, stop)
 
 
 class Records:
   """This host's share of one split as serialized examples, read by index from a
   TFDS ArrayRecord dataset (random access: a shuffle needs no buffer, and a resumed
-  run reads nothing it has already seen)."""
+  run reads nothing it has already seen). A small split is held in memory; a large
+  one is read by a thread as the pipeline goes."""
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str, label_key: str):
     check_split(builder, split)
@@ -113,6 +159,9 @@ class Records:
         tfds.split_for_jax_process(split),
         deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     self.num_examples = len(self._source)
+    self._in_memory = None
+    if builder.info.splits[split].num_bytes / jax.process_count() <= IN_MEMORY_BYTES:
+      self._in_memory = tf.constant([self._source[i] for i in range(self.num_examples)])
     features = builder.info.features
     decoders = ({'video': tfds.decode.SkipDecoding()}
                 if isinstance(features['video'], tfds.features.Video) else None)
@@ -125,42 +174,44 @@ class Records:
     example = self._parse(serialized)
     return example['video'], example[self._label_key]
 
-  def read(self, indices: tf.data.Dataset, num_threads: int) -> tf.data.Dataset:
-    """(index, serialized example) for each int64 index of `indices`, in order."""
-    def fetch(group):
-      return np.array(self._source.__getitems__(group.tolist()), dtype=object)
+  def _read(self, keyed_indices: tf.data.Dataset, count: Optional[int]) -> Stream:
+    """(key, serialized example) for each (key, int64 index), in order."""
+    if self._in_memory is not None:
+      return Stream(keyed_indices.map(
+          lambda key, index: (key, tf.gather(self._in_memory, index))))
+    chunks = ((keys, [self._source[int(i)] for i in indices])
+              for keys, indices in keyed_indices.batch(READ_CHUNK).as_numpy_iterator())
+    return _fed_by_thread(chunks, count)
 
-    def fetch_group(group):
-      records = tf.numpy_function(fetch, [group], tf.string, stateful=False)
-      return group, tf.ensure_shape(records, group.shape)
-
-    return (indices.batch(READ_GROUP)
-            .map(fetch_group, num_parallel_calls=num_threads, deterministic=True)
-            .unbatch())
-
-  def train_stream(self, seed: int, batch_size: int, start_step: int,
-                   num_threads: int) -> tf.data.Dataset:
+  def train_stream(self, seed: int, batch_size: int, start_step: int) -> Stream:
     """(stream position, serialized) from step `start_step` on: every epoch is a
     fresh permutation (seeded by `seed`, the epoch and the host) of which the first
     `steps_per_epoch * batch_size` examples are used."""
     steps_per_epoch = self.num_examples // batch_size
-    host_seed = seed * 1_000_003 + jax.process_index()
+    seed = host_seed(seed)
     last = self.num_examples - 1
 
     def example_index(position):
       step = position // batch_size
       epoch = step // steps_per_epoch
       slot = (step % steps_per_epoch) * batch_size + position % batch_size
-      return tf.random.experimental.index_shuffle(
-          slot, tf.stack([tf.constant(host_seed, tf.int64), epoch]), last)
+      return position, tf.random.experimental.index_shuffle(
+          slot, tf.stack([tf.constant(seed, tf.int64), epoch]), last)
 
     positions = tf.data.Dataset.range(start_step * batch_size, 2 ** 62)
-    stream = self.read(positions.map(example_index), num_threads)
-    return tf.data.Dataset.zip(positions, stream).map(
-        lambda position, indexed: (position, indexed[1]))
+    return self._read(positions.map(example_index), None)
 
-  def in_order(self, num_threads: int) -> tf.data.Dataset:
-    return self.read(tf.data.Dataset.range(self.num_examples), num_threads)
+  def in_order(self) -> Stream:
+    """(index, serialized) for every example."""
+    indices = tf.data.Dataset.range(self.num_examples)
+    return self._read(tf.data.Dataset.zip(indices, indices), self.num_examples)
+
+
+def _numpy_batches(dataset: tf.data.Dataset, stream: Stream) -> Iterator[Dict[str, np.ndarray]]:
+  try:
+    yield from dataset.as_numpy_iterator()
+  finally:
+    stream.stop()
 
 
 def open_records(dataset_config: ml_collections.ConfigDict, split: str):
@@ -206,21 +257,22 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
       flip=dataset_config.flip, colour_strength=dataset_config.colour_jitter)
   shuffle_frames = dataset_config.get('shuffle_frames', False)
-  host_seed = seed * 1_000_003 + jax.process_index()
+  augment_seed = host_seed(seed)
 
   def augment(position, serialized):
     video, label = records.parse(serialized)
-    example_seed = tf.stack([tf.constant(host_seed, tf.int64), position])
+    example_seed = tf.stack([tf.constant(augment_seed, tf.int64), position])
     video = view(video, seed=example_seed)
     if shuffle_frames:
       video = _shuffle_time(video, example_seed, axis=0)
     return {'video': video, 'label': tf.cast(label, tf.int32)}
 
   threads = _threads(dataset_config)
-  ds = records.train_stream(seed, batch_size, start_step, threads)
-  ds = ds.map(augment, num_parallel_calls=threads, deterministic=True)
+  stream = records.train_stream(seed, batch_size, start_step)
+  ds = stream.dataset.map(augment, num_parallel_calls=threads, deterministic=True)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
-  return ds.with_options(_options(dataset_config.get('num_threads'))).as_numpy_iterator()
+  return _numpy_batches(ds.with_options(_options(dataset_config.get('num_threads'))),
+                        stream)
 
 
 def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_size: int,
@@ -242,11 +294,11 @@ def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_si
     return {'video': video, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)}
 
   threads = _threads(dataset_config)
-  ds = records.in_order(threads).map(prepare, num_parallel_calls=threads,
-                                     deterministic=True)
+  stream = records.in_order()
+  ds = stream.dataset.map(prepare, num_parallel_calls=threads, deterministic=True)
   ds = ds.batch(batch_size).prefetch(2)
   ds = ds.with_options(_options(dataset_config.get('num_threads')))
-  for batch in ds.as_numpy_iterator():
+  for batch in _numpy_batches(ds, stream):
     missing = batch_size - len(batch['label'])
     if missing:
       batch = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])

@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 
 from vivit.data import decode
-from vivit.data.video_builder import REPORT, AnnotationError, builders
+from vivit.data.video_builder import AnnotationError, builders
 
 
 def parse_args(argv=None):
@@ -48,7 +48,8 @@ def parse_args(argv=None):
                       help='Beam pipeline options, e.g. "--runner=DirectRunner '
                       '--direct_num_workers=8 --direct_running_mode=multi_processing"')
   parser.add_argument('--keep_work', action='store_true',
-                      help='keep the per-video work files after finishing')
+                      help='keep the per-video work files after finishing (a later run '
+                      'then only rewrites the report and removes them)')
   return parser.parse_args(argv)
 
 
@@ -68,10 +69,9 @@ def check_args(args, builder_cls) -> decode.Resample:
   return decode.Resample(fps=fps, short_side=args.short_side)
 
 
-def already_prepared(builder_cls, data_dir: str, resample: decode.Resample) -> bool:
-  """True when `data_dir` holds the finished dataset with these settings; an error
-  when it holds it with other settings."""
-  builder = builder_cls(data_dir=data_dir)
+def check_prepared(builder, resample: decode.Resample) -> bool:
+  """True when `builder`'s data dir holds the finished dataset with these settings;
+  an error when it holds it with other settings."""
   if not builder.is_prepared():
     return False
   stored = decode.Resample(fps=builder.info.metadata['fps'],
@@ -80,16 +80,19 @@ def already_prepared(builder_cls, data_dir: str, resample: decode.Resample) -> b
     raise ValueError(f'{builder.data_dir} already holds {builder.name} prepared with '
                      f'fps={stored.fps:g}, short_side={stored.short_side}; use another '
                      f'--data_dir for fps={resample.fps:g}, short_side={resample.short_side}')
-  sizes = ', '.join(f'{s} {v.num_examples}' for s, v in builder.info.splits.items())
-  print(f'{builder.name} is already prepared in {builder.data_dir} ({sizes}); nothing '
-        f'to do')
   return True
 
 
 def prepare(args) -> dict:
+  """Prepares the dataset (stage 1 and 2, see `video_builder`) and writes the report;
+  returns it, or {} when the dataset was already there."""
   builder_cls = builders()[args.dataset]
   resample = check_args(args, builder_cls)
-  if already_prepared(builder_cls, args.data_dir, resample):
+  existing = builder_cls(data_dir=args.data_dir)
+  if check_prepared(existing, resample) and not os.path.isdir(existing.work_dir):
+    sizes = ', '.join(f'{s} {v.num_examples}' for s, v in existing.info.splits.items())
+    print(f'{existing.name} is already prepared in {existing.data_dir} ({sizes}); '
+          f'nothing to do')
     return {}
   builder = builder_cls(data_dir=args.data_dir, videos=args.videos,
                         annotations=args.annotations, resample=resample,
@@ -104,13 +107,15 @@ def prepare(args) -> dict:
         + ', '.join(f'{s} {n}' for s, n in per_split.items()) + f'), {classes}; '
         f'{not_found} not found under {args.videos}; storing {resample.fps:g} fps, '
         f'short side {resample.short_side or "as is"}', flush=True)
-  download_config = None
-  if args.beam:
-    import tensorflow_datasets as tfds
-    from apache_beam.options.pipeline_options import PipelineOptions
-    download_config = tfds.download.DownloadConfig(
-        beam_options=PipelineOptions(args.beam_options.split()))
-  builder.download_and_prepare(download_config=download_config)
+  if not builder.is_prepared():  # else a run stopped after writing it: just report
+    builder.remove_incomplete()
+    download_config = None
+    if args.beam:
+      import tensorflow_datasets as tfds
+      from apache_beam.options.pipeline_options import PipelineOptions
+      download_config = tfds.download.DownloadConfig(
+          beam_options=PipelineOptions(args.beam_options.split()))
+    builder.download_and_prepare(download_config=download_config)
 
   skipped = builder.failures()
   written = {s: v.num_examples for s, v in builder.info.splits.items()}
@@ -118,8 +123,7 @@ def prepare(args) -> dict:
             'fps': resample.fps, 'short_side': resample.short_side,
             'clips_in_annotations': dict(per_split), 'examples': written,
             'skipped': skipped}
-  report_path = builder.report_path
-  with open(report_path, 'w') as f:
+  with open(builder.report_path, 'w') as f:
     json.dump(report, f, indent=1)
   if not args.keep_work:
     builder.remove_work_dir()
@@ -127,7 +131,7 @@ def prepare(args) -> dict:
   print(f'{builder.name}: wrote ' + ', '.join(f'{s} {n}' for s, n in written.items())
         + f' examples to {builder.data_dir}; skipped {len(skipped)} videos'
         + (' (' + ', '.join(f'{n} {r}' for r, n in reasons.most_common()) + ')'
-           if skipped else '') + f'; report: {report_path}', flush=True)
+           if skipped else '') + f'; report: {builder.report_path}', flush=True)
   return report
 
 
@@ -135,7 +139,7 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   try:
     prepare(args)
-  except (AnnotationError, ValueError, FileNotFoundError) as e:
+  except (AnnotationError, ValueError, OSError, RuntimeError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

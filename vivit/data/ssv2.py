@@ -12,8 +12,8 @@ import json
 import os
 import sys
 
-from vivit.data.video_builder import AnnotationError, Entry, VideoDatasetBuilder, \
-    index_files
+from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+    VideoDatasetBuilder, index_files
 
 PREFIX = 'something-something-v2-'
 SPLITS = {'train': 'train', 'validation': 'validation'}
@@ -39,7 +39,7 @@ def read_ssv2(videos, annotations):
   if sorted(by_index) != list(range(len(by_index))):
     raise AnnotationError(f'{labels_path}: class indices are not 0..{len(by_index) - 1}')
   class_names = [by_index[i] for i in range(len(by_index))]
-  found = index_files(videos, ('.webm', '.mp4'))
+  found = index_files(videos, VIDEO_EXTENSIONS)
   entries = []
   for file_split, split in SPLITS.items():
     path = os.path.join(annotations, f'{PREFIX}{file_split}.json')

@@ -13,7 +13,10 @@ Preparation runs in two stages so that it survives being killed:
 With `beam=True` both stages are one Apache Beam pipeline (TFDS's Beam support),
 for preparing Kinetics-700-sized datasets on Dataflow, Flink or Spark.
 """
+import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -30,6 +33,7 @@ from vivit.data import decode
 
 WORK_DIR = '_prepare'
 REPORT = 'prepare_report.json'
+VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.mpg', '.mpeg')
 
 
 class AnnotationError(ValueError):
@@ -53,6 +57,8 @@ class Entry:
   stop: Optional[float] = None
   frame_files: Optional[Tuple[str, ...]] = None
   frame_fps: Optional[float] = None
+  # Cut [start, stop) only from a file longer than that (see decode.read_video).
+  only_if_longer: bool = False
 
   def read(self, resample: decode.Resample, threads: bool = False) -> decode.Clip:
     if self.frame_files is not None:
@@ -60,7 +66,7 @@ class Entry:
     if self.path is None:
       raise decode.VideoError('video file not found')
     return decode.read_video(self.path, resample, start=self.start, stop=self.stop,
-                             threads=threads)
+                             only_if_longer=self.only_if_longer, threads=threads)
 
 
 def index_files(root: str, extensions: Sequence[str]) -> Dict[str, str]:
@@ -77,49 +83,53 @@ def index_files(root: str, extensions: Sequence[str]) -> Dict[str, str]:
   return found
 
 
-def _work_file(work_dir: str, entry: Entry) -> str:
-  digest = hashlib.sha1(entry.key.encode()).hexdigest()
-  return os.path.join(work_dir, entry.split, digest[:2], digest + '.pkl')
+def _work_file(work_dir: str, entry: Entry, suffix: str = '.pkl') -> str:
+  """Where the decoded entry (`.pkl`) or its failure (`.error.json`) is kept."""
+  digest = hashlib.sha1(f'{entry.split}/{entry.key}'.encode()).hexdigest()
+  return os.path.join(work_dir, entry.split, digest[:2], digest + suffix)
 
 
-def _write_atomic(path: str, record: dict) -> None:
+def _write_atomic(path: str, data: bytes) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   partial = f'{path}.{os.getpid()}.partial'
   with open(partial, 'wb') as f:
-    pickle.dump(record, f, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(data)
   os.replace(partial, path)
 
 
-def _read_work_file(path: str) -> Optional[dict]:
-  try:
-    with open(path, 'rb') as f:
-      return pickle.load(f)
-  except FileNotFoundError:
-    return None
-
-
 def decode_entry(entry: Entry, resample: decode.Resample, threads: bool = False) -> dict:
-  """{'frames', 'fps'} of the entry, or {'error': reason}."""
+  """{'frames', 'fps'} of the entry, or {'error': reason}: nothing a video file can
+  contain stops preparation."""
   try:
     clip = entry.read(resample, threads=threads)
   except decode.VideoError as e:
     return {'error': str(e)}
+  except Exception as e:  # pylint: disable=broad-except
+    return {'error': f'{type(e).__name__}: {" ".join(str(e).split())}'}
   return {'frames': clip.frames, 'fps': clip.fps}
 
 
-def _decode_to_work_file(job) -> Tuple[str, bool]:
-  """Worker process: decodes one entry into its work file."""
-  entry, resample, work_dir, threads = job
+def _save_failure(work_dir: str, entry: Entry, reason: str) -> None:
+  failure = {'split': entry.split, 'id': entry.key, 'path': entry.path, 'reason': reason}
+  _write_atomic(_work_file(work_dir, entry, '.error.json'), json.dumps(failure).encode())
+
+
+def _decode_to_work_file(entry: Entry, resample: decode.Resample, work_dir: str,
+                         threads: bool) -> bool:
+  """Worker process: decodes one entry into its work file; False if it failed."""
   record = decode_entry(entry, resample, threads)
-  _write_atomic(_work_file(work_dir, entry), record)
-  return entry.key, 'error' not in record
+  if 'error' in record:
+    _save_failure(work_dir, entry, record['error'])
+    return False
+  _write_atomic(_work_file(work_dir, entry), pickle.dumps(record, pickle.HIGHEST_PROTOCOL))
+  return True
 
 
 def _beam_examples(entry: Entry, resample: decode.Resample, work_dir: str):
-  """Beam: decode one entry; a bad video leaves a failure marker for the report."""
+  """Beam: decode one entry; a bad video leaves a failure file for the report."""
   record = decode_entry(entry, resample)
   if 'error' in record:
-    _write_atomic(_work_file(work_dir, entry), record)
+    _save_failure(work_dir, entry, record['error'])
     return
   yield entry.key, _example(entry, record)
 
@@ -147,7 +157,6 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     self._class_names: Dict[str, List[str]] = {}
     self._resample = resample or decode.Resample(fps=self.DEFAULT_FPS)
     self._workers, self._beam, self._progress = workers, beam, progress
-    self._videos, self._annotations = videos, annotations
     if annotations is not None or videos is not None:
       self._entries, self._class_names = self.read_annotations(videos, annotations)
     super().__init__(**kwargs)
@@ -200,7 +209,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     self.check_work_dir()
     if self._beam:
       import apache_beam as beam
-      return {split: (beam.Create(entries, reshuffle=False)
+      # Reshuffle so that the runner spreads the decoding over its workers.
+      return {split: (beam.Create(entries) | beam.Reshuffle()
                       | beam.FlatMap(_beam_examples, self._resample, self.work_dir))
               for split, entries in by_split.items()}
     self._decode_all(self.entries())
@@ -212,38 +222,43 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _examples_from_work_files(self, entries: Iterable[Entry]):
     for entry in entries:
-      record = _read_work_file(_work_file(self.work_dir, entry))
-      if record is None:
-        raise RuntimeError(f'{entry.key} was not decoded; run prepare again')
-      if 'error' not in record:
-        yield entry.key, _example(entry, record)
+      path = _work_file(self.work_dir, entry)
+      if os.path.exists(path):
+        with open(path, 'rb') as f:
+          yield entry.key, _example(entry, pickle.load(f))
 
   def _decode_all(self, entries: List[Entry]) -> None:
-    """Stage 1: every entry without a work file is decoded into one."""
+    """Stage 1: every entry without a work file is decoded into one (entries that
+    failed before are tried again)."""
     pending = [e for e in entries if not os.path.exists(_work_file(self.work_dir, e))]
     done = len(entries) - len(pending)
     if done and self._progress:
       print(f'{self.name}: {done} of {len(entries)} videos were decoded by an earlier '
             f'run; decoding the other {len(pending)}', file=sys.stderr, flush=True)
-    jobs = [(e, self._resample, self.work_dir, self._workers == 1) for e in pending]
+    decode_one = functools.partial(_decode_to_work_file, resample=self._resample,
+                                   work_dir=self.work_dir, threads=self._workers == 1)
     from tqdm import tqdm
-    bar = tqdm(total=len(jobs), desc=f'{self.name}: decoding', unit='video',
-               disable=not self._progress or not jobs, file=sys.stderr, smoothing=0.05)
+    bar = tqdm(total=len(pending), desc=f'{self.name}: decoding', unit='video',
+               disable=not self._progress or not pending, file=sys.stderr, smoothing=0.05)
     failures = 0
-    with bar:
+    with contextlib.ExitStack() as stack:
+      stack.enter_context(bar)
       if self._workers == 1:
-        results = map(_decode_to_work_file, jobs)
-        for _, ok in results:
+        results = map(decode_one, pending)
+      else:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            self._workers, mp_context=multiprocessing.get_context('spawn'))
+        stack.callback(pool.shutdown, cancel_futures=True)
+        futures = [pool.submit(decode_one, entry) for entry in pending]
+        results = (f.result() for f in concurrent.futures.as_completed(futures))
+      try:
+        for ok in results:
           failures += not ok
           bar.update()
           bar.set_postfix(skipped=failures, refresh=False)
-      else:
-        context = multiprocessing.get_context('spawn')
-        with context.Pool(self._workers) as pool:
-          for _, ok in pool.imap_unordered(_decode_to_work_file, jobs, chunksize=1):
-            failures += not ok
-            bar.update()
-            bar.set_postfix(skipped=failures, refresh=False)
+      except concurrent.futures.BrokenExecutor:
+        raise RuntimeError('a decoding worker died (out of memory?); run prepare again '
+                           'to continue where it stopped') from None
 
   def check_work_dir(self) -> None:
     """A work dir left by a run with other settings is refused, not mixed in."""
@@ -266,14 +281,22 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """The entries that were skipped: [{'split', 'id', 'path', 'reason'}]."""
     skipped = []
     for entry in self.entries():
-      record = _read_work_file(_work_file(self.work_dir, entry))
-      if record is not None and 'error' in record:
-        skipped.append({'split': entry.split, 'id': entry.key, 'path': entry.path,
-                        'reason': record['error']})
+      path = _work_file(self.work_dir, entry, '.error.json')
+      if os.path.exists(path) and not os.path.exists(_work_file(self.work_dir, entry)):
+        with open(path) as f:
+          skipped.append(json.load(f))
     return skipped
 
   def remove_work_dir(self) -> None:
     shutil.rmtree(self.work_dir, ignore_errors=True)
+
+  def remove_incomplete(self) -> None:
+    """Deletes what a killed run's TFDS writer left (`incomplete.*` directories)."""
+    parent = os.path.join(self._data_dir_root, self.name)
+    if os.path.isdir(parent):
+      for name in os.listdir(parent):
+        if name.startswith('incomplete.'):
+          shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _example(entry: Entry, record: dict) -> dict:

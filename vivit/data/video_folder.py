@@ -7,10 +7,8 @@ labels in alphabetical order.
 """
 import os
 
-from vivit.data.video_builder import AnnotationError, Entry, VideoDatasetBuilder, \
-    read_csv
-
-VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.mpg', '.mpeg')
+from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+    VideoDatasetBuilder, read_csv
 HEADER = ['path', 'label', 'split']
 
 
@@ -31,7 +29,8 @@ def read_listing(videos, csv_path):
 
 def read_tree(videos):
   rows = []
-  for split in sorted(os.listdir(videos)):
+  splits = [d for d in sorted(os.listdir(videos)) if os.path.isdir(os.path.join(videos, d))]
+  for split in splits:
     for label in sorted(os.listdir(os.path.join(videos, split))):
       class_dir = os.path.join(videos, split, label)
       if not os.path.isdir(class_dir):
