@@ -14,6 +14,7 @@ Batches are host-local numpy dicts:
          (mask 0 marks padding in the last batch).
 """
 import functools
+import os
 import threading
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -112,18 +113,17 @@ class Stream(NamedTuple):
   stop: Callable[[], None] = lambda: None
 
 
-READ_CHUNK = 8  # examples a feeder thread reads and enqueues at once
-QUEUE_CAPACITY = 16  # serialized examples waiting for the tf.data pipeline
+READ_CHUNK = 4  # examples a feeder thread reads and enqueues at once
 IN_MEMORY_BYTES = 512 * 2 ** 20  # a host's share of a split up to this is kept in memory
 
 
 def _fed_by_thread(chunks: Iterator[Tuple[np.ndarray, List[bytes]]],
-                   count: Optional[int]) -> Stream:
+                   count: Optional[int], capacity: int) -> Stream:
   """A dataset of the (key, serialized) pairs of `chunks` (`count` of them, None:
-  endless), read by a Python thread and handed over through a TF queue: no Python
-  runs inside tf.data, so an iterator can be deleted at any time (a py_function
-  waiting for the GIL would deadlock that)."""
-  queue = tf.queue.FIFOQueue(QUEUE_CAPACITY, [tf.int64, tf.string], shapes=[[], []])
+  endless), read by a Python thread and handed over through a TF queue of
+  `capacity` examples: no Python runs inside tf.data, so an iterator can be deleted
+  at any time (a py_function waiting for the GIL would deadlock that)."""
+  queue = tf.queue.FIFOQueue(capacity, [tf.int64, tf.string], shapes=[[], []])
   failure = []
 
   def feed():
@@ -153,8 +153,11 @@ class Records:
   run reads nothing it has already seen). A small split is held in memory; a large
   one is read by a thread as the pipeline goes."""
 
-  def __init__(self, builder: tfds.core.DatasetBuilder, split: str, label_key: str):
+  def __init__(self, builder: tfds.core.DatasetBuilder, split: str, label_key: str,
+               num_threads: int):
     check_split(builder, split)
+    # Enough read-ahead to keep every decoding thread busy.
+    self._queue_capacity = 2 * (num_threads or os.cpu_count())
     self._source = builder.as_data_source(
         tfds.split_for_jax_process(split),
         deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
@@ -181,7 +184,7 @@ class Records:
           lambda key, index: (key, tf.gather(self._in_memory, index))))
     chunks = ((keys, [self._source[int(i)] for i in indices])
               for keys, indices in keyed_indices.batch(READ_CHUNK).as_numpy_iterator())
-    return _fed_by_thread(chunks, count)
+    return _fed_by_thread(chunks, count, self._queue_capacity)
 
   def train_stream(self, seed: int, batch_size: int, start_step: int) -> Stream:
     """(stream position, serialized) from step `start_step` on: every epoch is a
@@ -219,7 +222,8 @@ def open_records(dataset_config: ml_collections.ConfigDict, split: str):
   if dataset_config.get('format', 'tfds') == 'dmvr':
     from vivit.data import dmvr
     return dmvr.Records(dataset_config.data_dir, split, dataset_config.shuffle_buffer)
-  return Records(get_builder(dataset_config), split, label_key(dataset_config))
+  return Records(get_builder(dataset_config), split, label_key(dataset_config),
+                 dataset_config.get('num_threads') or 0)
 
 
 def _shuffle_time(video, seed, axis: int):
