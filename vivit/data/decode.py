@@ -18,7 +18,8 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 JPEG_QUALITY = 90
-# A file whose frames end this much before its declared duration is truncated.
+# A file (or segment) whose frames end more than this, or 10 % of its length,
+# before its declared end is truncated.
 TRUNCATION_TOLERANCE_S = 1.0
 
 
@@ -215,7 +216,8 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
     if declared is not None and expected_end is not None:
       expected_end = min(expected_end, declared)
       decoded_end = last_time[0] + 1.0 / rate
-      if decoded_end < expected_end - max(TRUNCATION_TOLERANCE_S, 0.1 * expected_end):
+      length = expected_end - (start or 0.0)
+      if decoded_end < expected_end - max(TRUNCATION_TOLERANCE_S, 0.1 * length):
         raise VideoError(f'truncated: frames end at {decoded_end:.2f}s of '
                          f'{expected_end:.2f}s')
   return Clip(frames, resample_to.fps or rate)
