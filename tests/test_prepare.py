@@ -491,3 +491,23 @@ def test_other_releases_prepare_train_and_evaluate(dataset, tmp_path):
     assert examples[os.path.join('train', 'dog', 'dog1.mp4')]['label'] == 1
   result = train_and_test(data_dir, dataset, tmp_path, **extra)
   assert result['num_videos'] == report['examples']['validation']
+
+
+def test_video_folder_from_a_csv_listing(tmp_path):
+  videos = str(tmp_path / 'clips')
+  for name in ('a.mp4', 'b.webm', 'c.mp4'):
+    vf.write_video(os.path.join(videos, name), 8, 25, (48, 64),
+                   'libvpx-vp9' if name.endswith('webm') else 'libx264')
+  listing = vf.write_csv(str(tmp_path / 'list.csv'), ['path', 'label', 'split'],
+                         [['a.mp4', 'jump', 'train'], ['b.webm', 'run', 'train'],
+                          ['c.mp4', 'jump', 'validation'], ['gone.mp4', 'run', 'train']])
+  report = run_prepare('video_folder', videos, listing, tmp_path / 'tfds')
+  builder, examples = load('video_folder', tmp_path / 'tfds')
+  assert builder.info.features['label'].names == ['jump', 'run']
+  assert report['examples'] == {'train': 2, 'validation': 1}
+  assert [(s['id'], s['reason']) for s in report['skipped']] == [('gone.mp4',
+                                                                  'file not found')]
+  assert examples['b.webm']['label'] == 1 and examples['c.mp4']['split'] == 'validation'
+  vf.write_csv(listing, None, [['a.mp4', 'jump', 'train', 'extra']])
+  with pytest.raises(AnnotationError, match=r'list.csv:1: expected "path,label\[,split\]"'):
+    run_prepare('video_folder', videos, listing, tmp_path / 'other')
