@@ -1,0 +1,233 @@
+"""2-D ViT checkpoints -> ViViT params: the paper's initialisation (scenic's rules).
+
+Reads an `.npz` in the google-research/vision_transformer layout (the released
+ImageNet-21k `ViT-B_16.npz`, AugReg files) or a HuggingFace `ViTModel` /
+`ViTForImageClassification` directory, and fills a ViViT of any variant:
+- the patch kernel `[p, p, 3, D]` is inflated to the tubelet `[t, p, p, 3, D]`:
+  `central_frame` (the 2-D kernel at t // 2, zeros elsewhere) or `average_frame`
+  (the 2-D kernel / t in every slot); the `frame` embedding takes it as it is;
+- position embeddings: `tile` (the spatial grid repeated per time slot), `resize`
+  (bilinear in space when the grid differs) or `resize_tile`; the CLS entry is kept
+  where both models have a CLS token;
+- model 2: the ViT fills `SpatialTransformer` (and its CLS token); the temporal
+  encoder starts fresh. Model 3: the ViT's attention and LayerNorm fill the spatial
+  ones; the temporal attention starts with zero output (`'zeros'`, the paper: the
+  block begins as the image model) or as a copy of the spatial one (`'copy'`,
+  scenic's default). Models 1 and 4 take the ViT's blocks as they are;
+- the head (`head` -> `output_projection`, `pre_logits` where the model has a
+  representation layer) only with `restore_head=True`, else fresh.
+Note: HF's ViT ports use exact GELU and LayerNorm eps 1e-12 where the JAX ViTs and
+ViViT use tanh GELU and 1e-6; their weights still load, but computations differ.
+"""
+import json
+import os
+import re
+from typing import Any, Dict, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from vivit.convert.transformers import _hf_to_ours, _hub_names, _read_weights
+from vivit.models import check_params, init_params
+
+Params = Dict[str, Any]
+
+# vision_transformer .npz names -> the same tensor in a ViViT model 1's layout.
+NPZ_RENAMES = [
+    (r'^Transformer/encoderblock_(\d+)/MultiHeadDotProductAttention_1/',
+     r'Transformer/encoderblock_\1/MultiHeadDotProductAttention_0/'),
+    (r'^Transformer/encoderblock_(\d+)/LayerNorm_2/', r'Transformer/encoderblock_\1/LayerNorm_1/'),
+    (r'^Transformer/encoderblock_(\d+)/MlpBlock_3/', r'Transformer/encoderblock_\1/MlpBlock_0/'),
+    (r'^head/', 'output_projection/'),
+]
+# A ViViT model 3 block's names for the ViT block's (model 1 layout) tensors.
+FSA_BLOCK = {'LayerNorm_0': 'LayerNorm_space',
+             'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_space',
+             'LayerNorm_1': 'LayerNorm_mlp', 'MlpBlock_0': 'MlpBlock'}
+
+
+def _nest(flat: Dict[str, np.ndarray]) -> Params:
+  tree: Params = {}
+  for name, value in flat.items():
+    *parents, leaf = name.split('/')
+    node = tree
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = value
+  return tree
+
+
+def _read_npz(path: str) -> Dict[str, np.ndarray]:
+  with np.load(path) as npz:
+    flat = {name: np.asarray(npz[name], np.float32) for name in npz.files}
+  renamed = {}
+  for name, value in flat.items():
+    for pattern, replacement in NPZ_RENAMES:
+      name = re.sub(pattern, replacement, name)
+    renamed[name] = value
+  return renamed
+
+
+def _read_hf(path: str) -> Dict[str, np.ndarray]:
+  with open(os.path.join(path, 'config.json')) as f:
+    hf = json.load(f)
+  tensors = {re.sub(r'^vit\.', '', name): value
+             for name, value in _read_weights(path).items()}
+  names = _hub_names(hf['num_hidden_layers'], 'classifier.weight' in tensors,
+                     'pooler.dense.weight' in tensors)
+  flat = {}
+  for hub, ours, kind in names:
+    if hub not in tensors:
+      raise ValueError(f'{path}: no tensor {hub} in the HuggingFace ViT weights')
+    tensor = tensors[hub]
+    if kind == 'conv':  # a 2-D patch kernel [D, 3, p, p] -> [p, p, 3, D]
+      flat[ours] = tensor.transpose(2, 3, 1, 0)
+    else:
+      flat[ours] = _hf_to_ours(kind, tensor, hf['num_attention_heads'])
+  return flat
+
+
+def read_vit(path: str) -> Params:
+  """A ViT checkpoint's params in a ViViT model 1's names (2-D patch kernel)."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'no ViT checkpoint at {path}')
+  if os.path.isdir(path):
+    if not os.path.exists(os.path.join(path, 'config.json')):
+      raise FileNotFoundError(f'{path} is a directory without a HuggingFace config.json')
+    return _nest(_read_hf(path))
+  try:
+    return _nest(_read_npz(path))
+  except (ValueError, OSError) as e:
+    raise ValueError(f'{path} is neither an .npz ViT checkpoint nor a HuggingFace '
+                     f'directory ({e})') from None
+
+
+def inflate_kernel(kernel: np.ndarray, time: int, method: str) -> np.ndarray:
+  """`[p, p, 3, D]` -> `[time, p, p, 3, D]` ('central_frame' or 'average_frame')."""
+  if method == 'central_frame':
+    inflated = np.zeros((time,) + kernel.shape, kernel.dtype)
+    inflated[time // 2] = kernel
+    return inflated
+  if method == 'average_frame':
+    return np.repeat(kernel[None] / time, time, axis=0)
+  raise ValueError(f"unknown kernel_init {method!r}; expected 'central_frame' or "
+                   f"'average_frame'")
+
+
+def _resize_grid(grid: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+  """`[h, w, D]` -> `[size[0], size[1], D]`, bilinear."""
+  if grid.shape[:2] == tuple(size):
+    return grid
+  return np.asarray(jax.image.resize(grid, tuple(size) + grid.shape[2:], 'bilinear'))
+
+
+def position_embedding(vit_posemb: np.ndarray, target_shape: Tuple[int, ...],
+                       grid: Tuple[int, int], time: int, method: str) -> np.ndarray:
+  """The ViT's `[1, 1 + N, D]` position embedding for `time` slots of a `grid` of
+  patches, `target_shape` `[1, (1) + time * grid, D]` (with or without CLS)."""
+  if method not in ('tile', 'resize', 'resize_tile'):
+    raise ValueError(f"unknown posemb {method!r}; expected 'tile', 'resize' or "
+                     f"'resize_tile'")
+  cls, spatial = vit_posemb[0, :1], vit_posemb[0, 1:]
+  side = int(round(np.sqrt(spatial.shape[0])))
+  if side * side != spatial.shape[0]:
+    raise ValueError(f'ViT position embedding {vit_posemb.shape} is not a square grid '
+                     f'plus CLS')
+  if (side, side) != tuple(grid) and method == 'tile':
+    raise ValueError(f'the ViT has a {side}x{side} patch grid and the model '
+                     f'{grid[0]}x{grid[1]}: use posemb resize or resize_tile')
+  spatial = _resize_grid(spatial.reshape(side, side, -1), grid).reshape(-1, cls.shape[-1])
+  tokens = np.tile(spatial, (time, 1))
+  with_cls = target_shape[1] == tokens.shape[0] + 1
+  if not with_cls and target_shape[1] != tokens.shape[0]:
+    raise ValueError(f'position embedding: the model needs {target_shape}, the ViT '
+                     f'gives {tokens.shape[0]} tokens ({time} x {grid})')
+  return (np.concatenate([cls, tokens]) if with_cls else tokens)[None]
+
+
+def from_vit(path: str, model_config: ml_collections.ConfigDict, *,
+             kernel_init: str = 'central_frame', posemb: str = 'tile',
+             temporal_attention_init: str = 'zeros', restore_head: bool = False,
+             seed: int = 0) -> Params:
+  """ViViT params for `model_config` (any variant, either embedding) initialised
+  from the 2-D ViT at `path`; what the ViT has no counterpart for starts fresh
+  (from `init_params(model_config, PRNGKey(seed))`)."""
+  if temporal_attention_init not in ('zeros', 'copy'):
+    raise ValueError(f"unknown temporal_attention_init {temporal_attention_init!r}; "
+                     f"expected 'zeros' or 'copy'")
+  vit = read_vit(path)
+  params = jax.tree_util.tree_map(  # writable numpy copies
+      np.array, init_params(model_config, jax.random.PRNGKey(seed)))
+  variant = model_config.variant
+  encoder = 'SpatialTransformer' if variant == 'factorised_encoder' else 'Transformer'
+  cls = 'cls_SpatialTransformer' if variant == 'factorised_encoder' else 'cls'
+
+  kernel = vit['embedding']['kernel']
+  if model_config.embedding == 'tubelet':
+    kernel = inflate_kernel(kernel, model_config.tubelet[0], kernel_init)
+  _assign(params['embedding'], 'kernel', kernel, 'embedding/kernel')
+  _assign(params['embedding'], 'bias', vit['embedding']['bias'], 'embedding/bias')
+  if cls in params:
+    _assign(params, cls, vit['cls'], cls)
+
+  time, height, width = model_config.input_size
+  patch_t, patch_h, patch_w = model_config.tubelet
+  grid = (height // patch_h, width // patch_w)
+  slots = 1 if variant == 'factorised_encoder' else (
+      model_config.num_sampled_frames if model_config.embedding == 'frame'
+      else time // patch_t)
+  posemb_tree = params[encoder]['posembed_input']
+  posemb_tree['pos_embedding'] = position_embedding(
+      vit['Transformer']['posembed_input']['pos_embedding'],
+      posemb_tree['pos_embedding'].shape, grid, slots, posemb)
+
+  vit_blocks = [k for k in vit['Transformer'] if k.startswith('encoderblock_')]
+  if len(vit_blocks) != model_config.num_layers:
+    raise ValueError(f'the ViT has {len(vit_blocks)} layers, the model '
+                     f'{model_config.num_layers} ({encoder})')
+  for i in range(model_config.num_layers):
+    source = vit['Transformer'][f'encoderblock_{i}']
+    block = params[encoder][f'encoderblock_{i}']
+    if variant == 'factorised_self_attention':
+      for ours, theirs in FSA_BLOCK.items():
+        _put_tree(block, theirs, source[ours], f'{encoder}/encoderblock_{i}/{theirs}')
+      if temporal_attention_init == 'copy':
+        _put_tree(block, 'LayerNorm_time', source['LayerNorm_0'], 'LayerNorm_time')
+        _put_tree(block, 'MultiHeadDotProductAttention_time',
+                  source['MultiHeadDotProductAttention_0'], 'attention_time')
+      else:
+        out = block['MultiHeadDotProductAttention_time']['out']
+        out['kernel'] = np.zeros_like(out['kernel'])
+        out['bias'] = np.zeros_like(out['bias'])
+    else:
+      for name in source:
+        _put_tree(block, name, source[name], f'{encoder}/encoderblock_{i}/{name}')
+  _put_tree(params[encoder], 'encoder_norm', vit['Transformer']['encoder_norm'],
+            f'{encoder}/encoder_norm')
+
+  if restore_head:
+    for name in ('pre_logits', 'output_projection'):
+      if (name in vit) != (name in params):
+        raise ValueError(f'restore_head: {name} is in the '
+                         f'{"ViT" if name in vit else "model"} only')
+      if name in vit:
+        _put_tree(params, name, vit[name], name)
+  check_params(model_config, params)
+  return params
+
+
+def _assign(tree: Params, key: str, value: np.ndarray, where: str) -> None:
+  if tuple(tree[key].shape) != tuple(value.shape):
+    raise ValueError(f'cannot map the ViT onto parameter {where}: the ViT gives '
+                     f'{tuple(value.shape)}, the model needs {tuple(tree[key].shape)}')
+  tree[key] = value
+
+
+def _put_tree(parent: Params, name: str, values: Params, where: str) -> None:
+  """Copies the ViT subtree `values` over `parent[name]`, shape by shape."""
+  for key, value in values.items():
+    if isinstance(value, dict):
+      _put_tree(parent[name], key, value, f'{where}/{key}')
+    else:
+      _assign(parent[name], key, value, f'{where}/{key}')
