@@ -1,0 +1,68 @@
+"""The same ViViT weights for another frame count or resolution.
+
+Only the position embeddings depend on the clip size: their token grid
+`[time slots, height / patch, width / patch]` (time-major) is resized, linearly in
+time and bilinearly in space; the CLS entry is kept. Model 2's spatial embeddings
+change with the resolution, its temporal ones with the frame count.
+"""
+from typing import Any, Dict, Tuple
+
+import jax
+import ml_collections
+import numpy as np
+
+from vivit.models import check_params
+
+Params = Dict[str, Any]
+# Model config fields that may differ between the two configs.
+SIZE_FIELDS = ('input_size', 'num_sampled_frames')
+
+
+def token_grid(config: ml_collections.ConfigDict) -> Tuple[int, int, int]:
+  """(time slots, height, width) of the tokens of `config.input_size` clips."""
+  frames, height, width = config.input_size
+  patch_t, patch_h, patch_w = config.tubelet
+  slots = config.num_sampled_frames if config.embedding == 'frame' else frames // patch_t
+  return slots, height // patch_h, width // patch_w
+
+
+def resize_position_embedding(posemb: np.ndarray, grid: Tuple[int, ...],
+                              new_grid: Tuple[int, ...]) -> np.ndarray:
+  """`[1, (1 +) prod(grid), D]` -> `[1, (1 +) prod(new_grid), D]`, CLS entry kept."""
+  tokens = int(np.prod(grid))
+  extra = posemb.shape[1] - tokens
+  if extra not in (0, 1):
+    raise ValueError(f'position embedding {posemb.shape} does not fit a token grid '
+                     f'{grid}')
+  cls, body = posemb[:, :extra], posemb[0, extra:].reshape(tuple(grid) + posemb.shape[-1:])
+  if tuple(grid) != tuple(new_grid):
+    body = np.asarray(jax.image.resize(body, tuple(new_grid) + body.shape[-1:], 'linear'))
+  return np.concatenate([cls, body.reshape(1, -1, posemb.shape[-1])], axis=1)
+
+
+def resize_params(params: Params, from_config: ml_collections.ConfigDict,
+                  to_config: ml_collections.ConfigDict) -> Params:
+  """`params` of a `from_config` model, for `to_config`: the same model on clips of
+  another frame count and/or resolution."""
+  differing = sorted(k for k in set(from_config.keys()) | set(to_config.keys())
+                     if k not in SIZE_FIELDS and from_config.get(k) != to_config.get(k))
+  if differing:
+    raise ValueError('resize_params changes only the clip size; the configs also '
+                     'differ in ' + ', '.join(f'model.{k}' for k in differing))
+  check_params(from_config, params)
+  params = jax.tree_util.tree_map(np.array, params)
+  (slots, height, width), (new_slots, new_height, new_width) = (token_grid(from_config),
+                                                                token_grid(to_config))
+  if from_config.variant == 'factorised_encoder':
+    spatial = params['SpatialTransformer']['posembed_input']
+    spatial['pos_embedding'] = resize_position_embedding(
+        spatial['pos_embedding'], (height, width), (new_height, new_width))
+    temporal = params['TemporalTransformer']['posembed_input']
+    temporal['pos_embedding'] = resize_position_embedding(
+        temporal['pos_embedding'], (slots,), (new_slots,))
+  else:
+    posemb = params['Transformer']['posembed_input']
+    posemb['pos_embedding'] = resize_position_embedding(
+        posemb['pos_embedding'], (slots, height, width), (new_slots, new_height, new_width))
+  check_params(to_config, params)
+  return params
