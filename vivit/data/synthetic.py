@@ -96,7 +96,7 @@ def render_clip(label: int, rng: np.random.Generator) -> np.ndarray:
 class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
   """TFDS builder of `synthetic_motion` (10 motion classes, 16x32x32 clips).
 
-  Configs: `synthetic_motion` (3000 / 300 / 300 clips) and `synthetic_motion/tiny`.
+  Configs: `synthetic_motion` (4000 / 300 / 300 clips) and `synthetic_motion/tiny`.
   """
 
   VERSION = tfds.core.Version('1.1.0')

@@ -1,9 +1,9 @@
 """Video transforms on one decoded clip, in TensorFlow for tf.data.
 
 Videos are `[time, height, width, 3]` uint8, or `[time]` JPEG strings (prepared
-datasets): only the frames a clip uses are decoded. Randomness is stateless: every random op takes
-a `seed` tensor of shape [2], so a pipeline is reproducible from (seed, epoch,
-example) and can resume mid-epoch.
+datasets), of which only the frames a clip uses are decoded. Randomness is
+stateless: every random op takes a `seed` tensor of shape [2], so a pipeline is
+reproducible from its seeds and can resume mid-epoch.
 """
 from typing import Sequence, Tuple
 
@@ -13,10 +13,6 @@ import tensorflow as tf
 def split_seed(seed, num: int):
   """`num` independent [2] seeds from one."""
   return tf.unstack(tf.random.experimental.stateless_split(seed, num))
-
-
-def num_video_frames(video):
-  return tf.shape(video)[0]
 
 
 def gather_frames(video, indices):
@@ -124,7 +120,7 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
                scale_range: Sequence[float], flip: bool, colour_strength: float, seed):
   """One augmented training clip `[num_frames, crop, crop, 3]` in [-1, 1]."""
   offset_seed, crop_seed, flip_seed, colour_seed = split_seed(seed, 4)
-  count = num_video_frames(video)
+  count = tf.shape(video)[0]
   video = gather_frames(video, clip_indices(
       count, num_frames, stride, random_offset(count, num_frames, stride, offset_seed)))
   video = scale_jitter_crop(tf.cast(video, tf.float32), min_resize, crop_size,
@@ -139,7 +135,7 @@ def test_views(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
                num_clips: int, num_crops: int):
   """Every view of the multi-view test: `[clips * crops, num_frames, crop, crop, 3]`,
   clip-major, in [-1, 1]."""
-  count = num_video_frames(video)
+  count = tf.shape(video)[0]
   views = []
   offsets = test_offsets(count, num_frames, stride, num_clips)
   for i in range(num_clips):
