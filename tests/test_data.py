@@ -119,7 +119,10 @@ def test_read_by_a_thread_or_from_memory_the_batches_are_the_same(data_dir, monk
   expected_eval = list(pipeline.eval_batches(config, 'test', 8))
   assert not feeders()
   monkeypatch.setattr(pipeline, 'IN_MEMORY_BYTES', 0)  # every split is "large"
+  unused = pipeline.train_batches(config, 16, seed=5)
+  del unused  # never advanced: its reader never started
   fed = pipeline.train_batches(config, 16, seed=5, start_step=3)
+  assert not feeders()
   for batch in expected:
     np.testing.assert_array_equal(next(fed)['video'], batch['video'])
   assert len(feeders()) == 1

@@ -158,6 +158,10 @@ def test_errors_name_the_parameter_and_shapes(vit, tmp_path):
     from_vit(hf_dir, model_config(tubelet=(2, 4, 4)))
   with pytest.raises(ValueError, match='2x2 patch grid and the model 3x3: use posemb'):
     from_vit(hf_dir, model_config(size=24))
+  with pytest.raises(ValueError, match="'resize' fills one time slot; the model has 2"):
+    from_vit(hf_dir, model_config(frames=4, size=24), posemb='resize')
+  spatial = from_vit(hf_dir, model_config('Ti/8x2-FE', frames=4, size=24), posemb='resize')
+  assert spatial['SpatialTransformer']['posembed_input']['pos_embedding'].shape == (1, 10, 16)
   with pytest.raises(ValueError, match=r'output_projection/kernel: the ViT gives \(16, 5\)'):
     from_vit(hf_dir, get_model_config('Ti/8x2', hidden_size=16, num_heads=4, num_layers=2,
                                       mlp_dim=24, num_classes=7, input_size=(2, 16, 16)),

@@ -36,7 +36,8 @@ def resize_position_embedding(posemb: np.ndarray, grid: Tuple[int, ...],
                      f'{grid}')
   cls, body = posemb[:, :extra], posemb[0, extra:].reshape(tuple(grid) + posemb.shape[-1:])
   if tuple(grid) != tuple(new_grid):
-    body = np.asarray(jax.image.resize(body, tuple(new_grid) + body.shape[-1:], 'linear'))
+    body = np.asarray(jax.image.resize(body, tuple(new_grid) + body.shape[-1:], 'linear',
+                                       antialias=False))
   return np.concatenate([cls, body.reshape(1, -1, posemb.shape[-1])], axis=1)
 
 

@@ -7,8 +7,8 @@ ImageNet-21k `ViT-B_16.npz`, AugReg files) or a HuggingFace `ViTModel` /
   `central_frame` (the 2-D kernel at t // 2, zeros elsewhere) or `average_frame`
   (the 2-D kernel / t in every slot); the `frame` embedding takes it as it is;
 - position embeddings: `tile` (the spatial grid repeated per time slot), `resize`
-  (bilinear in space when the grid differs) or `resize_tile`; the CLS entry is kept
-  where both models have a CLS token;
+  (bilinear in space, one time slot) or `resize_tile` (both); the CLS entry is kept
+  where the model has a CLS token;
 - model 2: the ViT fills `SpatialTransformer` (and its CLS token); the temporal
   encoder starts fresh. Model 3: the ViT's attention and LayerNorm fill the spatial
   ones; the temporal attention starts with zero output (`'zeros'`, the paper: the
@@ -24,10 +24,12 @@ import os
 import re
 from typing import Any, Dict, Tuple
 
+import flax
 import jax
 import ml_collections
 import numpy as np
 
+from vivit.convert.resize import resize_position_embedding, token_grid
 from vivit.convert.transformers import _hf_to_ours, _hub_names, _read_weights
 from vivit.models import check_params, init_params
 
@@ -45,17 +47,6 @@ NPZ_RENAMES = [
 FSA_BLOCK = {'LayerNorm_0': 'LayerNorm_space',
              'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_space',
              'LayerNorm_1': 'LayerNorm_mlp', 'MlpBlock_0': 'MlpBlock'}
-
-
-def _nest(flat: Dict[str, np.ndarray]) -> Params:
-  tree: Params = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split('/')
-    node = tree
-    for parent in parents:
-      node = node.setdefault(parent, {})
-    node[leaf] = value
-  return tree
 
 
 def _read_npz(path: str) -> Dict[str, np.ndarray]:
@@ -95,12 +86,13 @@ def read_vit(path: str) -> Params:
   if os.path.isdir(path):
     if not os.path.exists(os.path.join(path, 'config.json')):
       raise FileNotFoundError(f'{path} is a directory without a HuggingFace config.json')
-    return _nest(_read_hf(path))
+    return flax.traverse_util.unflatten_dict(_read_hf(path), sep='/')
   try:
-    return _nest(_read_npz(path))
-  except (ValueError, OSError) as e:
+    flat = _read_npz(path)
+  except Exception as e:  # pylint: disable=broad-except  (numpy's errors vary)
     raise ValueError(f'{path} is neither an .npz ViT checkpoint nor a HuggingFace '
-                     f'directory ({e})') from None
+                     f'directory ({type(e).__name__}: {e})') from None
+  return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
 def inflate_kernel(kernel: np.ndarray, time: int, method: str) -> np.ndarray:
@@ -115,35 +107,36 @@ def inflate_kernel(kernel: np.ndarray, time: int, method: str) -> np.ndarray:
                    f"'average_frame'")
 
 
-def _resize_grid(grid: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-  """`[h, w, D]` -> `[size[0], size[1], D]`, bilinear."""
-  if grid.shape[:2] == tuple(size):
-    return grid
-  return np.asarray(jax.image.resize(grid, tuple(size) + grid.shape[2:], 'bilinear'))
-
-
 def position_embedding(vit_posemb: np.ndarray, target_shape: Tuple[int, ...],
                        grid: Tuple[int, int], time: int, method: str) -> np.ndarray:
   """The ViT's `[1, 1 + N, D]` position embedding for `time` slots of a `grid` of
-  patches, `target_shape` `[1, (1) + time * grid, D]` (with or without CLS)."""
+  patches, `target_shape` `[1, (1 +) time * grid, D]` (with or without CLS).
+
+  'tile' repeats the ViT's grid per time slot; 'resize' resizes it to `grid`
+  (bilinear), for one time slot; 'resize_tile' does both. (Scenic's 'resize' with
+  several time slots stretches the image grid over all of them as one square; that
+  is not offered.)"""
   if method not in ('tile', 'resize', 'resize_tile'):
     raise ValueError(f"unknown posemb {method!r}; expected 'tile', 'resize' or "
                      f"'resize_tile'")
-  cls, spatial = vit_posemb[0, :1], vit_posemb[0, 1:]
-  side = int(round(np.sqrt(spatial.shape[0])))
-  if side * side != spatial.shape[0]:
+  side = int(round(np.sqrt(vit_posemb.shape[1] - 1)))
+  if side * side != vit_posemb.shape[1] - 1:
     raise ValueError(f'ViT position embedding {vit_posemb.shape} is not a square grid '
                      f'plus CLS')
   if (side, side) != tuple(grid) and method == 'tile':
     raise ValueError(f'the ViT has a {side}x{side} patch grid and the model '
                      f'{grid[0]}x{grid[1]}: use posemb resize or resize_tile')
-  spatial = _resize_grid(spatial.reshape(side, side, -1), grid).reshape(-1, cls.shape[-1])
-  tokens = np.tile(spatial, (time, 1))
-  with_cls = target_shape[1] == tokens.shape[0] + 1
-  if not with_cls and target_shape[1] != tokens.shape[0]:
+  if time > 1 and method == 'resize':
+    raise ValueError(f"posemb 'resize' fills one time slot; the model has {time}: use "
+                     f"'resize_tile'")
+  posemb = resize_position_embedding(vit_posemb, (side, side), tuple(grid))
+  cls, tokens = posemb[0, :1], np.tile(posemb[0, 1:], (time, 1))
+  if target_shape[1] == tokens.shape[0] + 1:
+    return np.concatenate([cls, tokens])[None]
+  if target_shape[1] != tokens.shape[0]:
     raise ValueError(f'position embedding: the model needs {target_shape}, the ViT '
                      f'gives {tokens.shape[0]} tokens ({time} x {grid})')
-  return (np.concatenate([cls, tokens]) if with_cls else tokens)[None]
+  return tokens[None]
 
 
 def from_vit(path: str, model_config: ml_collections.ConfigDict, *,
@@ -168,15 +161,14 @@ def from_vit(path: str, model_config: ml_collections.ConfigDict, *,
     kernel = inflate_kernel(kernel, model_config.tubelet[0], kernel_init)
   _assign(params['embedding'], 'kernel', kernel, 'embedding/kernel')
   _assign(params['embedding'], 'bias', vit['embedding']['bias'], 'embedding/bias')
+  if 'cls' not in vit:
+    raise ValueError('the ViT has no CLS token (a GAP-pooled ViT): not supported')
   if cls in params:
     _assign(params, cls, vit['cls'], cls)
 
-  time, height, width = model_config.input_size
-  patch_t, patch_h, patch_w = model_config.tubelet
-  grid = (height // patch_h, width // patch_w)
-  slots = 1 if variant == 'factorised_encoder' else (
-      model_config.num_sampled_frames if model_config.embedding == 'frame'
-      else time // patch_t)
+  slots, *grid = token_grid(model_config)
+  if variant == 'factorised_encoder':
+    slots = 1  # the spatial encoder sees one time slot at a time
   posemb_tree = params[encoder]['posembed_input']
   posemb_tree['pos_embedding'] = position_embedding(
       vit['Transformer']['posembed_input']['pos_embedding'],

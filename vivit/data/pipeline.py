@@ -107,9 +107,10 @@ def host_seed(seed: int) -> int:
 
 
 class Stream(NamedTuple):
-  """(key, serialized example) pairs as a tf.data dataset, and how to stop whatever
-  feeds it."""
+  """(key, serialized example) pairs as a tf.data dataset, and how to start and stop
+  whatever feeds it."""
   dataset: tf.data.Dataset
+  start: Callable[[], None] = lambda: None
   stop: Callable[[], None] = lambda: None
 
 
@@ -136,7 +137,7 @@ def _fed_by_thread(chunks: Iterator[Tuple[np.ndarray, List[bytes]]],
       failure.append(e)
     queue.close()
 
-  threading.Thread(target=feed, name='vivit-records-feeder', daemon=True).start()
+  thread = threading.Thread(target=feed, name='vivit-records-feeder', daemon=True)
   items = tf.data.Dataset.range(2 ** 62 if count is None else count)
   dataset = items.map(lambda _: queue.dequeue(), num_parallel_calls=1)
 
@@ -144,7 +145,7 @@ def _fed_by_thread(chunks: Iterator[Tuple[np.ndarray, List[bytes]]],
     queue.close(cancel_pending_enqueues=True)
     if failure:
       raise failure[0]
-  return Stream(dataset, stop)
+  return Stream(dataset, thread.start, stop)
 
 
 class Records:
@@ -163,7 +164,9 @@ class Records:
         deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     self.num_examples = len(self._source)
     self._in_memory = None
-    if builder.info.splits[split].num_bytes / jax.process_count() <= IN_MEMORY_BYTES:
+    whole = builder.info.splits[split.split('[')[0]]  # a slice reports no bytes
+    host_bytes = whole.num_bytes * self.num_examples / max(whole.num_examples, 1)
+    if host_bytes <= IN_MEMORY_BYTES:
       self._in_memory = tf.constant([self._source[i] for i in range(self.num_examples)])
     features = builder.info.features
     decoders = ({'video': tfds.decode.SkipDecoding()}
@@ -211,6 +214,9 @@ class Records:
 
 
 def _numpy_batches(dataset: tf.data.Dataset, stream: Stream) -> Iterator[Dict[str, np.ndarray]]:
+  """The batches of `dataset`; the stream's feeder runs while they are taken (it
+  starts with the first, so a generator never advanced leaves no thread behind)."""
+  stream.start()
   try:
     yield from dataset.as_numpy_iterator()
   finally:
