@@ -43,6 +43,53 @@ def random_video(batch=2, size=INPUT_SIZE, seed=0):
   return np.random.RandomState(seed).uniform(-1, 1, (batch, *size, 3)).astype(np.float32)
 
 
+VIT_CLASSES = 5
+
+
+@pytest.fixture(scope='module')
+def vit(tmp_path_factory):
+  """A random HF ViT (hidden 16, 2 layers, 16x16 images, patch 8; tanh GELU and
+  LayerNorm eps 1e-6, as the JAX ViTs), saved as an HF directory and as a
+  vision_transformer-layout .npz: (model, HF directory, .npz path)."""
+  import re
+  import torch
+  import transformers
+  from vivit.convert.vit import read_vit
+  torch.manual_seed(0)
+  config = transformers.ViTConfig(
+      hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
+      image_size=16, patch_size=8, hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6,
+      num_labels=VIT_CLASSES)
+  model = transformers.ViTForImageClassification(config).eval()
+  with torch.no_grad():
+    for parameter in model.parameters():
+      parameter.normal_(0, 0.3)
+  root = tmp_path_factory.mktemp('vit')
+  hf_dir = str(root / 'hf')
+  model.save_pretrained(hf_dir)
+  # The .npz names of google-research/vision_transformer.
+  flat = {}
+
+  def flatten(tree, prefix=''):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        flatten(value, f'{prefix}{key}/')
+      else:
+        flat[prefix + key] = value
+  flatten(read_vit(hf_dir))
+  renames = [(r'MultiHeadDotProductAttention_0', 'MultiHeadDotProductAttention_1'),
+             (r'/LayerNorm_1/', '/LayerNorm_2/'), (r'/MlpBlock_0/', '/MlpBlock_3/'),
+             (r'^output_projection/', 'head/')]
+  npz = {}
+  for name, value in flat.items():
+    for pattern, replacement in renames:
+      name = re.sub(pattern, replacement, name)
+    npz[name] = value
+  npz_path = str(root / 'ViT-Ti_8.npz')
+  np.savez(npz_path, **npz)
+  return model, hf_dir, npz_path
+
+
 # (variant, embedding, classifier) that the paper defines.
 VARIANT_CASES = [
     (variant, embedding, classifier)

@@ -155,7 +155,7 @@ def test_from_scenic_reproduces_logits_exactly(variant, embedding, classifier, l
   (ckpt_dir / 'checkpoint_12').write_bytes(flax.serialization.msgpack_serialize(state))
 
   loaded_config, loaded = from_scenic(str(ckpt_dir), _scenic_model_config(config),
-                                      input_size=config.input_size)
+                                      trained_input_size=config.input_size)
   for field in ('variant', 'embedding', 'classifier', 'hidden_size', 'num_layers',
                 'num_heads', 'num_classes'):
     assert loaded_config[field] == config[field], field
@@ -186,10 +186,10 @@ def test_from_scenic_shape_mismatch_names_parameter(tmp_path):
   scenic = _scenic_model_config(config)
   scenic.mlp_dim = 32
   with pytest.raises(ValueError, match='MlpBlock_0/Dense_0/kernel has shape'):
-    from_scenic(str(path), scenic, input_size=config.input_size)
+    from_scenic(str(path), scenic, trained_input_size=config.input_size)
   path.write_bytes(flax.serialization.msgpack_serialize({'other': {}}))
   with pytest.raises(ValueError, match='no params under optimizer/target or params'):
-    from_scenic(str(path), _scenic_model_config(config), input_size=config.input_size)
+    from_scenic(str(path), _scenic_model_config(config), trained_input_size=config.input_size)
 
 
 def test_convert_cli_writes_loadable_checkpoint(tmp_path, capsys):
@@ -217,7 +217,7 @@ def test_convert_cli_writes_loadable_checkpoint(tmp_path, capsys):
       f'def get_config():\n  return ml_collections.ConfigDict({scenic.to_dict()!r})\n')
   assert convert_main(['--from', 'scenic', '--src', str(tmp_path / 'checkpoint_5'),
                        '--scenic-config', str(tmp_path / 'scenic_config.py'),
-                       '--input-size', '4', '16', '16', '--dst',
+                       '--trained-input-size', '4', '16', '16', '--dst',
                        str(tmp_path / 'from_scenic')]) == 0
   assert os.path.isdir(tmp_path / 'from_scenic' / 'params')
 

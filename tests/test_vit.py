@@ -1,15 +1,14 @@
 """Initialising ViViT from 2-D ViTs (HF directory and vision_transformer .npz)."""
 import os
-import re
 
 import numpy as np
 import pytest
 import torch
 
 from vivit.convert.vit import from_vit, inflate_kernel, read_vit
+from conftest import VIT_CLASSES as NUM_CLASSES
 from vivit.models import build_model, get_model_config
 
-NUM_CLASSES = 5
 
 
 def model_config(name='Ti/8x2', frames=2, size=16, **overrides):
@@ -18,46 +17,6 @@ def model_config(name='Ti/8x2', frames=2, size=16, **overrides):
                             **overrides)
   config.temporal.update(num_layers=1, num_heads=4, mlp_dim=24)
   return config
-
-
-@pytest.fixture(scope='module')
-def vit(tmp_path_factory):
-  """A random HF ViT (tanh GELU, LayerNorm eps 1e-6, as the JAX ViTs), saved as an
-  HF directory and as a vision_transformer-layout .npz."""
-  import transformers
-  torch.manual_seed(0)
-  config = transformers.ViTConfig(
-      hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24,
-      image_size=16, patch_size=8, hidden_act='gelu_pytorch_tanh', layer_norm_eps=1e-6,
-      num_labels=NUM_CLASSES)
-  model = transformers.ViTForImageClassification(config).eval()
-  with torch.no_grad():
-    for parameter in model.parameters():
-      parameter.normal_(0, 0.3)
-  root = tmp_path_factory.mktemp('vit')
-  hf_dir = str(root / 'hf')
-  model.save_pretrained(hf_dir)
-  # The .npz names of google-research/vision_transformer.
-  flat = {}
-
-  def flatten(tree, prefix=''):
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        flatten(value, f'{prefix}{key}/')
-      else:
-        flat[prefix + key] = value
-  flatten(read_vit(hf_dir))
-  renames = [(r'MultiHeadDotProductAttention_0', 'MultiHeadDotProductAttention_1'),
-             (r'/LayerNorm_1/', '/LayerNorm_2/'), (r'/MlpBlock_0/', '/MlpBlock_3/'),
-             (r'^output_projection/', 'head/')]
-  npz = {}
-  for name, value in flat.items():
-    for pattern, replacement in renames:
-      name = re.sub(pattern, replacement, name)
-    npz[name] = value
-  npz_path = str(root / 'ViT-Ti_8.npz')
-  np.savez(npz_path, **npz)
-  return model, hf_dir, npz_path
 
 
 def image_and_video(frames):

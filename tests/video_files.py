@@ -3,6 +3,7 @@
 Frame i of every test video is a flat grey of level `frame_level(i)`, so a decoded
 frame tells which source frame it came from."""
 import csv
+import itertools
 import json
 import os
 from fractions import Fraction
@@ -30,9 +31,18 @@ def write_video(path, num_frames=12, fps=25, size=(48, 64), codec='libx264',
   """An mp4 (H.264) or webm (VP9) of flat grey frames; `size` is (height, width),
   odd sizes allowed; `container_format` e.g. 'mpegts' or 'h264' (raw, no
   timestamps)."""
+  height, width = size
+  frames = (np.full((height, width, 3), frame_level(i), np.uint8) for i in range(num_frames))
+  return write_frames(path, frames, fps, codec, container_format)
+
+
+def write_frames(path, frames, fps=25, codec='libx264', container_format=None):
+  """A video of `frames` (uint8 `[height, width, 3]` each), losslessly encoded."""
   import av
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  height, width = size
+  frames = iter(frames)
+  first = next(frames)
+  height, width = first.shape[:2]
   odd = height % 2 or width % 2
   with av.open(path, 'w', format=container_format) as container:
     stream = container.add_stream(codec, rate=fps)
@@ -41,9 +51,8 @@ def write_video(path, num_frames=12, fps=25, size=(48, 64), codec='libx264',
     # Lossless, so that every frame keeps its grey level.
     stream.options = ({'qp': '0', 'preset': 'ultrafast'} if codec == 'libx264'
                       else {'lossless': '1'})
-    for i in range(num_frames):
-      image = np.full((height, width, 3), frame_level(i), np.uint8)
-      frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+    for image in itertools.chain([first], frames):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format='rgb24')
       for packet in stream.encode(frame):
         container.mux(packet)
     for packet in stream.encode():

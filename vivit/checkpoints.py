@@ -3,14 +3,18 @@
 Layout of a params checkpoint directory:
   DIR/model_config.json   the model config (JSON)
   DIR/params/             orbax tree of float32 arrays, names as in DESIGN.md
+  DIR/class_names.json    the output classes' names, where known (optional)
+A training workdir holds model_config.json and class_names.json too.
 Orbax writes to a temporary directory and renames it when complete, so a crash
 never leaves a half-written `params/`.
 """
 import json
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vivit.models import check_params, default_model_config, param_shapes
@@ -33,18 +37,53 @@ def model_config_from_json(text: str) -> ml_collections.ConfigDict:
   return config
 
 
-def save_params(path: str, model_config: ml_collections.ConfigDict, params: Params) -> None:
-  """Writes `params` (checked against `model_config`) and the config to `path`."""
+def _write_atomically(path: str, text: str) -> None:
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def save_class_names(path: str, class_names: Sequence[str]) -> None:
+  """`path/class_names.json`: the names of the model's outputs, in order."""
+  _write_atomically(os.path.join(path, 'class_names.json'),
+                    json.dumps(list(class_names), indent=0))
+
+
+def load_class_names(path: str) -> Optional[List[str]]:
+  """The class names saved with a checkpoint or workdir, or None."""
+  name_file = os.path.join(path, 'class_names.json')
+  if not os.path.exists(name_file):
+    return None
+  with open(name_file) as f:
+    return json.load(f)
+
+
+def save_params(path: str, model_config: ml_collections.ConfigDict, params: Params,
+                class_names: Optional[Sequence[str]] = None) -> None:
+  """Writes `params` (checked against `model_config`), the config and the class
+  names (if given; as many as `num_classes`) to `path`."""
   check_params(model_config, params)
+  if class_names is not None and len(class_names) != model_config.num_classes:
+    raise ValueError(f'{len(class_names)} class names for {model_config.num_classes} '
+                     f'classes')
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(path, 'params'), params, force=True)
     checkpointer.wait_until_finished()
-  tmp = os.path.join(path, 'model_config.json.tmp')
-  with open(tmp, 'w') as f:
-    f.write(model_config_to_json(model_config))
-  os.replace(tmp, os.path.join(path, 'model_config.json'))
+  _write_atomically(os.path.join(path, 'model_config.json'),
+                    model_config_to_json(model_config))
+  if class_names is not None:
+    save_class_names(path, class_names)
+
+
+def load_model_config(path: str) -> Optional[ml_collections.ConfigDict]:
+  """The model config saved in a checkpoint directory or workdir, or None."""
+  config_file = os.path.join(path, 'model_config.json')
+  if not os.path.exists(config_file):
+    return None
+  with open(config_file) as f:
+    return model_config_from_json(f.read())
 
 
 def load_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
@@ -58,6 +97,33 @@ def load_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
     config = model_config_from_json(f.read())
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(os.path.join(path, 'params'))
+  check_params(config, params)
+  return config, params
+
+
+def load_any_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
+  """(model config, params) of a params directory (`save_params`) or of a training
+  workdir: its best params, else those of its latest checkpoint."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'params')) or not os.path.isdir(path):
+    return load_params(path)
+  config_file = os.path.join(path, 'model_config.json')
+  if not os.path.exists(config_file):
+    raise FileNotFoundError(f'{path} is neither a vivit-jax params checkpoint nor a '
+                            f'training workdir (no model_config.json)')
+  with open(config_file) as f:
+    config = model_config_from_json(f.read())
+  shapes = param_shapes(config)
+  if (os.path.isdir(os.path.join(path, 'best')) and
+      best_manager(path).best_step() is not None):
+    params = restore_best_params(path, shapes)[1]
+  else:
+    last = ocp.CheckpointManager(os.path.join(path, 'checkpoints'))
+    step = last.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'workdir {path} holds no checkpoint yet')
+    params = last.restore(step, args=ocp.args.StandardRestore())['params']
+  params = jax.tree_util.tree_map(np.asarray, params)
   check_params(config, params)
   return config, params
 
@@ -96,10 +162,7 @@ def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -
       raise ValueError(f'workdir {workdir} holds checkpoints of a different model; '
                        f'use a new --workdir or the same model config. {e}') from None
   os.makedirs(workdir, exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(model_config_to_json(model_config))
-  os.replace(tmp, path)
+  _write_atomically(path, model_config_to_json(model_config))
 
 
 def restore_best_params(workdir: str, abstract_params) -> Tuple[int, Params]:

@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from vivit import checkpoints, sharding
 from vivit.data import pipeline
 from vivit.models import build_model, param_shapes
+from vivit.step import head_slices
 
 
 def average_views(logits):
@@ -51,10 +52,32 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
           'confusion_matrix': confusion.tolist()}
 
 
+def multi_head_metrics(logits: np.ndarray, labels: np.ndarray, heads) -> Dict[str, Any]:
+  """Each head's metrics (under 'heads') and the action top-1: a clip counts when
+  every head's top class is right (Epic-Kitchens' action accuracy). `labels`
+  `[videos, heads]`; `heads` ((name, classes), ...)."""
+  per_head, all_right = {}, np.ones(len(labels), bool)
+  for i, (name, part) in enumerate(head_slices(heads)):
+    per_head[name] = classification_metrics(logits[:, part], labels[:, i],
+                                            part.stop - part.start)
+    all_right &= np.argmax(logits[:, part], -1) == labels[:, i]
+  return {'top1': float(np.mean(all_right)), 'num_videos': int(len(labels)),
+          'heads': per_head,
+          **{f'{name}_top1': m['top1'] for name, m in per_head.items()},
+          **{f'{name}_top5': m['top5'] for name, m in per_head.items()}}
+
+
+def scalar_metrics(result: Dict[str, Any]) -> Dict[str, float]:
+  """The headline numbers of an evaluation, for logs: top-1, top-5 and per-head
+  accuracies."""
+  return {k: v for k, v in result.items() if k.endswith(('top1', 'top5'))}
+
+
 def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict, split: str,
-                   batch_size: int, num_classes: int, mesh, num_clips: int = 1,
+                   batch_size: int, labels_info, mesh, num_clips: int = 1,
                    num_crops: int = 1) -> Dict[str, Any]:
-  """Multi-view evaluation of `split` (every host its shard, metrics over all)."""
+  """Multi-view evaluation of `split` (every host its shard, metrics over all).
+  `labels_info`: the dataset's `pipeline.Labels`."""
   sharding.check_batch_size(batch_size, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   all_logits, all_labels = [], []
@@ -69,8 +92,11 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
     keep = mask > 0
     all_logits.append(logits[keep])
     all_labels.append(labels[keep])
-  result = classification_metrics(np.concatenate(all_logits), np.concatenate(all_labels),
-                                  num_classes)
+  all_logits, all_labels = np.concatenate(all_logits), np.concatenate(all_labels)
+  if labels_info.heads:
+    result = multi_head_metrics(all_logits, all_labels, labels_info.heads)
+  else:
+    result = classification_metrics(all_logits, all_labels, labels_info.num_classes)
   result['views'] = num_clips * num_crops
   result['num_clips'], result['num_crops'] = num_clips, num_crops
   return result
@@ -130,32 +156,43 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
         split: str = None) -> Dict[str, Any]:
   """Loads the best (or `checkpoint`) params and runs the multi-view test."""
   split = split or config.dataset.test_split
-  label, _ = pipeline.open_dataset(config, split)
   if checkpoint:
-    model_config, params = checkpoints.load_params(checkpoint)
+    model_config, params = checkpoints.load_any_params(checkpoint)
     source = checkpoint
+    config.model = model_config
   else:
+    # The model training wrote (a fine-tuning config may take it from a checkpoint).
+    stored = checkpoints.load_model_config(workdir)
+    config.model = stored if stored is not None else config.model
+  labels_info, _ = pipeline.open_dataset(config, split)
+  if not checkpoint:
     model_config = config.model
     step, params = checkpoints.restore_best_params(workdir, param_shapes(model_config))
     source = f'{workdir}/best/{step}'
   mesh = sharding.make_mesh(config.mesh)
   result = evaluate_split(make_logits_fn(build_model(model_config), mesh), params,
-                          config.dataset, split, config.eval.batch_size, label.num_classes,
+                          config.dataset, split, config.eval.batch_size, labels_info,
                           mesh, config.eval.num_clips, config.eval.num_crops)
-  result.update(split=split, checkpoint=source, class_names=list(label.names))
+  result.update(split=split, checkpoint=source, class_names=labels_info.class_names)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
       json.dump(result, f, indent=2)
-    plot_confusion(result['confusion_matrix'], label.names,
-                   os.path.join(workdir, 'confusion_matrix.png'))
     plot_training_curve(os.path.join(workdir, 'metrics.jsonl'),
                         os.path.join(workdir, 'training_curve.png'))
-    print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
-          f"({result['num_videos']} videos x {result['views']} views, {source})")
-    worst = np.argsort(result['per_class_accuracy'])[:3]
-    print('hardest classes: ' + ', '.join(
-        f"{label.names[i]} {result['per_class_accuracy'][i]:.3f}" for i in worst))
+    views = f"({result['num_videos']} videos x {result['views']} views, {source})"
+    if labels_info.heads:
+      print(f"{split}: action top-1 {result['top1']:.4f}  " + '  '.join(
+          f"{name} top-1 {result[name + '_top1']:.4f}" for name, _ in labels_info.heads)
+            + f'  {views}')
+    else:
+      plot_confusion(result['confusion_matrix'], labels_info.class_names,
+                     os.path.join(workdir, 'confusion_matrix.png'))
+      print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  {views}")
+      worst = np.argsort(result['per_class_accuracy'])[:3]
+      print('hardest classes: ' + ', '.join(
+          f"{labels_info.class_names[i]} {result['per_class_accuracy'][i]:.3f}"
+          for i in worst))
   return result
 
 

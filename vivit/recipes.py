@@ -33,6 +33,7 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
                  mixup: float = 0.0, stochastic_depth: float = 0.0,
                  randaugment: Optional[Tuple[int, int]] = None,
                  temporal_layers: Optional[int] = None,
+                 label_key='label',
                  class_splits: Optional[Sequence[int]] = None) -> ml_collections.ConfigDict:
   """32 frames, tubelet 16x16x2, momentum SGD, cosine decay with 2.5 warm-up epochs,
   grad-norm clip 1, batch 64, no weight decay, no dropout, 4x3-view test."""
@@ -42,7 +43,7 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
       # format 'dmvr': data_dir is a pattern of scenic/DMVR tfrecords, e.g.
       # '/data/k400/{split}.tfrecord@1024' (see vivit.data.dmvr).
       name=dataset, format='tfds', data_dir=config_dict.placeholder(str),
-      label_key='label', train_split='train',
+      label_key=label_key, train_split='train',
       eval_split='validation', test_split=test_split, num_frames=32, stride=stride,
       min_resize=min_resize, crop_size=crop_size, scale_jitter=(0.9, 1.33), flip=flip,
       colour_jitter=0.2, randaugment=randaugment, num_threads=0,
@@ -61,8 +62,17 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
       keep_checkpoints=3))
   config.eval = ml_collections.ConfigDict(dict(batch_size=64, num_clips=4, num_crops=3))
   config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
-  # ImageNet-21k ViT initialisation (kernel inflation 'central_frame').
-  config.init_from = ml_collections.ConfigDict(dict(
-      path=config_dict.placeholder(str), kernel_init='central_frame',
-      posemb='tile'))
+  config.init_from = init_from_config()
   return config
+
+
+def init_from_config(model_from_checkpoint: bool = False) -> ml_collections.ConfigDict:
+  """`config.init_from` (see `vivit.initialise`): the paper's ImageNet-21k ViT
+  initialisation rules, used when `path` is a ViT."""
+  return ml_collections.ConfigDict(dict(
+      path=config_dict.placeholder(str),
+      format=config_dict.placeholder(str),  # vit, scenic, transformers, vivit; None: guessed
+      kernel_init='central_frame', posemb='tile', temporal_attention_init='zeros',
+      restore_head=False,
+      scenic_config=config_dict.placeholder(str),  # format scenic: its config file
+      model_from_checkpoint=model_from_checkpoint))

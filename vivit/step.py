@@ -9,6 +9,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 
@@ -27,26 +28,65 @@ def mixup(rng, video, labels, alpha: float):
   return mix(video), mix(labels)
 
 
+def one_hot_labels(labels, num_classes: int, heads=None):
+  """`[batch]` labels -> `[batch, num_classes]`; with `heads` ((name, classes), ...),
+  `[batch, len(heads)]` labels -> the heads' one-hot blocks side by side."""
+  if heads is None:
+    return jax.nn.one_hot(labels, num_classes)
+  return jnp.concatenate([jax.nn.one_hot(labels[:, i], size)
+                          for i, (_, size) in enumerate(heads)], axis=-1)
+
+
+def head_slices(heads):
+  """(name, slice of the logits) per head."""
+  starts = np.cumsum([0] + [size for _, size in heads])
+  return [(name, slice(start, start + size))
+          for (name, size), start in zip(heads, starts)]
+
+
+def loss_and_metrics(logits, targets, labels, heads=None):
+  """Softmax cross-entropy (summed over heads) and accuracy: `logits, targets
+  [batch, classes]`, `labels` as `one_hot_labels` takes them. With several heads,
+  `accuracy` counts a clip right when every head is (Epic-Kitchens' action
+  accuracy), and each head's accuracy is `<name>_accuracy`."""
+  if heads is None:
+    return (optax.softmax_cross_entropy(logits, targets).mean(),
+            {'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
+  loss, metrics, all_right = 0.0, {}, True
+  for i, (name, part) in enumerate(head_slices(heads)):
+    loss += optax.softmax_cross_entropy(logits[:, part], targets[:, part]).mean()
+    right = jnp.argmax(logits[:, part], -1) == labels[:, i]
+    metrics[f'{name}_accuracy'] = jnp.mean(right)
+    all_right = right & all_right
+  metrics['accuracy'] = jnp.mean(all_right)
+  return loss, metrics
+
+
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimizer,
-               training: ml_collections.ConfigDict, num_classes: int, seed: int):
-  """One SGD step: `(state, batch) -> (state, metrics)`. Pure; RNG from the step."""
+               training: ml_collections.ConfigDict, num_classes: int, seed: int,
+               heads=None):
+  """One SGD step: `(state, batch) -> (state, metrics)`. Pure; RNG from the step.
+  `heads`: ((name, classes), ...) for a model with several classification heads."""
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
   mix_rng, dropout_rng = jax.random.split(rng)
-  video, labels = batch['video'], jax.nn.one_hot(batch['label'], num_classes)
+  video, targets = batch['video'], one_hot_labels(batch['label'], num_classes, heads)
   if training.label_smoothing:
-    labels = optax.smooth_labels(labels, training.label_smoothing)
+    if heads is None:
+      targets = optax.smooth_labels(targets, training.label_smoothing)
+    else:  # each head's distribution smoothed over its own classes
+      targets = jnp.concatenate(
+          [optax.smooth_labels(targets[:, part], training.label_smoothing)
+           for _, part in head_slices(heads)], axis=-1)
   if training.mixup:
-    video, labels = mixup(mix_rng, video, labels, training.mixup)
+    video, targets = mixup(mix_rng, video, targets, training.mixup)
 
   def loss_fn(params):
     logits = model.apply({'params': params}, video, train=True,
                          rngs={'dropout': dropout_rng})
-    return optax.softmax_cross_entropy(logits, labels).mean(), logits
+    return loss_and_metrics(logits, targets, batch['label'], heads)
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss,
-             'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
-             'grad_norm': optax.global_norm(grads)}
+  metrics = {'loss': loss, **metrics, 'grad_norm': optax.global_norm(grads)}
   return TrainState(state.step + 1, params, opt_state), metrics

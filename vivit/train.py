@@ -18,26 +18,11 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vivit import checkpoints, evaluate, sharding
+from vivit import checkpoints, evaluate, initialise, sharding
 from vivit.data import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import make_optimizer
 from vivit.step import TrainState, train_step
-
-
-def check_implemented(config: ml_collections.ConfigDict) -> None:
-  """Config fields of the paper recipes that this loop cannot honour yet: an
-  error, never silently ignored."""
-  missing = []
-  if config.dataset.get('randaugment'):
-    missing.append('dataset.randaugment (RandAugment)')
-  if config.dataset.get('class_splits'):
-    missing.append('dataset.class_splits (several classification heads)')
-  if config.get('init_from') and config.init_from.get('path'):
-    missing.append('init_from.path (initialisation from ViT/ViViT checkpoints)')
-  if missing:
-    raise NotImplementedError('not implemented yet: ' + '; '.join(missing) +
-                              '. Set them to None to train without.')
 
 
 class MetricWriter:
@@ -79,10 +64,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Returns {'step', 'params', 'val_top1'}."""
   workdir = os.path.abspath(workdir)
   training = config.training
-  check_implemented(config)
-  label, (train_examples, _) = pipeline.open_dataset(
+  init_from = config.get('init_from')
+  if init_from and init_from.get('model_from_checkpoint') and not init_from.get('path'):
+    raise ValueError('this config fine-tunes a checkpoint: set --config.init_from.path')
+  if not (init_from and init_from.get('path')):
+    init_from = None
+  if init_from and init_from.get('model_from_checkpoint'):
+    config.model = initialise.model_config_from_checkpoint(init_from, config.model)
+  labels, (train_examples, _) = pipeline.open_dataset(
       config, config.dataset.train_split, config.dataset.eval_split)
-  num_classes = label.num_classes
+  num_classes = labels.num_classes
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(training.batch_size, mesh)
   steps_per_epoch = train_examples // training.batch_size
@@ -92,8 +83,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   model = build_model(config.model)
   optimizer, schedule = make_optimizer(training, total_steps, warmup_steps)
   checkpoints.check_workdir_model(workdir, config.model)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json(indent=2))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2))
+    checkpoints.save_class_names(workdir, labels.class_names)
 
   def init_state():
     params = init_params(config.model, jax.random.PRNGKey(config.seed))
@@ -105,7 +98,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
   start = last.latest_step()
-  if start is None:
+  if start is None and init_from:
+    params, report = initialise.initial_params(init_from, config.model, config.seed)
+    if jax.process_index() == 0:
+      lines = [f'initialising from {init_from.path}:'] + [
+          f'  {line}' for line in initialise.report_lines(report)]
+      print('\n'.join(lines), flush=True)
+      with open(os.path.join(workdir, 'initialisation.txt'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    params = jax.device_put(params, state_sharding.params)
+    state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+                    out_shardings=state_sharding)(params)
+    start = 0
+  elif start is None:
     state = jax.jit(init_state, out_shardings=state_sharding)()
     start = 0
   else:
@@ -117,7 +122,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, model=model, optimizer=optimizer, training=training,
-                              num_classes=num_classes, seed=config.seed),
+                              num_classes=num_classes, seed=config.seed,
+                              heads=labels.heads),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   logits_fn = evaluate.make_logits_fn(model, mesh)
@@ -152,11 +158,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       if step % training.eval_every == 0 or step == total_steps:
         result = evaluate.evaluate_split(
             logits_fn, state.params, config.dataset, config.dataset.eval_split,
-            config.eval.batch_size, num_classes, mesh, num_clips=1, num_crops=1)
+            config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1)
         val_top1 = result['top1']
-        writer.write(step, 'validation', {'top1': result['top1'], 'top5': result['top5']})
+        writer.write(step, 'validation', evaluate.scalar_metrics(result))
         if writer.active:
-          print(f"step {step} | validation top-1 {result['top1']:.4f} "
+          heads = ''.join(f" | {name} {result[name + '_top1']:.4f}"
+                          for name, _ in labels.heads or ())
+          print(f"step {step} | validation top-1 {result['top1']:.4f}{heads} "
                 f"({result['num_videos']} videos)", flush=True)
         best.save(step, args=ocp.args.StandardSave(state.params),
                   metrics={'top1': result['top1']})

@@ -9,6 +9,7 @@ import sys
 
 from vivit.checkpoints import save_params
 from vivit.convert import from_scenic, from_transformers
+from vivit.convert.transformers import hf_class_names
 from vivit.recipes import load_config
 
 
@@ -23,16 +24,23 @@ def main(argv=None) -> int:
   parser.add_argument('--scenic-config', help='scenic config file (with --from scenic)')
   parser.add_argument('--num-classes', type=int, help='scenic: override the head width')
   parser.add_argument('--input-size', type=int, nargs=3, metavar=('T', 'H', 'W'),
-                      help='scenic: input size the checkpoint was trained on')
+                      help='clip size to use the model at (position embeddings resized); '
+                           'default: as trained')
+  parser.add_argument('--trained-input-size', type=int, nargs=3, metavar=('T', 'H', 'W'),
+                      help='scenic: clip size the checkpoint was trained on, where neither '
+                           'its config nor its shapes tell')
   args = parser.parse_args(argv)
   if args.source == 'transformers':
-    config, params = from_transformers(args.src)
+    config, params = from_transformers(args.src, input_size=args.input_size)
+    class_names = hf_class_names(args.src)
   else:
     if not args.scenic_config:
       parser.error('--from scenic needs --scenic-config')
     config, params = from_scenic(args.src, load_config(args.scenic_config),
-                                 num_classes=args.num_classes, input_size=args.input_size)
-  save_params(args.dst, config, params)
+                                 num_classes=args.num_classes, input_size=args.input_size,
+                                 trained_input_size=args.trained_input_size)
+    class_names = None
+  save_params(args.dst, config, params, class_names)
   print(f'wrote {config.variant} model ({config.num_layers} layers, hidden '
         f'{config.hidden_size}, {config.num_classes} classes, input '
         f'{tuple(config.input_size)}) to {args.dst}')

@@ -12,6 +12,7 @@ import flax
 import ml_collections
 import numpy as np
 
+from vivit.convert.resize import resize_params
 from vivit.models import check_params, default_model_config
 
 Params = Dict[str, Any]
@@ -110,25 +111,33 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
 
 
 def _guess_input_size(params: Params, config: ml_collections.ConfigDict):
-  """(time, DEFAULT_CROP, DEFAULT_CROP) whose token count fits the position
-  embedding, or None."""
+  """The (time, height, width) whose token grid fits the position embeddings, or
+  None. Model 2 keeps space and time apart, which determines both (square crops);
+  the others hold their product, which is split assuming DEFAULT_CROP crops."""
   t, h, w = config.tubelet
-  per_frame = (DEFAULT_CROP // h) * (DEFAULT_CROP // w)
   cls = int(config.classifier == 'token')
   if config.variant == 'factorised_encoder':
     steps = params['TemporalTransformer']['posembed_input']['pos_embedding'].shape[1] - cls
+    patches = params['SpatialTransformer']['posembed_input']['pos_embedding'].shape[1] - cls
+    side = int(round(np.sqrt(patches)))
+    if side * side != patches or h != w:
+      return None
+    crop = side * h
   else:
+    crop = DEFAULT_CROP
+    per_frame = (crop // h) * (crop // w)
     tokens = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - cls
     if tokens % per_frame:
       return None
     steps = tokens // per_frame
   frames = steps if config.embedding == 'frame' else steps * t
-  return (frames, DEFAULT_CROP, DEFAULT_CROP)
+  return (frames, crop, crop)
 
 
 def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
                 num_classes: Optional[int] = None,
                 input_size: Optional[Sequence[int]] = None,
+                trained_input_size: Optional[Sequence[int]] = None,
                 ) -> Tuple[ml_collections.ConfigDict, Params]:
   """Loads a scenic ViViT checkpoint.
 
@@ -137,21 +146,24 @@ def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
       (the latest is read).
     scenic_model_config: the `config.model` of the scenic config it was trained
       with; the whole scenic config also works, and then its
-      `dataset_configs.num_frames` and `crop_size` give the input size.
+      `dataset_configs.num_frames` and `crop_size` give the trained input size.
     num_classes: defaults to the width of `output_projection`; another value gives
       a fresh zero-initialised `output_projection` (fine-tuning on new labels).
-    input_size: (time, height, width) the model was trained on; by default from the
-      scenic config, else 224x224 crops with as many frames as the position
-      embedding holds.
+    input_size: (time, height, width) to use the model at: the position embeddings
+      are resized to it (`vivit.convert.resize_params`). Default: as trained.
+    trained_input_size: the clip size the checkpoint was trained on, where neither
+      the scenic config nor the shapes tell it (model 2's shapes do; the other
+      models' are read as 224x224 crops with as many frames as fit).
 
   Returns:
     (model config, params).
   """
   if 'model' in scenic_model_config:
     dataset = scenic_model_config.get('dataset_configs', {})
-    if input_size is None and dataset.get('num_frames') and dataset.get('crop_size'):
+    if trained_input_size is None and dataset.get('num_frames') and dataset.get(
+        'crop_size'):
       crop = dataset['crop_size']
-      input_size = (dataset['num_frames'], crop, crop)
+      trained_input_size = (dataset['num_frames'], crop, crop)
     scenic_model_config = scenic_model_config.model
   params = read_scenic_params(path)
   if num_classes is None:
@@ -165,12 +177,17 @@ def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
     params['output_projection'] = {'kernel': np.zeros((hidden, num_classes), np.float32),
                                    'bias': np.zeros((num_classes,), np.float32)}
   config = model_config_from_scenic(scenic_model_config, num_classes,
-                                    input_size or (32, DEFAULT_CROP, DEFAULT_CROP))
-  if input_size is None:
+                                    trained_input_size or (32, DEFAULT_CROP, DEFAULT_CROP))
+  if trained_input_size is None:
     guessed = _guess_input_size(params, config)
     if guessed is None:
-      raise ValueError(f'{path}: cannot infer the input size from the position '
-                       f'embedding; pass input_size=(time, height, width)')
+      raise ValueError(f'{path}: cannot infer the clip size the checkpoint was trained '
+                       f'on from its position embeddings; pass trained_input_size='
+                       f'(time, height, width)')
     config.input_size = guessed
   check_params(config, params)
+  if input_size is not None and tuple(input_size) != tuple(config.input_size):
+    target = config.copy_and_resolve_references()
+    target.input_size = tuple(input_size)
+    params, config = resize_params(params, config, target), target
   return config, params

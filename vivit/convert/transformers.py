@@ -9,12 +9,13 @@ and `from_hf_pixel_values` only move the channel axis, so feed HF models the
 import json
 import os
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import flax
 import ml_collections
 import numpy as np
 
+from vivit.convert.resize import resize_params
 from vivit.models import check_params, default_model_config
 
 Params = Dict[str, Any]
@@ -174,9 +175,22 @@ def _model_config_from_hf(hf: Dict[str, Any], has_classifier: bool,
   return config
 
 
-def from_transformers(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
+def hf_class_names(path: str) -> Optional[List[str]]:
+  """The `id2label` names of an HF model directory, in class order (None if it has
+  none or only HF's `LABEL_i` placeholders)."""
+  with open(os.path.join(path, 'config.json')) as f:
+    id2label = json.load(f).get('id2label') or {}
+  names = [id2label[key] for key in sorted(id2label, key=int)]
+  if not names or names == [f'LABEL_{i}' for i in range(len(names))]:
+    return None
+  return names
+
+
+def from_transformers(path: str, input_size: Optional[Sequence[int]] = None
+                      ) -> Tuple[ml_collections.ConfigDict, Params]:
   """Reads a `save_pretrained` directory of `VivitForVideoClassification` or
-  `VivitModel`.
+  `VivitModel`; with `input_size` (time, height, width), resized to that clip size
+  (`vivit.convert.resize_params`).
 
   A `VivitModel` with its pooler becomes `representation_size=hidden` and
   `num_classes=0`: the model then returns HF's `pooler_output`.
@@ -207,6 +221,10 @@ def from_transformers(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
     flat[ours] = _hf_to_ours(kind, weights[hub], config.num_heads)
   params = flax.traverse_util.unflatten_dict(flat, sep='/')
   check_params(config, params)
+  if input_size is not None and tuple(input_size) != tuple(config.input_size):
+    target = config.copy_and_resolve_references()
+    target.input_size = tuple(input_size)
+    params, config = resize_params(params, config, target), target
   return config, params
 
 

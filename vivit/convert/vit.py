@@ -19,6 +19,7 @@ ImageNet-21k `ViT-B_16.npz`, AugReg files) or a HuggingFace `ViTModel` /
 Note: HF's ViT ports use exact GELU and LayerNorm eps 1e-12 where the JAX ViTs and
 ViViT use tanh GELU and 1e-6; their weights still load, but computations differ.
 """
+import functools
 import json
 import os
 import re
@@ -146,33 +147,52 @@ def from_vit(path: str, model_config: ml_collections.ConfigDict, *,
   """ViViT params for `model_config` (any variant, either embedding) initialised
   from the 2-D ViT at `path`; what the ViT has no counterpart for starts fresh
   (from `init_params(model_config, PRNGKey(seed))`)."""
+  return vit_init(path, model_config, kernel_init=kernel_init, posemb=posemb,
+                  temporal_attention_init=temporal_attention_init,
+                  restore_head=restore_head, seed=seed)[0]
+
+
+def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
+             kernel_init: str = 'central_frame', posemb: str = 'tile',
+             temporal_attention_init: str = 'zeros', restore_head: bool = False,
+             seed: int = 0) -> Tuple[Params, Dict[str, Tuple[str, str]]]:
+  """`from_vit`, and what happened to each parameter: {name: (status, detail)}
+  with status `loaded`, `resized` (detail: from -> to shape), `fresh` or
+  `ignored` (a ViT tensor the model does not use)."""
   if temporal_attention_init not in ('zeros', 'copy'):
     raise ValueError(f"unknown temporal_attention_init {temporal_attention_init!r}; "
                      f"expected 'zeros' or 'copy'")
   vit = read_vit(path)
   params = jax.tree_util.tree_map(  # writable numpy copies
       np.array, init_params(model_config, jax.random.PRNGKey(seed)))
+  report = {}
   variant = model_config.variant
   encoder = 'SpatialTransformer' if variant == 'factorised_encoder' else 'Transformer'
   cls = 'cls_SpatialTransformer' if variant == 'factorised_encoder' else 'cls'
+  assign = functools.partial(_assign, report=report)
+  put_tree = functools.partial(_put_tree, report=report)
 
   kernel = vit['embedding']['kernel']
   if model_config.embedding == 'tubelet':
     kernel = inflate_kernel(kernel, model_config.tubelet[0], kernel_init)
-  _assign(params['embedding'], 'kernel', kernel, 'embedding/kernel')
-  _assign(params['embedding'], 'bias', vit['embedding']['bias'], 'embedding/bias')
+  assign(params['embedding'], 'kernel', kernel, 'embedding/kernel',
+         vit['embedding']['kernel'].shape)
+  assign(params['embedding'], 'bias', vit['embedding']['bias'], 'embedding/bias')
   if 'cls' not in vit:
     raise ValueError('the ViT has no CLS token (a GAP-pooled ViT): not supported')
   if cls in params:
-    _assign(params, cls, vit['cls'], cls)
+    assign(params, cls, vit['cls'], cls)
+  else:
+    report['cls'] = ('ignored', 'the model has no CLS token')
 
   slots, *grid = token_grid(model_config)
   if variant == 'factorised_encoder':
     slots = 1  # the spatial encoder sees one time slot at a time
   posemb_tree = params[encoder]['posembed_input']
-  posemb_tree['pos_embedding'] = position_embedding(
-      vit['Transformer']['posembed_input']['pos_embedding'],
-      posemb_tree['pos_embedding'].shape, grid, slots, posemb)
+  vit_posemb = vit['Transformer']['posembed_input']['pos_embedding']
+  assign(posemb_tree, 'pos_embedding', position_embedding(
+      vit_posemb, posemb_tree['pos_embedding'].shape, grid, slots, posemb),
+         f'{encoder}/posembed_input/pos_embedding', vit_posemb.shape)
 
   vit_blocks = [k for k in vit['Transformer'] if k.startswith('encoderblock_')]
   if len(vit_blocks) != model_config.num_layers:
@@ -181,45 +201,59 @@ def from_vit(path: str, model_config: ml_collections.ConfigDict, *,
   for i in range(model_config.num_layers):
     source = vit['Transformer'][f'encoderblock_{i}']
     block = params[encoder][f'encoderblock_{i}']
+    where = f'{encoder}/encoderblock_{i}'
     if variant == 'factorised_self_attention':
       for ours, theirs in FSA_BLOCK.items():
-        _put_tree(block, theirs, source[ours], f'{encoder}/encoderblock_{i}/{theirs}')
+        put_tree(block, theirs, source[ours], f'{where}/{theirs}')
       if temporal_attention_init == 'copy':
-        _put_tree(block, 'LayerNorm_time', source['LayerNorm_0'], 'LayerNorm_time')
-        _put_tree(block, 'MultiHeadDotProductAttention_time',
-                  source['MultiHeadDotProductAttention_0'], 'attention_time')
+        put_tree(block, 'LayerNorm_time', source['LayerNorm_0'], f'{where}/LayerNorm_time')
+        put_tree(block, 'MultiHeadDotProductAttention_time',
+                 source['MultiHeadDotProductAttention_0'],
+                 f'{where}/MultiHeadDotProductAttention_time')
       else:
-        out = block['MultiHeadDotProductAttention_time']['out']
-        out['kernel'] = np.zeros_like(out['kernel'])
-        out['bias'] = np.zeros_like(out['bias'])
+        attention = block['MultiHeadDotProductAttention_time']
+        attention['out'] = jax.tree_util.tree_map(np.zeros_like, attention['out'])
+        for leaf in flax.traverse_util.flatten_dict(attention, sep='/'):
+          report[f'{where}/MultiHeadDotProductAttention_time/{leaf}'] = (
+              'fresh', 'zero output')
     else:
       for name in source:
-        _put_tree(block, name, source[name], f'{encoder}/encoderblock_{i}/{name}')
-  _put_tree(params[encoder], 'encoder_norm', vit['Transformer']['encoder_norm'],
-            f'{encoder}/encoder_norm')
+        put_tree(block, name, source[name], f'{where}/{name}')
+  put_tree(params[encoder], 'encoder_norm', vit['Transformer']['encoder_norm'],
+           f'{encoder}/encoder_norm')
 
-  if restore_head:
-    for name in ('pre_logits', 'output_projection'):
+  for name in ('pre_logits', 'output_projection'):
+    if restore_head:
       if (name in vit) != (name in params):
         raise ValueError(f'restore_head: {name} is in the '
                          f'{"ViT" if name in vit else "model"} only')
       if name in vit:
-        _put_tree(params, name, vit[name], name)
+        put_tree(params, name, vit[name], name)
+    elif name in vit:
+      report[name] = ('ignored', 'restore_head is off')
+  for name in flax.traverse_util.flatten_dict(params, sep='/'):
+    report.setdefault(name, ('fresh', ''))
   check_params(model_config, params)
-  return params
+  return params, report
 
 
-def _assign(tree: Params, key: str, value: np.ndarray, where: str) -> None:
+def _assign(tree: Params, key: str, value: np.ndarray, where: str, source_shape=None, *,
+            report) -> None:
+  """tree[key] = value; `source_shape`: the ViT tensor's, when `value` is made from
+  it with another shape."""
   if tuple(tree[key].shape) != tuple(value.shape):
     raise ValueError(f'cannot map the ViT onto parameter {where}: the ViT gives '
                      f'{tuple(value.shape)}, the model needs {tuple(tree[key].shape)}')
   tree[key] = value
+  source_shape = tuple(value.shape if source_shape is None else source_shape)
+  report[where] = (('loaded', '') if source_shape == tuple(value.shape) else
+                   ('resized', f'{source_shape} -> {tuple(value.shape)}'))
 
 
-def _put_tree(parent: Params, name: str, values: Params, where: str) -> None:
+def _put_tree(parent: Params, name: str, values: Params, where: str, *, report) -> None:
   """Copies the ViT subtree `values` over `parent[name]`, shape by shape."""
   for key, value in values.items():
     if isinstance(value, dict):
-      _put_tree(parent[name], key, value, f'{where}/{key}')
+      _put_tree(parent[name], key, value, f'{where}/{key}', report=report)
     else:
-      _assign(parent[name], key, value, f'{where}/{key}')
+      _assign(parent[name], key, value, f'{where}/{key}', report=report)

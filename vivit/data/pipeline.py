@@ -10,6 +10,7 @@ DMVR-style tfrecords (scenic's format) stream through `vivit.data.dmvr` instead.
 
 Batches are host-local numpy dicts:
   train: video `[batch, time, height, width, 3]` float32 in [-1, 1], label `[batch]`
+         (`[batch, heads]` with several label keys)
   eval:  video `[batch, views, time, height, width, 3]`, label, mask `[batch]`
          (mask 0 marks padding in the last batch).
 """
@@ -65,40 +66,88 @@ def check_split(builder: tfds.core.DatasetBuilder, split: str) -> int:
   return splits[split].num_examples
 
 
-def sync_model_config(config: ml_collections.ConfigDict, num_classes: int) -> None:
-  """The model is built for the clips the data pipeline produces."""
+class Labels(NamedTuple):
+  """What a model predicts: one or several label features (Epic-Kitchens: noun and
+  verb), each with its class names. The model's output concatenates one block of
+  logits per feature, in this order (`heads`)."""
+  keys: Tuple[str, ...]
+  names: Tuple[Tuple[str, ...], ...]
+
+  @property
+  def num_classes(self) -> int:
+    return sum(len(names) for names in self.names)
+
+  @property
+  def heads(self) -> Optional[Tuple[Tuple[str, int], ...]]:
+    """((key, classes), ...) of a multi-head model; None for one label."""
+    if len(self.keys) == 1:
+      return None
+    return tuple((key, len(names)) for key, names in zip(self.keys, self.names))
+
+  @property
+  def class_names(self) -> List[str]:
+    """A name per output: `key:name` where there are several heads."""
+    if len(self.keys) == 1:
+      return list(self.names[0])
+    return [f'{key}:{name}' for key, names in zip(self.keys, self.names) for name in names]
+
+
+def sync_model_config(config: ml_collections.ConfigDict, labels: Labels) -> None:
+  """The model is built for the clips and labels the data pipeline produces.
+
+  `dataset.num_frames` / `crop_size` None: the model's input size; `model.num_classes`
+  None: the dataset's."""
   ds = config.dataset
+  frames, height, _ = config.model.input_size
+  ds.num_frames = ds.num_frames or frames
+  ds.crop_size = ds.crop_size or height
+  ds.min_resize = ds.min_resize or int(round(ds.crop_size * 256 / 224))
   config.model.input_size = (ds.num_frames, ds.crop_size, ds.crop_size)
-  if config.model.num_classes != num_classes:
+  if config.model.num_classes is None:
+    config.model.num_classes = labels.num_classes
+  if config.model.num_classes != labels.num_classes:
     raise ValueError(f'model.num_classes={config.model.num_classes} but dataset '
-                     f'{ds.name} has {num_classes} classes')
+                     f'{ds.name} has {labels.num_classes} classes'
+                     + (f' ({" + ".join(str(n) for _, n in labels.heads)})'
+                        if labels.heads else ''))
+  splits = ds.get('class_splits')
+  if splits and tuple(splits) != tuple(n for _, n in labels.heads or ()):
+    raise ValueError(f'dataset.class_splits={tuple(splits)} but the label features '
+                     f'{labels.keys} have {tuple(len(n) for n in labels.names)} classes')
 
 
-def label_key(dataset_config: ml_collections.ConfigDict) -> str:
-  """The feature that training predicts: 'label', or e.g. Epic-Kitchens' 'verb'."""
-  return dataset_config.get('label_key') or 'label'
+def label_keys(dataset_config: ml_collections.ConfigDict) -> Tuple[str, ...]:
+  """The features that training predicts: ('label',), or e.g. Epic-Kitchens'
+  ('noun', 'verb') (one classification head each)."""
+  keys = dataset_config.get('label_key') or 'label'
+  return (keys,) if isinstance(keys, str) else tuple(keys)
 
 
 def open_dataset(config: ml_collections.ConfigDict, *splits: str):
   """Checks that `splits` exist and fits `config.model` to the data.
 
-  Returns (label feature, number of examples per split)."""
+  Returns (Labels, number of examples per split)."""
+  keys = label_keys(config.dataset)
   if config.dataset.get('format', 'tfds') == 'dmvr':
     from vivit.data import dmvr
-    label = tfds.features.ClassLabel(num_classes=config.model.num_classes)
+    if len(keys) > 1 or config.model.num_classes is None:
+      raise ValueError('dataset.format=dmvr reads one label (clip/label/index) and '
+                       'needs model.num_classes')
+    labels = Labels(keys, (tuple(str(i) for i in range(config.model.num_classes)),))
     sizes = [dmvr.num_examples(config.dataset.data_dir, split) for split in splits]
   else:
     builder = get_builder(config.dataset)
-    key = label_key(config.dataset)
-    labels = [name for name, feature in builder.info.features.items()
-              if isinstance(feature, tfds.features.ClassLabel)]
-    if key not in labels:
-      raise ValueError(f'dataset {builder.name} has no label {key!r}; set '
-                       f'dataset.label_key to one of: {", ".join(labels)}')
-    label = builder.info.features[key]
+    available = [name for name, feature in builder.info.features.items()
+                 if isinstance(feature, tfds.features.ClassLabel)]
+    for key in keys:
+      if key not in available:
+        raise ValueError(f'dataset {builder.name} has no label {key!r}; set '
+                         f'dataset.label_key to one (or a tuple) of: '
+                         f'{", ".join(available)}')
+    labels = Labels(keys, tuple(tuple(builder.info.features[key].names) for key in keys))
     sizes = [check_split(builder, split) for split in splits]
-  sync_model_config(config, label.num_classes)
-  return label, sizes
+  sync_model_config(config, labels)
+  return labels, sizes
 
 
 def host_seed(seed: int) -> int:
@@ -154,8 +203,8 @@ class Records:
   run reads nothing it has already seen). A small split is held in memory; a large
   one is read by a thread as the pipeline goes."""
 
-  def __init__(self, builder: tfds.core.DatasetBuilder, split: str, label_key: str,
-               num_threads: int):
+  def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
+               label_keys: Tuple[str, ...], num_threads: int):
     check_split(builder, split)
     # Enough read-ahead to keep every decoding thread busy.
     self._queue_capacity = 2 * (num_threads or os.cpu_count())
@@ -173,12 +222,14 @@ class Records:
                 if isinstance(features['video'], tfds.features.Video) else None)
     self._parse = lambda serialized: features.deserialize_example(
         serialized, decoders=decoders)
-    self._label_key = label_key
+    self._label_keys = label_keys
 
   def parse(self, serialized):
-    """(video `[time]` JPEG strings or `[time, height, width, 3]` uint8, label)."""
+    """(video `[time]` JPEG strings or `[time, height, width, 3]` uint8, label:
+    scalar, or `[heads]` for several label keys)."""
     example = self._parse(serialized)
-    return example['video'], example[self._label_key]
+    labels = [example[key] for key in self._label_keys]
+    return example['video'], labels[0] if len(labels) == 1 else tf.stack(labels)
 
   def _read(self, keyed_indices: tf.data.Dataset, count: Optional[int]) -> Stream:
     """(key, serialized example) for each (key, int64 index), in order."""
@@ -228,7 +279,7 @@ def open_records(dataset_config: ml_collections.ConfigDict, split: str):
   if dataset_config.get('format', 'tfds') == 'dmvr':
     from vivit.data import dmvr
     return dmvr.Records(dataset_config.data_dir, split, dataset_config.shuffle_buffer)
-  return Records(get_builder(dataset_config), split, label_key(dataset_config),
+  return Records(get_builder(dataset_config), split, label_keys(dataset_config),
                  dataset_config.get('num_threads') or 0)
 
 
@@ -265,7 +316,9 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       transforms.train_view, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
-      flip=dataset_config.flip, colour_strength=dataset_config.colour_jitter)
+      flip=dataset_config.flip, colour_strength=dataset_config.colour_jitter,
+      randaugment=(tuple(dataset_config.randaugment) if dataset_config.get('randaugment')
+                   else None))
   shuffle_frames = dataset_config.get('shuffle_frames', False)
   augment_seed = host_seed(seed)
 

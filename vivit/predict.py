@@ -1,0 +1,151 @@
+"""`python -m vivit.predict --checkpoint DIR --video FILE`: the top classes of a video.
+
+  python -m vivit.predict --checkpoint runs/demo --video clip.mp4 --views 4x3
+
+DIR is anything this project writes or converts: a training workdir (its best
+params and its data settings), a params directory (`python -m vivit.convert`), or
+an HF transformers ViViT directory. The video is decoded at `--fps` (PyAV), and
+every view is cut as the evaluation cuts it: `CLIPSxCROPS` evenly spaced clips of the
+model's frame count x 1 or 3 square crops after resizing the short side; the
+class probabilities are the softmax of the logits averaged over views (for a
+multi-head model, e.g. Epic-Kitchens' noun and verb, each head's own).
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+# Frame rate datasets are prepared at (`prepare --fps`), and the preprocessing a
+# checkpoint without a training config gets (scenic's Kinetics settings).
+DEFAULT_FPS = 25.0
+DEFAULT_STRIDE = 2
+
+
+def load_checkpoint(path: str):
+  """(model config, params, class names or None, dataset config dict or None) of a
+  workdir, params directory or HF ViViT directory."""
+  from vivit import checkpoints
+  from vivit.convert import from_transformers
+  from vivit.convert.transformers import hf_class_names
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'no checkpoint directory at {path}')
+  if os.path.exists(os.path.join(path, 'model_config.json')):
+    config, params = checkpoints.load_any_params(path)
+    names = checkpoints.load_class_names(path)
+    dataset = None
+    train_config = os.path.join(path, 'config.json')
+    if os.path.exists(train_config):  # a training workdir: its data settings
+      with open(train_config) as f:
+        dataset = json.load(f).get('dataset')
+    return config, params, names, dataset
+  if os.path.exists(os.path.join(path, 'config.json')):
+    config, params = from_transformers(path)
+    return config, params, hf_class_names(path), None
+  raise FileNotFoundError(f'{path} is not a checkpoint: expected a training workdir or '
+                          f'params directory (model_config.json) or an HF ViViT '
+                          f'directory (config.json)')
+
+
+def parse_views(text: str) -> Tuple[int, int]:
+  try:
+    clips, crops = (int(n) for n in text.lower().split('x'))
+  except ValueError:
+    raise ValueError(f'--views {text!r}: expected CLIPSxCROPS, e.g. 4x3') from None
+  if clips < 1 or crops not in (1, 3):
+    raise ValueError(f'--views {text!r}: clips >= 1 and crops 1 or 3')
+  return clips, crops
+
+
+def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resize: int,
+                crop_size: int, num_clips: int, num_crops: int) -> np.ndarray:
+  """`[views, num_frames, crop, crop, 3]` in [-1, 1]: the evaluation's views of the
+  video file at `path` (VideoError if it cannot be decoded)."""
+  import tensorflow as tf
+  from vivit.data import decode, transforms
+  try:
+    clip = decode.read_video(path, decode.Resample(fps=fps, short_side=min_resize))
+  except decode.VideoError as e:
+    raise decode.VideoError(f'{path}: {e}') from None
+  views = transforms.test_views(
+      tf.constant(clip.frames), num_frames=num_frames, stride=stride,
+      min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,
+      num_crops=num_crops)
+  return views.numpy()
+
+
+def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
+            fps: Optional[float] = None, stride: Optional[int] = None
+            ) -> Dict[str, List[Tuple[str, float]]]:
+  """{head: [(class name, probability), ...] best first}; the head is 'label' for a
+  one-head model."""
+  import jax
+  from vivit.evaluate import average_views
+  from vivit.models import build_model
+  from vivit.step import head_slices
+  num_clips, num_crops = parse_views(views)
+  config, params, names, dataset = load_checkpoint(checkpoint)
+  dataset = dataset or {}
+  frames, crop, _ = config.input_size
+  settings = dict(
+      num_frames=frames, crop_size=crop,
+      stride=stride or dataset.get('stride') or DEFAULT_STRIDE,
+      min_resize=dataset.get('min_resize') or int(round(crop * 256 / 224)),
+      fps=fps or DEFAULT_FPS)
+  clips = video_views(video, num_clips=num_clips, num_crops=num_crops, **settings)
+  logits = build_model(config).apply({'params': params}, clips)
+  logits = np.asarray(average_views(logits[None]))[0]
+  names = names or [f'class_{i}' for i in range(config.num_classes)]
+  heads = _heads(dataset, names)
+  result = {}
+  for head, part in (head_slices(heads) if heads else [('label', slice(None))]):
+    probabilities = np.asarray(jax.nn.softmax(logits[part]))
+    order = np.argsort(-probabilities)[:top]
+    head_names = names[part]
+    result[head] = [(head_names[i].split(':', 1)[-1] if heads else head_names[i],
+                     float(probabilities[i])) for i in order]
+  return result
+
+
+def _heads(dataset: Dict[str, Any], names: List[str]):
+  """((key, classes), ...) of a multi-head model (names `key:class`), or None."""
+  keys = dataset.get('label_key')
+  if isinstance(keys, str) or not keys or len(keys) < 2:
+    return None
+  return tuple((key, sum(n.startswith(key + ':') for n in names)) for key in keys)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m vivit.predict', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--checkpoint', required=True,
+                      help='training workdir, params directory or HF ViViT directory')
+  parser.add_argument('--video', required=True, help='a video file (mp4, webm, ...)')
+  parser.add_argument('--views', default='1x1', help='CLIPSxCROPS (default 1x1; the '
+                      "paper's test: 4x3)")
+  parser.add_argument('--top', type=int, default=5, help='classes to print per head')
+  parser.add_argument('--fps', type=float, help=f'decode at this rate (default: '
+                      f'{DEFAULT_FPS:g}, the rate datasets are prepared at)')
+  parser.add_argument('--stride', type=int, help='frame stride of a clip (default: the '
+                      f"training config's, else {DEFAULT_STRIDE})")
+  args = parser.parse_args(argv)
+  from vivit.data.decode import VideoError
+  try:
+    result = predict(args.checkpoint, args.video, views=args.views, top=args.top,
+                     fps=args.fps, stride=args.stride)
+  except (VideoError, FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  for head, classes in result.items():
+    if len(result) > 1:
+      print(f'{head}:')
+    width = max(len(name) for name, _ in classes)
+    for name, probability in classes:
+      print(f'  {name:<{width}}  {probability:.3f}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
