@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import video_files as vf
-from vivit import checkpoints
+from vivit import checkpoints, evaluate
 from vivit.convert import to_transformers
 from vivit.data import prepare, synthetic
 from vivit.predict import main as predict_main
@@ -99,6 +99,10 @@ def test_finetuning_beats_training_from_scratch(pretrained, own_videos, finetune
   assert 'Transformer/posembed_input: resized (1, 33, 32) -> (1, 65, 32)' in log
   assert 'output_projection: fresh (restore_head is off)' in log
   assert 'Transformer/encoderblock_0..1: loaded' in log
+  # Evaluation takes the model from the workdir, names from the dataset.
+  tested = evaluate.run(own_videos_config(own_videos, pretrained), workdir)
+  assert tested['top1'] == pytest.approx(result['val_top1'])
+  assert tested['class_names'] == sorted(AXES)
 
   # The same model and steps from scratch, with the synthetic recipe's optimiser.
   scratch = own_videos_config(own_videos)

@@ -86,7 +86,10 @@ def model_config_from_checkpoint(init_from: ml_collections.ConfigDict,
   init_from = _resolved(init_from)
   if init_from.format == 'vit':
     return model_config  # a 2-D ViT has no ViViT config: the configured one is used
-  source, _, _ = read_vivit_source(init_from)
+  source = (checkpoints.load_model_config(init_from.path) if init_from.format == 'vivit'
+            else None)
+  if source is None:
+    source, _, _ = read_vivit_source(init_from)
   config = source.copy_and_resolve_references()
   for field in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth', 'dtype',
                 'remat'):

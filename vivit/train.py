@@ -70,7 +70,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if not (init_from and init_from.get('path')):
     init_from = None
   if init_from and init_from.get('model_from_checkpoint'):
-    config.model = initialise.model_config_from_checkpoint(init_from, config.model)
+    # A resumed run keeps the model it started with.
+    stored = checkpoints.load_model_config(workdir)
+    config.model = (stored if stored is not None else
+                    initialise.model_config_from_checkpoint(init_from, config.model))
   labels, (train_examples, _) = pipeline.open_dataset(
       config, config.dataset.train_split, config.dataset.eval_split)
   num_classes = labels.num_classes
