@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,6 +203,23 @@ def test_train_in_process_then_evaluate(data_dir, tmp_path):
   assert np.sum(saved['confusion_matrix']) == 20
   assert (tmp_path / 'confusion_matrix.png').stat().st_size > 1000
   assert (tmp_path / 'training_curve.png').stat().st_size > 1000
+
+  # A workdir is a checkpoint for init_from and predict: its best params, else its
+  # latest state's, with the dataset's class names.
+  from vivit import checkpoints
+  _, best = checkpoints.load_params(str(tmp_path))
+  assert checkpoints.load_class_names(str(tmp_path))[0] == 'move_right'
+  shutil.copytree(tmp_path / 'checkpoints', tmp_path / 'no_best' / 'checkpoints')
+  shutil.copy(tmp_path / 'model_config.json', tmp_path / 'no_best')
+  _, latest = checkpoints.load_params(str(tmp_path / 'no_best'))
+  for a, b in zip(jax.tree_util.tree_leaves(latest),
+                  jax.tree_util.tree_leaves(final_params(tmp_path, 12))):
+    np.testing.assert_array_equal(a, b)
+  best_step = checkpoints.best_manager(str(tmp_path)).best_step()
+  for a, b in zip(jax.tree_util.tree_leaves(best), jax.tree_util.tree_leaves(
+      checkpoints.restore_best_params(str(tmp_path), best)[1])):
+    np.testing.assert_array_equal(a, b)
+  assert best_step in (6, 12)
 
   # Restarting a finished run trains nothing and keeps its checkpoints.
   again = train_and_evaluate(tiny_config(data_dir, **{'training.mixup': 0.2,

@@ -87,36 +87,19 @@ def load_model_config(path: str) -> Optional[ml_collections.ConfigDict]:
 
 
 def load_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
-  """Reads what `save_params` wrote: (model config, params as numpy arrays)."""
+  """(model config, numpy params) of a params directory (`save_params`) or of a
+  training workdir: its best params, else those of its latest checkpoint."""
   path = os.path.abspath(path)
-  config_file = os.path.join(path, 'model_config.json')
-  if not os.path.exists(config_file):
-    raise FileNotFoundError(f'{path} is not a vivit-jax params checkpoint '
-                            f'(no model_config.json)')
-  with open(config_file) as f:
-    config = model_config_from_json(f.read())
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(path, 'params'))
-  check_params(config, params)
-  return config, params
-
-
-def load_any_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
-  """(model config, params) of a params directory (`save_params`) or of a training
-  workdir: its best params, else those of its latest checkpoint."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'params')) or not os.path.isdir(path):
-    return load_params(path)
-  config_file = os.path.join(path, 'model_config.json')
-  if not os.path.exists(config_file):
-    raise FileNotFoundError(f'{path} is neither a vivit-jax params checkpoint nor a '
-                            f'training workdir (no model_config.json)')
-  with open(config_file) as f:
-    config = model_config_from_json(f.read())
-  shapes = param_shapes(config)
-  if (os.path.isdir(os.path.join(path, 'best')) and
-      best_manager(path).best_step() is not None):
-    params = restore_best_params(path, shapes)[1]
+  config = load_model_config(path)
+  if config is None:
+    raise FileNotFoundError(f'{path} is not a vivit-jax checkpoint (no model_config.json;'
+                            f' expected a params directory or a training workdir)')
+  if os.path.isdir(os.path.join(path, 'params')):
+    with ocp.StandardCheckpointer() as checkpointer:
+      params = checkpointer.restore(os.path.join(path, 'params'))
+  elif (os.path.isdir(os.path.join(path, 'best')) and
+        best_manager(path).best_step() is not None):
+    params = restore_best_params(path, param_shapes(config))[1]
   else:
     last = ocp.CheckpointManager(os.path.join(path, 'checkpoints'))
     step = last.latest_step()

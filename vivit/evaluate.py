@@ -157,7 +157,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
   """Loads the best (or `checkpoint`) params and runs the multi-view test."""
   split = split or config.dataset.test_split
   if checkpoint:
-    model_config, params = checkpoints.load_any_params(checkpoint)
+    model_config, params = checkpoints.load_params(checkpoint)
     source = checkpoint
     config.model = model_config
   else:

@@ -70,7 +70,7 @@ def read_vivit_source(init_from: ml_collections.ConfigDict
     config, params = from_scenic(path, load_config(init_from.scenic_config))
     return config, params, None
   if fmt == 'vivit':
-    config, params = checkpoints.load_any_params(path)
+    config, params = checkpoints.load_params(path)
     return config, params, checkpoints.load_class_names(path)
   raise ValueError(f'unknown init_from.format {fmt!r}; expected one of '
                    f'{", ".join(FORMATS)}')

@@ -33,7 +33,7 @@ def load_checkpoint(path: str):
   if not os.path.isdir(path):
     raise FileNotFoundError(f'no checkpoint directory at {path}')
   if os.path.exists(os.path.join(path, 'model_config.json')):
-    config, params = checkpoints.load_any_params(path)
+    config, params = checkpoints.load_params(path)
     names = checkpoints.load_class_names(path)
     dataset = None
     train_config = os.path.join(path, 'config.json')
