@@ -15,7 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from vivit.models import get_model_config
-from vivit.recipes import init_from_config
+from vivit.recipes import KINETICS_AUGMENT, init_from_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,9 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
       eval_split='validation', test_split='validation',
       # None: the checkpoint's frame count and crop; min_resize: crop * 256 / 224.
       num_frames=config_dict.placeholder(int), crop_size=config_dict.placeholder(int),
-      min_resize=config_dict.placeholder(int), stride=2, scale_jitter=(0.9, 1.33),
-      flip=True, colour_jitter=0.2, randaugment=None, num_threads=0,
-      shuffle_buffer=1024, class_splits=None))
+      min_resize=config_dict.placeholder(int), stride=2, **KINETICS_AUGMENT,
+      num_threads=0, shuffle_buffer=1024, class_splits=None))
   # Used as it is only for a 2-D ViT; other checkpoints bring their architecture
   # and keep only these training fields (dropout, stochastic depth, dtype, remat).
   config.model = get_model_config('B/16x2')
@@ -38,7 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.training = ml_collections.ConfigDict(dict(
       batch_size=16, num_epochs=10.0, num_steps=config_dict.placeholder(int),
       warmup_epochs=1.0, optimizer='sgd', learning_rate=0.01, momentum=0.9,
-      weight_decay=0.0, schedule='cosine', grad_clip=1.0, label_smoothing=0.1,
+      weight_decay=0.0, schedule='cosine', grad_clip=1.0,
+      grad_clip_group=config_dict.placeholder(int),  # None: clip the batch's gradient
+      label_smoothing=0.1,
       mixup=0.0, log_every=50, eval_every=500, checkpoint_every=500,
       keep_checkpoints=2))
   config.eval = ml_collections.ConfigDict(dict(batch_size=16, num_clips=4, num_crops=3))

@@ -25,7 +25,8 @@ def get_config(variant: str = 'spatio_temporal') -> ml_collections.ConfigDict:
       label_key='label', train_split='train', eval_split='validation', test_split='test',
       num_frames=8, stride=2, min_resize=32, crop_size=32, scale_jitter=(1.0, 1.25),
       flip=False,  # flipping swaps move_left and move_right
-      colour_jitter=0.1, num_threads=0,  # 0: one input thread per core
+      colour_augment=0.8, colour_drop=0.1,  # scenic's Kinetics colour augmentation
+      num_threads=0,  # 0: one input thread per core
       shuffle_buffer=1024,  # format 'dmvr' only: serialized examples
       shuffle_frames=False))  # True destroys temporal order (experiments/shuffled_frames.py)
 
@@ -41,7 +42,9 @@ def get_config(variant: str = 'spatio_temporal') -> ml_collections.ConfigDict:
   config.training = ml_collections.ConfigDict(dict(
       batch_size=32, num_epochs=epochs, num_steps=config_dict.placeholder(int),
       warmup_epochs=0.5, optimizer='adamw', learning_rate=1e-3, momentum=0.9,
-      weight_decay=1e-4, schedule='cosine', grad_clip=1.0, label_smoothing=0.0,
+      weight_decay=1e-4, schedule='cosine', grad_clip=1.0,
+      grad_clip_group=config_dict.placeholder(int),  # None: clip the batch's gradient
+      label_smoothing=0.0,
       mixup=0.0, log_every=100, eval_every=1000, checkpoint_every=1000, keep_checkpoints=2))
 
   config.eval = ml_collections.ConfigDict(dict(batch_size=32, num_clips=2, num_crops=3))

@@ -91,7 +91,10 @@ def tokens(video, kernel, bias, tubelet, embedding, num_sampled_frames=None):
   t, h, w = tubelet
   if embedding == 'frame':
     n = num_sampled_frames
-    video = video[[i * video.shape[0] // n for i in range(n)]]
+    # scenic: frames round(k T / (n + 1)), k = 1..n (half to even); all when n >= T.
+    count = video.shape[0]
+    video = video[[min(int(np.round(k * count / (n + 1))), count - 1)
+                   for k in range(1, n + 1)] if n < count else slice(None)]
     kernel, t = kernel[None], 1
   out_t, out_h, out_w = video.shape[0] // t, video.shape[1] // h, video.shape[2] // w
   result = np.zeros((out_t, out_h * out_w, kernel.shape[-1]))
@@ -132,27 +135,29 @@ def vivit(video, params, config):
              tuple(config.tubelet), config.embedding, config.num_sampled_frames)
   time, space, hidden = x.shape
   token = config.classifier == 'token'
+  pool = {'gap': lambda t: t.mean(0), 'gmp': lambda t: t.max(0),
+          'gsp': lambda t: t.sum(0)}.get(config.classifier)
   if config.variant == 'factorised_encoder':
     frames = []
     for t in range(time):
       f = with_cls(x[t], p['cls_SpatialTransformer']) if token else x[t]
       f = encoder(f, p['SpatialTransformer'], vit_block)
-      frames.append(f[0] if token else f.mean(0))
+      frames.append(f[0] if token else pool(f))
     y = np.stack(frames)
     y = with_cls(y, p['cls_TemporalTransformer']) if token else y
     y = encoder(y, p['TemporalTransformer'], vit_block)
-    return head(y[0] if token else y.mean(0), p)
+    return head(y[0] if token else pool(y), p)
   if config.variant == 'spatio_temporal':
     y = x.reshape(time * space, hidden)
     y = with_cls(y, p['cls']) if token else y
     y = encoder(y, p['Transformer'], vit_block)
-    return head(y[0] if token else y.mean(0), p)
+    return head(y[0] if token else pool(y), p)
   if config.variant == 'factorised_self_attention':
     order = tuple(config.attention_order.split('_'))
     y = encoder(x, p['Transformer'], factorised_self_attention_block, order=order)
   else:
     y = encoder(x, p['Transformer'], factorised_dot_product_block)
-  return head(y.reshape(-1, hidden).mean(0), p)
+  return head(pool(y.reshape(-1, hidden)), p)
 
 
 def vivit_batch(videos, params, config):

@@ -141,6 +141,8 @@ def _scenic_model_config(config):
     ('factorised_encoder', 'tubelet', 'gap', 'optimizer'),
     ('factorised_self_attention', 'tubelet', 'gap', 'params'),
     ('factorised_dot_product', 'frame', 'gap', 'optimizer'),
+    ('spatio_temporal', 'tubelet', 'gmp', 'params'),
+    ('factorised_encoder', 'tubelet', 'gsp', 'params'),
 ])
 def test_from_scenic_reproduces_logits_exactly(variant, embedding, classifier, layout,
                                                tmp_path):
@@ -176,6 +178,25 @@ def test_from_scenic_infers_input_size_and_new_head(tmp_path):
   loaded_config, loaded = from_scenic(str(path), scenic, num_classes=3)
   assert loaded['output_projection']['kernel'].shape == (16, 3)
   assert not loaded['output_projection']['kernel'].any()
+
+
+def test_scenic_fields_that_would_not_be_honoured_are_refused(tmp_path):
+  config = tiny_config()
+  path = tmp_path / 'checkpoint_1'
+  path.write_bytes(flax.serialization.msgpack_serialize(
+      {'params': jax_to_numpy(random_params(config))}))
+  for field, value, message in (
+      ('classifier', '0', "model.classifier='0' \\(supported: 'token', 'gap'"),
+      ('return_prelogits', True, 'model.return_prelogits=True'),
+      ('use_bias_in_head', False, 'model.use_bias_in_head \\(not known to vivit-jax\\)')):
+    scenic = _scenic_model_config(config)
+    scenic[field] = value
+    with pytest.raises(ValueError, match=message):
+      from_scenic(str(path), scenic, trained_input_size=config.input_size)
+  scenic = _scenic_model_config(config)
+  scenic.attention_config.spatial_only_baseline = True
+  with pytest.raises(ValueError, match='attention_config.spatial_only_baseline=True'):
+    from_scenic(str(path), scenic, trained_input_size=config.input_size)
 
 
 def test_from_scenic_shape_mismatch_names_parameter(tmp_path):

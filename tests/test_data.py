@@ -16,8 +16,8 @@ def tiny_dataset_config(data_dir, **overrides):
   config = ml_collections.ConfigDict(dict(
       name='synthetic_motion/tiny', data_dir=str(data_dir), train_split='train',
       eval_split='validation', test_split='test', num_frames=4, stride=2, min_resize=16,
-      crop_size=16, scale_jitter=(1.0, 1.25), flip=False, colour_jitter=0.1,
-      num_threads=2))
+      crop_size=16, scale_jitter=(1.0, 1.25), flip=False, colour_augment=0.8,
+      colour_drop=0.1, num_threads=2))
   config.update(overrides)
   return config
 
@@ -44,24 +44,68 @@ def test_synthetic_clips_are_deterministic_and_pairs_are_time_reversals():
       assert max(np.abs(x[0] - x[-1]).max() for x in ahead) >= 1  # it does change
 
 
-def test_clip_indices_offsets_and_crops():
+def test_clip_indices_offsets_and_crops_as_scenic():
+  """Reference values from scenic's (DMVR's) formulas: test clip starts
+  `int(linspace(0, max(0, N - F * s), K))`, one clip `max(0, N - F * s) // 2`;
+  three crops at both ends and `ceil((long - crop) / 2)` of the long side, one crop
+  at `floor`."""
   np.testing.assert_array_equal(transforms.clip_indices(10, 4, 3, 2), [2, 5, 8, 1])
-  np.testing.assert_array_equal(transforms.test_offsets(20, 4, 2, 3), [0, 6, 13])
-  np.testing.assert_array_equal(transforms.test_offsets(20, 4, 2, 1), [6])
-  wide = tf.reshape(tf.range(2 * 4 * 10 * 1), (2, 4, 10, 1))
+  for (frames, clips), starts in {(250, 4): [0, 62, 124, 186], (75, 4): [0, 3, 7, 11],
+                                  (40, 4): [0, 0, 0, 0], (250, 1): [93], (70, 1): [3],
+                                  (40, 1): [0]}.items():
+    np.testing.assert_array_equal(transforms.test_offsets(frames, 32, 2, clips), starts)
+  # A short video's clip loops from its start.
+  np.testing.assert_array_equal(transforms.clip_indices(40, 32, 2, 0)[18:22], [36, 38, 0, 2])
+  wide = tf.reshape(tf.range(2 * 4 * 11 * 1), (2, 4, 11, 1))
   wide = tf.tile(wide, [1, 1, 1, 3])
   crops = transforms.spatial_crops(wide, 4, 3)
   assert crops.shape == (3, 2, 4, 4, 3)
   np.testing.assert_array_equal(crops[0], wide[:, :, 0:4])
-  np.testing.assert_array_equal(crops[1], wide[:, :, 3:7])
-  np.testing.assert_array_equal(crops[2], wide[:, :, 6:10])
+  np.testing.assert_array_equal(crops[1], wide[:, :, 4:8])  # ceil(7 / 2)
+  np.testing.assert_array_equal(crops[2], wide[:, :, 7:11])
+  np.testing.assert_array_equal(transforms.spatial_crops(wide, 4, 1)[0], wide[:, :, 3:7])
+  tall = tf.transpose(wide, [0, 2, 1, 3])
+  np.testing.assert_array_equal(transforms.spatial_crops(tall, 4, 3)[2], tall[:, 7:11])
   with pytest.raises(ValueError, match='num_crops must be 1 or 3'):
     transforms.spatial_crops(wide, 4, 2)
+  # Short side to 8, long side `11 * 8 // 4`.
+  assert transforms.resize_short_side(tf.cast(wide, tf.float32), 8).shape == (2, 8, 22, 3)
+
+
+def test_scale_jitter_draws_height_and_width_apart():
+  video = tf.zeros((2, 100, 100, 3))
+  shapes = {tuple(transforms.scale_jitter(video, (0.9, 1.33), 16, tf.constant([s, 1]))
+                  .shape[1:3]) for s in range(20)}
+  assert all(90 <= h < 133 and 90 <= w < 133 for h, w in shapes)
+  assert sum(h != w for h, w in shapes) >= 15  # the aspect ratio changes
+
+
+def test_colour_augment_ranges_and_probabilities():
+  """Scenic's ranges: brightness +-32/255 (one shift for the clip), saturation and
+  contrast x 0.6..1.4, hue +-0.2; applied with probability 0.8; grey with 0.1."""
+  grey = tf.fill((2, 4, 4, 3), 0.5)
+  shifts = [float(tf.reduce_mean(transforms.colour_augment(grey, 1.0, 0.0,
+                                                           tf.constant([s, 2])) - 0.5))
+            for s in range(40)]
+  assert max(abs(x) for x in shifts) <= 32 / 255 + 1e-6
+  assert max(shifts) > 20 / 255 and min(shifts) < -20 / 255
+  rng = np.random.RandomState(0)
+  colourful = tf.constant(rng.uniform(0.2, 0.8, (2, 4, 4, 3)), tf.float32)
+  changed = dropped = 0
+  for s in range(300):
+    out = transforms.colour_augment(colourful, 0.8, 0.1, tf.constant([s, 5])).numpy()
+    changed += not np.array_equal(out, colourful.numpy())
+    dropped += np.allclose(out[..., 0], out[..., 1]) and np.allclose(out[..., 1], out[..., 2])
+  assert 0.75 < changed / 300 < 0.9 and 0.05 < dropped / 300 < 0.16
+  # The same change for every frame: a still clip stays still.
+  still = tf.tile(colourful[:1], [3, 1, 1, 1])
+  out = transforms.colour_augment(still, 1.0, 0.0, tf.constant([1, 1])).numpy()
+  np.testing.assert_allclose(out[0], out[2], atol=1e-6)
 
 
 def _train_view(video, seed, flip=False, colour=0.0):
   return transforms.train_view(video, num_frames=4, stride=2, min_resize=16, crop_size=16,
-                               scale_range=(1.0, 1.3), flip=flip, colour_strength=colour,
+                               scale_range=(1.0, 1.3), flip=flip, colour_probability=colour,
                                seed=seed).numpy()
 
 

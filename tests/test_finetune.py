@@ -71,8 +71,7 @@ def own_videos_config(data_dir, init_path=None):
   """configs/finetune.py on the prepared videos: 16 frames at stride 1."""
   config = load_config(os.path.join(ROOT, 'configs', 'finetune.py'))
   config.dataset.update(name='video_folder', data_dir=data_dir, num_frames=16, stride=1,
-                        min_resize=32, scale_jitter=(1.0, 1.25), flip=False,
-                        colour_jitter=0.1)
+                        min_resize=32, scale_jitter=(1.0, 1.25), flip=False)
   config.training.update(batch_size=16, num_steps=FINETUNE_STEPS, learning_rate=0.03,
                          warmup_epochs=1.0, eval_every=FINETUNE_STEPS, log_every=40,
                          checkpoint_every=FINETUNE_STEPS)
@@ -106,7 +105,7 @@ def test_finetuning_beats_training_from_scratch(pretrained, own_videos, finetune
 
   # The same model and steps from scratch, with the synthetic recipe's optimiser.
   scratch = own_videos_config(own_videos)
-  scratch.init_from.model_from_checkpoint = False
+  scratch.init_from.update(model_from_checkpoint=False, from_scratch=True)
   scratch.model = model
   scratch.model.update(tubelet_init='lecun_normal', input_size=(16, 32, 32))
   scratch.training.update(optimizer='adamw', learning_rate=1e-3, weight_decay=1e-4)

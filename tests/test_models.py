@@ -238,3 +238,93 @@ def test_check_params_names_the_mismatched_parameter():
   del params['Transformer']['encoder_norm']
   with pytest.raises(ValueError, match='missing parameter Transformer/encoder_norm/bias'):
     check_params(config, params)
+
+
+def test_stochastic_depth_drops_whole_examples_at_the_configured_rate():
+  import flax.linen as nn
+  from vivit.models.encoder import EncoderBlock
+  from vivit.models.layers import drop_path
+
+  class Probe(nn.Module):
+    rate: float
+
+    @nn.compact
+    def __call__(self, x):
+      return drop_path(self, x, self.rate, deterministic=False)
+  ones = jnp.ones((4000, 3, 2))
+  out = np.asarray(Probe(0.3).apply({}, ones, rngs={'dropout': jax.random.PRNGKey(0)}))
+  dropped, kept = (out == 0).all(axis=(1, 2)), (out == 1).all(axis=(1, 2))
+  assert np.all(dropped | kept)  # a whole example, never part of one; kept: not rescaled
+  assert abs(dropped.mean() - 0.3) < 0.03
+
+  # A block whose branches are always dropped is the identity; at rate 0 it is not.
+  x = jnp.asarray(np.random.RandomState(0).normal(size=(2, 5, 16)), jnp.float32)
+  for rate, identity in ((1.0, True), (0.0, False)):
+    block = EncoderBlock(mlp_dim=24, num_heads=4, droplayer_rate=rate)
+    params = block.init(jax.random.PRNGKey(0), x, True)
+    y = block.apply(params, x, False, rngs={'dropout': jax.random.PRNGKey(1)})
+    assert np.array_equal(np.asarray(y), np.asarray(x)) == identity
+
+
+def test_uniform_frame_sampling_is_scenics():
+  """scenic's sample_frames_uniformly: round(k T / (n + 1)), k = 1..n (half to even)."""
+  from vivit.models.vivit import sampled_frame_indices
+  assert sampled_frame_indices(32, 8) == [4, 7, 11, 14, 18, 21, 25, 28]
+  assert sampled_frame_indices(16, 4) == [3, 6, 10, 13]
+  assert sampled_frame_indices(10, 3) == [2, 5, 8]  # 2.5 -> 2, 7.5 -> 8
+  assert sampled_frame_indices(16, 8) == [2, 4, 5, 7, 9, 11, 12, 14]
+  assert sampled_frame_indices(8, 8) == list(range(8))
+
+
+@pytest.mark.parametrize('variant', ['spatio_temporal', 'factorised_encoder',
+                                     'factorised_self_attention'])
+@pytest.mark.parametrize('classifier', ['gmp', 'gsp'])
+def test_max_and_sum_pooling_match_the_reference(variant, classifier):
+  config = tiny_config(variant, 'frame', classifier)
+  params, video = random_params(config), random_video()
+  logits = build_model(config).apply({'params': params}, video)
+  np.testing.assert_allclose(logits, reference.vivit_batch(video, params, config),
+                             atol=1e-4, rtol=1e-4)
+
+
+def test_factorised_encoder_shares_random_drops_across_a_clips_frames():
+  """scenic maps the spatial encoder over time with one RNG: dropout and stochastic
+  depth decide once per clip, so a static clip's frames stay identical in training,
+  while different clips differ."""
+  config = tiny_config('factorised_encoder', dropout_rate=0.3, stochastic_depth=0.9)
+  model, params = build_model(config), random_params(config)
+  still = np.repeat(random_video(batch=1)[:, :1], 4, axis=1)
+  video = np.concatenate([still, still])  # two copies of one static clip
+
+  import dataclasses
+  import flax.linen as nn
+  from vivit.models import FactorisedEncoderViViT
+
+  class SpatialHalf(FactorisedEncoderViViT):  # the first half of model 2's __call__
+    @nn.compact
+    def __call__(self, video, *, train=False):
+      tokens = self.tokens(video)
+      batch, time, height, width, hidden = tokens.shape
+      return self.encode(tokens.reshape(batch, time, height * width, hidden),
+                         'SpatialTransformer', train, per_frame=True)
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+            if f.name not in ('parent', 'name')}
+  frames = np.asarray(SpatialHalf(**fields).apply(
+      {'params': params}, video, train=True, rngs={'dropout': jax.random.PRNGKey(3)}))
+  assert frames.shape == (2, 2, 16)  # [clips, time slots, hidden]
+  np.testing.assert_array_equal(frames[:, 0], frames[:, 1])
+  assert np.abs(frames[0] - frames[1]).max() > 1e-3  # each clip its own draw
+
+
+def test_factorised_self_attention_has_no_stochastic_depth_unless_asked():
+  video = random_video()
+  outputs = {}
+  for inside in (False, True):
+    config = tiny_config('factorised_self_attention', stochastic_depth=0.9,
+                         fsa_stochastic_depth=inside)
+    params = random_params(config)
+    run = lambda rng: build_model(config).apply({'params': params}, video, train=True,
+                                                rngs={'dropout': rng})
+    outputs[inside] = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
+  np.testing.assert_allclose(outputs[False][0], outputs[False][1], atol=1e-6)
+  assert np.abs(outputs[True][0] - outputs[True][1]).max() > 1e-3

@@ -183,32 +183,38 @@ def test_bad_ops_are_refused():
 
 def _train_view(video, seed, **kwargs):
   return transforms.train_view(video, num_frames=4, stride=2, min_resize=16, crop_size=16,
-                               scale_range=(1.0, 1.25), flip=True, colour_strength=0.3,
-                               seed=seed, **kwargs)
+                               scale_range=(1.0, 1.25), flip=True, colour_probability=0.8,
+                               colour_drop=0.1, seed=seed, **kwargs)
 
 
-def _train_view_before_randaugment(video, seed):
-  """train_view as it was before RandAugment, with `_train_view`'s settings."""
+def _train_view_by_hand(video, seed, randaugment):
+  """`_train_view` from its parts: RandAugment after the flip, before the colour."""
   offset_seed, crop_seed, flip_seed, colour_seed = transforms.split_seed(seed, 4)
   count = tf.shape(video)[0]
   offset = transforms.random_offset(count, 4, 2, offset_seed)
   video = transforms.gather_frames(video, transforms.clip_indices(count, 4, 2, offset))
-  video = transforms.scale_jitter_crop(tf.cast(video, tf.float32), 16, 16, (1.0, 1.25), crop_seed)
+  video = transforms.resize_short_side(tf.cast(video, tf.float32), 16)
+  jitter_seed, crop_seed = transforms.split_seed(crop_seed, 2)
+  video = transforms.scale_jitter(video, (1.0, 1.25), 16, jitter_seed)
+  video = transforms.random_crop(video, 16, crop_seed)
   video = transforms.random_flip(video, flip_seed)
-  return transforms.colour_jitter(video / 255.0, 0.3, colour_seed) * 2.0 - 1.0
+  if randaugment:
+    video = transforms.randaugment(video, *randaugment,
+                                   seed=tf.random.experimental.stateless_fold_in(seed, 4))
+  return transforms.colour_augment(video / 255.0, 0.8, 0.1, colour_seed) * 2.0 - 1.0
 
 
 def _uint8_video(seed, frames=10, height=24, width=30):
   return np.random.RandomState(seed).randint(0, 256, (frames, height, width, 3)).astype(np.uint8)
 
 
-def test_train_view_without_randaugment_is_unchanged():
+def test_train_view_applies_randaugment_between_flip_and_colour():
   for i, seed in enumerate(SEEDS[:4]):
     video = _uint8_video(i)
-    np.testing.assert_array_equal(_train_view(video, seed),
-                                  _train_view_before_randaugment(video, seed))
-    np.testing.assert_array_equal(_train_view(video, seed, randaugment=None),
-                                  _train_view_before_randaugment(video, seed))
+    plain = _train_view(video, seed)
+    np.testing.assert_array_equal(plain, _train_view_by_hand(video, seed, None))
+    augmented = _train_view(video, seed, randaugment=(2, 20))
+    np.testing.assert_array_equal(augmented, _train_view_by_hand(video, seed, (2, 20)))
 
 
 def test_train_view_with_randaugment_in_a_tf_data_map():

@@ -109,14 +109,44 @@ def test_view_averaging_against_hand_computation():
   assert metrics['confusion_matrix'] == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
 
 
+# Every source of training randomness on: dropout, stochastic depth (2 layers: the
+# first block's rate is 0) and mixup.
+REGULARISED = {'model.num_layers': 2, 'model.dropout_rate': 0.1,
+               'model.stochastic_depth': 0.5, 'training.mixup': 0.2,
+               'training.grad_clip_group': 4, 'training.grad_clip': 0.05}
+
+SHARDING_PROBE = """
+import json, sys
+from test_train import tiny_config
+from vivit.train import train_and_evaluate
+data_dir, workdir, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+result = train_and_evaluate(tiny_config(data_dir, **overrides), workdir)
+kernel = result['params']['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel']
+print(json.dumps({'spec': str(kernel.sharding.spec), 'global': kernel.shape,
+                  'shard': kernel.addressable_shards[0].data.shape}))
+"""
+
+
 def test_same_loss_on_1_and_8_devices(data_dir, tmp_path):
-  """Same global batch on 1 device, 8 data-parallel devices, and 4 x 2 with FSDP."""
+  """Same global batch on 1 device, 8 data-parallel devices, and 4 x 2 with FSDP
+  (where the params are sharded), with dropout, stochastic depth and mixup on."""
   losses = {}
   for devices, fsdp in ((1, 1), (8, 1), (8, 2)):
     workdir = tmp_path / f'devices{devices}_fsdp{fsdp}'
-    result = subprocess.run(
-        cli_args(data_dir, workdir, **{'training.num_steps': 4, 'mesh.fsdp': fsdp}),
-        env=run_env(devices), capture_output=True, text=True, timeout=300)
+    overrides = {'training.num_steps': 4, 'mesh.fsdp': fsdp, **REGULARISED}
+    if fsdp == 1:
+      result = subprocess.run(cli_args(data_dir, workdir, **overrides),
+                              env=run_env(devices), capture_output=True, text=True,
+                              timeout=300)
+    else:
+      env = dict(run_env(devices), PYTHONPATH=f'{ROOT}:{os.path.join(ROOT, "tests")}')
+      result = subprocess.run(
+          [sys.executable, '-c', SHARDING_PROBE, data_dir, str(workdir),
+           json.dumps(overrides)], env=env, capture_output=True, text=True, timeout=300)
+      probe = json.loads(result.stdout.strip().split('\n')[-1])
+      # [hidden 16, mlp 32]: the mlp axis split over the 2-way fsdp axis.
+      assert probe['global'] == [16, 32] and probe['shard'] == [16, 16], probe
+      assert 'fsdp' in probe['spec']
     assert result.returncode == 0, result.stderr[-3000:]
     losses[devices, fsdp] = [r['loss'] for r in read_metrics(workdir)]
   assert len(losses[1, 1]) == 4
@@ -126,13 +156,14 @@ def test_same_loss_on_1_and_8_devices(data_dir, tmp_path):
 
 
 def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
+  """With dropout, stochastic depth and mixup on: their RNG is a function of the step."""
   straight = tmp_path / 'straight'
-  result = subprocess.run(cli_args(data_dir, straight), env=run_env(), capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(cli_args(data_dir, straight, **REGULARISED), env=run_env(),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
 
   killed = tmp_path / 'killed'
-  process = subprocess.Popen(cli_args(data_dir, killed), env=run_env(),
+  process = subprocess.Popen(cli_args(data_dir, killed, **REGULARISED), env=run_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   checkpoint_dir = killed / 'checkpoints'
   deadline = time.time() + 240
@@ -148,8 +179,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
   steps_before = sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit())
   assert max(steps_before) < 12
 
-  result = subprocess.run(cli_args(data_dir, killed), env=run_env(), capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(cli_args(data_dir, killed, **REGULARISED), env=run_env(),
+                          capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'resumed from' in result.stdout
   a, b = final_params(straight, 12), final_params(killed, 12)
@@ -157,7 +188,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
   assert max(diffs) < 1e-6
   # And training changed them.
-  config = tiny_config(data_dir)
+  config = tiny_config(data_dir, **REGULARISED)
   pipeline.open_dataset(config, 'train')
   initial = init_params(config.model, jax.random.PRNGKey(config.seed))
   assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(
@@ -260,6 +291,9 @@ def test_paper_configs_load_and_build(name, tmp_path):
   assert shapes['output_projection']['kernel'].shape[-1] == config.model.num_classes
   if name.startswith('ssv2'):
     assert not config.dataset.flip and config.training.mixup == 0.3
+  # A fine-tuning recipe without a checkpoint: refused unless asked for on purpose.
+  with pytest.raises(ValueError, match='init_from.from_scratch=True to start from random'):
+    train_and_evaluate(config, str(tmp_path))
 
 
 def test_mixup_and_label_smoothing():
@@ -275,3 +309,85 @@ def test_mixup_and_label_smoothing():
                              np.roll(np.arange(4), 1), rtol=1e-6)
   smoothed = optax.smooth_labels(labels, 0.2)
   np.testing.assert_allclose(smoothed[0], [0.85, 0.05, 0.05, 0.05], rtol=1e-6)
+
+
+def test_train_step_applies_mixup_and_label_smoothing():
+  """The loss of `train_step` equals a hand computation of mixed, smoothed targets
+  on the mixed clips (same RNG derivation), and differs from the plain loss."""
+  import flax.linen as nn
+  from vivit.step import TrainState, train_step
+
+  class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, video, train=False):
+      return nn.Dense(4)(video.reshape(video.shape[0], -1))
+  model = Linear()
+  rng = np.random.RandomState(0)
+  batch = {'video': rng.normal(size=(6, 2, 3, 3, 3)).astype(np.float32),
+           'label': np.array([0, 1, 2, 3, 0, 1])}
+  params = model.init(jax.random.PRNGKey(0), batch['video'])['params']
+  optimizer = optax.sgd(0.1)
+  state = TrainState(jax.numpy.asarray(7), params, optimizer.init(params))
+
+  def loss_of(mixup, smoothing):
+    training = ConfigDict(dict(mixup=mixup, label_smoothing=smoothing))
+    _, metrics = train_step(state, batch, model=model, optimizer=optimizer,
+                            training=training, num_classes=4, seed=3)
+    return float(metrics['loss'])
+
+  weight = float(jax.random.beta(jax.random.split(jax.random.fold_in(
+      jax.random.PRNGKey(3), 7))[0], 0.4, 0.4))
+  targets = np.eye(4)[batch['label']] * (1 - 0.2) + 0.2 / 4
+  targets = weight * targets + (1 - weight) * np.roll(targets, 1, axis=0)
+  video = weight * batch['video'] + (1 - weight) * np.roll(batch['video'], 1, axis=0)
+  logits = np.asarray(model.apply({'params': params}, video), np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -np.mean(np.sum(targets * log_probs, -1))
+  assert 0 < weight < 1
+  assert loss_of(0.4, 0.2) == pytest.approx(expected, rel=1e-5)
+  assert abs(loss_of(0.0, 0.0) - expected) > 1e-3
+
+
+def test_gradient_clipped_per_group_of_examples_as_scenic_per_device():
+  """`grad_clip_group`: each group's gradient clipped to `grad_clip`, then averaged
+  (scenic's per-device clipping), checked by hand; it differs from clipping the
+  averaged gradient."""
+  import flax.linen as nn
+  from vivit.step import TrainState, train_step
+
+  class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, video, train=False):
+      return nn.Dense(3)(video.reshape(video.shape[0], -1))
+  model = Linear()
+  rng = np.random.RandomState(1)
+  batch = {'video': rng.normal(size=(6, 2, 2, 2, 3)).astype(np.float32) * 3,
+           'label': np.array([0, 1, 2, 0, 1, 2])}
+  params = model.init(jax.random.PRNGKey(0), batch['video'])['params']
+  optimizer = optax.sgd(1.0)
+
+  def updated(group):
+    training = ConfigDict(dict(mixup=0.0, label_smoothing=0.0, grad_clip=0.5,
+                               grad_clip_group=group))
+    sgd = optimizer if group else optax.chain(optax.clip_by_global_norm(0.5), optimizer)
+    state = TrainState(jax.numpy.asarray(0), params, sgd.init(params))
+    new, _ = train_step(state, batch, model=model, optimizer=sgd, training=training,
+                        num_classes=3, seed=0)
+    return new.params
+
+  def group_gradient(rows):
+    def loss(p):
+      logits = model.apply({'params': p}, batch['video'][rows])
+      return optax.softmax_cross_entropy(logits, np.eye(3)[batch['label'][rows]]).mean()
+    grads = jax.grad(loss)(params)
+    norm = float(optax.global_norm(grads))
+    assert norm > 0.5  # clipping is active
+    return jax.tree_util.tree_map(lambda g: g * 0.5 / norm, grads)
+  clipped = [group_gradient(slice(i, i + 2)) for i in (0, 2, 4)]
+  expected = jax.tree_util.tree_map(lambda p, *g: p - np.mean(g, axis=0), params, *clipped)
+  for got, want in zip(jax.tree_util.tree_leaves(updated(2)),
+                       jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  whole = updated(None)
+  assert max(np.abs(a - b).max() for a, b in zip(
+      jax.tree_util.tree_leaves(whole), jax.tree_util.tree_leaves(expected))) > 1e-3

@@ -91,8 +91,8 @@ def model_config_from_checkpoint(init_from: ml_collections.ConfigDict,
   if source is None:
     source, _, _ = read_vivit_source(init_from)
   config = source.copy_and_resolve_references()
-  for field in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth', 'dtype',
-                'remat'):
+  for field in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth',
+                'fsa_stochastic_depth', 'dtype', 'remat'):
     config[field] = model_config[field]
   config.num_classes = model_config.num_classes
   return config

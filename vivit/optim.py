@@ -20,13 +20,15 @@ def make_schedule(training: ml_collections.ConfigDict, total_steps: int, warmup_
 
 def make_optimizer(training: ml_collections.ConfigDict, total_steps: int,
                    warmup_steps: int):
-  """`optax` chain: global-norm clipping, then momentum SGD (the paper's) or AdamW.
+  """`optax` chain: global-norm clipping (of the batch's gradient; per group of
+  examples the train step clips instead, see `training.grad_clip_group`), then
+  momentum SGD (the paper's) or AdamW.
 
   Returns (optimizer, schedule).
   """
   schedule = make_schedule(training, total_steps, warmup_steps)
   parts = []
-  if training.grad_clip:
+  if training.grad_clip and not training.get('grad_clip_group'):
     parts.append(optax.clip_by_global_norm(training.grad_clip))
   if training.optimizer == 'sgd':
     if training.weight_decay:

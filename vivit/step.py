@@ -80,13 +80,37 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
   if training.mixup:
     video, targets = mixup(mix_rng, video, targets, training.mixup)
 
-  def loss_fn(params):
-    logits = model.apply({'params': params}, video, train=True,
-                         rngs={'dropout': dropout_rng})
-    return loss_and_metrics(logits, targets, batch['label'], heads)
+  def loss_fn(params, video, targets, labels, rng):
+    logits = model.apply({'params': params}, video, train=True, rngs={'dropout': rng})
+    return loss_and_metrics(logits, targets, labels, heads)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  group = training.get('grad_clip_group')
+  if group:
+    # Scenic clips each device's gradient before averaging over devices; here each
+    # group of `group` examples is one such device, whatever the devices are.
+    batch_size = video.shape[0]
+    if batch_size % group:
+      raise ValueError(f'training.grad_clip_group={group} does not divide the batch '
+                       f'of {batch_size}')
+    split = lambda x: x.reshape((batch_size // group, group) + x.shape[1:])
+
+    def group_grads(video, targets, labels, rng):
+      (loss, metrics), grads = grad_fn(state.params, video, targets, labels, rng)
+      norm = optax.global_norm(grads)
+      scale = jnp.minimum(1.0, training.grad_clip / jnp.maximum(norm, 1e-12))
+      return loss, metrics, jax.tree_util.tree_map(lambda g: g * scale, grads), norm
+    loss, metrics, grads, norms = jax.vmap(group_grads)(
+        split(video), split(targets), split(batch['label']),
+        jax.random.split(dropout_rng, batch_size // group))
+    loss, metrics, grads = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0),
+                                                  (loss, metrics, grads))
+    grad_norm = jnp.mean(norms)  # before clipping, as below
+  else:
+    (loss, metrics), grads = grad_fn(state.params, video, targets, batch['label'],
+                                     dropout_rng)
+    grad_norm = optax.global_norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {'loss': loss, **metrics, 'grad_norm': optax.global_norm(grads)}
+  metrics = {'loss': loss, **metrics, 'grad_norm': grad_norm}
   return TrainState(state.step + 1, params, opt_state), metrics

@@ -65,8 +65,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   workdir = os.path.abspath(workdir)
   training = config.training
   init_from = config.get('init_from')
-  if init_from and init_from.get('model_from_checkpoint') and not init_from.get('path'):
-    raise ValueError('this config fine-tunes a checkpoint: set --config.init_from.path')
+  if init_from and not init_from.get('path'):
+    if init_from.get('model_from_checkpoint'):
+      raise ValueError('this config takes its model from a checkpoint: set '
+                       '--config.init_from.path')
+    if not init_from.get('from_scratch', True):
+      raise ValueError('this recipe fine-tunes a pretrained model (the paper: an '
+                       'ImageNet-21k ViT, e.g. ViT-B_16.npz): set --config.init_from.path,'
+                       ' or --config.init_from.from_scratch=True to start from random '
+                       'weights on purpose')
   if not (init_from and init_from.get('path')):
     init_from = None
   if init_from and init_from.get('model_from_checkpoint'):

@@ -2,12 +2,12 @@
 accuracy. Two heads in one output: 300 noun then 97 verb logits (scenic's
 `class_splits` and order), the sum of both losses; evaluation reports noun, verb and
 action (both right) accuracy."""
-from vivit.recipes import paper_config
+from vivit.recipes import EPIC_AUGMENT, paper_config
 
 
 def get_config():
   return paper_config('L/16x2-FE', 'epic_kitchens_100', 300 + 97, learning_rate=0.5,
                       num_epochs=50, stride=1, test_split='validation',
                       label_smoothing=0.2, mixup=0.1,
-                      stochastic_depth=0.2, randaugment=(2, 15), temporal_layers=4,
+                      stochastic_depth=0.2, augment=EPIC_AUGMENT, temporal_layers=4,
                       label_key=('noun', 'verb'), class_splits=(300, 97))

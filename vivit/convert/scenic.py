@@ -65,9 +65,47 @@ def _to_numpy(tree):
           for k, v in tree.items()}
 
 
+# Scenic `config.model` fields and the values this project reproduces (None: any).
+SCENIC_FIELDS = {
+    'hidden_size': None, 'num_heads': None, 'num_layers': None, 'mlp_dim': None,
+    'patches': None, 'representation_size': None, 'dropout_rate': None,
+    'attention_dropout_rate': None, 'stochastic_droplayer_rate': None,
+    'temporal_encoding_config': None, 'attention_config': None,
+    'spatial_transformer': None, 'temporal_transformer': None,
+    'classifier': ('token', 'gap', 'gmp', 'gsp'),
+    'return_prelogits': (False,), 'return_preclassifier': (False,),
+    # Read by scenic's Encoder but never passed to it by ViViT: always these.
+    'positional_embedding': ('learned_1d',), 'normalise_output': (True,),
+    'model_dtype_str': None,
+}
+SCENIC_ATTENTION_FIELDS = {'type': None, 'attention_order': None,
+                           'attention_kernel_init_method': None,  # init only
+                           'spatial_only_baseline': (False,)}
+
+
+def check_scenic_fields(scenic_config: ml_collections.ConfigDict) -> None:
+  """ValueError naming every scenic model field (or value) that the converted model
+  would not honour."""
+  problems = []
+  for fields, section, prefix in (
+      (SCENIC_FIELDS, scenic_config, 'model.'),
+      (SCENIC_ATTENTION_FIELDS, scenic_config.get('attention_config') or {},
+       'model.attention_config.')):
+    for key, value in section.items():
+      if key not in fields:
+        problems.append(f'{prefix}{key} (not known to vivit-jax)')
+      elif fields[key] is not None and value not in fields[key]:
+        problems.append(f'{prefix}{key}={value!r} (supported: '
+                        f'{", ".join(map(repr, fields[key]))})')
+  if problems:
+    raise ValueError('the scenic config asks for what vivit-jax does not reproduce: ' +
+                     '; '.join(problems))
+
+
 def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_classes: int,
                              input_size: Sequence[int]) -> ml_collections.ConfigDict:
   """Translates scenic's `config.model` into a vivit-jax model config."""
+  check_scenic_fields(scenic_config)
   attention_type = scenic_config.get('attention_config', {}).get('type', 'spacetime')
   if attention_type not in SCENIC_VARIANTS:
     raise ValueError(f'unknown scenic attention_config.type {attention_type!r}; '
@@ -98,7 +136,7 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
                            mlp_dim=temporal.mlp_dim)
   config.num_layers, config.num_heads = body.num_layers, body.num_heads
   config.mlp_dim = body.mlp_dim
-  config.classifier = 'token' if scenic_config.classifier in ('token', '0') else 'gap'
+  config.classifier = scenic_config.classifier
   config.representation_size = scenic_config.get('representation_size')
   config.attention_order = scenic_config.get('attention_config', {}).get(
       'attention_order', 'time_space')

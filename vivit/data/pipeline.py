@@ -316,7 +316,8 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       transforms.train_view, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
-      flip=dataset_config.flip, colour_strength=dataset_config.colour_jitter,
+      flip=dataset_config.flip, colour_probability=dataset_config.colour_augment,
+      colour_drop=dataset_config.colour_drop,
       randaugment=(tuple(dataset_config.randaugment) if dataset_config.get('randaugment')
                    else None))
   shuffle_frames = dataset_config.get('shuffle_frames', False)

@@ -40,37 +40,42 @@ def random_offset(num_video_frames, num_frames: int, stride: int, seed):
 
 
 def test_offsets(num_video_frames, num_frames: int, stride: int, num_clips: int):
-  """`num_clips` evenly spaced starts covering the video: `[num_clips]`."""
-  span = (num_frames - 1) * stride + 1
-  last = tf.cast(tf.maximum(num_video_frames - span, 0), tf.float32)
+  """Starts of the test clips, `[num_clips]`, as scenic's (DMVR) sampling: one
+  clip: the middle, `(N - F * s) // 2`; several: `int(linspace(0, N - F * s))`
+  (both at least 0: a short video's clips all start at 0 and loop)."""
+  last = tf.maximum(num_video_frames - num_frames * stride, 0)
   if num_clips == 1:
-    return tf.cast(tf.round(last / 2), tf.int32)[None]
-  return tf.cast(tf.round(tf.linspace(0.0, last, num_clips)), tf.int32)
+    return (last // 2)[None]
+  return tf.cast(tf.linspace(0.0, tf.cast(last, tf.float32), num_clips), tf.int32)
 
 
 def resize_short_side(video, size):
-  """Resizes so that min(height, width) == size, keeping the aspect ratio."""
+  """Resizes so that the short side is `size` and the long one `long * size // short`
+  (scenic's `resize_smallest`), bilinearly."""
   shape = tf.shape(video)
-  height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-  scale = tf.cast(size, tf.float32) / tf.minimum(height, width)
-  new = tf.cast(tf.round(tf.stack([height * scale, width * scale])), tf.int32)
-  return tf.image.resize(video, new, method='bilinear', antialias=True)
+  height, width = shape[1], shape[2]
+  new = tf.stack([tf.maximum(size, height * size // width),
+                  tf.maximum(size, width * size // height)])
+  return tf.image.resize(video, new, method='bilinear')
 
 
-def scale_jitter_crop(video, min_resize: int, crop_size: int,
-                      scale_range: Tuple[float, float], seed):
-  """Resize the short side to `min_resize * U(scale_range)` (at least `crop_size`),
-  then take a random `crop_size` square."""
-  scale_seed, crop_seed = split_seed(seed, 2)
-  scale = tf.random.stateless_uniform([], scale_seed, *scale_range)
-  size = tf.maximum(tf.cast(tf.round(min_resize * scale), tf.int32), crop_size)
-  video = resize_short_side(video, size)
+def scale_jitter(video, scale_range: Tuple[float, float], min_size: int, seed):
+  """Height and width scaled by independent factors `U(scale_range)` (so the aspect
+  ratio jitters too; scenic's `scale_jitter_augm`), each side at least `min_size`."""
+  factors = tf.random.stateless_uniform([2], seed, *scale_range)
+  size = tf.cast(tf.cast(tf.shape(video)[1:3], tf.float32) * factors, tf.int32)
+  return tf.image.resize(video, tf.maximum(size, min_size), method='bilinear')
+
+
+def random_crop(video, crop_size: int, seed):
+  """The same random `crop_size` square of every frame."""
   return tf.image.stateless_random_crop(
-      video, tf.stack([tf.shape(video)[0], crop_size, crop_size, 3]), crop_seed)
+      video, tf.stack([tf.shape(video)[0], crop_size, crop_size, 3]), seed)
 
 
 def spatial_crops(video, crop_size: int, num_crops: int):
-  """`num_crops` (1 or 3) squares: centre, or start/centre/end of the long side.
+  """`num_crops` squares as scenic's test: 1, the centre (offsets rounded down); 3,
+  both ends and the centre (rounded up) of the long side (width if square).
 
   Returns `[num_crops, time, crop, crop, 3]`.
   """
@@ -78,10 +83,10 @@ def spatial_crops(video, crop_size: int, num_crops: int):
     raise ValueError(f'num_crops must be 1 or 3, got {num_crops}')
   shape = tf.shape(video)
   height, width = shape[1], shape[2]
-  dy, dx = (height - crop_size) // 2, (width - crop_size) // 2
   if num_crops == 1:
-    starts = [(dy, dx)]
+    starts = [((height - crop_size) // 2, (width - crop_size) // 2)]
   else:
+    dy, dx = (height - crop_size + 1) // 2, (width - crop_size + 1) // 2
     tall = height > width
     starts = [(tf.where(tall, 0, dy), tf.where(tall, dx, 0)), (dy, dx),
               (tf.where(tall, height - crop_size, dy), tf.where(tall, dx, width - crop_size))]
@@ -94,23 +99,36 @@ def random_flip(video, seed):
   return tf.cond(flip, lambda: tf.reverse(video, axis=[2]), lambda: video)
 
 
-def colour_jitter(video, strength: float, seed):
-  """Brightness, contrast and saturation jitter, the same for every frame.
+# Scenic's colour augmentation (DMVR's `color_default_augm`): its ranges.
+BRIGHTNESS_DELTA = 32 / 255
+SATURATION_RANGE = (0.6, 1.4)
+CONTRAST_RANGE = (0.6, 1.4)
+HUE_DELTA = 0.2
 
-  `video` is float in [0, 1]; `strength` is the maximum relative change.
-  """
-  if strength <= 0:
+
+def colour_augment(video, probability: float, drop_probability: float, seed):
+  """Scenic's colour augmentation of a clip in [0, 1], one draw for every frame:
+  with `probability`, brightness +-32/255, saturation and contrast x U(0.6, 1.4) and
+  hue +-0.2 (in that order, then clipped to [0, 1]); then, with `drop_probability`,
+  grey (colour drop)."""
+  if probability <= 0 and drop_probability <= 0:
     return video
-  b_seed, c_seed, s_seed = split_seed(seed, 3)
-  brightness = tf.random.stateless_uniform([], b_seed, -strength, strength)
-  contrast = tf.random.stateless_uniform([], c_seed, 1 - strength, 1 + strength)
-  saturation = tf.random.stateless_uniform([], s_seed, 1 - strength, 1 + strength)
-  video = video + brightness
-  mean = tf.reduce_mean(video, axis=[1, 2, 3], keepdims=True)
-  video = (video - mean) * contrast + mean
-  grey = tf.reduce_mean(video, axis=-1, keepdims=True)
-  video = (video - grey) * saturation + grey
-  return tf.clip_by_value(video, 0.0, 1.0)
+  apply_seed, drop_seed, b_seed, s_seed, c_seed, h_seed = split_seed(seed, 6)
+
+  def jitter():
+    x = tf.image.stateless_random_brightness(video, BRIGHTNESS_DELTA, b_seed)
+    x = tf.image.stateless_random_saturation(x, *SATURATION_RANGE, s_seed)
+    x = tf.image.stateless_random_contrast(x, *CONTRAST_RANGE, c_seed)
+    x = tf.image.stateless_random_hue(x, HUE_DELTA, h_seed)
+    return tf.clip_by_value(x, 0.0, 1.0)
+  if probability > 0:
+    video = tf.cond(tf.random.stateless_uniform([], apply_seed) < probability, jitter,
+                    lambda: video)
+  if drop_probability > 0:
+    video = tf.cond(tf.random.stateless_uniform([], drop_seed) < drop_probability,
+                    lambda: tf.tile(tf.image.rgb_to_grayscale(video), [1, 1, 1, 3]),
+                    lambda: video)
+  return video
 
 
 def zero_centre(video):
@@ -296,13 +314,13 @@ _randaugment = randaugment  # train_view's keyword of the same name hides it
 
 
 def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
-               scale_range: Sequence[float], flip: bool, colour_strength: float, seed,
-               randaugment: Optional[Tuple[int, float]] = None):
-  """One augmented training clip `[num_frames, crop, crop, 3]` in [-1, 1].
-
-  `randaugment`: None, or `(num_layers, magnitude)` for RandAugment after the crop
-  and flip, before the colour jitter.
-  """
+               scale_range: Sequence[float], flip: bool, seed,
+               randaugment: Optional[Tuple[int, float]] = None,
+               colour_probability: float = 0.0, colour_drop: float = 0.0):
+  """One augmented training clip `[num_frames, crop, crop, 3]` in [-1, 1], in
+  scenic's order: random clip, short side to `min_resize`, scale jitter, random
+  crop, flip, RandAugment (`(num_layers, magnitude)`, on [0, 255]), colour
+  augmentation (`colour_augment`, on [0, 1])."""
   if randaugment is not None and (not isinstance(randaugment, Sequence)
                                   or isinstance(randaugment, str) or len(randaugment) != 2):
     raise ValueError(f'randaugment must be None or (num_layers, magnitude), got {randaugment!r}')
@@ -310,15 +328,16 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
   count = tf.shape(video)[0]
   video = gather_frames(video, clip_indices(
       count, num_frames, stride, random_offset(count, num_frames, stride, offset_seed)))
-  video = scale_jitter_crop(tf.cast(video, tf.float32), min_resize, crop_size,
-                            tuple(scale_range), crop_seed)
+  video = resize_short_side(tf.cast(video, tf.float32), min_resize)
+  jitter_seed, crop_seed = split_seed(crop_seed, 2)
+  video = scale_jitter(video, tuple(scale_range), crop_size, jitter_seed)
+  video = random_crop(video, crop_size, crop_seed)
   if flip:
     video = random_flip(video, flip_seed)
   if randaugment is not None:
-    # A stream of its own: the seeds above, and clips without RandAugment, stay as they were.
     video = _randaugment(video, *randaugment,
                          seed=tf.random.experimental.stateless_fold_in(seed, 4))
-  video = colour_jitter(video / 255.0, colour_strength, colour_seed)
+  video = colour_augment(video / 255.0, colour_probability, colour_drop, colour_seed)
   return video * 2.0 - 1.0
 
 

@@ -44,6 +44,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   config.temporal = ml_collections.ConfigDict(
       dict(num_layers=FE_TEMPORAL_LAYERS, num_heads=12, mlp_dim=3072))  # model 2
   config.attention_order = 'time_space'  # model 3: 'time_space' or 'space_time'
+  # Model 3: stochastic depth inside its blocks too (scenic applies none there).
+  config.fsa_stochastic_depth = False
   config.classifier = 'token'        # 'token' or 'gap'
   config.representation_size = config_dict.placeholder(int)
   config.num_classes = 400

@@ -93,6 +93,8 @@ class Encoder(nn.Module):
     temporal_dims: number of time steps in the token sequence (models 3 and 4).
     stochastic_depth: drop rate of the last block; block i uses
       `i / (num_layers - 1) * stochastic_depth`.
+    fsa_stochastic_depth: whether factorised self-attention blocks (model 3) drop
+      too; scenic's do not.
     remat: rematerialise each block in the backward pass.
   """
   num_layers: int
@@ -104,11 +106,12 @@ class Encoder(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
+  fsa_stochastic_depth: bool = False
   remat: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool = False):
     """`[batch, tokens, hidden]` -> `[batch, tokens, hidden]`."""
     x = PositionEmbedding(name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate)(x, not train)
@@ -127,6 +130,8 @@ class Encoder(nn.Module):
       cls = FactorisedSelfAttentionBlock
       common.update(temporal_dims=self.temporal_dims,
                     attention_order=self.attention_order)
+      if not self.fsa_stochastic_depth:
+        common.update(droplayer_rate=0.0)
     else:
       cls = EncoderBlock
       if self.block == 'factorised_dot_product':

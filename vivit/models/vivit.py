@@ -17,7 +17,8 @@ Dtype = Any
 VARIANTS = ('spatio_temporal', 'factorised_encoder', 'factorised_self_attention',
             'factorised_dot_product')
 EMBEDDINGS = ('tubelet', 'frame')
-CLASSIFIERS = ('token', 'gap')
+# CLS token, or global average / max / sum pooling of all tokens (scenic's names).
+CLASSIFIERS = ('token', 'gap', 'gmp', 'gsp')
 TUBELET_INITS = ('central_frame', 'average_frame', 'lecun_normal')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -38,8 +39,12 @@ def _tubelet_init(method: str):
 
 
 def sampled_frame_indices(num_frames: int, num_sampled: int):
-  """Uniform frame sampling: `floor(i * num_frames / num_sampled)`."""
-  return [(i * num_frames) // num_sampled for i in range(num_sampled)]
+  """Uniform frame sampling as scenic's `sample_frames_uniformly`: frames
+  `round(k * T / (n + 1))` for k = 1..n (halves to even); all T when n >= T."""
+  if num_sampled >= num_frames:
+    return list(range(num_frames))
+  return [min(int(np.round(k * num_frames / (num_sampled + 1))), num_frames - 1)
+          for k in range(1, num_sampled + 1)]
 
 
 def tokenise(video, *, hidden_size: int, embedding: str, tubelet: Tuple[int, int, int],
@@ -77,8 +82,11 @@ def tokenise(video, *, hidden_size: int, embedding: str, tubelet: Tuple[int, int
 
 
 def _pool(x, classifier: str):
-  """`[..., tokens, hidden]` -> `[..., hidden]`: CLS token or mean of all tokens."""
-  return x[..., 0, :] if classifier == 'token' else jnp.mean(x, axis=-2)
+  """`[..., tokens, hidden]` -> `[..., hidden]`: the CLS token, or the mean, max or
+  sum of all tokens."""
+  if classifier == 'token':
+    return x[..., 0, :]
+  return {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier](x, axis=-2)
 
 
 def classify(x, *, num_classes: int, representation_size: Optional[int]):
@@ -111,23 +119,33 @@ class VideoTransformer(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   stochastic_depth: float = 0.0
+  fsa_stochastic_depth: bool = False
   remat: bool = False
   dtype: Dtype = jnp.float32
 
-  def encode(self, x, name: str, train: bool, **encoder_args):
+  def encode(self, x, name: str, train: bool, per_frame: bool = False, **encoder_args):
     """Optional CLS token, then an `Encoder`: `[n, tokens, hidden]` -> pooled
-    `[n, hidden]`. Call from a compact method."""
+    `[n, hidden]`. `per_frame`: `[n, time, tokens, hidden]` -> `[n, time, hidden]`,
+    one encoder mapped over time that shares its random numbers across the frames
+    of a clip (scenic's `jax.vmap`: a clip's frames drop the same layers and units).
+    Call from a compact method."""
     if self.classifier == 'token':
       suffix = '' if name == 'Transformer' else f'_{name}'
       cls = self.param(f'cls{suffix}', nn.initializers.zeros, (1, 1, x.shape[-1]))
-      cls = jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
-      x = jnp.concatenate([cls, x], axis=1)
+      cls = jnp.broadcast_to(cls, x.shape[:-2] + (1, x.shape[-1])).astype(x.dtype)
+      x = jnp.concatenate([cls, x], axis=-2)
     encoder_args = {'num_layers': self.num_layers, 'mlp_dim': self.mlp_dim,
                     'num_heads': self.num_heads, **encoder_args}
-    x = Encoder(dropout_rate=self.dropout_rate,
+    encoder = Encoder
+    if per_frame:
+      encoder = nn.vmap(Encoder, in_axes=(1, None), out_axes=1,
+                        variable_axes={'params': None},
+                        split_rngs={'params': False, 'dropout': False})
+    x = encoder(dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
-                stochastic_depth=self.stochastic_depth, remat=self.remat,
-                dtype=self.dtype, name=name, **encoder_args)(x, train=train)
+                stochastic_depth=self.stochastic_depth,
+                fsa_stochastic_depth=self.fsa_stochastic_depth, remat=self.remat,
+                dtype=self.dtype, name=name, **encoder_args)(x, train)
     return _pool(x, self.classifier)
 
   def tokens(self, video):
@@ -177,9 +195,9 @@ class FactorisedEncoderViViT(VideoTransformer):
     """`[batch, time, height, width, 3]` -> `[batch, num_classes]`."""
     x = self.tokens(video)
     batch, time, height, width, hidden = x.shape
-    x = self.encode(x.reshape(batch * time, height * width, hidden), 'SpatialTransformer',
-                    train)
-    x = self.encode(x.reshape(batch, time, hidden), 'TemporalTransformer', train,
+    x = self.encode(x.reshape(batch, time, height * width, hidden), 'SpatialTransformer',
+                    train, per_frame=True)
+    x = self.encode(x, 'TemporalTransformer', train,
                     num_layers=self.temporal_num_layers, num_heads=self.temporal_num_heads,
                     mlp_dim=self.temporal_mlp_dim)
     return self.head(x)
@@ -230,8 +248,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
       representation_size=config.representation_size,
       dropout_rate=config.dropout_rate,
       attention_dropout_rate=config.attention_dropout_rate,
-      stochastic_depth=config.stochastic_depth, remat=config.remat,
-      dtype=DTYPES[config.dtype])
+      stochastic_depth=config.stochastic_depth,
+      fsa_stochastic_depth=config.get('fsa_stochastic_depth', False),
+      remat=config.remat, dtype=DTYPES[config.dtype])
   if config.variant == 'factorised_encoder':
     return FactorisedEncoderViViT(
         temporal_num_layers=config.temporal.num_layers,
