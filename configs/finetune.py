@@ -23,12 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   config.dataset = ml_collections.ConfigDict(dict(
       name=config_dict.placeholder(str), format='tfds',
-      data_dir=config_dict.placeholder(str), label_key='label', train_split='train',
+      data_dir=config_dict.placeholder(str), label_key=('label',), train_split='train',
       eval_split='validation', test_split='validation',
       # None: the checkpoint's frame count and crop; min_resize: crop * 256 / 224.
       num_frames=config_dict.placeholder(int), crop_size=config_dict.placeholder(int),
       min_resize=config_dict.placeholder(int), stride=2, **KINETICS_AUGMENT,
-      num_threads=0, shuffle_buffer=1024, class_splits=None))
+      num_threads=0, shuffle_buffer=1024, class_splits=config_dict.placeholder(tuple)))
   # Used as it is only for a 2-D ViT; other checkpoints bring their architecture
   # and keep only these training fields (dropout, stochastic depth, dtype, remat).
   config.model = get_model_config('B/16x2')

@@ -22,12 +22,13 @@ def get_config(variant: str = 'spatio_temporal') -> ml_collections.ConfigDict:
 
   config.dataset = ml_collections.ConfigDict(dict(
       name='synthetic_motion', format='tfds', data_dir=config_dict.placeholder(str),
-      label_key='label', train_split='train', eval_split='validation', test_split='test',
+      label_key=('label',), train_split='train', eval_split='validation', test_split='test',
       num_frames=8, stride=2, min_resize=32, crop_size=32, scale_jitter=(1.0, 1.25),
       flip=False,  # flipping swaps move_left and move_right
       colour_augment=0.8, colour_drop=0.1,  # scenic's Kinetics colour augmentation
       num_threads=0,  # 0: one input thread per core
       shuffle_buffer=1024,  # format 'dmvr' only: serialized examples
+      randaugment=config_dict.placeholder(tuple),  # (num_layers, magnitude)
       shuffle_frames=False))  # True destroys temporal order (experiments/shuffled_frames.py)
 
   config.model = get_model_config(f'Ti/8x2{SUFFIX[variant]}', hidden_size=64, num_heads=4,

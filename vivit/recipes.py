@@ -34,7 +34,8 @@ def load_config(path: str):
 # (`do_color_augment`, `prob_color_augment`, `prob_color_drop`), none but
 # RandAugment on SSv2 and Epic-Kitchens (`do_rand_augment`).
 KINETICS_AUGMENT = dict(scale_jitter=(0.9, 1.33), flip=True, colour_augment=0.8,
-                        colour_drop=0.1, randaugment=None)  # kinetics400/vivit_base_k400.py
+                        colour_drop=0.1, randaugment=config_dict.placeholder(tuple))
+# ^ kinetics400/vivit_base_k400.py
 SSV2_AUGMENT = dict(scale_jitter=(0.9, 1.33), flip=True, colour_augment=0.0,
                     colour_drop=0.0, randaugment=(2, 20))
 # ^ something_something_v2/vivit_large_factorised_encoder.py
@@ -49,7 +50,7 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
                  label_smoothing: float = 0.0,
                  mixup: float = 0.0, stochastic_depth: float = 0.0,
                  temporal_layers: Optional[int] = None,
-                 label_key='label',
+                 label_key: Sequence[str] = ('label',),
                  class_splits: Optional[Sequence[int]] = None) -> ml_collections.ConfigDict:
   """32 frames, tubelet 16x16x2, momentum SGD, cosine decay with 2.5 warm-up epochs,
   grad-norm clip 1 per group of 8 examples, batch 64, no weight decay, no dropout,
@@ -60,12 +61,13 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
       # format 'dmvr': data_dir is a pattern of scenic/DMVR tfrecords, e.g.
       # '/data/k400/{split}.tfrecord@1024' (see vivit.data.dmvr).
       name=dataset, format='tfds', data_dir=config_dict.placeholder(str),
-      label_key=label_key, train_split='train',
+      label_key=tuple(label_key), train_split='train',
       eval_split='validation', test_split=test_split, num_frames=32, stride=stride,
       min_resize=min_resize, crop_size=crop_size, **(augment or KINETICS_AUGMENT),
       num_threads=0,
       shuffle_buffer=1024,  # 'dmvr' streams only: serialized examples
-      class_splits=tuple(class_splits) if class_splits else None))
+      class_splits=(tuple(class_splits) if class_splits
+                    else config_dict.placeholder(tuple))))
   config.model = get_model_config(model_name, num_classes=num_classes,
                                   input_size=(32, crop_size, crop_size),
                                   stochastic_depth=stochastic_depth)

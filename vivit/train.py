@@ -96,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json(indent=2))
-    checkpoints.save_class_names(workdir, labels.class_names)
+    checkpoints.save_class_names(workdir, labels.names_by_head)
 
   def init_state():
     params = init_params(config.model, jax.random.PRNGKey(config.seed))

@@ -222,15 +222,18 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
   put_tree(params[encoder], 'encoder_norm', vit['Transformer']['encoder_norm'],
            f'{encoder}/encoder_norm')
 
-  for name in ('pre_logits', 'output_projection'):
+  for name, vit_name in (('pre_logits', 'pre_logits'), ('output_projection', 'head')):
     if restore_head:
       if (name in vit) != (name in params):
         raise ValueError(f'restore_head: {name} is in the '
                          f'{"ViT" if name in vit else "model"} only')
       if name in vit:
         put_tree(params, name, vit[name], name)
-    elif name in vit:
-      report[name] = ('ignored', 'restore_head is off')
+      continue
+    if name in vit:
+      report[vit_name] = ('ignored', 'restore_head is off')
+    for leaf in params.get(name, {}):
+      report[f'{name}/{leaf}'] = ('fresh', 'restore_head is off')
   for name in flax.traverse_util.flatten_dict(params, sep='/'):
     report.setdefault(name, ('fresh', ''))
   check_params(model_config, params)

@@ -85,6 +85,13 @@ class Labels(NamedTuple):
     return tuple((key, len(names)) for key, names in zip(self.keys, self.names))
 
   @property
+  def names_by_head(self):
+    """The names as checkpoints keep them: a list, or {key: names} per head."""
+    if len(self.keys) == 1:
+      return list(self.names[0])
+    return {key: list(names) for key, names in zip(self.keys, self.names)}
+
+  @property
   def class_names(self) -> List[str]:
     """A name per output: `key:name` where there are several heads."""
     if len(self.keys) == 1:
@@ -110,10 +117,18 @@ def sync_model_config(config: ml_collections.ConfigDict, labels: Labels) -> None
                      f'{ds.name} has {labels.num_classes} classes'
                      + (f' ({" + ".join(str(n) for _, n in labels.heads)})'
                         if labels.heads else ''))
-  splits = ds.get('class_splits')
-  if splits and tuple(splits) != tuple(n for _, n in labels.heads or ()):
+  splits = optional_tuple(ds.get('class_splits'))
+  if splits and splits != tuple(n for _, n in labels.heads or ()):
     raise ValueError(f'dataset.class_splits={tuple(splits)} but the label features '
                      f'{labels.keys} have {tuple(len(n) for n in labels.names)} classes')
+
+
+def optional_tuple(value) -> Optional[tuple]:
+  """A tuple config field that may be unset: None, `()` and `(None,)` (what
+  `--config.x=None` makes of a tuple field) are all unset."""
+  if not value or tuple(value) == (None,):
+    return None
+  return tuple(value)
 
 
 def label_keys(dataset_config: ml_collections.ConfigDict) -> Tuple[str, ...]:
@@ -130,9 +145,12 @@ def open_dataset(config: ml_collections.ConfigDict, *splits: str):
   keys = label_keys(config.dataset)
   if config.dataset.get('format', 'tfds') == 'dmvr':
     from vivit.data import dmvr
-    if len(keys) > 1 or config.model.num_classes is None:
-      raise ValueError('dataset.format=dmvr reads one label (clip/label/index) and '
-                       'needs model.num_classes')
+    if len(keys) > 1:
+      raise ValueError(f'dataset.format=dmvr reads one label (clip/label/index), not '
+                       f'dataset.label_key={keys}')
+    if config.model.num_classes is None:
+      raise ValueError('dataset.format=dmvr files do not say how many classes there '
+                       'are: set model.num_classes')
     labels = Labels(keys, (tuple(str(i) for i in range(config.model.num_classes)),))
     sizes = [dmvr.num_examples(config.dataset.data_dir, split) for split in splits]
   else:
@@ -318,8 +336,7 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
       flip=dataset_config.flip, colour_probability=dataset_config.colour_augment,
       colour_drop=dataset_config.colour_drop,
-      randaugment=(tuple(dataset_config.randaugment) if dataset_config.get('randaugment')
-                   else None))
+      randaugment=optional_tuple(dataset_config.get('randaugment')))
   shuffle_frames = dataset_config.get('shuffle_frames', False)
   augment_seed = host_seed(seed)
 
