@@ -86,6 +86,7 @@ def finetuned(pretrained, own_videos, tmp_path_factory):
   return workdir, train_and_evaluate(own_videos_config(own_videos, pretrained), workdir)
 
 
+@pytest.mark.slow  # ~2 min: pretraining, then two fine-tunes
 def test_finetuning_beats_training_from_scratch(pretrained, own_videos, finetuned,
                                                 tmp_path):
   workdir, result = finetuned
@@ -120,6 +121,7 @@ def test_finetuning_beats_training_from_scratch(pretrained, own_videos, finetune
   assert result['val_top1'] >= from_scratch['val_top1'] + 0.3
 
 
+@pytest.mark.slow  # uses the fine-tuned model above
 def test_predict_names_the_class_of_video_files(finetuned, tmp_path, capsys):
   workdir, _ = finetuned
   rows = (write_clips(str(tmp_path), 'mp4', 10, seed=20)
@@ -137,6 +139,37 @@ def test_predict_names_the_class_of_video_files(finetuned, tmp_path, capsys):
     right += top[0] == axis(label)
   # The model is right on ~82 % of validation clips; chance is 20 %.
   assert right >= 12, f'{right} of {len(rows)} right'
+
+
+def test_finetune_config_from_a_workdir_then_evaluate_and_predict(tmp_path):
+  """The quick version of the above: configs/finetune.py takes a tiny workdir's
+  model (4 frames) to 8 frames, then evaluation and predict read the new workdir."""
+  data_dir = str(tmp_path / 'tfds')
+  base = load_config(os.path.join(ROOT, 'configs', 'synthetic_motion.py'))
+  base.dataset.update(name='synthetic_motion/tiny', data_dir=data_dir, num_frames=4)
+  base.model.update(hidden_size=16, num_layers=1, mlp_dim=32)
+  base.training.update(num_steps=2, batch_size=8, eval_every=2, log_every=1)
+  train_and_evaluate(base, str(tmp_path / 'base'))
+
+  config = load_config(os.path.join(ROOT, 'configs', 'finetune.py'))
+  config.dataset.update(name='synthetic_motion/tiny', data_dir=data_dir, num_frames=8,
+                        min_resize=32, flip=False)
+  config.training.update(num_steps=2, batch_size=8, eval_every=2, log_every=1,
+                         checkpoint_every=2)
+  config.eval.update(batch_size=8, num_clips=1, num_crops=1)
+  config.init_from.path = str(tmp_path / 'base')
+  workdir = str(tmp_path / 'ft')
+  assert train_and_evaluate(config, workdir)['step'] == 2
+  model = checkpoints.load_model_config(workdir)
+  assert (model.hidden_size, tuple(model.input_size), model.num_classes) == (
+      16, (8, 32, 32), 10)
+  report = open(os.path.join(workdir, 'initialisation.txt')).read()
+  assert 'Transformer/posembed_input: resized (1, 17, 16) -> (1, 33, 16)' in report
+  assert evaluate.run(config, workdir)['num_videos'] == 24  # the validation split
+
+  video = vf.write_frames(str(tmp_path / 'clip.mp4'),
+                          synthetic.render_clip(3, np.random.default_rng(0)))
+  assert predict_main(['--checkpoint', workdir, '--video', video]) == 0
 
 
 def test_predict_with_hf_names_and_errors(tmp_path, capsys):

@@ -223,7 +223,7 @@ def test_paper_configs_train_two_steps_from_a_vit(name, vit, small_datasets, tmp
   else:
     config.dataset.update(name='synthetic_motion/tiny', test_split='test')
   config.training.update(batch_size=4, num_steps=2, log_every=1, eval_every=2,
-                         checkpoint_every=2)
+                         checkpoint_every=2, grad_clip_group=2)
   config.eval.update(batch_size=4, num_clips=1, num_crops=1)
   config.init_from.path = hf_dir if name.startswith('kinetics600') else npz_path
   result = train_and_evaluate(config, str(tmp_path))

@@ -290,8 +290,9 @@ def test_paper_configs_load_and_build(name, tmp_path):
   assert config.training.optimizer == 'sgd' and config.training.warmup_epochs == 2.5
   shapes = param_shapes(config.model)
   assert shapes['output_projection']['kernel'].shape[-1] == config.model.num_classes
-  if name.startswith('ssv2'):
-    assert not config.dataset.flip and config.training.mixup == 0.3
+  if name.startswith('ssv2'):  # scenic's SSv2 recipe: RandAugment, no colour
+    assert config.dataset.randaugment == (2, 20) and config.dataset.colour_augment == 0
+    assert config.training.mixup == 0.3 and config.training.grad_clip_group == 8
   # A fine-tuning recipe without a checkpoint: refused unless asked for on purpose.
   with pytest.raises(ValueError, match='init_from.from_scratch=True to start from random'):
     train_and_evaluate(config, str(tmp_path))

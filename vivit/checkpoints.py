@@ -10,7 +10,7 @@ never leaves a half-written `params/`.
 """
 import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import ml_collections

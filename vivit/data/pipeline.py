@@ -202,7 +202,10 @@ def _fed_by_thread(chunks: Iterator[Tuple[np.ndarray, List[bytes]]],
       return  # stopped
     except Exception as e:  # pylint: disable=broad-except
       failure.append(e)
-    queue.close()
+    try:
+      queue.close()
+    except tf.errors.CancelledError:
+      pass  # stopped meanwhile: already closed
 
   thread = threading.Thread(target=feed, name='vivit-records-feeder', daemon=True)
   items = tf.data.Dataset.range(2 ** 62 if count is None else count)
