@@ -1,4 +1,5 @@
 """The training loop end to end: devices, kill/resume, SIGTERM, evaluation, errors."""
+import functools
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen
 import jax
 import numpy as np
 import optax
@@ -313,16 +315,20 @@ def test_mixup_and_label_smoothing():
   np.testing.assert_allclose(smoothed[0], [0.85, 0.05, 0.05, 0.05], rtol=1e-6)
 
 
+class LinearProbe(flax.linen.Module):
+  """A model as small as a train step allows: one Dense layer on the flat clip."""
+  num_classes: int
+
+  @flax.linen.compact
+  def __call__(self, video, train=False):
+    return flax.linen.Dense(self.num_classes)(video.reshape(video.shape[0], -1))
+
+
 def test_train_step_applies_mixup_and_label_smoothing():
   """The loss of `train_step` equals a hand computation of mixed, smoothed targets
   on the mixed clips (same RNG derivation), and differs from the plain loss."""
-  import flax.linen as nn
   from vivit.step import TrainState, train_step
-
-  class Linear(nn.Module):
-    @nn.compact
-    def __call__(self, video, train=False):
-      return nn.Dense(4)(video.reshape(video.shape[0], -1))
+  Linear = functools.partial(LinearProbe, 4)
   model = Linear()
   rng = np.random.RandomState(0)
   batch = {'video': rng.normal(size=(6, 2, 3, 3, 3)).astype(np.float32),
@@ -354,13 +360,8 @@ def test_gradient_clipped_per_group_of_examples_as_scenic_per_device():
   """`grad_clip_group`: each group's gradient clipped to `grad_clip`, then averaged
   (scenic's per-device clipping), checked by hand; it differs from clipping the
   averaged gradient."""
-  import flax.linen as nn
   from vivit.step import TrainState, train_step
-
-  class Linear(nn.Module):
-    @nn.compact
-    def __call__(self, video, train=False):
-      return nn.Dense(3)(video.reshape(video.shape[0], -1))
+  Linear = functools.partial(LinearProbe, 3)
   model = Linear()
   rng = np.random.RandomState(1)
   batch = {'video': rng.normal(size=(6, 2, 2, 2, 3)).astype(np.float32) * 3,
@@ -398,13 +399,8 @@ def test_gradient_clipped_per_group_of_examples_as_scenic_per_device():
 def test_train_step_two_heads_with_mixup_and_label_smoothing():
   """Epic-Kitchens' heads: each head's targets smoothed over its own classes, mixed,
   and the loss the sum of the heads' cross-entropies (hand computation)."""
-  import flax.linen as nn
   from vivit.step import TrainState, train_step
-
-  class Linear(nn.Module):
-    @nn.compact
-    def __call__(self, video, train=False):
-      return nn.Dense(5)(video.reshape(video.shape[0], -1))
+  Linear = functools.partial(LinearProbe, 5)
   model, heads = Linear(), (('noun', 3), ('verb', 2))
   rng = np.random.RandomState(2)
   batch = {'video': rng.normal(size=(4, 2, 2, 2, 3)).astype(np.float32),
