@@ -23,13 +23,14 @@ class EncoderBlock(nn.Module):
   droplayer_rate: float = 0.0
   factorised_grid: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'  # the implementation, see layers.attend
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool):
     """`[batch, tokens, hidden]` -> `[batch, tokens, hidden]`."""
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_0')(inputs)
     x = SelfAttention(self.num_heads, self.attention_dropout_rate,
-                      self.factorised_grid, self.dtype,
+                      self.factorised_grid, self.dtype, self.attention,
                       name='MultiHeadDotProductAttention_0')(x, deterministic)
     x = nn.Dropout(self.dropout_rate)(x, deterministic)
     x = inputs + drop_path(self, x, self.droplayer_rate, deterministic)
@@ -52,6 +53,7 @@ class FactorisedSelfAttentionBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   droplayer_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool):
@@ -71,6 +73,7 @@ class FactorisedSelfAttentionBlock(nn.Module):
       seq = seq.reshape(-1, seq_shape[2], hidden)
       y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name=f'LayerNorm_{axis}')(seq)
       y = SelfAttention(self.num_heads, self.attention_dropout_rate, None, self.dtype,
+                        self.attention,
                         name=f'MultiHeadDotProductAttention_{axis}')(y, deterministic)
       y = nn.Dropout(self.dropout_rate)(y, deterministic)
       y = y.reshape(seq_shape)
@@ -109,6 +112,7 @@ class Encoder(nn.Module):
   fsa_stochastic_depth: bool = False
   remat: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -125,7 +129,7 @@ class Encoder(nn.Module):
                   dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate,
                   droplayer_rate=droplayer_rate, dtype=self.dtype,
-                  name=f'encoderblock_{index}')
+                  attention=self.attention, name=f'encoderblock_{index}')
     if self.block == 'factorised_self_attention':
       cls = FactorisedSelfAttentionBlock
       common.update(temporal_dims=self.temporal_dims,

@@ -4,36 +4,149 @@ Parameter layouts follow flax's `nn.MultiHeadDotProductAttention` (and therefore
 scenic): `query/key/value` kernels `[hidden, heads, head_dim]`, `out` kernel
 `[heads, head_dim, hidden]`.
 """
+import functools
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
 
+# Attention implementations (`model.attention`): 'auto' = 'blocked' from this many
+# tokens on (where the full [heads, N, N] matrix costs hundreds of MB), else 'xla'.
+ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'blocked', 'cudnn')
+BLOCKED_MIN_LENGTH = 1024
+KEY_BLOCK = 512
+
+
 def attend(query, key, value, *, dropout_rate: float = 0.0,
-           dropout_rng: Optional[jax.Array] = None):
+           dropout_rng: Optional[jax.Array] = None, implementation: str = 'auto'):
   """Scaled dot-product attention.
 
   Args:
     query, key, value: `[batch, length, heads, head_dim]`.
-    dropout_rate: attention-probability dropout; only applied with `dropout_rng`.
+    dropout_rate: attention-probability dropout; only applied with `dropout_rng`
+      (then the probabilities are materialised, whatever `implementation`).
     dropout_rng: PRNG key, given only in training.
+    implementation: 'xla' (`jax.nn.dot_product_attention`'s XLA path: the full
+      probability matrix), 'blocked' (`blocked_attention`: key blocks with an online
+      softmax, never the full matrix), 'cudnn' (cuDNN flash attention on NVIDIA
+      GPUs, where cuDNN supports the dtype and shape) or 'auto' ('blocked' for
+      `BLOCKED_MIN_LENGTH` tokens or more, else 'xla').
 
   Returns:
     `[batch, length, heads, head_dim]`.
   """
-  if dropout_rng is None or dropout_rate == 0.0:
-    # Fused path: cuDNN flash attention on GPU, XLA elsewhere.
-    return jax.nn.dot_product_attention(query, key, value)
-  depth = query.shape[-1]
-  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(depth).astype(query.dtype)
-  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-  keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-  weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(query.dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+  if dropout_rng is not None and dropout_rate > 0.0:
+    depth = query.shape[-1]
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(depth).astype(query.dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(query.dtype)
+    return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f'unknown attention implementation {implementation!r}; expected '
+                     f'one of {", ".join(ATTENTION_IMPLEMENTATIONS)}')
+  if implementation == 'auto':
+    implementation = 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
+  if implementation == 'blocked':
+    heads_first = lambda x: x.transpose(0, 2, 1, 3)
+    out = blocked_attention(heads_first(query), heads_first(key), heads_first(value),
+                            KEY_BLOCK)
+    return heads_first(out)
+  return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
+
+
+def _key_blocks(x, block: int):
+  """`[b, h, n, d]` -> `[n / block, b, h, block, d]`, zero-padded at the end."""
+  batch, heads, length, depth = x.shape
+  count = -(-length // block)
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, count * block - length), (0, 0)))
+  return x.reshape(batch, heads, count, block, depth).transpose(2, 0, 1, 3, 4)
+
+
+def _real_keys(length: int, block: int):
+  """`[n / block, block]`: False for the padding `_key_blocks` adds."""
+  count = -(-length // block)
+  return (jnp.arange(count * block) < length).reshape(count, block)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def blocked_attention(query, key, value, block: int = KEY_BLOCK):
+  """Softmax attention over `block`-sized chunks of the keys with a running
+  (online) softmax: memory `O(length * block)` instead of `O(length^2)`, forward
+  and backward (the backward recomputes each chunk's probabilities from the saved
+  log-sum-exp, as flash attention does). `[batch, heads, length, head_dim]` in and
+  out; any length (the last chunk is padded and masked)."""
+  return _blocked_forward(query, key, value, block)[0]
+
+
+def _blocked_forward(query, key, value, block):
+  batch, heads, length, depth = query.shape
+  f32 = jnp.float32
+  scaled = query * (1.0 / np.sqrt(depth)).astype(query.dtype)
+
+  def step(carry, chunk):
+    total, running_max, normaliser = carry
+    key_block, value_block, real = chunk
+    logits = jnp.einsum('bhqd,bhkd->bhqk', scaled, key_block, preferred_element_type=f32)
+    logits = jnp.where(real, logits, -jnp.inf)
+    new_max = jnp.maximum(running_max, logits.max(-1))
+    probabilities = jnp.exp(logits - new_max[..., None])
+    rescale = jnp.exp(running_max - new_max)
+    normaliser = normaliser * rescale + probabilities.sum(-1)
+    total = total * rescale[..., None] + jnp.einsum(
+        'bhqk,bhkd->bhqd', probabilities.astype(value.dtype), value_block,
+        preferred_element_type=f32)
+    return (total, new_max, normaliser), None
+  init = (jnp.zeros((batch, heads, length, depth), f32),
+          jnp.full((batch, heads, length), -jnp.inf, f32),
+          jnp.zeros((batch, heads, length), f32))
+  chunks = (_key_blocks(key, block), _key_blocks(value, block),
+            _real_keys(key.shape[2], block))
+  (total, running_max, normaliser), _ = jax.lax.scan(step, init, chunks)
+  out = (total / normaliser[..., None]).astype(query.dtype)
+  return out, (query, key, value, out, running_max + jnp.log(normaliser))
+
+
+def _blocked_backward(block, residuals, grad_out):
+  query, key, value, out, log_sum_exp = residuals
+  batch, heads, length, depth = query.shape
+  f32 = jnp.float32
+  scale = (1.0 / np.sqrt(depth)).astype(query.dtype)
+  scaled = query * scale
+  # d softmax: dlogits = p * (dp - sum(dout * out)).
+  out_dot = jnp.sum(grad_out.astype(f32) * out.astype(f32), -1)
+
+  def step(grad_query, chunk):
+    key_block, value_block, real = chunk
+    logits = jnp.einsum('bhqd,bhkd->bhqk', scaled, key_block, preferred_element_type=f32)
+    probabilities = jnp.where(real, jnp.exp(logits - log_sum_exp[..., None]), 0.0)
+    grad_value = jnp.einsum('bhqk,bhqd->bhkd', probabilities.astype(grad_out.dtype),
+                            grad_out, preferred_element_type=f32)
+    grad_probabilities = jnp.einsum('bhqd,bhkd->bhqk', grad_out, value_block,
+                                    preferred_element_type=f32)
+    grad_logits = (probabilities * (grad_probabilities - out_dot[..., None])).astype(
+        query.dtype)
+    grad_query = grad_query + jnp.einsum('bhqk,bhkd->bhqd', grad_logits, key_block,
+                                         preferred_element_type=f32)
+    grad_key = jnp.einsum('bhqk,bhqd->bhkd', grad_logits, scaled,
+                          preferred_element_type=f32)
+    return grad_query, (grad_key, grad_value)
+  chunks = (_key_blocks(key, block), _key_blocks(value, block),
+            _real_keys(key.shape[2], block))
+  grad_query, (grad_key, grad_value) = jax.lax.scan(
+      step, jnp.zeros((batch, heads, length, depth), f32), chunks)
+  unblock = lambda x: x.transpose(1, 2, 0, 3, 4).reshape(
+      batch, heads, -1, depth)[:, :, :key.shape[2]]
+  return ((grad_query * scale).astype(query.dtype), unblock(grad_key).astype(key.dtype),
+          unblock(grad_value).astype(value.dtype))
+
+
+blocked_attention.defvjp(_blocked_forward, _blocked_backward)
 
 
 def factorised_attend(query, key, value, grid: Tuple[int, int], **kwargs):
@@ -42,7 +155,7 @@ def factorised_attend(query, key, value, grid: Tuple[int, int], **kwargs):
   Args:
     query, key, value: `[batch, time*space, heads, head_dim]`, time-major tokens.
     grid: `(time, space)` token counts.
-    **kwargs: passed to `attend` (dropout).
+    **kwargs: passed to `attend` (dropout, implementation).
 
   Returns:
     `[batch, time*space, heads, head_dim]`, heads in their original order.
@@ -65,11 +178,12 @@ def factorised_attend(query, key, value, grid: Tuple[int, int], **kwargs):
   if kwargs.get('dropout_rng') is not None:
     rngs = list(jax.random.split(kwargs['dropout_rng']))
   rate = kwargs.get('dropout_rate', 0.0)
+  implementation = kwargs.get('implementation', 'auto')
   out_t = attend(over_time(q_t), over_time(k_t), over_time(v_t),
-                 dropout_rate=rate, dropout_rng=rngs[0])
+                 dropout_rate=rate, dropout_rng=rngs[0], implementation=implementation)
   out_t = out_t.reshape(batch, space, time, half, depth).transpose(0, 2, 1, 3, 4)
   out_s = attend(over_space(q_s), over_space(k_s), over_space(v_s),
-                 dropout_rate=rate, dropout_rng=rngs[1])
+                 dropout_rate=rate, dropout_rng=rngs[1], implementation=implementation)
   out_t = out_t.reshape(batch, time * space, half, depth)
   out_s = out_s.reshape(batch, time * space, half, depth)
   return jnp.concatenate([out_t, out_s], axis=2)
@@ -83,11 +197,13 @@ class SelfAttention(nn.Module):
     dropout_rate: attention-probability dropout.
     factorised_grid: `(time, space)` for model 4's head-factorised attention,
       None for full attention over the sequence.
+    implementation: see `attend`.
   """
   num_heads: int
   dropout_rate: float = 0.0
   factorised_grid: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
+  implementation: str = 'auto'
 
   @nn.compact
   def __call__(self, x, deterministic: bool):
@@ -104,7 +220,8 @@ class SelfAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0:
       dropout_rng = self.make_rng('dropout')
-    kwargs = dict(dropout_rate=self.dropout_rate, dropout_rng=dropout_rng)
+    kwargs = dict(dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                  implementation=self.implementation)
     if self.factorised_grid is None:
       out = attend(query, key, value, **kwargs)
     else:

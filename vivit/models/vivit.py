@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from vivit.models.encoder import Encoder
+from vivit.models.layers import ATTENTION_IMPLEMENTATIONS
 
 Dtype = Any
 
@@ -122,6 +123,7 @@ class VideoTransformer(nn.Module):
   fsa_stochastic_depth: bool = False
   remat: bool = False
   dtype: Dtype = jnp.float32
+  attention: str = 'auto'
 
   def encode(self, x, name: str, train: bool, per_frame: bool = False, **encoder_args):
     """Optional CLS token, then an `Encoder`: `[n, tokens, hidden]` -> pooled
@@ -145,7 +147,8 @@ class VideoTransformer(nn.Module):
                 attention_dropout_rate=self.attention_dropout_rate,
                 stochastic_depth=self.stochastic_depth,
                 fsa_stochastic_depth=self.fsa_stochastic_depth, remat=self.remat,
-                dtype=self.dtype, name=name, **encoder_args)(x, train)
+                dtype=self.dtype, attention=self.attention, name=name,
+                **encoder_args)(x, train)
     return _pool(x, self.classifier)
 
   def tokens(self, video):
@@ -214,6 +217,7 @@ def validate_model_config(config: ml_collections.ConfigDict) -> None:
   choice('classifier', CLASSIFIERS)
   choice('tubelet_init', TUBELET_INITS)
   choice('dtype', tuple(DTYPES))
+  choice('attention', ATTENTION_IMPLEMENTATIONS)
   if config.classifier == 'token' and config.variant in (
       'factorised_self_attention', 'factorised_dot_product'):
     raise ValueError(f"model.classifier='token' is not defined for variant "
@@ -250,7 +254,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
       attention_dropout_rate=config.attention_dropout_rate,
       stochastic_depth=config.stochastic_depth,
       fsa_stochastic_depth=config.get('fsa_stochastic_depth', False),
-      remat=config.remat, dtype=DTYPES[config.dtype])
+      remat=config.remat, dtype=DTYPES[config.dtype],
+      attention=config.get('attention', 'auto'))
   if config.variant == 'factorised_encoder':
     return FactorisedEncoderViViT(
         temporal_num_layers=config.temporal.num_layers,
