@@ -19,7 +19,7 @@ Dtype = Any
 # tokens on (where the full [heads, N, N] matrix costs hundreds of MB), else 'xla'.
 ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'blocked', 'cudnn')
 BLOCKED_MIN_LENGTH = 1024
-KEY_BLOCK = 512
+KEY_BLOCK = 128  # fastest of 32..1024 on this CPU (3137 tokens, 12 heads)
 
 
 def attend(query, key, value, *, dropout_rate: float = 0.0,
