@@ -22,7 +22,7 @@ def tiny_config(variant='spatio_temporal', embedding='tubelet', classifier=None,
                             input_size=INPUT_SIZE, embedding=embedding)
   config.temporal.update(num_layers=2, num_heads=2, mlp_dim=20)
   if embedding == 'frame':
-    config.num_sampled_frames = 2
+    config.num_sampled_frames = 3  # scenic samples frames 1, 2, 3 of 4
   if classifier:
     config.classifier = classifier
   config.update(overrides)

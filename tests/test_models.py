@@ -274,6 +274,9 @@ def test_uniform_frame_sampling_is_scenics():
   assert sampled_frame_indices(10, 3) == [2, 5, 8]  # 2.5 -> 2, 7.5 -> 8
   assert sampled_frame_indices(16, 8) == [2, 4, 5, 7, 9, 11, 12, 14]
   assert sampled_frame_indices(8, 8) == list(range(8))
+  # scenic's float32 arange gives 3 frames for (4, 2): refused, not silently changed.
+  with pytest.raises(ValueError, match='scenic samples 3 frames, not num_sampled_frames=2'):
+    sampled_frame_indices(4, 2)
 
 
 @pytest.mark.parametrize('variant', ['spatio_temporal', 'factorised_encoder',

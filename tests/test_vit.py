@@ -98,7 +98,7 @@ def test_model_2_spatial_encoder_is_the_vit_and_every_variant_loads(vit):
         source['Transformer'][f'encoderblock_{i}']['MlpBlock_0']['Dense_1']['kernel'])
   np.testing.assert_array_equal(params['cls_SpatialTransformer'], source['cls'])
   for config in (fe, model_config('Ti/8x2-FDP', frames=4),
-                 model_config(frames=4, embedding='frame', num_sampled_frames=2),
+                 model_config(frames=4, embedding='frame', num_sampled_frames=3),
                  model_config(frames=4, size=24)):
     posemb = 'resize_tile' if config.input_size[1] == 24 else 'tile'
     params = from_vit(hf_dir, config, posemb=posemb, kernel_init='average_frame')

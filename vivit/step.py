@@ -85,7 +85,7 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
     return loss_and_metrics(logits, targets, labels, heads)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  group = training.get('grad_clip_group')
+  group = training.get('grad_clip_group') if training.get('grad_clip') else None
   if group:
     # Scenic clips each device's gradient before averaging over devices; here each
     # group of `group` examples is one such device, whatever the devices are.

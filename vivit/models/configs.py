@@ -46,7 +46,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   config.attention_order = 'time_space'  # model 3: 'time_space' or 'space_time'
   # Model 3: stochastic depth inside its blocks too (scenic applies none there).
   config.fsa_stochastic_depth = False
-  config.classifier = 'token'        # 'token' or 'gap'
+  config.classifier = 'token'        # 'token', or 'gap' / 'gmp' / 'gsp' pooling
   config.representation_size = config_dict.placeholder(int)
   config.num_classes = 400
   config.dropout_rate = 0.0

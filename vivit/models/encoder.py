@@ -115,7 +115,7 @@ class Encoder(nn.Module):
   attention: str = 'auto'
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool):
     """`[batch, tokens, hidden]` -> `[batch, tokens, hidden]`."""
     x = PositionEmbedding(name='posembed_input')(x)
     x = nn.Dropout(self.dropout_rate)(x, not train)

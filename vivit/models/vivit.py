@@ -6,6 +6,7 @@ Every model maps a video `[batch, time, height, width, 3]` in [-1, 1] to logits
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -40,12 +41,20 @@ def _tubelet_init(method: str):
 
 
 def sampled_frame_indices(num_frames: int, num_sampled: int):
-  """Uniform frame sampling as scenic's `sample_frames_uniformly`: frames
-  `round(k * T / (n + 1))` for k = 1..n (halves to even); all T when n >= T."""
+  """Uniform frame sampling exactly as scenic's `sample_frames_uniformly`: frames
+  `round(k * T / (n + 1))`, k = 1, 2, ... (a float32 `arange`, halves to even); all T
+  when n >= T. Where float32 rounding makes that n + 1 frames, an error."""
   if num_sampled >= num_frames:
     return list(range(num_frames))
-  return [min(int(np.round(k * num_frames / (num_sampled + 1))), num_frames - 1)
-          for k in range(1, num_sampled + 1)]
+  step = num_frames / (num_sampled + 1)
+  with jax.ensure_compile_time_eval():  # static indices, also inside jit
+    indices = jnp.minimum(jnp.round(jnp.arange(step, num_frames, step, dtype=jnp.float32)),
+                          num_frames - 1).astype(jnp.int32).tolist()
+  if len(indices) != num_sampled:
+    raise ValueError(f'scenic samples {len(indices)} frames, not num_sampled_frames='
+                     f'{num_sampled}, from a {num_frames}-frame clip; choose another '
+                     f'frame count')
+  return indices
 
 
 def tokenise(video, *, hidden_size: int, embedding: str, tubelet: Tuple[int, int, int],
