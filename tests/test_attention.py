@@ -31,6 +31,27 @@ def test_blocked_attention_values_and_gradients(length, block):
     np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
 
 
+def test_blocked_attention_bfloat16():
+  """bfloat16 in and out, float32 softmax statistics and accumulation inside: within
+  bfloat16's resolution of float32 attention on the same (rounded) inputs."""
+  rng = np.random.RandomState(0)
+  query, key, value, weights = (
+      jnp.asarray(rng.normal(size=(1, 2, 300, 64)), jnp.bfloat16) for _ in range(4))
+  blocked = lambda q, k, v: layers.blocked_attention(q, k, v, 32)
+  wide = lambda *x: [y.astype(jnp.float32) for y in x]
+  out = blocked(query, key, value)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32),
+                             plain_attention(*wide(query, key, value)), atol=2e-2, rtol=0)
+  loss = lambda fn: lambda *qkv: jnp.sum(fn(*qkv).astype(jnp.float32) * weights)
+  got = jax.grad(loss(blocked), argnums=(0, 1, 2))(query, key, value)
+  want = jax.grad(loss(plain_attention), argnums=(0, 1, 2))(*wide(query, key, value))
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.bfloat16
+    error = jnp.linalg.norm(g.astype(jnp.float32) - w) / jnp.linalg.norm(w)
+    assert error < 1e-2, error
+
+
 def test_auto_blocks_long_sequences_only():
   def uses_scan(length):
     x = jnp.zeros((1, length, 2, 4))

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import reference
-from conftest import random_params, random_video, tiny_config
+from conftest import INPUT_SIZE, random_params, random_video, tiny_config
 from vivit.models import (build_model, check_params, get_model_config, init_params,
-                          param_shapes, vivit_b_16x2, vivit_b_16x2_fe, vivit_l_16x2_fe)
+                          param_shapes, pixels_to_unit_range, vivit_b_16x2,
+                          vivit_b_16x2_fe, vivit_l_16x2_fe)
 
 
 def test_forward_backward_shapes_and_reference(variant_case):
@@ -106,6 +107,17 @@ def test_factorised_param_counts_match_formula():
                 + 2 * dl + dl + (steps + 1) * dl + 24 * _block(dl, mlpl) + 2 * dl
                 + dl * classes + classes)
   assert _count(param_shapes(l_fe)) == expected_l
+
+
+def test_uint8_pixels_are_mapped_to_the_unit_range_on_device():
+  pixels = np.random.RandomState(0).randint(0, 256, (2, *INPUT_SIZE, 3)).astype(np.uint8)
+  floats = pixels.astype(np.float32) / 127.5 - 1.0
+  np.testing.assert_allclose(pixels_to_unit_range(pixels), floats, atol=1e-6)
+  np.testing.assert_array_equal(pixels_to_unit_range(floats), floats)  # floats: as they are
+  config = tiny_config('spatio_temporal')
+  model, params = build_model(config), random_params(config)
+  np.testing.assert_allclose(model.apply({'params': params}, pixels),
+                             model.apply({'params': params}, floats), atol=1e-5)
 
 
 @pytest.mark.parametrize('variant,classifier', [

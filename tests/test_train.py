@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from ml_collections import ConfigDict
 
-from vivit import evaluate, optim
+from vivit import evaluate, optim, sharding
 from vivit.recipes import load_config
 from vivit.data import pipeline
 from vivit.models import init_params
@@ -424,3 +424,21 @@ def test_train_step_two_heads_with_mixup_and_label_smoothing():
     expected += -np.mean(np.sum(targets * log_probs, -1))
   assert float(metrics['loss']) == pytest.approx(expected, rel=1e-5)
   assert set(metrics) >= {'noun_accuracy', 'verb_accuracy', 'accuracy'}
+
+
+def test_prefetch_keeps_order_and_reads_a_bounded_number_ahead():
+  pulled = []
+
+  def host_batches():
+    for i in range(5):
+      pulled.append(i)
+      yield {'video': np.full((2, 3), i, np.uint8), 'label': np.array([i, i])}
+  mesh = sharding.make_mesh(ConfigDict(dict(fsdp=1)))
+  batches = sharding.prefetch(host_batches(), sharding.batch_sharding(mesh), size=2,
+                              keys=('video',))
+  first = next(batches)
+  assert pulled == [0, 1, 2]  # the one handed out and two in flight
+  assert isinstance(first['video'], jax.Array) and first['video'].dtype == np.uint8
+  assert isinstance(first['label'], np.ndarray)
+  rest = list(batches)
+  assert [int(b['video'][0, 0]) for b in [first] + rest] == [0, 1, 2, 3, 4]

@@ -83,9 +83,10 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
   batch_sharding = sharding.batch_sharding(mesh)
   all_logits, all_labels = [], []
   host_batch = batch_size // jax.process_count()
-  for batch in pipeline.eval_batches(dataset_config, split, host_batch, num_clips, num_crops):
-    videos = jax.make_array_from_process_local_data(batch_sharding, batch['video'])
-    logits = np.asarray(logits_fn(params, videos))
+  host_batches = pipeline.eval_batches(dataset_config, split, host_batch, num_clips,
+                                      num_crops)
+  for batch in sharding.prefetch(host_batches, batch_sharding, keys=('video',)):
+    logits = np.asarray(logits_fn(params, batch['video']))
     labels, mask = batch['label'], batch['mask']
     if jax.process_count() > 1:
       labels = multihost_utils.process_allgather(labels, tiled=True)

@@ -66,7 +66,7 @@ def parse_views(text: str) -> Tuple[int, int]:
 
 def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resize: int,
                 crop_size: int, num_clips: int, num_crops: int) -> np.ndarray:
-  """`[views, num_frames, crop, crop, 3]` in [-1, 1]: the evaluation's views of the
+  """`[views, num_frames, crop, crop, 3]` uint8: the evaluation's views of the
   video file at `path` (VideoError if it cannot be decoded)."""
   import tensorflow as tf
   from vivit.data import decode, transforms

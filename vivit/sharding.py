@@ -3,6 +3,9 @@
 The mesh has a `data` axis (batch) and an `fsdp` axis (batch too, and parameters and
 optimiser state sharded along their largest divisible dimension).
 """
+import collections
+from typing import Dict, Iterator, Optional, Sequence
+
 import jax
 import ml_collections
 import numpy as np
@@ -62,3 +65,17 @@ def global_batch(batch, sharding: NamedSharding):
   """Host-local numpy arrays -> one global jax.Array per entry."""
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def prefetch(batches: Iterator[Dict[str, np.ndarray]], sharding: NamedSharding,
+             size: int = 2, keys: Optional[Sequence[str]] = None) -> Iterator[Dict]:
+  """Host batches with their `keys` entries (default: all) made global arrays on the
+  devices, `size` batches ahead: transfers are asynchronous, so the next batches
+  cross while the current step runs. Other entries stay host-local numpy."""
+  in_flight = collections.deque()
+  for batch in batches:
+    on_device = {k: v for k, v in batch.items() if keys is None or k in keys}
+    in_flight.append({**batch, **global_batch(on_device, sharding)})
+    if len(in_flight) > size:
+      yield in_flight.popleft()
+  yield from in_flight

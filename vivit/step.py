@@ -12,6 +12,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from vivit.models import pixels_to_unit_range
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -77,7 +79,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
       targets = jnp.concatenate(
           [optax.smooth_labels(targets[:, part], training.label_smoothing)
            for _, part in head_slices(heads)], axis=-1)
-  if training.mixup:
+  if training.mixup:  # on pixel values, not on uint8 codes
+    video = pixels_to_unit_range(video)
     video, targets = mixup(mix_rng, video, targets, training.mixup)
 
   def loss_fn(params, video, targets, labels, rng):

@@ -139,7 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   logits_fn = evaluate.make_logits_fn(model, mesh)
   writer = MetricWriter(workdir)
   host_batch = training.batch_size // jax.process_count()
-  batches = pipeline.train_batches(config.dataset, host_batch, config.seed, start)
+  batches = sharding.prefetch(
+      pipeline.train_batches(config.dataset, host_batch, config.seed, start), batch_sharding)
 
   stop = {'signal': None}
   previous_handler = signal.signal(signal.SIGTERM,
@@ -148,8 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   window, window_start, run_start = [], time.time(), time.time()
   try:
     while step < total_steps:
-      batch = sharding.global_batch(next(batches), batch_sharding)
-      state, metrics = step_fn(state, batch)
+      state, metrics = step_fn(state, next(batches))
       step += 1
       window.append(metrics)
       if step % training.log_every == 0 or step == total_steps:

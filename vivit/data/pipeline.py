@@ -9,7 +9,7 @@ before. Host memory is bounded by the batches in flight, not by the dataset.
 DMVR-style tfrecords (scenic's format) stream through `vivit.data.dmvr` instead.
 
 Batches are host-local numpy dicts:
-  train: video `[batch, time, height, width, 3]` float32 in [-1, 1], label `[batch]`
+  train: video `[batch, time, height, width, 3]` uint8 pixels, label `[batch]`
          (`[batch, heads]` with several label keys)
   eval:  video `[batch, views, time, height, width, 3]`, label, mask `[batch]`
          (mask 0 marks padding in the last batch).

@@ -131,9 +131,10 @@ def colour_augment(video, probability: float, drop_probability: float, seed):
   return video
 
 
-def zero_centre(video):
-  """uint8 or [0, 255] pixels -> float32 in [-1, 1] (scenic's convention)."""
-  return tf.cast(video, tf.float32) / 127.5 - 1.0
+def to_pixels(video):
+  """Float pixels in [0, 255] -> uint8, rounded: what crosses to the device, where
+  `vivit.models.pixels_to_unit_range` maps it to scenic's [-1, 1]."""
+  return tf.cast(tf.round(tf.clip_by_value(video, 0.0, 255.0)), tf.uint8)
 
 
 # RandAugment (Cubuk et al., 2020) as the ViViT recipes use it through scenic
@@ -317,7 +318,7 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
                scale_range: Sequence[float], flip: bool, seed,
                randaugment: Optional[Tuple[int, float]] = None,
                colour_probability: float = 0.0, colour_drop: float = 0.0):
-  """One augmented training clip `[num_frames, crop, crop, 3]` in [-1, 1], in
+  """One augmented training clip `[num_frames, crop, crop, 3]`, uint8, in
   scenic's order: random clip, short side to `min_resize`, scale jitter, random
   crop, flip, RandAugment (`(num_layers, magnitude)`, on [0, 255]), colour
   augmentation (`colour_augment`, on [0, 1])."""
@@ -338,13 +339,13 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
     video = _randaugment(video, *randaugment,
                          seed=tf.random.experimental.stateless_fold_in(seed, 4))
   video = colour_augment(video / 255.0, colour_probability, colour_drop, colour_seed)
-  return video * 2.0 - 1.0
+  return to_pixels(video * 255.0)
 
 
 def test_views(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
                num_clips: int, num_crops: int):
   """Every view of the multi-view test: `[clips * crops, num_frames, crop, crop, 3]`,
-  clip-major, in [-1, 1]."""
+  clip-major, uint8."""
   count = tf.shape(video)[0]
   views = []
   offsets = test_offsets(count, num_frames, stride, num_clips)
@@ -352,4 +353,4 @@ def test_views(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
     clip = gather_frames(video, clip_indices(count, num_frames, stride, offsets[i]))
     clip = resize_short_side(tf.cast(clip, tf.float32), min_resize)
     views.append(spatial_crops(clip, crop_size, num_crops))
-  return zero_centre(tf.concat(views, axis=0))
+  return to_pixels(tf.concat(views, axis=0))

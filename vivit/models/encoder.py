@@ -4,7 +4,7 @@ from typing import Any, Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vivit.models.layers import MlpBlock, SelfAttention, drop_path
+from vivit.models.layers import LayerNorm, MlpBlock, SelfAttention, drop_path
 
 Dtype = Any
 LN_EPS = 1e-6
@@ -28,13 +28,13 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, inputs, deterministic: bool):
     """`[batch, tokens, hidden]` -> `[batch, tokens, hidden]`."""
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_0')(inputs)
+    x = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_0')(inputs)
     x = SelfAttention(self.num_heads, self.attention_dropout_rate,
                       self.factorised_grid, self.dtype, self.attention,
                       name='MultiHeadDotProductAttention_0')(x, deterministic)
     x = nn.Dropout(self.dropout_rate)(x, deterministic)
     x = inputs + drop_path(self, x, self.droplayer_rate, deterministic)
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_1')(x)
+    y = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_1')(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock_0')(
         y, deterministic)
     return x + drop_path(self, y, self.droplayer_rate, deterministic)
@@ -71,7 +71,7 @@ class FactorisedSelfAttentionBlock(nn.Module):
       seq = x.transpose(0, 2, 1, 3) if axis == 'time' else x
       seq_shape = seq.shape
       seq = seq.reshape(-1, seq_shape[2], hidden)
-      y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name=f'LayerNorm_{axis}')(seq)
+      y = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name=f'LayerNorm_{axis}')(seq)
       y = SelfAttention(self.num_heads, self.attention_dropout_rate, None, self.dtype,
                         self.attention,
                         name=f'MultiHeadDotProductAttention_{axis}')(y, deterministic)
@@ -81,7 +81,7 @@ class FactorisedSelfAttentionBlock(nn.Module):
         y = y.transpose(0, 2, 1, 3)
       x = x + drop_path(self, y, self.droplayer_rate, deterministic)
     x = x.reshape(batch, tokens, hidden)
-    y = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_mlp')(x)
+    y = LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='LayerNorm_mlp')(x)
     y = MlpBlock(self.mlp_dim, self.dropout_rate, self.dtype, name='MlpBlock')(
         y, deterministic)
     return x + drop_path(self, y, self.droplayer_rate, deterministic)
@@ -122,7 +122,7 @@ class Encoder(nn.Module):
     for i in range(self.num_layers):
       rate = i / max(self.num_layers - 1, 1) * self.stochastic_depth
       x = self._block(i, rate, x.shape)(x, not train)
-    return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='encoder_norm')(x)
+    return LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name='encoder_norm')(x)
 
   def _block(self, index: int, droplayer_rate: float, shape):
     common = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,

@@ -1,7 +1,7 @@
 """ViViT models (Arnab et al., 2021): tokenisers, the four variants, heads.
 
-Every model maps a video `[batch, time, height, width, 3]` in [-1, 1] to logits
-`[batch, num_classes]` (float32, whatever the compute dtype).
+Every model maps a video `[batch, time, height, width, 3]` (uint8 pixels, or floats in
+[-1, 1]) to logits `[batch, num_classes]` (float32, whatever the compute dtype).
 """
 from typing import Any, Optional, Tuple
 
@@ -113,6 +113,15 @@ def classify(x, *, num_classes: int, representation_size: Optional[int]):
                   name='output_projection')(x)
 
 
+def pixels_to_unit_range(video, dtype=jnp.float32):
+  """uint8 pixels -> `dtype` in [-1, 1] (scenic's input range); floats are taken to
+  be in that range already and only cast. Batches cross to the device as uint8 (a
+  quarter of float32's bytes) and are converted here, on the device."""
+  if video.dtype == jnp.uint8:
+    return (video.astype(jnp.float32) / 127.5 - 1.0).astype(dtype)
+  return jnp.asarray(video, dtype)
+
+
 class VideoTransformer(nn.Module):
   """Fields shared by every variant (see `vivit.models.configs`)."""
   num_classes: int
@@ -161,8 +170,9 @@ class VideoTransformer(nn.Module):
     return _pool(x, self.classifier)
 
   def tokens(self, video):
-    """`[batch, time, height, width, 3]` -> `[batch, t', h', w', hidden]`."""
-    return tokenise(jnp.asarray(video, self.dtype), hidden_size=self.hidden_size,
+    """`[batch, time, height, width, 3]` (uint8 pixels or floats in [-1, 1]) ->
+    `[batch, t', h', w', hidden]`."""
+    return tokenise(pixels_to_unit_range(video, self.dtype), hidden_size=self.hidden_size,
                     embedding=self.embedding, tubelet=self.tubelet,
                     num_sampled_frames=self.num_sampled_frames,
                     tubelet_init=self.tubelet_init, dtype=self.dtype)
