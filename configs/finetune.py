@@ -41,7 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
       grad_clip_group=config_dict.placeholder(int),  # None: clip the batch's gradient
       label_smoothing=0.1,
       mixup=0.0, log_every=50, eval_every=500, checkpoint_every=500,
-      keep_checkpoints=2))
+      keep_checkpoints=2,
+      nonfinite='stop'))  # or 'skip': steps with a non-finite update are skipped
   config.eval = ml_collections.ConfigDict(dict(batch_size=16, num_clips=4, num_crops=3))
-  config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  config.mesh = ml_collections.ConfigDict(dict(
+      fsdp=1,  # devices per FSDP group; the rest of the mesh is data-parallel
+      fsdp_min_size=2 ** 12))  # smaller parameters stay replicated
   return config

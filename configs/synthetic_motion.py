@@ -46,8 +46,11 @@ def get_config(variant: str = 'spatio_temporal') -> ml_collections.ConfigDict:
       weight_decay=1e-4, schedule='cosine', grad_clip=1.0,
       grad_clip_group=config_dict.placeholder(int),  # None: clip the batch's gradient
       label_smoothing=0.0,
-      mixup=0.0, log_every=100, eval_every=1000, checkpoint_every=1000, keep_checkpoints=2))
+      mixup=0.0, log_every=100, eval_every=1000, checkpoint_every=1000, keep_checkpoints=2,
+      nonfinite='stop'))  # or 'skip': steps with a non-finite update are skipped
 
   config.eval = ml_collections.ConfigDict(dict(batch_size=32, num_clips=2, num_crops=3))
-  config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  config.mesh = ml_collections.ConfigDict(dict(
+      fsdp=1,  # devices per FSDP group; the rest of the mesh is data-parallel
+      fsdp_min_size=2 ** 12))  # smaller parameters stay replicated
   return config

@@ -35,7 +35,8 @@ def tiny_overrides(data_dir, **extra):
       'model.hidden_size': 16, 'model.num_layers': 1, 'model.mlp_dim': 32,
       'training.batch_size': 8, 'training.num_steps': 12, 'training.log_every': 1,
       'training.eval_every': 6, 'training.checkpoint_every': 2,
-      'eval.batch_size': 8, 'eval.num_clips': 2, 'eval.num_crops': 1}
+      'eval.batch_size': 8, 'eval.num_clips': 2, 'eval.num_crops': 1,
+      'mesh.fsdp_min_size': 0}  # tiny parameters: shard them all under FSDP
   values.update(extra)
   return values
 
@@ -72,8 +73,15 @@ def read_metrics(workdir, split='train'):
 
 
 def final_params(workdir, step):
+  """The params of checkpoint `step`, on this process's first device whatever
+  topology saved them."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as checkpointer:
-    state = checkpointer.restore(os.path.join(workdir, 'checkpoints', str(step), 'default'))
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        checkpointer.metadata(path).item_metadata)
+    state = checkpointer.restore(path, target)
   return state['params']
 
 

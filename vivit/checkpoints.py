@@ -10,6 +10,7 @@ never leaves a half-written `params/`.
 """
 import json
 import os
+import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
@@ -138,6 +139,66 @@ def train_managers(workdir: str, keep: int):
   return last, best_manager(workdir)
 
 
+class WorkdirLock:
+  """An exclusive lock on a training workdir (`WORKDIR/.lock`, an OS file lock, so
+  it dies with its process: a crashed run leaves nothing to clean up). Taken by
+  process 0 only: the hosts of one run share the workdir."""
+
+  def __init__(self, workdir: str):
+    self._path = os.path.join(workdir, '.lock')
+    self._file = None
+
+  def __enter__(self):
+    if jax.process_index():
+      return self
+    import fcntl
+    os.makedirs(os.path.dirname(self._path), exist_ok=True)
+    self._file = open(self._path, 'a+')
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or 'another process'
+      self._file.close()
+      raise RuntimeError(f'workdir {os.path.dirname(self._path)} is in use by another '
+                         f'training ({holder}); wait for it to finish or use another '
+                         f'--workdir') from None
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f'pid {os.getpid()} on {os.uname().nodename}, since '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self._file is not None:
+      self._file.close()  # releases the lock
+
+
+def restore_latest(manager: ocp.CheckpointManager, target):
+  """(step, state) of the newest checkpoint of `manager` that reads back, trying
+  older ones with a warning naming each that does not (truncated, corrupted), or
+  (None, None) when there is none. An unreadable checkpoint is moved to
+  `<dir>/../unreadable_checkpoints/` so that training can save that step again."""
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # pylint: disable=broad-except  (any damage reads differently)
+      path = os.path.join(str(manager.directory), str(step))
+      reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+      print(f'warning: checkpoint {path} cannot be read ({type(e).__name__}: {reason}); '
+            f'trying the one before it', flush=True)
+      if jax.process_index() == 0:
+        aside = os.path.join(os.path.dirname(str(manager.directory)), 'unreadable_checkpoints')
+        os.makedirs(aside, exist_ok=True)
+        os.replace(path, os.path.join(aside, f'{step}-{int(time.time())}'))
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f'unreadable checkpoint {step}')
+      manager.reload()
+  return None, None
+
+
 def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -> None:
   """Records the model config in `workdir`, or raises ValueError naming the params
   that differ from the one a checkpoint there was written with."""
@@ -149,8 +210,9 @@ def check_workdir_model(workdir: str, model_config: ml_collections.ConfigDict) -
     except ValueError as e:
       raise ValueError(f'workdir {workdir} holds checkpoints of a different model; '
                        f'use a new --workdir or the same model config. {e}') from None
-  os.makedirs(workdir, exist_ok=True)
-  _write_atomically(path, model_config_to_json(model_config))
+  if jax.process_index() == 0:  # one writer: hosts share the workdir
+    os.makedirs(workdir, exist_ok=True)
+    _write_atomically(path, model_config_to_json(model_config))
 
 
 def restore_best_params(workdir: str, abstract_params) -> Tuple[int, Params]:

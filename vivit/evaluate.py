@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from vivit import checkpoints, sharding
@@ -30,11 +29,14 @@ def average_views(logits):
 
 
 def make_logits_fn(model, mesh):
-  """Compiled `(params, videos [batch, views, T, H, W, 3]) -> [batch, classes]`."""
-  def logits_fn(params, videos):
-    batch, views = videos.shape[:2]
-    logits = model.apply({'params': params}, videos.reshape((batch * views,) + videos.shape[2:]))
-    return average_views(logits.reshape(batch, views, -1))
+  """Compiled `(params, videos [batch, views, T, H, W, 3], *extras) -> (logits [batch,
+  classes], *extras)`. Views are run one at a time (a 4x3-view batch of 64 videos
+  is 12 passes of 64 clips, not one of 768). `extras` (labels, masks) come back
+  replicated, in the same order as the logits whatever the device layout."""
+  def logits_fn(params, videos, *extras):
+    by_view = jnp.moveaxis(videos, 1, 0)  # [views, batch, T, H, W, 3]
+    logits = jax.lax.map(lambda clips: model.apply({'params': params}, clips), by_view)
+    return (average_views(jnp.moveaxis(logits, 0, 1)),) + extras
   return jax.jit(logits_fn, out_shardings=sharding.replicated(mesh))
 
 
@@ -70,8 +72,8 @@ def multi_head_metrics(logits: np.ndarray, labels: np.ndarray, heads) -> Dict[st
 
 def scalar_metrics(result: Dict[str, Any]) -> Dict[str, float]:
   """The headline numbers of an evaluation, for logs: top-1, top-5 and per-head
-  accuracies."""
-  return {k: v for k, v in result.items() if k.endswith(('top1', 'top5'))}
+  accuracies, and the number of videos."""
+  return {k: v for k, v in result.items() if k.endswith(('top1', 'top5', 'num_videos'))}
 
 
 def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict, split: str,
@@ -82,15 +84,11 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
   sharding.check_batch_size(batch_size, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   all_logits, all_labels = [], []
-  host_batch = batch_size // jax.process_count()
-  host_batches = pipeline.eval_batches(dataset_config, split, host_batch, num_clips,
-                                      num_crops)
-  for batch in sharding.prefetch(host_batches, batch_sharding, keys=('video',)):
-    logits = np.asarray(logits_fn(params, batch['video']))
-    labels, mask = batch['label'], batch['mask']
-    if jax.process_count() > 1:
-      labels = multihost_utils.process_allgather(labels, tiled=True)
-      mask = multihost_utils.process_allgather(mask, tiled=True)
+  host_batches = pipeline.eval_batches(dataset_config, split, batch_size, num_clips,
+                                       num_crops)
+  for batch in sharding.prefetch(host_batches, batch_sharding):
+    logits, labels, mask = (np.asarray(x) for x in logits_fn(
+        params, batch['video'], batch['label'], batch['mask']))
     keep = mask > 0
     all_logits.append(logits[keep])
     all_labels.append(labels[keep])
@@ -167,15 +165,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
     stored = checkpoints.load_model_config(workdir)
     config.model = stored if stored is not None else config.model
   labels_info, _ = pipeline.open_dataset(config, split)  # fits the clip size to the data
+  mesh = sharding.make_mesh(config.mesh)
   if not checkpoint:
     model_config = config.model
-    step, params = checkpoints.restore_best_params(workdir, param_shapes(model_config))
+    step, params = checkpoints.restore_best_params(
+        workdir, sharding.sharded_shapes(
+            mesh, param_shapes(model_config),
+            config.mesh.get('fsdp_min_size', sharding.FSDP_MIN_SIZE)))
     source = f'{workdir}/best/{step}'
   elif tuple(config.model.input_size) != tuple(model_config.input_size):
     print(f'resizing the position embeddings of {checkpoint} from clips '
           f'{tuple(model_config.input_size)} to {tuple(config.model.input_size)}')
     params, model_config = resize_params(params, model_config, config.model), config.model
-  mesh = sharding.make_mesh(config.mesh)
   result = evaluate_split(make_logits_fn(build_model(model_config), mesh), params,
                           config.dataset, split, config.eval.batch_size, labels_info,
                           mesh, config.eval.num_clips, config.eval.num_crops)
@@ -212,6 +213,8 @@ def define_flags() -> None:
                       'or another training workdir to evaluate instead of the workdir '
                       'best.')
   flags.DEFINE_string('split', None, 'Split to evaluate (default config.dataset.test_split).')
+  flags.DEFINE_bool('distributed', False,
+                    'Call jax.distributed.initialize() (one process per host).')
 
 
 def main(argv) -> None:
@@ -219,6 +222,8 @@ def main(argv) -> None:
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
   if FLAGS.config is None or FLAGS.workdir is None:
     sys.exit('usage: python -m vivit.evaluate --config configs/X.py --workdir DIR')
+  if FLAGS.distributed:
+    sharding.initialize_distributed()
   config = FLAGS.config
   config.unlock()
   run(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split)

@@ -1,4 +1,8 @@
 """Optimiser and learning-rate schedule from `config.training`."""
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -41,4 +45,39 @@ def make_optimizer(training: ml_collections.ConfigDict, total_steps: int,
   else:
     raise ValueError(f"unknown training.optimizer {training.optimizer!r}; expected "
                      f"'sgd' or 'adamw'")
-  return optax.chain(*parts), schedule
+  optimizer = optax.chain(*parts)
+  nonfinite = training.get('nonfinite', 'stop')
+  if nonfinite == 'skip':
+    optimizer = skip_nonfinite(optimizer)
+  elif nonfinite != 'stop':
+    raise ValueError(f"unknown training.nonfinite {nonfinite!r}; expected 'stop' (end "
+                     f"training at a non-finite loss) or 'skip' (skip such steps)")
+  return optimizer, schedule
+
+
+class SkipState(NamedTuple):
+  inner_state: Any
+  skipped: jax.Array  # steps skipped so far
+
+
+def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner`, except that a step whose update is not finite (a NaN gradient, or a
+  learning rate or statistic gone bad) leaves the params and `inner`'s state as they
+  were, and is counted. (optax.apply_if_finite checks the gradient only.)"""
+  def init(params):
+    return SkipState(inner.init(params), jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    new_updates, inner_state = inner.update(updates, state.inner_state, params)
+    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(u))
+                                  for u in jax.tree_util.tree_leaves(new_updates)]))
+    keep = lambda new, old: jnp.where(finite, new, old)
+    return (jax.tree_util.tree_map(lambda u: keep(u, jnp.zeros_like(u)), new_updates),
+            SkipState(jax.tree_util.tree_map(keep, inner_state, state.inner_state),
+                      state.skipped + (~finite).astype(jnp.int32)))
+  return optax.GradientTransformation(init, update)
+
+
+def skipped_steps(opt_state) -> int:
+  """Steps skipped for a non-finite update so far (`training.nonfinite='skip'`)."""
+  return int(opt_state.skipped) if isinstance(opt_state, SkipState) else 0

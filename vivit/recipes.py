@@ -81,9 +81,12 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
       # 8-core TPU host), so the result does not depend on the devices used.
       grad_clip_group=8, label_smoothing=label_smoothing,
       mixup=mixup, log_every=100, eval_every=5000, checkpoint_every=1000,
-      keep_checkpoints=3))
+      keep_checkpoints=3,
+      nonfinite='stop'))  # or 'skip': steps with a non-finite update are skipped
   config.eval = ml_collections.ConfigDict(dict(batch_size=64, num_clips=4, num_crops=3))
-  config.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  config.mesh = ml_collections.ConfigDict(dict(
+      fsdp=1,  # devices per FSDP group; the rest of the mesh is data-parallel
+      fsdp_min_size=2 ** 12))  # smaller parameters stay replicated
   config.init_from = init_from_config()
   return config
 

@@ -14,6 +14,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 BATCH_AXES = ('data', 'fsdp')
 
 
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize()`: from `vivit.launch`'s environment when it started
+  this process, else by JAX's cluster detection (SLURM, TPU pods, Open MPI, ...)."""
+  import os
+  from vivit.launch import NUM_PROCESSES_ENV, PROCESS_ID_ENV
+  if os.environ.get(NUM_PROCESSES_ENV):
+    jax.distributed.initialize(num_processes=int(os.environ[NUM_PROCESSES_ENV]),
+                               process_id=int(os.environ[PROCESS_ID_ENV]),
+                               cluster_detection_method='deactivate')
+  else:
+    jax.distributed.initialize()
+
+
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
   devices = jax.device_count()
   fsdp = mesh_config.get('fsdp', 1)
@@ -33,22 +46,47 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def param_sharding(mesh: Mesh, shape) -> NamedSharding:
-  """FSDP: the largest dimension divisible by the `fsdp` axis is split over it."""
-  fsdp = mesh.shape['fsdp']
-  if fsdp == 1 or not shape:
-    return replicated(mesh)
+# `mesh.fsdp_min_size`: parameters with fewer elements (LayerNorm scales, biases) stay
+# replicated under FSDP: sharding them saves next to no memory and costs a gather each.
+FSDP_MIN_SIZE = 2 ** 12
+
+
+def fsdp_axis(shape, fsdp: int, min_size: int = FSDP_MIN_SIZE) -> Optional[int]:
+  """The axis of a parameter of `shape` that FSDP over `fsdp` devices splits: its
+  largest dimension divisible by `fsdp`, for parameters of at least `min_size`
+  elements; None: replicated."""
+  if fsdp == 1 or not shape or np.prod(shape) < min_size:
+    return None
   for axis in np.argsort(shape)[::-1]:
     if shape[axis] % fsdp == 0:
-      spec = [None] * len(shape)
-      spec[axis] = 'fsdp'
-      return NamedSharding(mesh, P(*spec))
-  return replicated(mesh)
+      return int(axis)
+  return None
 
 
-def tree_shardings(mesh: Mesh, abstract_tree):
+def param_sharding(mesh: Mesh, shape, min_size: int = FSDP_MIN_SIZE) -> NamedSharding:
+  """FSDP: `fsdp_axis` split over the mesh's `fsdp` axis."""
+  axis = fsdp_axis(shape, mesh.shape['fsdp'], min_size)
+  if axis is None:
+    return replicated(mesh)
+  spec = [None] * len(shape)
+  spec[axis] = 'fsdp'
+  return NamedSharding(mesh, P(*spec))
+
+
+def tree_shardings(mesh: Mesh, abstract_tree, min_size: int = FSDP_MIN_SIZE):
   """Shardings for every array of a tree of `ShapeDtypeStruct`s."""
-  return jax.tree_util.tree_map(lambda x: param_sharding(mesh, x.shape), abstract_tree)
+  return jax.tree_util.tree_map(lambda x: param_sharding(mesh, x.shape, min_size),
+                                abstract_tree)
+
+
+def sharded_shapes(mesh: Mesh, abstract_tree, min_size: int = FSDP_MIN_SIZE):
+  """`abstract_tree`'s `ShapeDtypeStruct`s with their shardings on `mesh`: the target
+  of a checkpoint restore, which then places every shard where this mesh wants it,
+  whatever the topology that saved it."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=param_sharding(mesh, x.shape, min_size)),
+      abstract_tree)
 
 
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:

@@ -16,12 +16,13 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from vivit import checkpoints, evaluate, initialise, sharding
 from vivit.data import pipeline
 from vivit.models import build_model, init_params
-from vivit.optim import make_optimizer
+from vivit.optim import make_optimizer, skipped_steps
 from vivit.step import TrainState, train_step
 
 
@@ -58,11 +59,44 @@ def _duration(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
 
 
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss or state (`training.nonfinite='stop'`)."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the ones before it are intact."""
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
-  """Trains until `total steps`, evaluating and checkpointing on the way.
+  """Trains until `total steps`, evaluating and checkpointing on the way; one
+  training per workdir at a time (a second one refuses).
 
   Returns {'step', 'params', 'val_top1'}."""
   workdir = os.path.abspath(workdir)
+  with checkpoints.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+@jax.jit
+def _finite(tree):
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _save(manager, step: int, item, **kwargs) -> None:
+  """`manager.save`, with a failure (disk full, no permission) reported as what it is."""
+  try:
+    manager.save(step, args=ocp.args.StandardSave(item), **kwargs)
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (OSError, or orbax's wrapping)
+    manager.reload()
+    kept = manager.latest_step()
+    raise CheckpointSaveError(
+        f'saving checkpoint {step} to {manager.directory} failed ({type(e).__name__}: '
+        f'{e}); the checkpoints before it are intact (latest: '
+        f'{"none" if kept is None else kept})') from e
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   training = config.training
   init_from = config.get('init_from')
   if init_from and not init_from.get('path'):
@@ -103,12 +137,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   abstract = jax.eval_shape(init_state)
-  state_sharding = sharding.tree_shardings(mesh, abstract)
+  min_size = config.mesh.get('fsdp_min_size', sharding.FSDP_MIN_SIZE)
+  state_sharding = sharding.tree_shardings(mesh, abstract, min_size)
   batch_sharding = sharding.batch_sharding(mesh)
 
   last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
-  start = last.latest_step()
-  if start is None and init_from:
+  start, state = checkpoints.restore_latest(
+      last, sharding.sharded_shapes(mesh, abstract, min_size))
+  if start is not None:
+    print(f'resumed from {workdir}/checkpoints/{start}', flush=True)
+  elif init_from:
     params, report = initialise.initial_params(init_from, config.model, config.seed)
     if jax.process_index() == 0:
       lines = [f'initialising from {init_from.path}:'] + [
@@ -120,15 +158,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                     out_shardings=state_sharding)(params)
     start = 0
-  elif start is None:
+  else:
     state = jax.jit(init_state, out_shardings=state_sharding)()
     start = 0
-  else:
-    target = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-        state_sharding)
-    state = last.restore(start, args=ocp.args.StandardRestore(target))
-    print(f'resumed from {workdir}/checkpoints/{start}', flush=True)
 
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, model=model, optimizer=optimizer, training=training,
@@ -138,13 +170,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   logits_fn = evaluate.make_logits_fn(model, mesh)
   writer = MetricWriter(workdir)
-  host_batch = training.batch_size // jax.process_count()
   batches = sharding.prefetch(
-      pipeline.train_batches(config.dataset, host_batch, config.seed, start), batch_sharding)
+      pipeline.train_batches(config.dataset, training.batch_size, config.seed, start),
+      batch_sharding)
 
   stop = {'signal': None}
   previous_handler = signal.signal(signal.SIGTERM,
                                    lambda signum, frame: stop.update(signal=signum))
+  nonfinite_stops = training.get('nonfinite', 'stop') == 'stop'
+  unchecked = []  # (step, loss) not yet checked for finiteness
+
+  def check_finite(step):
+    """Raises TrainingDiverged at a non-finite loss since the last check, or (before
+    a checkpoint is written) non-finite parameters."""
+    if not nonfinite_stops:
+      return
+    losses = jax.device_get([loss for _, loss in unchecked])
+    bad = [(s, float(v)) for (s, _), v in zip(unchecked, losses) if not np.isfinite(v)]
+    unchecked.clear()
+    kept = last.latest_step()
+    kept = f'{workdir}/checkpoints/{kept}' if kept is not None else 'none yet'
+    if bad or not bool(_finite(state.params)):
+      what = (f'the loss is {bad[0][1]} at step {bad[0][0]}' if bad else
+              f'the parameters are not finite after step {step}')
+      raise TrainingDiverged(
+          f'{what}: training stopped (the last checkpoint, {kept}, is finite). Lower '
+          f'training.learning_rate, or set training.nonfinite=skip to skip such steps')
+
+  def agreed_stop() -> bool:
+    """Whether any host got SIGTERM: every host must stop at the same step."""
+    if jax.process_count() == 1:
+      return stop['signal'] is not None
+    return bool(multihost_utils.process_allgather(
+        np.int32(stop['signal'] is not None)).any())
+
   step, val_top1 = start, None
   window, window_start, run_start = [], time.time(), time.time()
   try:
@@ -152,20 +211,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       state, metrics = step_fn(state, next(batches))
       step += 1
       window.append(metrics)
-      if step % training.log_every == 0 or step == total_steps:
+      unchecked.append((step, metrics['loss']))
+      logged = step % training.log_every == 0 or step == total_steps
+      evaluated = step % training.eval_every == 0 or step == total_steps
+      saved = step % training.checkpoint_every == 0 or step == total_steps
+      stopping = agreed_stop()
+      if logged or evaluated or saved or stopping:
+        check_finite(step)
+      if logged:
         summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
         summary['learning_rate'] = float(schedule(step - 1))
         elapsed = time.time() - window_start
         summary['steps_per_second'] = len(window) / elapsed
+        skipped = '' if nonfinite_stops else skipped_steps(state.opt_state)
+        if not nonfinite_stops:
+          summary['skipped_steps'] = skipped
+          skipped = f' | {skipped} steps skipped'
         writer.write(step, 'train', summary)
         eta = (total_steps - step) / summary['steps_per_second']
         if writer.active:
           print(f"step {step}/{total_steps} | loss {summary['loss']:.4f} | "
                 f"acc {summary['accuracy']:.3f} | lr {summary['learning_rate']:.2e} | "
-                f"{summary['steps_per_second']:.1f} steps/s | ETA {_duration(eta)}",
-                flush=True)
+                f"{summary['steps_per_second']:.1f} steps/s | ETA {_duration(eta)}"
+                f"{skipped}", flush=True)
         window, window_start = [], time.time()
-      if step % training.eval_every == 0 or step == total_steps:
+      if evaluated:
         result = evaluate.evaluate_split(
             logits_fn, state.params, config.dataset, config.dataset.eval_split,
             config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1)
@@ -176,20 +246,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                           for name, _ in labels.heads or ())
           print(f"step {step} | validation top-1 {result['top1']:.4f}{heads} "
                 f"({result['num_videos']} videos)", flush=True)
-        best.save(step, args=ocp.args.StandardSave(state.params),
-                  metrics={'top1': result['top1']})
-      saved = step % training.checkpoint_every == 0 or step == total_steps
-      if saved:
-        last.save(step, args=ocp.args.StandardSave(state))
-      if stop['signal'] is not None:
-        if not saved:
-          last.save(step, args=ocp.args.StandardSave(state), force=True)
-        last.wait_until_finished()
+        _save(best, step, state.params, metrics={'top1': result['top1']})
+      if saved or stopping:
+        _save(last, step, state, force=stopping)
+      if stopping:
         print(f'SIGTERM: saved checkpoint at step {step}; exiting', flush=True)
         break
   finally:
-    last.wait_until_finished()
-    best.wait_until_finished()
     writer.close()
     signal.signal(signal.SIGTERM, previous_handler)
   if writer.active and stop['signal'] is None:
@@ -218,7 +281,7 @@ def main(argv) -> None:
   if FLAGS.config is None or FLAGS.workdir is None:
     sys.exit('usage: python -m vivit.train --config configs/X.py --workdir DIR')
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    sharding.initialize_distributed()
   config = FLAGS.config
   config.unlock()
   train_and_evaluate(config, FLAGS.workdir)

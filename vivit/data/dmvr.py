@@ -60,15 +60,19 @@ def num_examples(pattern: str, split: str) -> int:
 
 
 class Records:
-  """This host's share of one split's records (whole files per host)."""
+  """This host's share of one split's records (whole files per host: tfrecords have
+  no random access, so unlike TFDS data the batches depend on the number of hosts)."""
 
   def __init__(self, pattern: str, split: str, shuffle_buffer: int):
     every = files(pattern, split)
-    self._files = every[jax.process_index()::jax.process_count()]
+    hosts = jax.process_count()
+    self._files = every[jax.process_index()::hosts]
     if not self._files:
       raise ValueError(f'{len(every)} files of split {split} cannot be shared between '
-                       f'{jax.process_count()} hosts')
+                       f'{hosts} hosts')
     self.num_examples = _count(tuple(self._files))
+    # Evaluation runs as many steps on every host as the largest share needs.
+    self._largest_share = max(_count(tuple(every[h::hosts])) for h in range(hosts))
     self._shuffle_buffer = shuffle_buffer
 
   @staticmethod
@@ -80,16 +84,17 @@ class Records:
         sequence_features={FRAMES: tf.io.FixedLenSequenceFeature([], tf.string)})
     return sequence[FRAMES], context[LABEL]
 
-  def train_stream(self, seed: int, batch_size: int, start_step: int):
-    """(stream position, serialized) from step `start_step` on. Epoch `e` is the
-    first `steps_per_epoch * batch_size` records of this host's files, interleaved
-    and shuffled through the buffer with a seed of (seed, host, e); a resumed run
-    skips the records of the current epoch before `start_step`."""
-    from vivit.data.pipeline import Stream, host_seed
+  def train_stream(self, seed: int, global_batch: int, start_step: int):
+    """(stream position, serialized) of this host's batches from step `start_step`
+    on. Epoch `e` is the first `steps_per_epoch * host batch` records of this host's
+    files, interleaved and shuffled through the buffer with a seed of (seed, host,
+    e); a resumed run skips the records of the current epoch before `start_step`."""
+    from vivit.data.pipeline import Stream, host_rows, stream_seed
+    batch_size = host_rows(global_batch)[1]
     steps_per_epoch = self.num_examples // batch_size
     first_epoch, skip = divmod(start_step, steps_per_epoch)
     files = tf.data.Dataset.from_tensor_slices(self._files)
-    seed = host_seed(seed)
+    seed = stream_seed(seed) + jax.process_index()
 
     def epoch_records(epoch):
       records = files.interleave(tf.data.TFRecordDataset,
@@ -103,8 +108,14 @@ class Records:
     positions = tf.data.Dataset.range(start_step * batch_size, 2 ** 62)
     return Stream(tf.data.Dataset.zip(positions, records))
 
-  def in_order(self):
-    """(index, serialized) file after file."""
-    from vivit.data.pipeline import Stream
+  def eval_stream(self, global_batch: int):
+    """(index, serialized) file after file, then padding (index -1, the first record
+    again) up to the number of batches the largest host share needs."""
+    from vivit.data.pipeline import Stream, host_rows
+    rows = host_rows(global_batch)[1]
+    total = -(-self._largest_share // rows) * rows
     records = tf.data.TFRecordDataset(self._files)
-    return Stream(tf.data.Dataset.zip(tf.data.Dataset.range(2 ** 62), records))
+    indices = tf.data.Dataset.range(self.num_examples).concatenate(
+        tf.data.Dataset.from_tensors(tf.constant(-1, tf.int64)).repeat())
+    padded = records.concatenate(records.take(1).repeat())
+    return Stream(tf.data.Dataset.zip(indices, padded).take(total))

@@ -168,9 +168,18 @@ def open_dataset(config: ml_collections.ConfigDict, *splits: str):
   return labels, sizes
 
 
-def host_seed(seed: int) -> int:
-  """This host's seed: hosts shuffle and augment their shards independently."""
-  return seed * 1_000_003 + jax.process_index()
+def stream_seed(seed: int) -> int:
+  """The seed of the training stream's shuffle and augmentation (the same on every
+  host: batch `s` does not depend on how many hosts read it)."""
+  return seed * 1_000_003
+
+
+def host_rows(global_batch: int) -> Tuple[int, int]:
+  """(first row, rows) of a global batch that this host reads: hosts read
+  consecutive slices, in process order, which is the order of their devices in the
+  mesh's batch axis."""
+  rows = global_batch // jax.process_count()
+  return jax.process_index() * rows, rows
 
 
 class Stream(NamedTuple):
@@ -219,10 +228,11 @@ def _fed_by_thread(chunks: Iterator[Tuple[np.ndarray, List[bytes]]],
 
 
 class Records:
-  """This host's share of one split as serialized examples, read by index from a
-  TFDS ArrayRecord dataset (random access: a shuffle needs no buffer, and a resumed
-  run reads nothing it has already seen). A small split is held in memory; a large
-  one is read by a thread as the pipeline goes."""
+  """One split as serialized examples, read by index from a TFDS ArrayRecord
+  dataset (random access: a shuffle needs no buffer, a resumed run reads nothing it
+  has already seen, and every host reads just its rows of each global batch). A
+  small split is held in memory; a large one is read by a thread as the pipeline
+  goes."""
 
   def __init__(self, builder: tfds.core.DatasetBuilder, split: str,
                label_keys: Tuple[str, ...], num_threads: int):
@@ -230,13 +240,12 @@ class Records:
     # Enough read-ahead to keep every decoding thread busy.
     self._queue_capacity = 2 * (num_threads or os.cpu_count())
     self._source = builder.as_data_source(
-        tfds.split_for_jax_process(split),
-        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     self.num_examples = len(self._source)
     self._in_memory = None
     whole = builder.info.splits[split.split('[')[0]]  # a slice reports no bytes
-    host_bytes = whole.num_bytes * self.num_examples / max(whole.num_examples, 1)
-    if host_bytes <= IN_MEMORY_BYTES:
+    split_bytes = whole.num_bytes * self.num_examples / max(whole.num_examples, 1)
+    if split_bytes <= IN_MEMORY_BYTES:
       self._in_memory = tf.constant([self._source[i] for i in range(self.num_examples)])
     features = builder.info.features
     decoders = ({'video': tfds.decode.SkipDecoding()}
@@ -261,28 +270,41 @@ class Records:
               for keys, indices in keyed_indices.batch(READ_CHUNK).as_numpy_iterator())
     return _fed_by_thread(chunks, count, self._queue_capacity)
 
-  def train_stream(self, seed: int, batch_size: int, start_step: int) -> Stream:
-    """(stream position, serialized) from step `start_step` on: every epoch is a
-    fresh permutation (seeded by `seed`, the epoch and the host) of which the first
-    `steps_per_epoch * batch_size` examples are used."""
-    steps_per_epoch = self.num_examples // batch_size
-    seed = host_seed(seed)
+  def train_stream(self, seed: int, global_batch: int, start_step: int) -> Stream:
+    """(global stream position, serialized) of this host's rows of every global
+    batch from step `start_step` on. Every epoch is a fresh permutation of the
+    split (seeded by `seed` and the epoch), of which the first `steps_per_epoch *
+    global_batch` examples are used; global batch `s` is its slots `[s * B, (s+1) *
+    B)`, whatever the number of hosts."""
+    steps_per_epoch = self.num_examples // global_batch
+    seed = stream_seed(seed)
     last = self.num_examples - 1
+    first_row, rows = host_rows(global_batch)
 
-    def example_index(position):
-      step = position // batch_size
+    def example_index(local):
+      step = start_step + local // rows
+      row = first_row + local % rows
       epoch = step // steps_per_epoch
-      slot = (step % steps_per_epoch) * batch_size + position % batch_size
-      return position, tf.random.experimental.index_shuffle(
+      slot = (step % steps_per_epoch) * global_batch + row
+      return step * global_batch + row, tf.random.experimental.index_shuffle(
           slot, tf.stack([tf.constant(seed, tf.int64), epoch]), last)
 
-    positions = tf.data.Dataset.range(start_step * batch_size, 2 ** 62)
-    return self._read(positions.map(example_index), None)
+    return self._read(tf.data.Dataset.range(2 ** 62).map(example_index), None)
 
-  def in_order(self) -> Stream:
-    """(index, serialized) for every example."""
-    indices = tf.data.Dataset.range(self.num_examples)
-    return self._read(tf.data.Dataset.zip(indices, indices), self.num_examples)
+  def eval_stream(self, global_batch: int) -> Stream:
+    """(index, serialized) of this host's rows of `ceil(examples / global_batch)`
+    global batches over the split in order; rows past the end repeat the last
+    example with index -1 (padding), so every host runs the same number of steps."""
+    count = self.num_examples
+    first_row, rows = host_rows(global_batch)
+    batches = -(-count // global_batch)
+
+    def example_index(local):
+      index = (local // rows) * global_batch + first_row + local % rows
+      return tf.where(index < count, index, -1), tf.minimum(index, count - 1)
+
+    positions = tf.data.Dataset.range(batches * rows).map(example_index)
+    return self._read(positions, batches * rows)
 
 
 def _numpy_batches(dataset: tf.data.Dataset, stream: Stream) -> Iterator[Dict[str, np.ndarray]]:
@@ -326,13 +348,15 @@ def _threads(dataset_config) -> int:
 
 def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, seed: int,
                   start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-  """Endless augmented training batches of `batch_size` (this host's share),
-  starting at global step `start_step`. Batch `s` is a pure function of (seed,
-  host, s): nothing before `start_step` is read to resume."""
+  """Endless augmented training batches: this host's rows of global batches of
+  `batch_size`, starting at global step `start_step`. Batch `s` is a pure function
+  of (seed, s): nothing before `start_step` is read to resume, and the global batch
+  is the same on any number of hosts (TFDS data; DMVR tfrecords are read in whole
+  files per host)."""
   records = open_records(dataset_config, dataset_config.train_split)
   if records.num_examples < batch_size:
     raise ValueError(f'split {dataset_config.train_split} has {records.num_examples} '
-                     f'examples on this host, fewer than one batch of {batch_size}')
+                     f'examples, fewer than one batch of {batch_size}')
   view = functools.partial(
       transforms.train_view, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
@@ -341,7 +365,7 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       colour_drop=dataset_config.colour_drop,
       randaugment=optional_tuple(dataset_config.get('randaugment')))
   shuffle_frames = dataset_config.get('shuffle_frames', False)
-  augment_seed = host_seed(seed)
+  augment_seed = stream_seed(seed)
 
   def augment(position, serialized):
     video, label = records.parse(serialized)
@@ -354,15 +378,16 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
   threads = _threads(dataset_config)
   stream = records.train_stream(seed, batch_size, start_step)
   ds = stream.dataset.map(augment, num_parallel_calls=threads, deterministic=True)
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(2)
+  ds = ds.batch(host_rows(batch_size)[1], drop_remainder=True).prefetch(2)
   return _numpy_batches(ds.with_options(_options(dataset_config.get('num_threads'))),
                         stream)
 
 
 def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_size: int,
                  num_clips: int = 1, num_crops: int = 1) -> Iterator[Dict[str, np.ndarray]]:
-  """One pass over `split` with `num_clips x num_crops` views per video; the last
-  batch is padded (mask 0) to keep shapes static."""
+  """One pass over `split` with `num_clips x num_crops` views per video: this host's
+  rows of global batches of `batch_size`; every host yields the same number of
+  batches, padding rows with mask 0 (shapes stay static)."""
   records = open_records(dataset_config, split)
   views = functools.partial(
       transforms.test_views, num_frames=dataset_config.num_frames,
@@ -375,16 +400,12 @@ def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_si
     video = views(video)
     if shuffle_frames:
       video = _shuffle_time(video, tf.stack([tf.constant(-1, tf.int64), index]), axis=1)
-    return {'video': video, 'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)}
+    return {'video': video, 'label': tf.cast(label, tf.int32),
+            'mask': tf.cast(index >= 0, tf.float32)}
 
   threads = _threads(dataset_config)
-  stream = records.in_order()
+  stream = records.eval_stream(batch_size)
   ds = stream.dataset.map(prepare, num_parallel_calls=threads, deterministic=True)
-  ds = ds.batch(batch_size).prefetch(2)
+  ds = ds.batch(host_rows(batch_size)[1]).prefetch(2)
   ds = ds.with_options(_options(dataset_config.get('num_threads')))
-  for batch in _numpy_batches(ds, stream):
-    missing = batch_size - len(batch['label'])
-    if missing:
-      batch = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
-               for k, v in batch.items()}
-    yield batch
+  yield from _numpy_batches(ds, stream)

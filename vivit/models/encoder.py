@@ -151,6 +151,14 @@ class PositionEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    pos = self.param('pos_embedding', nn.initializers.normal(stddev=0.02),
-                     (1,) + x.shape[1:])
+    shape = (1,) + x.shape[1:]
+    if self.has_variable('params', 'pos_embedding'):
+      stored = tuple(self.get_variable('params', 'pos_embedding').shape)
+      if stored != shape:
+        raise ValueError(
+            f'the video gives {shape[1]} tokens (position embedding {shape}) but the '
+            f'params were made for {stored[1]} ({stored}): feed clips of the size the '
+            f'model was built for (model.input_size), or resize the params to this one '
+            f'(vivit.convert.resize_params)')
+    pos = self.param('pos_embedding', nn.initializers.normal(stddev=0.02), shape)
     return x + pos.astype(x.dtype)

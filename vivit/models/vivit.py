@@ -113,6 +113,20 @@ def classify(x, *, num_classes: int, representation_size: Optional[int]):
                   name='output_projection')(x)
 
 
+def check_video(video) -> None:
+  """ValueError naming what is wrong with a model input that is not
+  `[batch, time, height, width, 3]` uint8 pixels or floats."""
+  shape = tuple(video.shape)
+  if len(shape) != 5:
+    raise ValueError(f'video must be [batch, time, height, width, 3], got shape {shape}')
+  if shape[-1] != 3:
+    raise ValueError(f'video must have 3 (RGB) channels, got {shape[-1]} channels '
+                     f'(shape {shape})')
+  if not (video.dtype == jnp.uint8 or jnp.issubdtype(video.dtype, jnp.floating)):
+    raise ValueError(f'video dtype {jnp.dtype(video.dtype).name} is neither uint8 '
+                     f'pixels nor floats in [-1, 1]')
+
+
 def pixels_to_unit_range(video, dtype=jnp.float32):
   """uint8 pixels -> `dtype` in [-1, 1] (scenic's input range); floats are taken to
   be in that range already and only cast. Batches cross to the device as uint8 (a
@@ -172,6 +186,7 @@ class VideoTransformer(nn.Module):
   def tokens(self, video):
     """`[batch, time, height, width, 3]` (uint8 pixels or floats in [-1, 1]) ->
     `[batch, t', h', w', hidden]`."""
+    check_video(video)
     return tokenise(pixels_to_unit_range(video, self.dtype), hidden_size=self.hidden_size,
                     embedding=self.embedding, tubelet=self.tubelet,
                     num_sampled_frames=self.num_sampled_frames,

@@ -1,0 +1,85 @@
+"""Several JAX processes on one machine (`vivit.launch`): 2 processes x 4 devices
+train, evaluate and checkpoint like 1 process x 8 devices, and checkpoints resume
+on another topology (8 devices with FSDP 4x2 -> 2 processes data-parallel; 2
+processes -> 1 device) to the same result as an uninterrupted run."""
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from test_train import cli_args, data_dir, final_params, read_metrics, run_env  # noqa: F401
+
+STEPS = {'training.num_steps': 4, 'training.checkpoint_every': 2,
+         'training.eval_every': 4, 'eval.batch_size': 16,  # 24 videos: a padded batch
+         'model.dropout_rate': 0.1, 'training.mixup': 0.2}
+
+
+def train(data_dir, workdir, processes=1, devices=8, **overrides):
+  args = cli_args(data_dir, workdir, **{**STEPS, **overrides})
+  if processes == 1:
+    command, env = args, run_env(devices)
+  else:
+    command = [sys.executable, '-m', 'vivit.launch', f'--processes={processes}',
+               f'--devices_per_process={devices}', '--'] + args[3:]
+    env = run_env(1)
+  result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+  return result.stdout
+
+
+def rewind(source, target, step):
+  """A copy of workdir `source` as it was at checkpoint `step`."""
+  shutil.copytree(source, target)
+  for name in os.listdir(target / 'checkpoints'):
+    if name.isdigit() and int(name) > step:
+      shutil.rmtree(target / 'checkpoints' / name)
+  shutil.rmtree(target / 'best', ignore_errors=True)
+
+
+def assert_same_params(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-6, rtol=0)
+
+
+@pytest.fixture(scope='module')
+def one_process(data_dir, tmp_path_factory):  # noqa: F811
+  workdir = tmp_path_factory.mktemp('one') / 'run'
+  train(data_dir, workdir, processes=1, devices=8, **{'mesh.fsdp': 2})
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def two_processes(data_dir, tmp_path_factory):  # noqa: F811
+  workdir = tmp_path_factory.mktemp('two') / 'run'
+  out = train(data_dir, workdir, processes=2, devices=4, **{'mesh.fsdp': 2})
+  return workdir, out
+
+
+def test_two_processes_train_and_evaluate_like_one(one_process, two_processes):
+  workdir, out = two_processes
+  assert '[0] step 4/4' in out and '[1] step 4/4' not in out  # process 0 reports
+  np.testing.assert_allclose([r['loss'] for r in read_metrics(workdir)],
+                             [r['loss'] for r in read_metrics(one_process)], atol=1e-5)
+  two, one = read_metrics(workdir, 'validation')[-1], read_metrics(one_process, 'validation')[-1]
+  assert two['num_videos'] == one['num_videos'] == 24  # padding rows left out
+  np.testing.assert_allclose([two['top1'], two['top5']], [one['top1'], one['top5']])
+  assert_same_params(final_params(workdir, 4), final_params(one_process, 4))
+
+
+def test_resume_on_other_topologies(data_dir, one_process, two_processes, tmp_path):  # noqa: F811
+  # Saved on 8 devices (FSDP 4x2), resumed on 2 processes x 4, data-parallel.
+  rewound = tmp_path / 'to_two'
+  rewind(one_process, rewound, 2)
+  out = train(data_dir, rewound, processes=2, devices=4, **{'mesh.fsdp': 1})
+  assert f'resumed from {rewound}/checkpoints/2' in out
+  assert_same_params(final_params(rewound, 4), final_params(one_process, 4))
+  # Saved by 2 processes x 4 (FSDP), resumed on 1 device.
+  back = tmp_path / 'to_one'
+  rewind(two_processes[0], back, 2)
+  out = train(data_dir, back, processes=1, devices=1, **{'mesh.fsdp': 1})
+  assert f'resumed from {back}/checkpoints/2' in out
+  assert_same_params(final_params(back, 4), final_params(one_process, 4))
