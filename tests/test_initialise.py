@@ -183,7 +183,7 @@ def test_two_heads_loss_and_metrics_by_hand():
   assert result['heads']['noun']['confusion_matrix'][2] == [1, 0, 0]
   assert evaluate.scalar_metrics(result) == {
       'top1': result['top1'], 'noun_top1': result['noun_top1'],
-      'verb_top1': result['verb_top1'], 'noun_top5': 1.0, 'verb_top5': 1.0}
+      'verb_top1': result['verb_top1'], 'noun_top5': 1.0, 'verb_top5': 1.0, 'num_videos': 3}
 
 
 PAPER_CONFIGS = ['kinetics400/vivit_b_16x2', 'kinetics400/vivit_b_16x2_fe',

@@ -1,21 +1,27 @@
 """Several JAX processes on one machine (`vivit.launch`): 2 processes x 4 devices
-train, evaluate and checkpoint like 1 process x 8 devices, and checkpoints resume
-on another topology (8 devices with FSDP 4x2 -> 2 processes data-parallel; 2
-processes -> 1 device) to the same result as an uninterrupted run."""
+train, evaluate and checkpoint like 1 process x 8 devices (FSDP 4x2 both), and
+checkpoints resume on another topology (8 devices with FSDP 4x2 -> 2 processes
+data-parallel; 2 processes -> 1 device) to the same result as an uninterrupted run:
+together, 1 device, 8 devices and 2 hosts train the same model."""
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from test_train import cli_args, data_dir, final_params, read_metrics, run_env  # noqa: F401
+from test_train import (REGULARISED, cli_args, data_dir, final_params,  # noqa: F401
+                        read_metrics, run_env)
 
-STEPS = {'training.num_steps': 4, 'training.checkpoint_every': 2,
-         'training.eval_every': 4, 'eval.batch_size': 16,  # 24 videos: a padded batch
-         'model.dropout_rate': 0.1, 'training.mixup': 0.2}
+# Dropout, stochastic depth, mixup and per-group clipping on: their randomness and
+# grouping must not depend on the topology either.
+STEPS = {**REGULARISED, 'training.num_steps': 4, 'training.checkpoint_every': 2,
+         'training.eval_every': 4, 'eval.batch_size': 16}  # 24 videos: a padded batch
 
 
 def train(data_dir, workdir, processes=1, devices=8, **overrides):
@@ -83,3 +89,31 @@ def test_resume_on_other_topologies(data_dir, one_process, two_processes, tmp_pa
   out = train(data_dir, back, processes=1, devices=1, **{'mesh.fsdp': 1})
   assert f'resumed from {back}/checkpoints/2' in out
   assert_same_params(final_params(back, 4), final_params(one_process, 4))
+
+
+def test_sigterm_to_one_host_stops_every_host_at_the_same_step(data_dir, tmp_path):  # noqa: F811
+  """Preemption reaches one host: all of them save the same step and exit cleanly."""
+  import psutil
+  workdir = tmp_path / 'term'
+  args = cli_args(data_dir, workdir, **{'training.num_steps': 100000,
+                                        'training.checkpoint_every': 100000,
+                                        'training.eval_every': 100000})[3:]
+  launcher = subprocess.Popen(
+      [sys.executable, '-m', 'vivit.launch', '--processes=2', '--devices_per_process=1',
+       '--'] + args, env=run_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and
+                                        len(metrics.read_text().splitlines()) >= 3):
+    time.sleep(0.1)
+  hosts = psutil.Process(launcher.pid).children()
+  assert len(hosts) == 2
+  second = next(h for h in hosts if '1' == h.environ().get('VIVIT_PROCESS_ID'))
+  second.send_signal(signal.SIGTERM)
+  out, _ = launcher.communicate(timeout=120)
+  assert launcher.returncode == 0, out[-3000:]
+  steps = re.findall(r'\[(\d)\] SIGTERM: saved checkpoint at step (\d+)', out)
+  assert sorted(host for host, _ in steps) == ['0', '1'], out[-3000:]
+  assert len({step for _, step in steps}) == 1, steps
+  assert sorted(os.listdir(workdir / 'checkpoints')) == [steps[0][1]]

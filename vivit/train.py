@@ -204,7 +204,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
     return bool(multihost_utils.process_allgather(
         np.int32(stop['signal'] is not None)).any())
 
-  step, val_top1 = start, None
+  step, val_top1, stopping = start, None, False
   window, window_start, run_start = [], time.time(), time.time()
   try:
     while step < total_steps:
@@ -255,7 +255,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
   finally:
     writer.close()
     signal.signal(signal.SIGTERM, previous_handler)
-  if writer.active and stop['signal'] is None:
+  if writer.active and not stopping:
     if step == start:
       print(f'{workdir} already holds the final checkpoint (step {step}); nothing to '
             f'train', flush=True)
