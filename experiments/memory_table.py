@@ -52,16 +52,16 @@ def main(argv=None) -> int:
   parser.add_argument('--optimizer', default='sgd', choices=('sgd', 'adamw'))
   args = parser.parse_args(argv)
   groups = [int(f) for f in args.fsdp.split(',')]
-  print(f'Parameters + {args.optimizer} state per device (GiB, float32), '
-        f'{args.frames}x224x224 clips:\n')
+  print(f'Parameters + {args.optimizer} state per device, MiB (params + optimiser), '
+        f'float32, {args.frames}x224x224 clips:\n')
   print('| model | ' + ' | '.join(f'fsdp {g}' for g in groups) + ' |')
   print('|---|' + '---|' * len(groups))
   for model in args.models.split(','):
     cells = []
     for group in groups:
       sizes = state_bytes_per_device(model, args.frames, group, args.optimizer)
-      cells.append(f"{(sizes['params'] + sizes['optimizer']) / 2 ** 30:.2f} "
-                   f"({sizes['params'] / 2 ** 30:.2f} + {sizes['optimizer'] / 2 ** 30:.2f})")
+      cells.append(f"{(sizes['params'] + sizes['optimizer']) / 2 ** 20:,.0f} "
+                   f"({sizes['params'] / 2 ** 20:,.0f} + {sizes['optimizer'] / 2 ** 20:,.0f})")
     print(f'| ViViT-{model} | ' + ' | '.join(cells) + ' |')
   return 0
 

@@ -3,6 +3,7 @@ train, evaluate and checkpoint like 1 process x 8 devices (FSDP 4x2 both), and
 checkpoints resume on another topology (8 devices with FSDP 4x2 -> 2 processes
 data-parallel; 2 processes -> 1 device) to the same result as an uninterrupted run:
 together, 1 device, 8 devices and 2 hosts train the same model."""
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 
 from test_train import (REGULARISED, cli_args, data_dir, final_params,  # noqa: F401
-                        read_metrics, run_env)
+                        read_metrics, run_env, tiny_config)
+from vivit import evaluate
 
 # Dropout, stochastic depth, mixup and per-group clipping on: their randomness and
 # grouping must not depend on the topology either.
@@ -74,6 +76,24 @@ def test_two_processes_train_and_evaluate_like_one(one_process, two_processes):
   assert two['num_videos'] == one['num_videos'] == 24  # padding rows left out
   np.testing.assert_allclose([two['top1'], two['top5']], [one['top1'], one['top5']])
   assert_same_params(final_params(workdir, 4), final_params(one_process, 4))
+
+
+def test_two_processes_evaluate_a_checkpoint_like_one(data_dir, one_process, two_processes):  # noqa: F811
+  """`vivit.evaluate` on 2 hosts: the best params restored onto the mesh, 2 x 1 views
+  per video, hosts with nothing but padding in the last batch."""
+  workdir, _ = two_processes
+  args = cli_args(data_dir, workdir, **STEPS)[3:]
+  result = subprocess.run(
+      [sys.executable, '-m', 'vivit.launch', '--processes=2', '--devices_per_process=4',
+       '--module=vivit.evaluate', '--'] + args, env=run_env(1), capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+  with open(workdir / 'eval_results.json') as f:
+    two = json.load(f)
+  one = evaluate.run(tiny_config(data_dir, **STEPS, **{'mesh.fsdp': 1}), str(one_process))
+  assert two['num_videos'] == one['num_videos'] == 20
+  assert two['confusion_matrix'] == one['confusion_matrix']
+  np.testing.assert_allclose(two['top5'], one['top5'])
 
 
 def test_resume_on_other_topologies(data_dir, one_process, two_processes, tmp_path):  # noqa: F811
