@@ -22,12 +22,23 @@ setup(
         "tensorboard",
         "av",  # PyAV: decoding videos in `python -m vivit.data.prepare`
     ],
+    entry_points={
+        "console_scripts": [
+            "vivit-train = vivit.train:cli",
+            "vivit-evaluate = vivit.evaluate:cli",
+            "vivit-convert = vivit.convert.__main__:main",
+            "vivit-predict = vivit.predict:main",
+            "vivit-prepare = vivit.data.prepare:main",
+            "vivit-launch = vivit.launch:main",
+        ],
+    },
     extras_require={
         # Reading/writing HuggingFace ViViT checkpoints.
         "hf": ["transformers", "safetensors"],
         # `prepare --beam`: TFDS's Apache Beam generation (Dataflow, Flink, Spark).
         "beam": ["apache-beam"],
         # torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
-        "test": ["pytest", "transformers", "safetensors", "torch==2.13.0", "apache-beam"],
+        "test": ["pytest", "hypothesis", "psutil", "transformers", "safetensors", "torch==2.13.0",
+                 "apache-beam"],
     },
 )

@@ -31,7 +31,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(
     data_dir, tmp_path, monkeypatch):  # noqa: F811
   nan_from_step(monkeypatch, 3)
   workdir = str(tmp_path / 'nan')
-  with pytest.raises(train.TrainingDiverged,
+  with pytest.raises(checkpoints.TrainingDiverged,
                      match=r'not finite after step 3.*checkpoints/2, is finite'):
     train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
@@ -42,7 +42,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(
   workdir = str(tmp_path / 'nan_logged')
   config = tiny_config(data_dir, **{'training.num_steps': 6, 'training.log_every': 4,
                                     'training.checkpoint_every': 4})
-  with pytest.raises(train.TrainingDiverged, match=r'the loss is nan at step 4'):
+  with pytest.raises(checkpoints.TrainingDiverged, match=r'the loss is nan at step 4'):
     train.train_and_evaluate(config, workdir)
   assert not os.listdir(os.path.join(workdir, 'checkpoints'))
 
@@ -89,7 +89,7 @@ def test_failed_save_is_reported_and_keeps_earlier_checkpoints(
     return save(self, step, *args, **kwargs)
   monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full_at_step_4)
   workdir = str(tmp_path / 'full')
-  with pytest.raises(train.CheckpointSaveError,
+  with pytest.raises(checkpoints.CheckpointSaveError,
                      match=r'saving checkpoint 4 .*No space left on device.*latest: 2'):
     train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}), workdir)
   assert all_finite(final_params(workdir, 2))
@@ -98,7 +98,7 @@ def test_failed_save_is_reported_and_keeps_earlier_checkpoints(
 def test_second_training_on_a_workdir_refuses(data_dir, tmp_path):  # noqa: F811
   workdir = str(tmp_path / 'busy')
   with checkpoints.WorkdirLock(workdir):
-    with pytest.raises(RuntimeError, match=r'workdir .*busy is in use by another training '
+    with pytest.raises(checkpoints.WorkdirBusy, match=r'workdir .*busy is in use by another training '
                                            r'\(pid \d+'):
       train.train_and_evaluate(tiny_config(data_dir), workdir)
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))

@@ -139,6 +139,19 @@ def train_managers(workdir: str, keep: int):
   return last, best_manager(workdir)
 
 
+class WorkdirBusy(RuntimeError):
+  """Another training holds the workdir."""
+
+
+class TrainingDiverged(RuntimeError):
+  """A non-finite loss or state (`training.nonfinite='stop'`); nothing non-finite
+  was saved."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the ones before it are intact."""
+
+
 class WorkdirLock:
   """An exclusive lock on a training workdir (`WORKDIR/.lock`, an OS file lock, so
   it dies with its process: a crashed run leaves nothing to clean up). Taken by
@@ -160,7 +173,7 @@ class WorkdirLock:
       self._file.seek(0)
       holder = self._file.read().strip() or 'another process'
       self._file.close()
-      raise RuntimeError(f'workdir {os.path.dirname(self._path)} is in use by another '
+      raise WorkdirBusy(f'workdir {os.path.dirname(self._path)} is in use by another '
                          f'training ({holder}); wait for it to finish or use another '
                          f'--workdir') from None
     self._file.seek(0)

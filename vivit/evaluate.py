@@ -1,4 +1,8 @@
-"""`python -m vivit.evaluate --config C --workdir W`: the multi-view test.
+"""Evaluate a ViViT with the multi-view test: `vivit-evaluate --config C --workdir W`.
+
+  vivit-evaluate --config configs/synthetic_motion.py --workdir runs/demo
+  vivit-evaluate --config configs/kinetics400/vivit_b_16x2.py --workdir /ckpt/k400 \\
+      --checkpoint /weights/converted --config.dataset.data_dir=/data/tfds
 
 Each test video gives `config.eval.num_clips` evenly spaced clips x
 `config.eval.num_crops` spatial crops; logits are averaged over the views. Writes
@@ -6,17 +10,17 @@ W/eval_results.json, W/confusion_matrix.png and W/training_curve.png.
 """
 import json
 import os
-import sys
 from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from vivit import checkpoints, sharding
+from vivit import cli as cli_lib
 from vivit.convert import resize_params
 from vivit.data import pipeline
 from vivit.models import build_model, param_shapes
@@ -219,9 +223,9 @@ def define_flags() -> None:
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
   if FLAGS.config is None or FLAGS.workdir is None:
-    sys.exit('usage: python -m vivit.evaluate --config configs/X.py --workdir DIR')
+    raise ValueError('--config and --workdir are required, e.g. vivit-evaluate --config '
+                     'configs/synthetic_motion.py --workdir runs/demo')
   if FLAGS.distributed:
     sharding.initialize_distributed()
   config = FLAGS.config
@@ -229,6 +233,11 @@ def main(argv) -> None:
   run(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split)
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """`vivit-evaluate`."""
   define_flags()
-  app.run(main)
+  cli_lib.run_absl(main, __doc__)
+
+
+if __name__ == '__main__':
+  cli()

@@ -1,7 +1,7 @@
-"""Run a vivit command as several JAX processes on this machine (multi-host training
-rehearsed on one box; on a real cluster each host starts its own process).
+"""Run a vivit command as several JAX processes on this machine: `vivit-launch`
+(multi-host training rehearsed on one box; on a cluster each host starts its own).
 
-  python -m vivit.launch --processes 2 --devices_per_process 4 -- \
+  vivit-launch --processes 2 --devices_per_process 4 -- \\
       --config configs/synthetic_motion.py --workdir runs/two_hosts
 
 starts `python -m vivit.train --distributed <args>` (`--module` picks another
@@ -11,7 +11,6 @@ devices and exchange data with CPU collectives (gloo). Output lines are prefixed
 with the process index; the exit status is the first non-zero one, and a process
 that fails stops the others.
 """
-import argparse
 import os
 import socket
 import subprocess
@@ -19,6 +18,8 @@ import sys
 import threading
 import time
 from typing import List, Optional
+
+from vivit import cli
 
 # Read by `vivit.sharding.initialize_distributed` in every process.
 NUM_PROCESSES_ENV, PROCESS_ID_ENV = 'VIVIT_NUM_PROCESSES', 'VIVIT_PROCESS_ID'
@@ -83,25 +84,29 @@ def launch(args: List[str], processes: int, devices_per_process: int,
   return status or next((c.returncode for c in children if c.returncode), 0)
 
 
-def main(argv=None) -> int:
+def _main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if '--' in argv:
     split = argv.index('--')
     own, passed = argv[:split], argv[split + 1:]
   else:
     own, passed = argv, []
-  parser = argparse.ArgumentParser(prog='python -m vivit.launch', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='vivit-launch', description=__doc__)
   parser.add_argument('--processes', type=int, required=True)
   parser.add_argument('--devices_per_process', type=int, default=1)
   parser.add_argument('--module', default='vivit.train',
                       help='the command each process runs (python -m MODULE)')
   parsed = parser.parse_args(own)
-  try:
-    return launch(passed, parsed.processes, parsed.devices_per_process, parsed.module)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  if not passed:
+    parser.error("give the command's arguments after --, e.g. -- --config "
+                 "configs/synthetic_motion.py --workdir runs/two_hosts")
+  return launch(passed + (['--verbose'] if parsed.verbose else []), parsed.processes,
+                parsed.devices_per_process, parsed.module)
+
+
+def main(argv=None) -> int:
+  """`vivit-launch`."""
+  return cli.run(_main, argv)
 
 
 if __name__ == '__main__':

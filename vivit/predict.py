@@ -1,6 +1,6 @@
-"""`python -m vivit.predict --checkpoint DIR --video FILE`: the top classes of a video.
+"""The top classes of a video: `vivit-predict --checkpoint DIR --video FILE`.
 
-  python -m vivit.predict --checkpoint runs/demo --video clip.mp4 --views 4x3
+  vivit-predict --checkpoint runs/demo --video clip.mp4 --views 4x3
 
 DIR is anything this project writes or converts: a training workdir (its best
 params and its data settings), a params directory (`python -m vivit.convert`), or
@@ -11,13 +11,14 @@ model's frame count x 1 or 3 square crops after resizing the short side; the
 class probabilities are the softmax of the logits averaged over views (for a
 multi-head model, e.g. Epic-Kitchens' noun and verb, each head's own).
 """
-import argparse
 import json
 import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from vivit import cli
 
 # The preprocessing of a checkpoint without a training config: `prepare`'s default
 # frame rate, scenic's Kinetics stride.
@@ -111,9 +112,8 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   return result
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m vivit.predict', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv=None) -> int:
+  parser = cli.ArgumentParser(prog='vivit-predict', description=__doc__)
   parser.add_argument('--checkpoint', required=True,
                       help='training workdir, params directory or HF ViViT directory')
   parser.add_argument('--video', required=True, help='a video file (mp4, webm, ...)')
@@ -125,13 +125,8 @@ def main(argv=None) -> int:
   parser.add_argument('--stride', type=int, help='frame stride of a clip (default: the '
                       f"training config's, else {DEFAULT_STRIDE})")
   args = parser.parse_args(argv)
-  from vivit.data.decode import VideoError
-  try:
-    result = predict(args.checkpoint, args.video, views=args.views, top=args.top,
-                     fps=args.fps, stride=args.stride)
-  except (VideoError, OSError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  result = predict(args.checkpoint, args.video, views=args.views, top=args.top,
+                   fps=args.fps, stride=args.stride)
   for head, classes in result.items():
     if len(result) > 1:
       print(f'{head}:')
@@ -139,6 +134,11 @@ def main(argv=None) -> int:
     for name, probability in classes:
       print(f'  {name:<{width}}  {probability:.3f}')
   return 0
+
+
+def main(argv=None) -> int:
+  """`vivit-predict`."""
+  return cli.run(_main, argv)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,16 @@
-"""`python -m vivit.train --config configs/X.py --workdir DIR`: train a ViViT.
+"""Train a ViViT: `vivit-train --config CONFIG --workdir DIR` (or `python -m vivit.train`).
+
+  vivit-train --config configs/synthetic_motion.py --workdir runs/demo
+  vivit-train --config configs/kinetics400/vivit_b_16x2.py --workdir /ckpt/k400 \\
+      --config.dataset.data_dir=/data/tfds --config.init_from.path=ViT-B_16.npz
 
 Resumes from the latest checkpoint in DIR (step, params, optimiser state; the RNG
-and the data position are functions of the step). SIGTERM saves and exits.
+and the data position are functions of the step). SIGTERM saves and exits. Any
+config field can be set with --config.SECTION.FIELD=VALUE.
 """
 import json
 import os
 import signal
-import sys
 import time
 from typing import Any, Dict
 
@@ -15,11 +19,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags, logging
+from absl import flags
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from vivit import checkpoints, evaluate, initialise, sharding
+from vivit import cli as cli_lib
 from vivit.data import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import make_optimizer, skipped_steps
@@ -59,14 +64,6 @@ def _duration(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
 
 
-class TrainingDiverged(RuntimeError):
-  """A non-finite loss or state (`training.nonfinite='stop'`)."""
-
-
-class CheckpointSaveError(RuntimeError):
-  """A checkpoint could not be written; the ones before it are intact."""
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains until `total steps`, evaluating and checkpointing on the way; one
   training per workdir at a time (a second one refuses).
@@ -90,7 +87,7 @@ def _save(manager, step: int, item, **kwargs) -> None:
   except Exception as e:  # pylint: disable=broad-except  (OSError, or orbax's wrapping)
     manager.reload()
     kept = manager.latest_step()
-    raise CheckpointSaveError(
+    raise checkpoints.CheckpointSaveError(
         f'saving checkpoint {step} to {manager.directory} failed ({type(e).__name__}: '
         f'{e}); the checkpoints before it are intact (latest: '
         f'{"none" if kept is None else kept})') from e
@@ -193,7 +190,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
     if bad or not bool(_finite(state.params)):
       what = (f'the loss is {bad[0][1]} at step {bad[0][0]}' if bad else
               f'the parameters are not finite after step {step}')
-      raise TrainingDiverged(
+      raise checkpoints.TrainingDiverged(
           f'{what}: training stopped (the last checkpoint, {kept}, is finite). Lower '
           f'training.learning_rate, or set training.nonfinite=skip to skip such steps')
 
@@ -277,9 +274,9 @@ def define_flags() -> None:
 
 def main(argv) -> None:
   del argv
-  logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
   if FLAGS.config is None or FLAGS.workdir is None:
-    sys.exit('usage: python -m vivit.train --config configs/X.py --workdir DIR')
+    raise ValueError('--config and --workdir are required, e.g. vivit-train --config '
+                     'configs/synthetic_motion.py --workdir runs/demo')
   if FLAGS.distributed:
     sharding.initialize_distributed()
   config = FLAGS.config
@@ -287,6 +284,11 @@ def main(argv) -> None:
   train_and_evaluate(config, FLAGS.workdir)
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """`vivit-train`."""
   define_flags()
-  app.run(main)
+  cli_lib.run_absl(main, __doc__)
+
+
+if __name__ == '__main__':
+  cli()

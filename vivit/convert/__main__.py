@@ -1,21 +1,24 @@
-"""`python -m vivit.convert --from {transformers,scenic} --src ... --dst ...`
+"""Convert a checkpoint: `vivit-convert --from {transformers,scenic} --src ... --dst ...`
+
+  vivit-convert --from transformers --src google/vivit-b-16x2-kinetics400 --dst k400_b
+  vivit-convert --from scenic --src checkpoint_dir --scenic-config vivit_base_k400.py \\
+      --dst k400_b
 
 Writes a vivit-jax params checkpoint (see `vivit.checkpoints`) that training,
 fine-tuning and evaluation load. Scenic checkpoints also need the scenic config
 file they were trained with (`--scenic-config`, a Python file with `get_config()`).
 """
-import argparse
 import sys
 
+from vivit import cli
 from vivit.checkpoints import save_params
 from vivit.convert import from_scenic, from_transformers
 from vivit.convert.transformers import hf_class_names
 from vivit.recipes import load_config
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m vivit.convert', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv=None) -> int:
+  parser = cli.ArgumentParser(prog='vivit-convert', description=__doc__)
   parser.add_argument('--from', dest='source', required=True,
                       choices=('transformers', 'scenic'))
   parser.add_argument('--src', required=True,
@@ -45,6 +48,11 @@ def main(argv=None) -> int:
         f'{config.hidden_size}, {config.num_classes} classes, input '
         f'{tuple(config.input_size)}) to {args.dst}')
   return 0
+
+
+def main(argv=None) -> int:
+  """`vivit-convert`."""
+  return cli.run(_main, argv)
 
 
 if __name__ == '__main__':

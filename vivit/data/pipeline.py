@@ -14,7 +14,9 @@ Batches are host-local numpy dicts:
   eval:  video `[batch, views, time, height, width, 3]`, label, mask `[batch]`
          (mask 0 marks padding in the last batch).
 """
+import contextlib
 import functools
+import io
 import os
 import threading
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
@@ -25,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from vivit import cli
 from vivit.data import transforms
 from vivit.data.synthetic import SyntheticMotion  # importing vivit.data registers the rest
 
@@ -39,9 +42,17 @@ def get_builder(dataset_config: ml_collections.ConfigDict) -> tfds.core.DatasetB
   if base_name in LOCAL_BUILDERS:
     builder = LOCAL_BUILDERS[base_name](data_dir=data_dir, config=builder_config or None)
     if not builder.is_prepared():
-      if jax.process_index() == 0:
+      if jax.process_index() == 0:  # one writer; the other hosts wait for it
         print(f'generating {name} in {builder.data_dir} ...', flush=True)
-      builder.download_and_prepare()
+        with contextlib.ExitStack() as stack:
+          if not cli.verbose():  # TFDS's own lines say the same at more length
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+          builder.download_and_prepare()
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f'generated {name}')
+        builder = LOCAL_BUILDERS[base_name](data_dir=data_dir,
+                                            config=builder_config or None)
     return builder
   hint = ('prepare it in TFDS format first, or point --config.dataset.data_dir at the '
           'directory that holds it')

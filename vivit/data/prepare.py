@@ -1,33 +1,30 @@
-"""`python -m vivit.data.prepare DATASET --videos DIR --annotations PATH --data_dir OUT`
+"""Prepare a dataset: `vivit-prepare DATASET --videos DIR --annotations PATH --data_dir OUT`.
 
 Turns an official dataset release (or any folder of labelled videos) into a TFDS
 dataset of JPEG frames at `--fps`, short side `--short_side`, that training reads
 with `--config.dataset.name=DATASET --config.dataset.data_dir=OUT`.
 
 Examples:
-  python -m vivit.data.prepare kinetics400 --videos k400/videos \\
+  vivit-prepare kinetics400 --videos k400/videos \\
       --annotations k400/annotations --data_dir /data/tfds --workers 16
-  python -m vivit.data.prepare video_folder --videos my_videos --data_dir /data/tfds
+  vivit-prepare video_folder --videos my_videos --data_dir /data/tfds
 
 Bad videos are skipped and listed in OUT/DATASET/prepare_report.json. A run that
 is killed resumes where it stopped; a finished dataset is not rebuilt.
 """
-import argparse
 import json
 import os
 import sys
 from collections import Counter
 
+from vivit import cli
 from vivit.data import decode
-from vivit.data.video_builder import AnnotationError, builders
+from vivit.data.video_builder import builders
 
 
 def parse_args(argv=None):
   names = list(builders())
-  parser = argparse.ArgumentParser(
-      prog='python -m vivit.data.prepare', description=__doc__.split('\n\n')[1],
-      epilog='\n\n'.join(__doc__.split('\n\n')[2:]),
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='vivit-prepare', description=__doc__)
   parser.add_argument('dataset', choices=names, metavar='DATASET',
                       help='one of: ' + ', '.join(names))
   parser.add_argument('--videos', required=True, help='directory of the video files')
@@ -135,14 +132,15 @@ def prepare(args) -> dict:
   return report
 
 
-def main(argv=None) -> None:
-  args = parse_args(argv)
-  try:
-    prepare(args)
-  except (AnnotationError, ValueError, OSError, RuntimeError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+def _main(argv=None) -> int:
+  prepare(parse_args(argv))
+  return 0
+
+
+def main(argv=None) -> int:
+  """`vivit-prepare`."""
+  return cli.run(_main, argv)
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

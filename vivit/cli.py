@@ -1,0 +1,106 @@
+"""What every command shares: one-line errors for the mistakes a user can make, quiet
+logs, and `--verbose` (or `VIVIT_VERBOSE=1`) for tracebacks and library logs."""
+import argparse
+import os
+import sys
+from typing import Callable, List, Optional
+
+VERBOSE_ENV = 'VIVIT_VERBOSE'
+
+
+def verbose() -> bool:
+  return os.environ.get(VERBOSE_ENV, '') not in ('', '0') or '--verbose' in sys.argv
+
+
+def user_errors() -> tuple:
+  """Exceptions that mean bad input (config, data, checkpoint, video, arguments,
+  a workdir in use or a diverged run), not a bug."""
+  from vivit.checkpoints import CheckpointSaveError, TrainingDiverged, WorkdirBusy
+  from vivit.data.decode import VideoError
+  errors = (ValueError, OSError, KeyError, VideoError, WorkdirBusy, TrainingDiverged,
+            CheckpointSaveError)
+  try:
+    from tensorflow_datasets.core.registered import DatasetNotFoundError
+    errors += (DatasetNotFoundError,)
+  except ImportError:
+    pass
+  return errors
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (unwrapping errors that only wrap another)."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  text = str(error)
+  if isinstance(error, KeyError) and error.args and isinstance(error.args[0], str):
+    text = error.args[0]  # str(KeyError) is the repr of its message
+  return ' '.join(text.split()) or type(error).__name__
+
+
+def run(main: Callable[[Optional[List[str]]], Optional[int]],
+        argv: Optional[List[str]] = None) -> int:
+  """`main(argv)`'s exit status; a user error becomes `error: ...` on stderr and
+  status 2 (its traceback only with --verbose)."""
+  quiet_libraries()
+  try:
+    return main(argv) or 0
+  except user_errors() as e:  # pylint: disable=catching-non-exception
+    if verbose() or '--verbose' in (argv or []):
+      raise
+    print(f'error: {one_line(e)}', file=sys.stderr)
+    return 2
+
+
+def quiet_libraries() -> None:
+  """absl INFO/WARNING from orbax and tfds and TFDS progress bars off, unless verbose
+  (TensorFlow's C++ start-up lines are silenced in `vivit/__init__.py`, before it
+  loads)."""
+  if verbose():
+    return
+  from absl import logging
+  logging.set_verbosity(logging.ERROR)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+
+
+def absl_flags_parser(argv: List[str]):
+  """absl's flag parsing, with a bad flag or config override as a one-line error."""
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError) as e:
+    # ml_collections reports a misspelt --config.X as an AttributeError or KeyError.
+    if verbose():
+      raise
+    prefix = '' if isinstance(e, flags.Error) else 'bad --config override: '
+    print(f'error: {prefix}{one_line(e)}', file=sys.stderr)
+    sys.exit(2)
+
+
+def run_absl(main: Callable[[List[str]], Optional[int]], doc: str) -> None:
+  """Runs an absl command (flags parsed by `absl_flags_parser`, errors by `run`);
+  `doc` is what `--help` prints first."""
+  from absl import app, flags
+  if 'verbose' not in flags.FLAGS:
+    flags.DEFINE_bool('verbose', False, 'Tracebacks of errors and library logs.')
+  if any(arg in ('-h', '-help', '--help', '--helpshort') for arg in sys.argv[1:]):
+    # absl's own --help shows the __main__ module's doc and flags: for an entry
+    # point, the generated wrapper's (none). This one's, and status 0.
+    print(doc.strip() + '\n\nflags:\n' + flags.FLAGS.module_help(main.__module__) + '\n' +
+          flags.FLAGS.module_help(__name__))
+    sys.exit(0)
+  app.run(lambda argv: run(lambda _: main(argv)), flags_parser=absl_flags_parser)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with a `--verbose` flag and one-line usage errors (status 2)."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault('formatter_class', argparse.RawDescriptionHelpFormatter)
+    super().__init__(*args, **kwargs)
+    self.add_argument('--verbose', action='store_true',
+                      help='tracebacks of errors and library logs')
+
+  def error(self, message):
+    print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
+    sys.exit(2)
