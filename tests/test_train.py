@@ -2,7 +2,6 @@
 import functools
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -141,6 +140,12 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
   result = subprocess.run(cli_args(data_dir, straight, **REGULARISED), env=run_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
+  # Quiet by default: the project's own lines, no library start-up banners.
+  output = result.stdout + result.stderr
+  for banner in ('oneDNN', 'TensorFlow', 'absl::InitializeLog', 'I0000',
+                 'Downloading and preparing'):
+    assert banner not in output, output[-3000:]
+  assert 'step 12/12 | loss' in result.stdout and 'validation top-1' in result.stdout
 
   killed = tmp_path / 'killed'
   process = subprocess.Popen(cli_args(data_dir, killed, **REGULARISED), env=run_env(),
@@ -173,28 +178,6 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
   initial = init_params(config.model, jax.random.PRNGKey(config.seed))
   assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(
       jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(initial))) > 1e-4
-
-
-def test_sigterm_saves_a_checkpoint_at_the_step_reached(data_dir, tmp_path):
-  workdir = tmp_path / 'term'
-  process = subprocess.Popen(
-      cli_args(data_dir, workdir, **{'training.num_steps': 100000,
-                                     'training.checkpoint_every': 100000,
-                                     'training.eval_every': 100000}),
-      env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-  metrics = workdir / 'metrics.jsonl'
-  deadline = time.time() + 240
-  while time.time() < deadline and not (metrics.exists() and
-                                        len(metrics.read_text().splitlines()) >= 3):
-    time.sleep(0.1)
-  process.send_signal(signal.SIGTERM)
-  out, _ = process.communicate(timeout=120)
-  assert process.returncode == 0
-  match = re.search(r'SIGTERM: saved checkpoint at step (\d+)', out)
-  assert match, out[-2000:]
-  step = int(match.group(1))
-  assert step >= 3
-  assert sorted(os.listdir(workdir / 'checkpoints')) == [str(step)]
 
 
 def test_train_in_process_then_evaluate(data_dir, tmp_path):
