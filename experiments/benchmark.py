@@ -194,7 +194,7 @@ def measure_loop(spec):
   from vivit.recipes import load_config
   from vivit.step import TrainState, train_step
   config = load_config(os.path.join(REPO, 'configs', 'synthetic_motion.py'))
-  steps, window = spec['steps'], spec['steps'] // 3
+  steps, window = spec['steps'], max(1, spec['steps'] // 3)
   config.dataset.data_dir = spec.get('data_dir')
   config.training.update(num_steps=steps, log_every=window, eval_every=10 ** 9,
                          checkpoint_every=10 ** 9)

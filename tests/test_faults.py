@@ -77,6 +77,13 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(
   assert f'resumed from {workdir}/checkpoints/2' in out
   assert result['step'] == 6
   assert os.listdir(os.path.join(workdir, 'unreadable_checkpoints'))
+  # A readable checkpoint of another config's train state is not "damaged": refused,
+  # and kept where it is.
+  kept = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
+  with pytest.raises(ValueError, match=r'checkpoints/6 holds a train state of a different'):
+    train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 8,
+                                                      'training.nonfinite': 'skip'}), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == kept
 
 
 def test_failed_save_is_reported_and_keeps_earlier_checkpoints(

@@ -194,10 +194,16 @@ def restore_latest(manager: ocp.CheckpointManager, target):
   (None, None) when there is none. An unreadable checkpoint is moved to
   `<dir>/../unreadable_checkpoints/` so that training can save that step again."""
   for step in sorted(manager.all_steps(), reverse=True):
+    path = os.path.join(str(manager.directory), str(step))
     try:
       return step, manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # pylint: disable=broad-except  (any damage reads differently)
-      path = os.path.join(str(manager.directory), str(step))
+      if 'structures do not match' in str(e):  # readable, but another config's state
+        raise ValueError(
+            f'checkpoint {path} holds a train state of a different shape than this '
+            f'config builds (was training.optimizer, training.nonfinite or gradient '
+            f'clipping changed since it was written?); resume with the config it was '
+            f'written with (WORKDIR/config.json), or use a new --workdir') from e
       reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
       print(f'warning: checkpoint {path} cannot be read ({type(e).__name__}: {reason}); '
             f'trying the one before it', flush=True)

@@ -64,7 +64,7 @@ def launch(args: List[str], processes: int, devices_per_process: int,
   deadline = None if timeout is None else time.time() + timeout
   status = 0
   try:
-    while any(child.poll() is None for child in children):
+    while [child.poll() for child in children].count(None):  # polls every child
       failed = [c.returncode for c in children if c.returncode not in (None, 0)]
       if failed or (deadline and time.time() > deadline):
         status = failed[0] if failed else 124

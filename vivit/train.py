@@ -93,6 +93,10 @@ def _save(manager, step: int, item, **kwargs) -> None:
         f'{"none" if kept is None else kept})') from e
 
 
+# With several hosts, how often (in steps) they agree on whether one got SIGTERM.
+STOP_CHECK_EVERY = 10
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   training = config.training
   init_from = config.get('init_from')
@@ -194,10 +198,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
           f'{what}: training stopped (the last checkpoint, {kept}, is finite). Lower '
           f'training.learning_rate, or set training.nonfinite=skip to skip such steps')
 
-  def agreed_stop() -> bool:
-    """Whether any host got SIGTERM: every host must stop at the same step."""
+  def agreed_stop(step: int, due: bool) -> bool:
+    """Whether any host got SIGTERM: every host must stop at the same step. Hosts
+    agree every STOP_CHECK_EVERY steps and whenever something is due anyway (the
+    collective waits for the step, which holds back dispatching ahead)."""
     if jax.process_count() == 1:
       return stop['signal'] is not None
+    if not due and step % STOP_CHECK_EVERY:
+      return False
     return bool(multihost_utils.process_allgather(
         np.int32(stop['signal'] is not None)).any())
 
@@ -208,11 +216,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
       state, metrics = step_fn(state, next(batches))
       step += 1
       window.append(metrics)
-      unchecked.append((step, metrics['loss']))
+      if nonfinite_stops:
+        unchecked.append((step, metrics['loss']))
       logged = step % training.log_every == 0 or step == total_steps
       evaluated = step % training.eval_every == 0 or step == total_steps
       saved = step % training.checkpoint_every == 0 or step == total_steps
-      stopping = agreed_stop()
+      stopping = agreed_stop(step, logged or evaluated or saved)
       if logged or evaluated or saved or stopping:
         check_finite(step)
       if logged:

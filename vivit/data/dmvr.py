@@ -71,8 +71,7 @@ class Records:
       raise ValueError(f'{len(every)} files of split {split} cannot be shared between '
                        f'{hosts} hosts')
     self.num_examples = _count(tuple(self._files))
-    # Evaluation runs as many steps on every host as the largest share needs.
-    self._largest_share = max(_count(tuple(every[h::hosts])) for h in range(hosts))
+    self._shares = [tuple(every[h::hosts]) for h in range(hosts)]
     self._shuffle_buffer = shuffle_buffer
 
   @staticmethod
@@ -90,7 +89,7 @@ class Records:
     files, interleaved and shuffled through the buffer with a seed of (seed, host,
     e); a resumed run skips the records of the current epoch before `start_step`."""
     from vivit.data.pipeline import Stream, host_rows, stream_seed
-    batch_size = host_rows(global_batch)[1]
+    first_row, batch_size = host_rows(global_batch)
     steps_per_epoch = self.num_examples // batch_size
     first_epoch, skip = divmod(start_step, steps_per_epoch)
     files = tf.data.Dataset.from_tensor_slices(self._files)
@@ -105,7 +104,10 @@ class Records:
 
     records = (tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch_records)
                .skip(skip * batch_size))
-    positions = tf.data.Dataset.range(start_step * batch_size, 2 ** 62)
+    # Global stream positions (the augmentation seeds): distinct across hosts.
+    positions = tf.data.Dataset.range(2 ** 62).map(
+        lambda local: ((start_step + local // batch_size) * global_batch + first_row
+                       + local % batch_size))
     return Stream(tf.data.Dataset.zip(positions, records))
 
   def eval_stream(self, global_batch: int):
@@ -113,7 +115,8 @@ class Records:
     again) up to the number of batches the largest host share needs."""
     from vivit.data.pipeline import Stream, host_rows
     rows = host_rows(global_batch)[1]
-    total = -(-self._largest_share // rows) * rows
+    largest_share = max(_count(share) for share in self._shares)  # counted once, cached
+    total = -(-largest_share // rows) * rows
     records = tf.data.TFRecordDataset(self._files)
     indices = tf.data.Dataset.range(self.num_examples).concatenate(
         tf.data.Dataset.from_tensors(tf.constant(-1, tf.int64)).repeat())

@@ -157,7 +157,8 @@ def _blocked_backward(block, residuals, grad_out):
     return grad_query, (grad_key, grad_value)
   grad_query, (grad_key, grad_value) = _over_key_blocks(
       step, jnp.zeros((batch, heads, length, depth), f32), key, value, block)
-  scale = 1.0 / np.sqrt(depth)
+  # d(natural logit)/d(q.k): the forward's base-2 scale as rounded to the input dtype.
+  scale = float(np.asarray(np.log2(np.e) / np.sqrt(depth), query.dtype)) / np.log2(np.e)
   return ((grad_query * scale).astype(query.dtype),
           (jnp.swapaxes(grad_key, -1, -2) * scale).astype(key.dtype),
           jnp.swapaxes(grad_value, -1, -2).astype(value.dtype))
