@@ -55,6 +55,11 @@ def make_optimizer(training: ml_collections.ConfigDict, total_steps: int,
   return optimizer, schedule
 
 
+def all_finite(tree) -> jax.Array:
+  """Scalar bool: no NaN or inf anywhere in `tree`."""
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
 class SkipState(NamedTuple):
   inner_state: Any
   skipped: jax.Array  # steps skipped so far
@@ -69,8 +74,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
 
   def update(updates, state, params=None):
     new_updates, inner_state = inner.update(updates, state.inner_state, params)
-    finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(u))
-                                  for u in jax.tree_util.tree_leaves(new_updates)]))
+    finite = all_finite(new_updates)
     keep = lambda new, old: jnp.where(finite, new, old)
     return (jax.tree_util.tree_map(lambda u: keep(u, jnp.zeros_like(u)), new_updates),
             SkipState(jax.tree_util.tree_map(keep, inner_state, state.inner_state),

@@ -27,7 +27,7 @@ from vivit import checkpoints, evaluate, initialise, sharding
 from vivit import cli as cli_lib
 from vivit.data import pipeline
 from vivit.models import build_model, init_params
-from vivit.optim import make_optimizer, skipped_steps
+from vivit.optim import all_finite, make_optimizer, skipped_steps
 from vivit.step import TrainState, train_step
 
 
@@ -74,11 +74,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     return _train_and_evaluate(config, workdir)
 
 
-@jax.jit
-def _finite(tree):
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
 def _save(manager, step: int, item, **kwargs) -> None:
   """`manager.save`, with a failure (disk full, no permission) reported as what it is."""
   try:
@@ -92,6 +87,8 @@ def _save(manager, step: int, item, **kwargs) -> None:
         f'{e}); the checkpoints before it are intact (latest: '
         f'{"none" if kept is None else kept})') from e
 
+
+_all_finite = jax.jit(all_finite)
 
 # With several hosts, how often (in steps) they agree on whether one got SIGTERM.
 STOP_CHECK_EVERY = 10
@@ -191,7 +188,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
     unchecked.clear()
     kept = last.latest_step()
     kept = f'{workdir}/checkpoints/{kept}' if kept is not None else 'none yet'
-    if bad or not bool(_finite(state.params)):
+    if bad or not bool(_all_finite(state.params)):
       what = (f'the loss is {bad[0][1]} at step {bad[0][0]}' if bad else
               f'the parameters are not finite after step {step}')
       raise checkpoints.TrainingDiverged(
