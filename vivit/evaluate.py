@@ -175,7 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
     step, params = checkpoints.restore_best_params(
         workdir, sharding.sharded_shapes(
             mesh, param_shapes(model_config),
-            config.mesh.get('fsdp_min_size', sharding.FSDP_MIN_SIZE)))
+            sharding.fsdp_min_size(config.mesh)))
     source = f'{workdir}/best/{step}'
   elif tuple(config.model.input_size) != tuple(model_config.input_size):
     print(f'resizing the position embeddings of {checkpoint} from clips '

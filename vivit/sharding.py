@@ -4,6 +4,7 @@ The mesh has a `data` axis (batch) and an `fsdp` axis (batch too, and parameters
 optimiser state sharded along their largest divisible dimension).
 """
 import collections
+import os
 from typing import Dict, Iterator, Optional, Sequence
 
 import jax
@@ -17,7 +18,6 @@ BATCH_AXES = ('data', 'fsdp')
 def initialize_distributed() -> None:
   """`jax.distributed.initialize()`: from `vivit.launch`'s environment when it started
   this process, else by JAX's cluster detection (SLURM, TPU pods, Open MPI, ...)."""
-  import os
   from vivit.launch import NUM_PROCESSES_ENV, PROCESS_ID_ENV
   if os.environ.get(NUM_PROCESSES_ENV):
     jax.distributed.initialize(num_processes=int(os.environ[NUM_PROCESSES_ENV]),
@@ -49,6 +49,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 # `mesh.fsdp_min_size`: parameters with fewer elements (LayerNorm scales, biases) stay
 # replicated under FSDP: sharding them saves next to no memory and costs a gather each.
 FSDP_MIN_SIZE = 2 ** 12
+
+
+def fsdp_min_size(mesh_config: ml_collections.ConfigDict) -> int:
+  return mesh_config.get('fsdp_min_size', FSDP_MIN_SIZE)
 
 
 def fsdp_axis(shape, fsdp: int, min_size: int = FSDP_MIN_SIZE) -> Optional[int]:

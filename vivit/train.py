@@ -135,7 +135,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   abstract = jax.eval_shape(init_state)
-  min_size = config.mesh.get('fsdp_min_size', sharding.FSDP_MIN_SIZE)
+  min_size = sharding.fsdp_min_size(config.mesh)
   state_sharding = sharding.tree_shardings(mesh, abstract, min_size)
   batch_sharding = sharding.batch_sharding(mesh)
 
@@ -226,10 +226,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
         summary['learning_rate'] = float(schedule(step - 1))
         elapsed = time.time() - window_start
         summary['steps_per_second'] = len(window) / elapsed
-        skipped = '' if nonfinite_stops else skipped_steps(state.opt_state)
+        skipped = ''
         if not nonfinite_stops:
-          summary['skipped_steps'] = skipped
-          skipped = f' | {skipped} steps skipped'
+          summary['skipped_steps'] = skipped_steps(state.opt_state)
+          skipped = f" | {summary['skipped_steps']} steps skipped"
         writer.write(step, 'train', summary)
         eta = (total_steps - step) / summary['steps_per_second']
         if writer.active:
