@@ -1,5 +1,44 @@
 """vivit-jax: ViViT (Arnab et al., ICCV 2021) in JAX/Flax."""
-from setuptools import find_packages, setup
+import importlib.util
+import os
+import platform
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class BuildFusedAttention(build_ext):
+  """Builds the CPU attention kernel (`vivit/models/fused_attention.cc`) against the
+  XLA FFI headers that jaxlib ships. Optional: without a C++ compiler, jaxlib or an
+  x86-64 CPU, vivit falls back to its pure-JAX attention (and says so)."""
+
+  def build_extensions(self):
+    jaxlib = importlib.util.find_spec('jaxlib')
+    if jaxlib is None or platform.machine().lower() not in ('x86_64', 'amd64'):
+      print('vivit-jax: skipping the fused CPU attention kernel (needs jaxlib at build '
+            'time and an x86-64 CPU); the pure-JAX attention will be used')
+      self.extensions = []
+      return
+    include = os.path.join(os.path.dirname(jaxlib.origin), 'include')
+    for extension in self.extensions:
+      extension.include_dirs.append(include)
+    super().build_extensions()
+
+  def build_extension(self, extension):
+    try:
+      super().build_extension(extension)
+    except Exception as error:  # pylint: disable=broad-except
+      self.extensions.remove(extension)
+      print(f'vivit-jax: could not build {extension.name} ({error}); the pure-JAX '
+            'attention will be used')
+
+
+fused_attention = Extension(
+    'vivit.models._fused_attention',
+    sources=['vivit/models/fused_attention.cc'],
+    language='c++',
+    extra_compile_args=['-O3', '-std=c++17', '-Wno-attributes', '-Wno-return-type'],
+)
 
 setup(
     name="vivit-jax",
@@ -8,6 +47,8 @@ setup(
                 "scenic and HuggingFace checkpoint conversion, training and evaluation.",
     packages=find_packages(include=["vivit", "vivit.*"]),
     python_requires=">=3.11",
+    ext_modules=[fused_attention],
+    cmdclass={"build_ext": BuildFusedAttention},
     install_requires=[
         "jax>=0.10",
         "flax",
@@ -38,7 +79,7 @@ setup(
         # `prepare --beam`: TFDS's Apache Beam generation (Dataflow, Flink, Spark).
         "beam": ["apache-beam"],
         # torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
-        "test": ["pytest", "hypothesis", "psutil", "transformers", "safetensors", "torch==2.13.0",
-                 "apache-beam"],
+        "test": ["pytest", "pytest-xdist", "hypothesis", "psutil", "transformers",
+                 "safetensors", "torch==2.13.0", "apache-beam"],
     },
 )

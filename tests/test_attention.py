@@ -1,12 +1,21 @@
-"""The key-blocked attention against the plain one: values and gradients, every
-variant, with and without CLS, lengths that are not a multiple of the block."""
+"""The key-blocked attention and the fused CPU kernel against the plain one: values
+and gradients, every variant, with and without CLS, lengths that are not a multiple
+of the blocks."""
+import os
+import platform
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import random_params, random_video, tiny_config
-from vivit.models import build_model, layers
+from vivit.models import build_model, fused_attention, layers
+
+needs_fused = pytest.mark.skipif(bool(fused_attention.unavailable_reason()),
+                                 reason=fused_attention.unavailable_reason() or 'available')
 
 
 def plain_attention(query, key, value):
@@ -52,11 +61,91 @@ def test_blocked_attention_bfloat16():
     assert error < 1e-2, error
 
 
+def _cpu_has_avx512():
+  try:
+    with open('/proc/cpuinfo') as f:
+      return ' avx512f ' in f.read().replace('\n', ' ')
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(platform.machine() != 'x86_64' or not _cpu_has_avx512(),
+                    reason='the fused kernel is for x86-64 CPUs with AVX-512')
+def test_fused_kernel_was_built_and_loads():
+  """On a CPU it is written for, `pip install -e .` must have built it."""
+  assert fused_attention.unavailable_reason() == ''
+
+
+@needs_fused
+@pytest.mark.parametrize('length,depth', [(1, 16), (5, 64), (37, 64), (128, 16), (129, 80),
+                                          (300, 64), (200, 128)])
+def test_fused_attention_values_and_gradients(length, depth):
+  """Lengths below, at and past the kernel's 64-query and 128-key blocks; `[batch,
+  length, heads, head_dim]` (the kernel reads heads in place). Logits of standard
+  deviation 2 (sharper softmaxes leave float32 itself, the plain attention included,
+  ~5e-5 off a float64 reference)."""
+  rng = np.random.RandomState(length + depth)
+  query, key, value, weights = (
+      jnp.asarray(rng.normal(size=(2, length, 3, depth)) * np.sqrt(2), jnp.float32)
+      for _ in range(4))
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)
+  plain = lambda q, k, v: heads_first(plain_attention(*map(heads_first, (q, k, v))))
+  fused = jax.jit(fused_attention.fused_attention)
+  np.testing.assert_allclose(fused(query, key, value), plain(query, key, value),
+                             atol=1e-5, rtol=0)
+  loss = lambda fn: lambda *qkv: jnp.sum(jnp.sin(fn(*qkv)) * weights)
+  got = jax.jit(jax.grad(loss(fused_attention.fused_attention), argnums=(0, 1, 2)))(
+      query, key, value)
+  want = jax.grad(loss(plain), argnums=(0, 1, 2))(query, key, value)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+
+
+@needs_fused
+def test_fused_attention_keeps_batch_and_head_sharding():
+  """On 4 devices the kernel runs on each device's examples (no all-gather) and the
+  gradient is the single-device one."""
+  script = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from vivit.models import layers
+mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ('data', 'model'))
+x = np.random.RandomState(0).normal(size=(4, 70, 2, 16)).astype(np.float32)
+grad = lambda impl: jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(layers.attend(
+    q, q * 0.5, q, implementation=impl)))))
+sharded = jax.device_put(x, NamedSharding(mesh, P('data', None, 'model')))
+hlo = grad('fused').lower(sharded).compile().as_text()
+assert 'all-gather' not in hlo and 'custom-call' in hlo, hlo
+got = grad('fused')(sharded)
+assert got.sharding.spec[0] == 'data', got.sharding
+np.testing.assert_allclose(got, grad('xla')(x), atol=1e-5, rtol=1e-5)
+print('ok')
+"""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]
+
+
+def test_fused_refuses_what_it_cannot_run():
+  x = jnp.zeros((1, 4, 2, 8))
+  with pytest.raises(ValueError, match="'fused' needs .* head_dim 8"):
+    layers.attend(x, x, x, implementation='fused')
+  x = jnp.zeros((1, 4, 2, 16), jnp.bfloat16)
+  with pytest.raises(ValueError, match="'fused' needs .*bfloat16"):
+    layers.attend(x, x, x, implementation='fused')
+
+
 def test_auto_blocks_long_sequences_only():
-  def uses_scan(length):
-    x = jnp.zeros((1, length, 2, 4))
-    return 'scan' in str(jax.make_jaxpr(layers.attend)(x, x, x))
-  assert uses_scan(layers.BLOCKED_MIN_LENGTH) and not uses_scan(layers.BLOCKED_MIN_LENGTH - 1)
+  """Head dim 4 (which the fused kernel does not take): blocked from
+  BLOCKED_MIN_LENGTH tokens on. Head dim 16: fused at any length, where built."""
+  def jaxpr(length, depth=4):
+    x = jnp.zeros((1, length, 2, depth))
+    return str(jax.make_jaxpr(layers.attend)(x, x, x))
+  assert 'scan' in jaxpr(layers.BLOCKED_MIN_LENGTH)
+  assert 'scan' not in jaxpr(layers.BLOCKED_MIN_LENGTH - 1)
+  if not fused_attention.unavailable_reason():
+    assert 'custom_partitioning' in jaxpr(5, depth=16)
   with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
     layers.attend(jnp.zeros((1, 4, 2, 4)), jnp.zeros((1, 4, 2, 4)), jnp.zeros((1, 4, 2, 4)),
                   implementation='flash')
@@ -70,21 +159,27 @@ CASES = [('spatio_temporal', 'tubelet', 'token'), ('spatio_temporal', 'frame', '
 
 
 @pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(c))
-def test_every_variant_blocked_equals_xla(case, monkeypatch):
+def test_every_variant_blocked_and_fused_equal_xla(case, monkeypatch):
   """Blocks of 4 keys, so every attention (9 tokens with CLS, 8 without, 2 or 4 along
-  a factorised axis) spans several blocks or a partial one."""
+  a factorised axis) spans several blocks or a partial one. Head dim 16 (hidden 32,
+  2 heads; model 4: one head per axis) so that the fused kernel takes it."""
   monkeypatch.setattr(layers, 'KEY_BLOCK', 4)
   variant, embedding, classifier = case
   video = random_video()
+  implementations = ['xla', 'blocked']
+  if not fused_attention.unavailable_reason():
+    implementations.append('fused')
   outputs = {}
-  for attention in ('xla', 'blocked'):
-    config = tiny_config(variant, embedding, classifier, attention=attention, num_layers=1)
-    config.temporal.num_layers = 1
+  for attention in implementations:
+    config = tiny_config(variant, embedding, classifier, attention=attention, num_layers=1,
+                         hidden_size=32, num_heads=2)
+    config.temporal.update(num_layers=1, num_heads=2)
     model, params = build_model(config), random_params(config)
     loss = lambda p: jnp.mean(model.apply({'params': p}, video) ** 2)
     outputs[attention] = jax.jit(lambda p: (model.apply({'params': p}, video),
                                             jax.grad(loss)(p)))(params)
-  np.testing.assert_allclose(outputs['blocked'][0], outputs['xla'][0], atol=1e-5, rtol=0)
-  for got, want in zip(jax.tree_util.tree_leaves(outputs['blocked'][1]),
-                       jax.tree_util.tree_leaves(outputs['xla'][1])):
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+  for attention in implementations[1:]:
+    np.testing.assert_allclose(outputs[attention][0], outputs['xla'][0], atol=1e-5, rtol=0)
+    for got, want in zip(jax.tree_util.tree_leaves(outputs[attention][1]),
+                         jax.tree_util.tree_leaves(outputs['xla'][1])):
+      np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -18,7 +18,7 @@ from vivit.models import build_model
 
 # (image size, frames, tubelet (t, h, w), hidden, layers, heads, mlp, labels)
 HF_CASES = [
-    (32, 8, (2, 16, 16), 48, 2, 4, 96, 7),
+    (32, 8, (2, 16, 16), 64, 2, 4, 96, 7),   # head_dim 16: the fused CPU kernel
     (24, 9, (3, 8, 4), 24, 3, 2, 40, 3),     # odd tubelet, 9 frames
     (16, 5, (1, 8, 8), 64, 1, 8, 128, 10),   # per-frame tubelet, odd frame count
 ]

@@ -12,12 +12,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vivit.models import fused_attention as fused
+
 Dtype = Any
 
 
-# Attention implementations (`model.attention`): 'auto' = 'blocked' from this many
-# tokens on (where the full [heads, N, N] matrix costs hundreds of MB), else 'xla'.
-ATTENTION_IMPLEMENTATIONS = ('auto', 'xla', 'blocked', 'cudnn')
+# Attention implementations (`model.attention`): 'auto' = 'fused' where it runs (CPU,
+# float32), else 'blocked' from this many tokens on (where the full [heads, N, N]
+# matrix costs hundreds of MB), else 'xla'.
+ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'xla', 'blocked', 'cudnn')
 BLOCKED_MIN_LENGTH = 1024
 KEY_BLOCK = 128  # fastest of 32..1024 on this CPU (3137 tokens, 12 heads)
 
@@ -31,11 +34,13 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
     dropout_rate: attention-probability dropout; only applied with `dropout_rng`
       (then the probabilities are materialised, whatever `implementation`).
     dropout_rng: PRNG key, given only in training.
-    implementation: 'xla' (`jax.nn.dot_product_attention`'s XLA path: the full
-      probability matrix), 'blocked' (`blocked_attention`: key blocks with an online
-      softmax, never the full matrix), 'cudnn' (cuDNN flash attention on NVIDIA
-      GPUs, where cuDNN supports the dtype and shape) or 'auto' ('blocked' for
-      `BLOCKED_MIN_LENGTH` tokens or more, else 'xla').
+    implementation: 'fused' (the C++ CPU kernel of `fused_attention`: float32, head
+      dims a multiple of 16 up to 128), 'xla' (`jax.nn.dot_product_attention`'s XLA
+      path: the full probability matrix), 'blocked' (`blocked_attention`: key blocks
+      with an online softmax, never the full matrix), 'cudnn' (cuDNN flash attention
+      on NVIDIA GPUs, where cuDNN supports the dtype and shape) or 'auto' ('fused'
+      where `fused.supports` the query, else 'blocked' for `BLOCKED_MIN_LENGTH` tokens
+      or more, else 'xla').
 
   Returns:
     `[batch, length, heads, head_dim]`.
@@ -51,7 +56,18 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
     raise ValueError(f'unknown attention implementation {implementation!r}; expected '
                      f'one of {", ".join(ATTENTION_IMPLEMENTATIONS)}')
   if implementation == 'auto':
-    implementation = 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
+    if fused.supports(query):
+      implementation = 'fused'
+    else:
+      implementation = 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
+  if implementation == 'fused':
+    if not fused.supports(query):
+      raise ValueError(
+          'attention implementation \'fused\' needs the CPU backend, float32 and a '
+          f'head_dim that is a multiple of 16 up to 128 (got {jax.default_backend()}, '
+          f'{query.dtype}, head_dim {query.shape[-1]}) and the built kernel'
+          + (f': {fused.unavailable_reason()}' if fused.unavailable_reason() else ''))
+    return fused.fused_attention(query, key, value)
   if implementation == 'blocked':
     heads_first = lambda x: x.transpose(0, 2, 1, 3)
     out = blocked_attention(heads_first(query), heads_first(key), heads_first(value),
