@@ -86,6 +86,33 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == kept
 
 
+def test_hosts_agree_on_the_checkpoint_to_resume_from(tmp_path, monkeypatch, capsys):
+  """Two hosts (the second simulated through `process_allgather`): when the other
+  host cannot read the newest checkpoint, this one falls back with it instead of
+  resuming from a different step; when both read it, both resume there."""
+  from jax.experimental import multihost_utils
+  manager = ocp.CheckpointManager(str(tmp_path / 'checkpoints'),
+                                  options=ocp.CheckpointManagerOptions(create=True))
+  weights = {step: np.full(8, step, np.float32) for step in (1, 2)}
+  for step in (1, 2):
+    manager.save(step, args=ocp.args.StandardSave({'w': weights[step]}))
+  manager.wait_until_finished()
+  target = {'w': np.zeros(8, np.float32)}
+  other_host = []  # the other host's outcome at each attempt
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda x: np.array([x, other_host.pop(0)]))
+  monkeypatch.setattr(multihost_utils, 'sync_global_devices', lambda name: None)
+  other_host[:] = [0]
+  assert checkpoints.restore_latest(manager, target)[0] == 2
+  other_host[:] = [1, 0]
+  step, state = checkpoints.restore_latest(manager, target)
+  assert step == 1 and (state['w'] == 1).all() and not other_host
+  assert (f'warning: checkpoint {tmp_path}/checkpoints/2 cannot be read (another host '
+          f'cannot read it)') in capsys.readouterr().out
+  assert os.listdir(tmp_path / 'unreadable_checkpoints')[0].startswith('2-')
+
+
 def test_failed_save_is_reported_and_keeps_earlier_checkpoints(
     data_dir, tmp_path, monkeypatch):  # noqa: F811
   save = ocp.CheckpointManager.save

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -291,9 +292,9 @@ def test_train_and_evaluate_on_prepared_kinetics(kinetics, tmp_path):
   assert result['class_names'] == sorted(KINETICS_CLASSES)
 
 
-def test_dmvr_reader_yields_the_tfds_clips(kinetics, tmp_path):
-  """Scenic-format SequenceExamples of the same frames give the same clips."""
-  _, _, data_dir, _ = kinetics
+def scenic_sequence_examples(data_dir):
+  """The prepared kinetics400 validation split as serialized scenic (DMVR)
+  SequenceExamples: JPEG frames and the label."""
   builder = tfds.builder('kinetics400', data_dir=str(data_dir))
   raw = builder.as_data_source('validation',
                                deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
@@ -307,6 +308,13 @@ def test_dmvr_reader_yields_the_tfds_clips(kinetics, tmp_path):
     for jpeg in example['video'].numpy():
       frames.feature.add().bytes_list.value.append(jpeg)
     records.append(sequence.SerializeToString())
+  return records
+
+
+def test_dmvr_reader_yields_the_tfds_clips(kinetics, tmp_path):
+  """Scenic-format SequenceExamples of the same frames give the same clips."""
+  _, _, data_dir, _ = kinetics
+  records = scenic_sequence_examples(data_dir)
   for shard, part in enumerate((records[:2], records[2:])):
     with tf.io.TFRecordWriter(str(tmp_path / f'validation.tfrecord-{shard:05d}-of-00002')) as w:
       for record in part:
@@ -335,6 +343,32 @@ def test_dmvr_reader_yields_the_tfds_clips(kinetics, tmp_path):
     os.rename(tmp_path / 'validation.tfrecord-00001-of-00002',
               tmp_path / 'validation.tfrecord-00001-of-00003')
     dmvr.files(str(tmp_path / '{split}.tfrecord@3'), 'validation')
+
+
+def test_dmvr_host_with_empty_files_runs_the_same_eval_steps(kinetics, tmp_path,
+                                                             monkeypatch):
+  """Two hosts (simulated), the second one's file empty: it runs as many eval
+  batches as the first (all padding, mask 0), so their collectives match; training
+  on it is refused with a message."""
+  sequences = scenic_sequence_examples(kinetics[2])
+  for shard, part in enumerate((sequences, [])):
+    with tf.io.TFRecordWriter(str(tmp_path / f'validation.tfrecord-{shard:05d}-of-00002')) as w:
+      for record in part:
+        w.write(record)
+  config = tiny_config(str(kinetics[2]), **{'dataset.name': 'kinetics400'}).dataset
+  config.update(format='dmvr', data_dir=str(tmp_path / '{split}.tfrecord@2'))
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  masks = {}
+  for host in (0, 1):
+    monkeypatch.setattr(jax, 'process_index', lambda host=host: host)
+    masks[host] = [b['mask'] for b in pipeline.eval_batches(config, 'validation', 4,
+                                                             num_clips=1, num_crops=1)]
+  assert len(masks[0]) == len(masks[1]) == -(-len(sequences) // 2)
+  assert sum(m.sum() for m in masks[0]) == len(sequences)
+  assert sum(m.sum() for m in masks[1]) == 0
+  config.train_split = 'validation'
+  with pytest.raises(ValueError, match='host 1 has 0 records of split validation'):
+    next(pipeline.train_batches(config, 4, seed=1))
 
 
 def test_bad_annotations_name_file_and_line(tmp_path):

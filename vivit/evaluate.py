@@ -6,10 +6,10 @@
 
 Each test video gives `config.eval.num_clips` evenly spaced clips x
 `config.eval.num_crops` spatial crops; logits are averaged over the views. Writes
-W/eval_results.json, W/confusion_matrix.png and W/training_curve.png.
+W/eval_results.json, W/confusion_matrix.png and W/training_curve.png. W (and
+--checkpoint) may be a local directory or a URL `etils.epath` supports (gs://...).
 """
 import json
-import os
 from typing import Any, Dict
 
 import jax
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from etils import epath
 from ml_collections import config_flags
 
 from vivit import checkpoints, sharding
@@ -106,7 +107,15 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
   return result
 
 
-def plot_confusion(confusion, class_names, path: str) -> None:
+def _save_figure(fig, path: epath.PathLike) -> None:
+  """`fig` as a PNG at `path` (local or a URL), then closed."""
+  import matplotlib.pyplot as plt
+  with epath.Path(path).open('wb') as f:
+    fig.savefig(f, format='png', dpi=120)
+  plt.close(fig)
+
+
+def plot_confusion(confusion, class_names, path: epath.PathLike) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -125,19 +134,19 @@ def plot_confusion(confusion, class_names, path: str) -> None:
                 color='white' if count > confusion.max() / 2 else 'black')
   fig.colorbar(image)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save_figure(fig, path)
 
 
-def plot_training_curve(metrics_file: str, path: str) -> bool:
+def plot_training_curve(metrics_file: epath.PathLike, path: epath.PathLike) -> bool:
   """Train loss and validation top-1 against step, from metrics.jsonl."""
-  if not os.path.exists(metrics_file):
+  metrics_file = epath.Path(metrics_file)
+  if not metrics_file.exists():
     return False
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  with open(metrics_file) as f:
-    records = [json.loads(line) for line in f if line.strip()]
+  records = [json.loads(line) for line in metrics_file.read_text().splitlines()
+             if line.strip()]
   train = [(r['step'], r['loss']) for r in records if r['split'] == 'train']
   val = [(r['step'], r['top1']) for r in records if r['split'] == 'validation']
   fig, loss_ax = plt.subplots(figsize=(7, 4))
@@ -151,15 +160,15 @@ def plot_training_curve(metrics_file: str, path: str) -> bool:
     acc_ax.set_ylabel('validation top-1', color='tab:orange')
     acc_ax.set_ylim(0, 1)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save_figure(fig, path)
   return True
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
-        split: str = None) -> Dict[str, Any]:
+def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
+        checkpoint: epath.PathLike = None, split: str = None) -> Dict[str, Any]:
   """Loads the best (or `checkpoint`) params and runs the multi-view test."""
   split = split or config.dataset.test_split
+  workdir = checkpoints.as_path(workdir)
   if checkpoint:
     model_config, params = checkpoints.load_params(checkpoint)
     source = checkpoint
@@ -186,11 +195,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
                           mesh, config.eval.num_clips, config.eval.num_crops)
   result.update(split=split, checkpoint=source, class_names=labels_info.class_names)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
-      json.dump(result, f, indent=2)
-    plot_training_curve(os.path.join(workdir, 'metrics.jsonl'),
-                        os.path.join(workdir, 'training_curve.png'))
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / 'eval_results.json').write_text(json.dumps(result, indent=2))
+    plot_training_curve(workdir / 'metrics.jsonl', workdir / 'training_curve.png')
     views = f"({result['num_videos']} videos x {result['views']} views, {source})"
     if labels_info.heads:
       print(f"{split}: action top-1 {result['top1']:.4f}  " + '  '.join(
@@ -198,7 +205,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = None,
             + f'  {views}')
     else:
       plot_confusion(result['confusion_matrix'], labels_info.class_names,
-                     os.path.join(workdir, 'confusion_matrix.png'))
+                     workdir / 'confusion_matrix.png')
       print(f"{split}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  {views}")
       worst = np.argsort(result['per_class_accuracy'])[:3]
       print('hardest classes: ' + ', '.join(

@@ -23,6 +23,7 @@ import flax
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from vivit import checkpoints
 from vivit.convert import from_scenic, from_transformers, resize_params
@@ -42,22 +43,22 @@ ARCHITECTURE_FIELDS = ('variant', 'embedding', 'tubelet', 'hidden_size', 'num_he
 
 def guess_format(path: str) -> str:
   """The `init_from.format` that `path` looks like; ValueError if none."""
-  if not os.path.exists(path):
+  directory = epath.Path(path)
+  if not directory.exists():
     raise FileNotFoundError(f'checkpoint path {path} does not exist')
   scenic_name = re.compile(r'checkpoint_\d+')
-  if not os.path.isdir(path):
-    if path.endswith('.npz'):
+  if not directory.is_dir():
+    if directory.name.endswith('.npz'):
       return 'vit'
-    if scenic_name.fullmatch(os.path.basename(path)):
+    if scenic_name.fullmatch(directory.name):
       return 'scenic'
-  elif os.path.exists(os.path.join(path, 'model_config.json')):
+  elif (directory / 'model_config.json').exists():
     return 'vivit'
-  elif os.path.exists(os.path.join(path, 'config.json')):
-    with open(os.path.join(path, 'config.json')) as f:
-      model_type = json.load(f).get('model_type')
+  elif (directory / 'config.json').exists():
+    model_type = json.loads((directory / 'config.json').read_text()).get('model_type')
     if model_type in ('vivit', 'vit'):
       return {'vivit': 'transformers', 'vit': 'vit'}[model_type]
-  elif any(scenic_name.fullmatch(name) for name in os.listdir(path)):
+  elif any(scenic_name.fullmatch(child.name) for child in directory.iterdir()):
     return 'scenic'
   raise ValueError(f'cannot tell the format of the checkpoint {path}: expected a '
                    f'vision_transformer .npz, an HF ViT or ViViT directory, a scenic '
@@ -128,7 +129,7 @@ def model_config_from_checkpoint(init_from: ml_collections.ConfigDict,
 
 def _resolved(init_from: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   init_from = ml_collections.ConfigDict(init_from.to_dict())
-  if not os.path.exists(init_from.path):
+  if not epath.Path(init_from.path).exists():
     raise FileNotFoundError(f'checkpoint path {init_from.path} does not exist')
   if not init_from.get('format'):
     init_from.format = guess_format(init_from.path)

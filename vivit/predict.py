@@ -12,11 +12,11 @@ class probabilities are the softmax of the logits averaged over views (for a
 multi-head model, e.g. Epic-Kitchens' noun and verb, each head's own).
 """
 import json
-import os
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
+from etils import epath
 
 from vivit import cli
 
@@ -34,11 +34,10 @@ def load_checkpoint(path: str, fmt: Optional[str] = None,
   from vivit.initialise import read_checkpoint
   config, params, names = read_checkpoint(path, fmt, scenic_config)
   settings = {}
-  train_config = os.path.join(path, 'config.json')
-  if os.path.exists(os.path.join(path, 'model_config.json')) and os.path.exists(
-      train_config):
-    with open(train_config) as f:
-      dataset = json.load(f).get('dataset') or {}
+  directory = epath.Path(path)
+  train_config = directory / 'config.json'
+  if (directory / 'model_config.json').exists() and train_config.exists():
+    dataset = json.loads(train_config.read_text()).get('dataset') or {}
     settings = {k: dataset.get(k) for k in ('stride', 'min_resize')}
     settings['fps'] = _dataset_fps(dataset)
   return config, params, names, settings

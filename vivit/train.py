@@ -6,7 +6,8 @@
 
 Resumes from the latest checkpoint in DIR (step, params, optimiser state; the RNG
 and the data position are functions of the step). SIGTERM saves and exits. Any
-config field can be set with --config.SECTION.FIELD=VALUE.
+config field can be set with --config.SECTION.FIELD=VALUE. DIR may be a local
+directory or a URL that `etils.epath` reads and writes (`gs://bucket/run`).
 """
 import json
 import os
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
+from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
@@ -32,22 +34,39 @@ from vivit.step import TrainState, train_step
 
 
 class MetricWriter:
-  """Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard events (host 0)."""
+  """Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard events (host 0).
 
-  def __init__(self, workdir: str):
+  A local metrics.jsonl is appended to line by line. Object stores (a `gs://`
+  workdir) cannot append: there the file is read once, and rewritten whole at every
+  write, so that a crash keeps every line written either way."""
+
+  def __init__(self, workdir: epath.Path):
     self.active = jax.process_index() == 0
     if self.active:
       import tensorflow as tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._tb = tf.summary.create_file_writer(os.fspath(workdir / 'tensorboard'))
+      self._path = workdir / 'metrics.jsonl'
+      if checkpoints.is_local(self._path):
+        self._jsonl, self._lines = self._path.open('a'), None
+      else:
+        self._jsonl = None
+        self._lines = (self._path.read_text().splitlines(keepends=True)
+                       if self._path.exists() else [])
 
   def write(self, step: int, split: str, metrics: Dict[str, float]) -> None:
     if not self.active:
       return
     import tensorflow as tf
     record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    line = json.dumps(record) + '\n'
+    if self._jsonl is not None:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+    else:
+      if self._lines and not self._lines[-1].endswith('\n'):
+        self._lines[-1] += '\n'
+      self._lines.append(line)
+      self._path.write_text(''.join(self._lines))
     with self._tb.as_default(step=step):
       for name, value in metrics.items():
         tf.summary.scalar(f'{split}/{name}', float(value))
@@ -55,7 +74,8 @@ class MetricWriter:
 
   def close(self) -> None:
     if self.active:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()
 
 
@@ -64,12 +84,14 @@ def _duration(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: epath.PathLike) -> Dict[str, Any]:
   """Trains until `total steps`, evaluating and checkpointing on the way; one
-  training per workdir at a time (a second one refuses).
+  training per workdir at a time (a second one refuses). `workdir`: a local
+  directory or a URL `etils.epath` supports (`gs://bucket/run`).
 
   Returns {'step', 'params', 'val_top1'}."""
-  workdir = os.path.abspath(workdir)
+  workdir = checkpoints.as_path(workdir)
   with checkpoints.WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir)
 
@@ -94,7 +116,8 @@ _all_finite = jax.jit(all_finite)
 STOP_CHECK_EVERY = 10
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def _train_and_evaluate(config: ml_collections.ConfigDict,
+                        workdir: epath.Path) -> Dict[str, Any]:
   training = config.training
   init_from = config.get('init_from')
   if init_from and not init_from.get('path'):
@@ -126,8 +149,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
   optimizer, schedule = make_optimizer(training, total_steps, warmup_steps)
   checkpoints.check_workdir_model(workdir, config.model)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2))
+    (workdir / 'config.json').write_text(config.to_json(indent=2))
     checkpoints.save_class_names(workdir, labels.names_by_head)
 
   def init_state():
@@ -150,8 +172,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict
       lines = [f'initialising from {init_from.path}:'] + [
           f'  {line}' for line in initialise.report_lines(report)]
       print('\n'.join(lines), flush=True)
-      with open(os.path.join(workdir, 'initialisation.txt'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+      (workdir / 'initialisation.txt').write_text('\n'.join(lines) + '\n')
     params = jax.device_put(params, state_sharding.params)
     state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                     out_shardings=state_sharding)(params)

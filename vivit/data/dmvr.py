@@ -72,6 +72,8 @@ class Records:
                        f'{hosts} hosts')
     self.num_examples = _count(tuple(self._files))
     self._shares = [tuple(every[h::hosts]) for h in range(hosts)]
+    self.split = split
+    self._every = every
     self._shuffle_buffer = shuffle_buffer
 
   @staticmethod
@@ -91,6 +93,12 @@ class Records:
     from vivit.data.pipeline import Stream, host_rows, stream_seed
     first_row, batch_size = host_rows(global_batch)
     steps_per_epoch = self.num_examples // batch_size
+    if not steps_per_epoch:
+      raise ValueError(
+          f'host {jax.process_index()} has {self.num_examples} records of split '
+          f'{self.split} in its files ({len(self._files)} of {len(self._every)}), fewer '
+          f'than its {batch_size} rows of a batch: rewrite the split in more, evenly '
+          f'filled files')
     first_epoch, skip = divmod(start_step, steps_per_epoch)
     files = tf.data.Dataset.from_tensor_slices(self._files)
     seed = stream_seed(seed) + jax.process_index()
@@ -111,8 +119,9 @@ class Records:
     return Stream(tf.data.Dataset.zip(positions, records))
 
   def eval_stream(self, global_batch: int):
-    """(index, serialized) file after file, then padding (index -1, the first record
-    again) up to the number of batches the largest host share needs."""
+    """(index, serialized) file after file, then padding (index -1, the split's first
+    record; a host whose files are empty pads only) up to the number of batches the
+    largest host share needs, so that every host runs the same steps."""
     from vivit.data.pipeline import Stream, host_rows
     rows = host_rows(global_batch)[1]
     largest_share = max(_count(share) for share in self._shares)  # counted once, cached
@@ -120,5 +129,5 @@ class Records:
     records = tf.data.TFRecordDataset(self._files)
     indices = tf.data.Dataset.range(self.num_examples).concatenate(
         tf.data.Dataset.from_tensors(tf.constant(-1, tf.int64)).repeat())
-    padded = records.concatenate(records.take(1).repeat())
+    padded = records.concatenate(tf.data.TFRecordDataset(self._every).take(1).repeat())
     return Stream(tf.data.Dataset.zip(indices, padded).take(total))

@@ -253,6 +253,7 @@ class Records:
     self._source = builder.as_data_source(
         split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     self.num_examples = len(self._source)
+    self.split = split
     self._in_memory = None
     whole = builder.info.splits[split.split('[')[0]]  # a slice reports no bytes
     split_bytes = whole.num_bytes * self.num_examples / max(whole.num_examples, 1)
@@ -288,6 +289,9 @@ class Records:
     global_batch` examples are used; global batch `s` is its slots `[s * B, (s+1) *
     B)`, whatever the number of hosts."""
     steps_per_epoch = self.num_examples // global_batch
+    if not steps_per_epoch:
+      raise ValueError(f'split {self.split} has {self.num_examples} examples, fewer '
+                       f'than one batch of {global_batch}')
     seed = stream_seed(seed)
     last = self.num_examples - 1
     first_row, rows = host_rows(global_batch)
@@ -365,9 +369,6 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
   is the same on any number of hosts (TFDS data; DMVR tfrecords are read in whole
   files per host)."""
   records = open_records(dataset_config, dataset_config.train_split)
-  if records.num_examples < batch_size:
-    raise ValueError(f'split {dataset_config.train_split} has {records.num_examples} '
-                     f'examples, fewer than one batch of {batch_size}')
   view = functools.partial(
       transforms.train_view, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
