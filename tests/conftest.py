@@ -1,10 +1,20 @@
 """Shared helpers: tiny model configs and random (non-zero) parameters."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
-import jax
-import numpy as np
-import pytest
+# One XLA compilation cache for the test session, inherited by the subprocess runs
+# (which compile the same tiny train and eval steps again and again); removed at exit.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix='vivit-tests-xla-cache-')
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _COMPILATION_CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+
+import jax  # noqa: E402  (after the cache settings, which jax reads at import)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
