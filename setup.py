@@ -1,4 +1,5 @@
 """vivit-jax: ViViT (Arnab et al., ICCV 2021) in JAX/Flax."""
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -20,8 +21,11 @@ class BuildFusedAttention(build_ext):
       self.extensions = []
       return
     include = os.path.join(os.path.dirname(jaxlib.origin), 'include')
+    version = importlib.metadata.version('jaxlib')
     for extension in self.extensions:
-      extension.include_dirs.append(include)
+      # -isystem: no warnings from XLA's headers.
+      extension.extra_compile_args += ['-isystem', include]
+      extension.define_macros.append(('VIVIT_JAXLIB_VERSION', f'"{version}"'))
     super().build_extensions()
 
   def build_extension(self, extension):
@@ -37,7 +41,7 @@ fused_attention = Extension(
     'vivit.models._fused_attention',
     sources=['vivit/models/fused_attention.cc'],
     language='c++',
-    extra_compile_args=['-O3', '-std=c++17', '-Wno-attributes', '-Wno-return-type'],
+    extra_compile_args=['-O3', '-std=c++17', '-g0'],
 )
 
 setup(

@@ -7,10 +7,12 @@ import tempfile
 
 # One XLA compilation cache for the test session, inherited by the subprocess runs
 # (which compile the same tiny train and eval steps again and again); removed at exit.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix='vivit-tests-xla-cache-')
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _COMPILATION_CACHE)
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+# (A user's own JAX_COMPILATION_CACHE_DIR is left alone, with its own settings.)
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _COMPILATION_CACHE = tempfile.mkdtemp(prefix='vivit-tests-xla-cache-')
+  atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _COMPILATION_CACHE
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 
 import jax  # noqa: E402  (after the cache settings, which jax reads at import)
 import numpy as np  # noqa: E402

@@ -129,11 +129,41 @@ print('ok')
 
 def test_fused_refuses_what_it_cannot_run():
   x = jnp.zeros((1, 4, 2, 8))
-  with pytest.raises(ValueError, match="'fused' needs .* head_dim 8"):
+  with pytest.raises(ValueError, match=r"'fused' needs .*shapes \(1, 4, 2, 8\)"):
     layers.attend(x, x, x, implementation='fused')
   x = jnp.zeros((1, 4, 2, 16), jnp.bfloat16)
   with pytest.raises(ValueError, match="'fused' needs .*bfloat16"):
     layers.attend(x, x, x, implementation='fused')
+  query, keys = jnp.zeros((1, 4, 2, 16)), jnp.zeros((1, 6, 2, 16))
+  with pytest.raises(ValueError, match=r"'fused' needs .*\(1, 6, 2, 16\)"):
+    layers.attend(query, keys, keys, implementation='fused')
+  assert not fused_attention.supports(query, keys, keys)  # 'auto' leaves it to XLA
+  np.testing.assert_allclose(layers.attend(query, keys, keys), 0.0)
+
+
+@needs_fused
+def test_fused_attention_under_vmap():
+  """A mapped axis (model 2's per-frame encoder, per-group gradients) is folded into
+  the kernel's batch, an unmapped operand broadcast: values and gradients as the
+  plain attention's."""
+  rng = np.random.RandomState(0)
+  query, value, weights = (jnp.asarray(rng.normal(size=(3, 2, 40, 2, 16)), jnp.float32)
+                           for _ in range(3))
+  key = jnp.asarray(rng.normal(size=(2, 40, 2, 16)), jnp.float32)
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)
+  plain = lambda q, k, v: heads_first(plain_attention(*map(heads_first, (q, k, v))))
+  for fn in (fused_attention.fused_attention, plain):
+    mapped = jax.vmap(fn, in_axes=(0, None, 0))
+    grads = jax.vmap(jax.grad(lambda q, k, v, w: jnp.sum(jnp.sin(fn(q, k, v)) * w),
+                              argnums=(0, 1, 2)), in_axes=(0, None, 0, 0))
+    if fn is plain:
+      np.testing.assert_allclose(got[0], mapped(query, key, value), atol=1e-5, rtol=0)
+      for g, w in zip(got[1], grads(query, key, value, weights)):
+        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+    else:
+      jaxpr = str(jax.make_jaxpr(grads)(query, key, value, weights))
+      assert 'custom_vmap' in jaxpr and 'scan' not in jaxpr  # one call, not a loop
+      got = (jax.jit(mapped)(query, key, value), jax.jit(grads)(query, key, value, weights))
 
 
 def test_auto_blocks_long_sequences_only():

@@ -220,6 +220,17 @@ def _agreed(outcome: int) -> int:
   return int(np.max(multihost_utils.process_allgather(np.int32(outcome))))
 
 
+def _read(manager: ocp.CheckpointManager, step: int, target):
+  """The state saved at `step`. With several hosts it is read through the handler,
+  not the manager: the manager's restore ends in a barrier that a host whose read
+  failed would never reach, while the others wait in it."""
+  if jax.process_count() == 1:
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+  return ocp.StandardCheckpointHandler().restore(
+      epath.Path(manager.directory) / str(step) / 'default',
+      args=ocp.args.StandardRestore(target))
+
+
 def restore_latest(manager: ocp.CheckpointManager, target):
   """(step, state) of the newest checkpoint of `manager` that reads back (on every
   host), trying older ones with a warning naming each that does not (truncated,
@@ -229,7 +240,7 @@ def restore_latest(manager: ocp.CheckpointManager, target):
     path = epath.Path(manager.directory) / str(step)
     state, error = None, None
     try:
-      state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      state = _read(manager, step, target)
     except Exception as e:  # pylint: disable=broad-except  (any damage reads differently)
       error = e
     mismatch = error is not None and 'structures do not match' in str(error)

@@ -20,6 +20,7 @@ import re
 from typing import List, Tuple
 
 import jax
+import numpy as np
 import tensorflow as tf
 
 LABEL = 'clip/label/index'
@@ -93,12 +94,13 @@ class Records:
     from vivit.data.pipeline import Stream, host_rows, stream_seed
     first_row, batch_size = host_rows(global_batch)
     steps_per_epoch = self.num_examples // batch_size
-    if not steps_per_epoch:
+    counts = [_count(share) for share in self._shares]  # every host refuses alike
+    if min(counts) < batch_size:
+      host = int(np.argmin(counts))
       raise ValueError(
-          f'host {jax.process_index()} has {self.num_examples} records of split '
-          f'{self.split} in its files ({len(self._files)} of {len(self._every)}), fewer '
-          f'than its {batch_size} rows of a batch: rewrite the split in more, evenly '
-          f'filled files')
+          f'host {host} has {counts[host]} records of split {self.split} in its '
+          f'{len(self._shares[host])} of the {len(self._every)} files, fewer than its '
+          f'{batch_size} rows of a batch: rewrite the split in more, evenly filled files')
     first_epoch, skip = divmod(start_step, steps_per_epoch)
     files = tf.data.Dataset.from_tensor_slices(self._files)
     seed = stream_seed(seed) + jax.process_index()

@@ -32,14 +32,26 @@
 
 namespace ffi = xla::ffi;
 
+#ifndef VIVIT_JAXLIB_VERSION
+#define VIVIT_JAXLIB_VERSION "unknown"
+#endif
+
+// The jaxlib whose FFI headers this was built against.
+extern "C" const char* vivit_fused_attention_jaxlib() { return VIVIT_JAXLIB_VERSION; }
+
 extern "C" int vivit_fused_attention_supported() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
          __builtin_cpu_supports("fma");
 }
 
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,fma"))), \
+                             apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,fma")
+#endif
 
 namespace {
 
@@ -47,7 +59,7 @@ constexpr int kQueryBlock = 64;
 constexpr int kKeyBlock = 128;
 constexpr int kRows = 8;  // register tile of the logits kernel: kRows x 32
 
-// 2^x for x <= 0 (underflows to ~0 below -126): 2^round(x) * p(x - round(x)), p the
+// 2^x for x <= 0 (clamped at 2^-126 ~ 1e-38 below): 2^round(x) * p(x - round(x)), p the
 // degree-6 Taylor polynomial of 2^f on [-0.5, 0.5] (relative error < 2e-7).
 inline __m512 Exp2(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
@@ -128,8 +140,9 @@ inline void AccumulateTile(const float* a, int64_t a_row, int64_t a_inner, const
     for (int v = 0; v < V; ++v) _mm512_storeu_ps(acc + r * ldacc + 16 * v, sum[r][v]);
 }
 
+// Rows per register tile: R * V accumulators + V row vectors + 1 broadcast <= 32.
 template <int V>
-constexpr int AccumulateRows() { return V <= 4 ? 6 : (V <= 6 ? 4 : 3); }
+constexpr int AccumulateRows() { return V <= 4 ? 6 : (V <= 6 ? 4 : (V == 7 ? 3 : 2)); }
 
 template <int V>
 void AccumulateV(const float* a, int64_t a_row, int64_t a_inner, const float* b, int64_t ldb,
@@ -212,12 +225,22 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_
   state->finished.wait(lock, [&] { return state->done.load() == count; });
 }
 
-ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& q, Shape* shape) {
+// Query, key and value of one self-attention: the same [batch, length, heads,
+// head_dim], head_dim a multiple of 16 from 16 to 128.
+ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k,
+                       const ffi::Buffer<ffi::F32>& v, Shape* shape) {
   auto dims = q.dimensions();
-  if (dims.size() != 4) return ffi::Error::InvalidArgument("expected [batch, length, heads, head_dim]");
+  if (dims.size() != 4)
+    return ffi::Error::InvalidArgument("expected [batch, length, heads, head_dim]");
+  for (const auto* other : {&k, &v}) {
+    auto other_dims = other->dimensions();
+    if (other_dims.size() != 4 || !std::equal(dims.begin(), dims.end(), other_dims.begin()))
+      return ffi::Error::InvalidArgument("query, key and value must have the same shape");
+  }
   *shape = {dims[0], dims[1], dims[2], dims[3]};
-  if (shape->depth % 16 || shape->depth > 128 || shape->length < 1)
-    return ffi::Error::InvalidArgument("head_dim must be a multiple of 16 up to 128");
+  if (shape->depth % 16 || shape->depth < 16 || shape->depth > 128)
+    return ffi::Error::InvalidArgument("head_dim must be a multiple of 16 from 16 to 128");
+  if (shape->length < 1) return ffi::Error::InvalidArgument("no tokens");
   return ffi::Error::Success();
 }
 
@@ -225,7 +248,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query, ffi::Buffe
                    ffi::Buffer<ffi::F32> value, float scale, ffi::ResultBuffer<ffi::F32> out,
                    ffi::ResultBuffer<ffi::F32> log2_sum_exp) {
   Shape s;
-  if (auto error = CheckShapes(query, &s); error.failure()) return error;
+  if (auto error = CheckShapes(query, key, value, &s); error.failure()) return error;
   const int64_t query_blocks = (s.length + kQueryBlock - 1) / kQueryBlock;
   // Tasks: (batch, head, run of query blocks), enough of them to balance the threads.
   const int64_t heads = s.batch * s.heads;
@@ -308,7 +331,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query,
                     ffi::ResultBuffer<ffi::F32> grad_query, ffi::ResultBuffer<ffi::F32> grad_key,
                     ffi::ResultBuffer<ffi::F32> grad_value) {
   Shape s;
-  if (auto error = CheckShapes(query, &s); error.failure()) return error;
+  if (auto error = CheckShapes(query, key, value, &s); error.failure()) return error;
   const int vectors = static_cast<int>(s.depth / 16);
   const float* q = query.typed_data();
   const float* k = key.typed_data();
@@ -393,7 +416,11 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query,
 
 }  // namespace
 
+#ifdef __clang__
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitFusedAttentionForward, Forward,
                               ffi::Ffi::Bind()

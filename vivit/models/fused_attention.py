@@ -12,6 +12,7 @@ import importlib.machinery
 import os
 
 import jax
+import jaxlib
 from jax.experimental.custom_partitioning import custom_partitioning
 import jax.numpy as jnp
 import numpy as np
@@ -22,9 +23,14 @@ _FORWARD = 'vivit_fused_attention_forward'
 _BACKWARD = 'vivit_fused_attention_backward'
 
 
+def _version(text: str):
+  return tuple(int(part) for part in text.split('.')[:3] if part.isdigit())
+
+
 @functools.lru_cache(maxsize=None)
 def unavailable_reason() -> str:
-  """Why the kernel cannot run here ('' when it can): not built, or the CPU lacks
+  """Why the kernel cannot run here ('' when it can): not built, built against a
+  newer jaxlib than the one running, a library that does not load, or a CPU without
   AVX-512. Registers the FFI targets on first success."""
   directory = os.path.dirname(__file__)
   paths = [os.path.join(directory, _LIBRARY_STEM + suffix)
@@ -33,21 +39,32 @@ def unavailable_reason() -> str:
   if path is None:
     return (f'{_LIBRARY_STEM} was not built (reinstall with a C++ compiler: '
             f'pip install -e .)')
-  library = ctypes.cdll.LoadLibrary(path)
-  if not library.vivit_fused_attention_supported():
-    return 'this CPU has no AVX-512'
-  for name, symbol in ((_FORWARD, library.VivitFusedAttentionForward),
-                       (_BACKWARD, library.VivitFusedAttentionBackward)):
-    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform='cpu')
+  try:
+    library = ctypes.cdll.LoadLibrary(path)
+    library.vivit_fused_attention_jaxlib.restype = ctypes.c_char_p
+    built_for = library.vivit_fused_attention_jaxlib().decode()
+    if _version(built_for) > _version(jaxlib.__version__):
+      return (f'{path} was built against jaxlib {built_for}, newer than the running '
+              f'{jaxlib.__version__} (reinstall: pip install --no-build-isolation -e .)')
+    if not library.vivit_fused_attention_supported():
+      return 'this CPU has no AVX-512'
+    for name, symbol in ((_FORWARD, library.VivitFusedAttentionForward),
+                         (_BACKWARD, library.VivitFusedAttentionBackward)):
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform='cpu')
+  except Exception as error:  # pylint: disable=broad-except  (any load failure)
+    return f'{path} does not load ({type(error).__name__}: {error})'
   return ''
 
 
-def supports(query) -> bool:
-  """Whether `fused_attention` can take this `[batch, length, heads, head_dim]` query
-  when compiled for the default backend."""
-  return (jax.default_backend() == 'cpu' and query.dtype == jnp.float32
-          and query.shape[-1] % 16 == 0 and query.shape[-1] <= 128
-          and not unavailable_reason())
+def supports(query, key, value) -> bool:
+  """Whether `fused_attention` can take these `[batch, length, heads, head_dim]`
+  arrays (self-attention shapes, float32, head_dim a multiple of 16 up to 128) when
+  compiled for the default backend."""
+  return (jax.default_backend() == 'cpu'
+          and query.shape == key.shape == value.shape and query.ndim == 4
+          and all(x.dtype == jnp.float32 for x in (query, key, value))
+          and query.shape[-1] % 16 == 0 and 16 <= query.shape[-1] <= 128
+          and query.shape[1] >= 1 and not unavailable_reason())
 
 
 def _scales(depth: int):
@@ -58,7 +75,8 @@ def _scales(depth: int):
 
 @jax.custom_vjp
 def fused_attention(query, key, value):
-  """Softmax attention, `[batch, length, heads, head_dim]` float32 in and out."""
+  """Softmax attention, `[batch, length, heads, head_dim]` float32 in and out.
+  Reverse-mode differentiable (a `custom_vjp`), not forward-mode (`jax.jvp`)."""
   return _forward(query, key, value)[0]
 
 

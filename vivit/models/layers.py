@@ -39,7 +39,7 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
       path: the full probability matrix), 'blocked' (`blocked_attention`: key blocks
       with an online softmax, never the full matrix), 'cudnn' (cuDNN flash attention
       on NVIDIA GPUs, where cuDNN supports the dtype and shape) or 'auto' ('fused'
-      where `fused.supports` the query, else 'blocked' for `BLOCKED_MIN_LENGTH` tokens
+      where `fused.supports` the arrays, else 'blocked' for `BLOCKED_MIN_LENGTH` tokens
       or more, else 'xla').
 
   Returns:
@@ -56,16 +56,17 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
     raise ValueError(f'unknown attention implementation {implementation!r}; expected '
                      f'one of {", ".join(ATTENTION_IMPLEMENTATIONS)}')
   if implementation == 'auto':
-    if fused.supports(query):
+    if fused.supports(query, key, value):
       implementation = 'fused'
     else:
       implementation = 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
   if implementation == 'fused':
-    if not fused.supports(query):
+    if not fused.supports(query, key, value):
       raise ValueError(
-          'attention implementation \'fused\' needs the CPU backend, float32 and a '
-          f'head_dim that is a multiple of 16 up to 128 (got {jax.default_backend()}, '
-          f'{query.dtype}, head_dim {query.shape[-1]}) and the built kernel'
+          'attention implementation \'fused\' needs the CPU backend, float32 query, '
+          'key and value of one shape and a head_dim that is a multiple of 16 up to 128 '
+          f'(got {jax.default_backend()}, {query.dtype}, shapes {query.shape}, '
+          f'{key.shape}, {value.shape}) and the built kernel'
           + (f': {fused.unavailable_reason()}' if fused.unavailable_reason() else ''))
     return fused.fused_attention(query, key, value)
   if implementation == 'blocked':
