@@ -55,13 +55,14 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f'unknown attention implementation {implementation!r}; expected '
                      f'one of {", ".join(ATTENTION_IMPLEMENTATIONS)}')
+  fused_runs = fused.supports(query, key, value)
   if implementation == 'auto':
-    if fused.supports(query, key, value):
+    if fused_runs:
       implementation = 'fused'
     else:
       implementation = 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
   if implementation == 'fused':
-    if not fused.supports(query, key, value):
+    if not fused_runs:
       raise ValueError(
           'attention implementation \'fused\' needs the CPU backend, float32 query, '
           'key and value of one shape and a head_dim that is a multiple of 16 up to 128 '
