@@ -152,18 +152,21 @@ def test_fused_attention_under_vmap():
   key = jnp.asarray(rng.normal(size=(2, 40, 2, 16)), jnp.float32)
   heads_first = lambda x: x.transpose(0, 2, 1, 3)
   plain = lambda q, k, v: heads_first(plain_attention(*map(heads_first, (q, k, v))))
-  for fn in (fused_attention.fused_attention, plain):
-    mapped = jax.vmap(fn, in_axes=(0, None, 0))
+
+  def mapped(fn):  # values, and gradients of every operand, over the mapped axis
+    values = jax.vmap(fn, in_axes=(0, None, 0))
     grads = jax.vmap(jax.grad(lambda q, k, v, w: jnp.sum(jnp.sin(fn(q, k, v)) * w),
                               argnums=(0, 1, 2)), in_axes=(0, None, 0, 0))
-    if fn is plain:
-      np.testing.assert_allclose(got[0], mapped(query, key, value), atol=1e-5, rtol=0)
-      for g, w in zip(got[1], grads(query, key, value, weights)):
-        np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
-    else:
-      jaxpr = str(jax.make_jaxpr(grads)(query, key, value, weights))
-      assert 'custom_vmap' in jaxpr and 'scan' not in jaxpr  # one call, not a loop
-      got = (jax.jit(mapped)(query, key, value), jax.jit(grads)(query, key, value, weights))
+    return values, grads
+  values, grads = mapped(fused_attention.fused_attention)
+  jaxpr = str(jax.make_jaxpr(grads)(query, key, value, weights))
+  assert 'custom_vmap' in jaxpr and 'scan' not in jaxpr  # one call, not a loop
+  want_values, want_grads = mapped(plain)
+  np.testing.assert_allclose(jax.jit(values)(query, key, value),
+                             want_values(query, key, value), atol=1e-5, rtol=0)
+  for g, w in zip(jax.jit(grads)(query, key, value, weights),
+                  want_grads(query, key, value, weights)):
+    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
 
 
 def test_auto_blocks_long_sequences_only():
