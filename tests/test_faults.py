@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from test_train import data_dir, final_params, read_metrics, tiny_config  # noqa: F401
-from vivit import checkpoints, optim, train
+from vivit import checkpoints, errors, optim, train
 
 
 def nan_from_step(monkeypatch, first_bad_step: int):
@@ -31,7 +31,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(
     data_dir, tmp_path, monkeypatch):  # noqa: F811
   nan_from_step(monkeypatch, 3)
   workdir = str(tmp_path / 'nan')
-  with pytest.raises(checkpoints.TrainingDiverged,
+  with pytest.raises(errors.TrainingDiverged,
                      match=r'not finite after step 3.*checkpoints/2, is finite'):
     train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
@@ -42,7 +42,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(
   workdir = str(tmp_path / 'nan_logged')
   config = tiny_config(data_dir, **{'training.num_steps': 6, 'training.log_every': 4,
                                     'training.checkpoint_every': 4})
-  with pytest.raises(checkpoints.TrainingDiverged, match=r'the loss is nan at step 4'):
+  with pytest.raises(errors.TrainingDiverged, match=r'the loss is nan at step 4'):
     train.train_and_evaluate(config, workdir)
   assert not os.listdir(os.path.join(workdir, 'checkpoints'))
 
@@ -123,7 +123,7 @@ def test_failed_save_is_reported_and_keeps_earlier_checkpoints(
     return save(self, step, *args, **kwargs)
   monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full_at_step_4)
   workdir = str(tmp_path / 'full')
-  with pytest.raises(checkpoints.CheckpointSaveError,
+  with pytest.raises(errors.CheckpointSaveError,
                      match=r'saving checkpoint 4 .*No space left on device.*latest: 2'):
     train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}), workdir)
   assert all_finite(final_params(workdir, 2))
@@ -132,7 +132,7 @@ def test_failed_save_is_reported_and_keeps_earlier_checkpoints(
 def test_second_training_on_a_workdir_refuses(data_dir, tmp_path):  # noqa: F811
   workdir = str(tmp_path / 'busy')
   with checkpoints.WorkdirLock(workdir):
-    with pytest.raises(checkpoints.WorkdirBusy, match=r'workdir .*busy is in use by another training '
+    with pytest.raises(errors.WorkdirBusy, match=r'workdir .*busy is in use by another training '
                                            r'\(pid \d+'):
       train.train_and_evaluate(tiny_config(data_dir), workdir)
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))

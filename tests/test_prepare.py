@@ -20,7 +20,8 @@ from PIL import Image
 import video_files as vf
 from vivit import evaluate
 from vivit.data import dmvr, pipeline, prepare
-from vivit.data.video_builder import AnnotationError, builders
+from vivit.data.video_builder import builders
+from vivit.errors import AnnotationError
 from vivit.train import train_and_evaluate
 from test_train import ROOT, tiny_config
 

@@ -21,7 +21,7 @@ from etils.epath import backend as backend_lib
 from etils.epath import gpath, register
 
 from test_train import data_dir, final_params, tiny_config  # noqa: F401
-from vivit import checkpoints, evaluate, train
+from vivit import checkpoints, errors, evaluate, train
 
 SCHEME = 'fakefs'
 PREFIX = SCHEME + '://'
@@ -201,7 +201,7 @@ def test_workdir_lock_is_skipped_with_a_warning_for_a_url_only(tmp_path, store, 
   assert not os.path.exists(store.local('fakefs://bucket/locked'))
   local = str(tmp_path / 'local')
   with checkpoints.WorkdirLock(local):
-    with pytest.raises(checkpoints.WorkdirBusy):
+    with pytest.raises(errors.WorkdirBusy):
       with checkpoints.WorkdirLock(local):
         pass
   assert not capsys.readouterr().out

@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vivit.errors import WorkdirBusy
 from vivit.models import check_params, default_model_config, param_shapes
 
 Params = Dict[str, Any]
@@ -152,19 +153,6 @@ def train_managers(workdir: epath.PathLike, keep: int):
       as_path(workdir) / 'checkpoints',
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
   return last, best_manager(workdir)
-
-
-class WorkdirBusy(RuntimeError):
-  """Another training holds the workdir."""
-
-
-class TrainingDiverged(RuntimeError):
-  """A non-finite loss or state (`training.nonfinite='stop'`); nothing non-finite
-  was saved."""
-
-
-class CheckpointSaveError(RuntimeError):
-  """A checkpoint could not be written; the ones before it are intact."""
 
 
 class WorkdirLock:

@@ -1,30 +1,23 @@
 """What every command shares: one-line errors for the mistakes a user can make, quiet
 logs, and `--verbose` (or `VIVIT_VERBOSE=1`) for tracebacks and library logs."""
 import argparse
-import os
 import sys
 from typing import Callable, List, Optional
 
-VERBOSE_ENV = 'VIVIT_VERBOSE'
-
-
-def verbose() -> bool:
-  return os.environ.get(VERBOSE_ENV, '') not in ('', '0') or '--verbose' in sys.argv
+from vivit import verbose
+from vivit.errors import UserError
 
 
 def user_errors() -> tuple:
-  """Exceptions that mean bad input (config, data, checkpoint, video, arguments,
-  a workdir in use or a diverged run), not a bug."""
-  from vivit.checkpoints import CheckpointSaveError, TrainingDiverged, WorkdirBusy
-  from vivit.data.decode import VideoError
-  errors = (ValueError, OSError, KeyError, VideoError, WorkdirBusy, TrainingDiverged,
-            CheckpointSaveError)
+  """What a user's mistake raises: our `UserError`s, and the library errors that
+  always mean bad input. Anything else is a bug and keeps its traceback."""
+  known = (UserError,)
   try:
     from tensorflow_datasets.core.registered import DatasetNotFoundError
-    errors += (DatasetNotFoundError,)
+    known += (DatasetNotFoundError,)
   except ImportError:
     pass
-  return errors
+  return known
 
 
 def one_line(error: BaseException) -> str:

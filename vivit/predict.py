@@ -19,6 +19,7 @@ import numpy as np
 from etils import epath
 
 from vivit import cli
+from vivit.errors import VideoError
 
 # The preprocessing of a checkpoint without a training config: `prepare`'s default
 # frame rate, scenic's Kinetics stride.
@@ -72,8 +73,8 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
   from vivit.data import decode, transforms
   try:
     clip = decode.read_video(path, decode.Resample(fps=fps, short_side=min_resize))
-  except decode.VideoError as e:
-    raise decode.VideoError(f'{path}: {e}') from None
+  except VideoError as e:
+    raise VideoError(f'{path}: {e}') from None
   views = transforms.test_views(
       tf.constant(clip.frames), num_frames=num_frames, stride=stride,
       min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,

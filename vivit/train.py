@@ -25,7 +25,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from vivit import checkpoints, evaluate, initialise, sharding
+from vivit import checkpoints, errors, evaluate, initialise, sharding
 from vivit import cli as cli_lib
 from vivit.data import pipeline
 from vivit.models import build_model, init_params
@@ -104,7 +104,7 @@ def _save(manager, step: int, item, **kwargs) -> None:
   except Exception as e:  # pylint: disable=broad-except  (OSError, or orbax's wrapping)
     manager.reload()
     kept = manager.latest_step()
-    raise checkpoints.CheckpointSaveError(
+    raise errors.CheckpointSaveError(
         f'saving checkpoint {step} to {manager.directory} failed ({type(e).__name__}: '
         f'{e}); the checkpoints before it are intact (latest: '
         f'{"none" if kept is None else kept})') from e
@@ -212,7 +212,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     if bad or not bool(_all_finite(state.params)):
       what = (f'the loss is {bad[0][1]} at step {bad[0][0]}' if bad else
               f'the parameters are not finite after step {step}')
-      raise checkpoints.TrainingDiverged(
+      raise errors.TrainingDiverged(
           f'{what}: training stopped (the last checkpoint, {kept}, is finite). Lower '
           f'training.learning_rate, or set training.nonfinite=skip to skip such steps')
 

@@ -17,14 +17,12 @@ from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from vivit.errors import VideoError
+
 JPEG_QUALITY = 90
 # A file (or segment) whose frames end more than this, or 10 % of its length,
 # before its declared end is truncated.
 TRUNCATION_TOLERANCE_S = 1.0
-
-
-class VideoError(Exception):
-  """A video that cannot be used; the message says why in one line."""
 
 
 @dataclasses.dataclass(frozen=True)

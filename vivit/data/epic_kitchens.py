@@ -14,7 +14,8 @@ the original Epic-Kitchens-55 videos and 50 fps for the 2020 extension
 """
 import os
 
-from vivit.data.video_builder import AnnotationError, Entry, VideoDatasetBuilder, \
+from vivit.errors import AnnotationError
+from vivit.data.video_builder import Entry, VideoDatasetBuilder, \
     index_files, read_csv
 
 SPLITS = {'train': 'EPIC_100_train.csv', 'validation': 'EPIC_100_validation.csv'}

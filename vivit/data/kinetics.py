@@ -15,7 +15,8 @@ import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+from vivit.errors import AnnotationError
+from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
     VideoDatasetBuilder, index_files, read_csv
 
 SPLIT_WORDS = {'train': 'train', 'training': 'train', 'val': 'validation',

@@ -6,7 +6,8 @@ looked up as `VIDEOS/training/<file>` (or `validation/`), then `VIDEOS/<file>`.
 """
 import os
 
-from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+from vivit.errors import AnnotationError
+from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
     VideoDatasetBuilder, read_csv
 
 SPLITS = {'train': ('trainingSet.csv', 'training'),

@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+from vivit.errors import AnnotationError
+from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
     VideoDatasetBuilder, index_files
 
 PREFIX = 'something-something-v2-'

@@ -29,16 +29,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vivit.errors import AnnotationError, VideoError
 from vivit.data import decode
 
 WORK_DIR = '_prepare'
 REPORT = 'prepare_report.json'
 VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.mpg', '.mpeg')
-
-
-class AnnotationError(ValueError):
-  """An official annotation file that does not read as its format says; the message
-  names the file and line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +60,7 @@ class Entry:
     if self.frame_files is not None:
       return decode.read_frame_files(self.frame_files, self.frame_fps, resample)
     if self.path is None:
-      raise decode.VideoError('video file not found')
+      raise VideoError('video file not found')
     return decode.read_video(self.path, resample, start=self.start, stop=self.stop,
                              only_if_longer=self.only_if_longer, threads=threads)
 
@@ -102,7 +98,7 @@ def decode_entry(entry: Entry, resample: decode.Resample, threads: bool = False)
   contain stops preparation."""
   try:
     clip = entry.read(resample, threads=threads)
-  except decode.VideoError as e:
+  except VideoError as e:
     return {'error': str(e)}
   except Exception as e:  # pylint: disable=broad-except
     return {'error': f'{type(e).__name__}: {" ".join(str(e).split())}'}

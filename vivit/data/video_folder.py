@@ -7,7 +7,8 @@ labels in alphabetical order.
 """
 import os
 
-from vivit.data.video_builder import VIDEO_EXTENSIONS, AnnotationError, Entry, \
+from vivit.errors import AnnotationError
+from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
     VideoDatasetBuilder, read_csv
 HEADER = ['path', 'label', 'split']
 

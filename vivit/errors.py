@@ -1,0 +1,47 @@
+"""Errors raised on purpose: each is a mistake the user can fix.
+
+The commands print a `UserError` as one line (`vivit.cli`); any other exception is
+a bug and keeps its traceback. The subclasses also derive from the built-in error
+that says what kind of mistake it is, so `except ValueError` still catches a bad
+config.
+"""
+
+
+class UserError(Exception):
+  """Base of every error raised on purpose."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config field, override or command-line argument that no run can use."""
+
+
+class DataError(UserError, ValueError):
+  """A dataset or split that does not fit the config (labels, sizes, formats)."""
+
+
+class MissingError(UserError, FileNotFoundError):
+  """A file, directory or prepared dataset that is not there."""
+
+
+class CheckpointError(UserError, ValueError):
+  """A checkpoint that cannot be read or does not fit the model."""
+
+
+class VideoError(UserError):
+  """A video file that cannot be decoded (the message says why)."""
+
+
+class AnnotationError(UserError, ValueError):
+  """A line of an annotation file that cannot be used (the message names file and line)."""
+
+
+class WorkdirBusy(UserError, RuntimeError):
+  """Another training holds the workdir."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+  """A non-finite loss or parameters: training stopped."""
+
+
+class CheckpointSaveError(UserError, RuntimeError):
+  """A checkpoint could not be written (disk full, no permission)."""
