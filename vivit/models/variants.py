@@ -1,0 +1,61 @@
+"""The ViViT variants: the one table that models, configs, conversion, benchmarks and
+tests read. Adding a variant is a row here plus its encoder block.
+
+`config.model.variant` holds a `name`; model names (`vivit.models.configs`) end in
+the `suffix` (`'B/16x2-FE'`); scenic's configs say `scenic_name`.
+"""
+import dataclasses
+from typing import Tuple
+
+from vivit.errors import ConfigError
+
+# Encoder block kinds (`vivit.models.encoder`).
+JOINT_BLOCK = 'joint'  # pre-LayerNorm ViT block over all tokens it is given
+FACTORISED_SELF_ATTENTION_BLOCK = 'factorised_self'  # time attention, space attention, MLP
+FACTORISED_HEADS_BLOCK = 'factorised_heads'  # half the heads over time, half over space
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  name: str
+  scenic_name: str  # scenic's `model.attention_config.type`
+  paper_model: int  # the paper's numbering (Arnab et al., 2021, section 3.3)
+  suffix: str  # of model names: '' (model 1), '-FE', '-FSA', '-FDP'
+  has_cls: bool  # may classify with a CLS token ('token'); else pools ('gap')
+  per_frame: bool  # a spatial encoder per frame, then a temporal one (model 2)
+  block: str  # the encoder block kind
+
+
+VARIANTS: Tuple[Variant, ...] = (
+    Variant('spatio_temporal', 'spacetime', 1, '', True, False, JOINT_BLOCK),
+    Variant('factorised_encoder', 'factorized_encoder', 2, '-FE', True, True, JOINT_BLOCK),
+    Variant('factorised_self_attention', 'factorized_self_attention_block', 3, '-FSA',
+            False, False, FACTORISED_SELF_ATTENTION_BLOCK),
+    Variant('factorised_dot_product', 'factorized_dot_product_attention', 4, '-FDP',
+            False, False, FACTORISED_HEADS_BLOCK),
+)
+NAMES: Tuple[str, ...] = tuple(v.name for v in VARIANTS)
+SPATIO_TEMPORAL, FACTORISED_ENCODER, FACTORISED_SELF_ATTENTION, FACTORISED_DOT_PRODUCT = NAMES
+
+
+def _find(field: str, value: str) -> Variant:
+  for variant in VARIANTS:
+    if getattr(variant, field) == value:
+      return variant
+  options = ', '.join(repr(getattr(v, field)) for v in VARIANTS)
+  raise ConfigError(f'unknown variant {value!r}; expected one of {options}')
+
+
+def get(name: str) -> Variant:
+  """The row of `config.model.variant`; ConfigError naming the known ones."""
+  return _find('name', name)
+
+
+def from_scenic(scenic_name: str) -> Variant:
+  """The row of scenic's `attention_config.type`."""
+  return _find('scenic_name', scenic_name)
+
+
+def from_suffix(suffix: str) -> Variant:
+  """The row of a model-name suffix ('' or '-FE', '-FSA', '-FDP')."""
+  return _find('suffix', suffix)
