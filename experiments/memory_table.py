@@ -21,23 +21,23 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def state_bytes_per_device(model: str, frames: int, fsdp: int, optimizer: str) -> dict:
   """{'params', 'optimizer'}: bytes per device of model `model` (e.g. 'B/16x2')."""
   import jax
-  import ml_collections
   from vivit import sharding
   from vivit.models import get_model_config, init_params
   from vivit.optim import make_optimizer
-  config = get_model_config(model, num_classes=400, input_size=(frames, 224, 224))
-  training = ml_collections.ConfigDict(dict(
-      optimizer=optimizer, learning_rate=0.1, momentum=0.9, weight_decay=0.0,
-      schedule='cosine', grad_clip=1.0, nonfinite='stop'))
-  tx, _ = make_optimizer(training, 1000, 10)
-  params = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+  from vivit.recipes import base_config
+  config = base_config()
+  config.training.optimizer = optimizer
+  model_config = get_model_config(model, num_classes=400, input_size=(frames, 224, 224))
+  tx, _ = make_optimizer(config.training, 1000, 10)
+  params = jax.eval_shape(lambda: init_params(model_config, jax.random.PRNGKey(0)))
+  min_size = config.mesh.fsdp_min_size
   opt_state = jax.eval_shape(tx.init, params)
 
   def per_device(tree):
     total = 0
     for leaf in jax.tree_util.tree_leaves(tree):
       size = int(np.prod(leaf.shape)) * leaf.dtype.itemsize
-      split = sharding.fsdp_axis(leaf.shape, fsdp) is not None
+      split = sharding.fsdp_axis(leaf.shape, fsdp, min_size) is not None
       total += size // fsdp if split else size
     return total
   return {'params': per_device(params), 'optimizer': per_device(opt_state)}

@@ -17,7 +17,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from vivit import evaluate, optim, sharding
-from vivit.recipes import load_config
+from vivit.recipes import base_config, load_config
 from vivit.data import pipeline
 from vivit.models import init_params
 from vivit.train import train_and_evaluate
@@ -84,9 +84,17 @@ def final_params(workdir, step):
   return state['params']
 
 
+def training_config(**fields) -> ConfigDict:
+  """The base config's training section with `fields` changed."""
+  training = base_config().training
+  training.update(fields)
+  return training
+
+
 def test_schedule_and_optimizer():
-  training = ConfigDict(dict(learning_rate=0.1, schedule='cosine', optimizer='sgd',
-                             momentum=0.9, weight_decay=0.0, grad_clip=1.0))
+  training = training_config(learning_rate=0.1, schedule='cosine', optimizer='sgd',
+                             momentum=0.9, weight_decay=0.0, grad_clip=1.0,
+                             grad_clip_group=None)
   _, schedule = optim.make_optimizer(training, total_steps=100, warmup_steps=10)
   np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(100)],
                              [0.0, 0.05, 0.1, 0.0], atol=1e-7)
@@ -129,8 +137,8 @@ def test_fsdp_splits_the_largest_divisible_axis_of_large_enough_params():
   assert sharding.fsdp_axis((16, 32), 8, min_size=0) == 1
   assert sharding.fsdp_axis((3, 16, 5), 4, min_size=0) == 1
   assert sharding.fsdp_axis((3, 5), 2, min_size=0) is None  # nothing divisible
-  assert sharding.fsdp_axis((768,), 8) is None  # LayerNorm scale: replicated
-  assert sharding.fsdp_axis((768, 3072), 8) == 1
+  assert sharding.fsdp_axis((768,), 8, min_size=2 ** 12) is None  # LayerNorm scale: replicated
+  assert sharding.fsdp_axis((768, 3072), 8, min_size=2 ** 12) == 1
   assert sharding.fsdp_axis((16, 32), 1, min_size=0) is None
 
 
@@ -248,6 +256,9 @@ def test_paper_configs_load_and_build(name, tmp_path):
   config = load_config(os.path.join(ROOT, 'configs', name + '.py'))
   assert config.dataset.num_frames == 32 and tuple(config.model.tubelet) == (2, 16, 16)
   assert config.training.optimizer == 'sgd' and config.training.warmup_epochs == 2.5
+  if name.startswith('epic'):  # two heads, their sizes read from the dataset
+    assert config.dataset.label_key == ('noun', 'verb') and config.model.num_classes is None
+    config.model.num_classes = 300 + 97
   shapes = param_shapes(config.model)
   assert shapes['output_projection']['kernel'].shape[-1] == config.model.num_classes
   if name.startswith('ssv2'):  # scenic's SSv2 recipe: RandAugment, no colour
@@ -296,7 +307,7 @@ def test_train_step_applies_mixup_and_label_smoothing():
   state = TrainState(jax.numpy.asarray(7), params, optimizer.init(params))
 
   def loss_of(mixup, smoothing):
-    training = ConfigDict(dict(mixup=mixup, label_smoothing=smoothing))
+    training = training_config(mixup=mixup, label_smoothing=smoothing, grad_clip_group=None)
     _, metrics = train_step(state, batch, model=model, optimizer=optimizer,
                             training=training, num_classes=4, seed=3)
     return float(metrics['loss'])
@@ -328,8 +339,8 @@ def test_gradient_clipped_per_group_of_examples_as_scenic_per_device():
   optimizer = optax.sgd(1.0)
 
   def updated(group):
-    training = ConfigDict(dict(mixup=0.0, label_smoothing=0.0, grad_clip=0.5,
-                               grad_clip_group=group))
+    training = training_config(mixup=0.0, label_smoothing=0.0, grad_clip=0.5,
+                               grad_clip_group=group)
     sgd = optimizer if group else optax.chain(optax.clip_by_global_norm(0.5), optimizer)
     state = TrainState(jax.numpy.asarray(0), params, sgd.init(params))
     new, _ = train_step(state, batch, model=model, optimizer=sgd, training=training,
@@ -366,7 +377,7 @@ def test_train_step_two_heads_with_mixup_and_label_smoothing():
   params = model.init(jax.random.PRNGKey(0), batch['video'])['params']
   optimizer = optax.sgd(0.1)
   state = TrainState(jax.numpy.asarray(5), params, optimizer.init(params))
-  training = ConfigDict(dict(mixup=0.3, label_smoothing=0.2))
+  training = training_config(mixup=0.3, label_smoothing=0.2, grad_clip_group=None)
   _, metrics = train_step(state, batch, model=model, optimizer=optimizer, training=training,
                           num_classes=5, seed=1, heads=heads)
 
@@ -391,7 +402,7 @@ def test_prefetch_keeps_order_and_reads_a_bounded_number_ahead():
     for i in range(5):
       pulled.append(i)
       yield {'video': np.full((2, 3), i, np.uint8), 'label': np.array([i, i])}
-  mesh = sharding.make_mesh(ConfigDict(dict(fsdp=1)))
+  mesh = sharding.make_mesh(base_config().mesh)
   batches = sharding.prefetch(host_batches(), sharding.batch_sharding(mesh), size=2,
                               keys=('video',))
   first = next(batches)

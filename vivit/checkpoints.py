@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vivit.errors import WorkdirBusy
+from vivit.errors import CheckpointError, MissingError, WorkdirBusy
 from vivit.models import check_params, default_model_config, param_shapes
 
 Params = Dict[str, Any]
@@ -87,7 +87,7 @@ def save_params(path: epath.PathLike, model_config: ml_collections.ConfigDict,
   count = (sum(map(len, class_names.values())) if isinstance(class_names, dict)
            else len(class_names or ()))
   if class_names is not None and count != model_config.num_classes:
-    raise ValueError(f'{count} class names for {model_config.num_classes} classes')
+    raise CheckpointError(f'{count} class names for {model_config.num_classes} classes')
   path = as_path(path)
   path.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
@@ -113,7 +113,7 @@ def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params
   path = as_path(path)
   config = load_model_config(path)
   if config is None:
-    raise FileNotFoundError(f'{path} is not a vivit-jax checkpoint (no model_config.json;'
+    raise MissingError(f'{path} is not a vivit-jax checkpoint (no model_config.json;'
                             f' expected a params directory or a training workdir)')
   if (path / 'params').is_dir():
     with ocp.StandardCheckpointer() as checkpointer:
@@ -122,12 +122,12 @@ def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params
     params = restore_best_params(path, param_shapes(config))[1]
   else:
     if not (path / 'checkpoints').is_dir():
-      raise FileNotFoundError(f'{path} holds neither params/ (a params directory) nor '
-                              f'best/ or checkpoints/ (a training workdir)')
+      raise MissingError(f'{path} holds neither params/ (a params directory) nor '
+                         f'best/ or checkpoints/ (a training workdir)')
     last = ocp.CheckpointManager(path / 'checkpoints')
     step = last.latest_step()
     if step is None:
-      raise FileNotFoundError(f'workdir {path} holds no checkpoint yet')
+      raise MissingError(f'workdir {path} holds no checkpoint yet')
     params = last.restore(step, args=ocp.args.StandardRestore())['params']
   params = jax.tree_util.tree_map(np.asarray, params)
   check_params(config, params)
@@ -184,8 +184,8 @@ class WorkdirLock:
       holder = self._file.read().strip() or 'another process'
       self._file.close()
       raise WorkdirBusy(f'workdir {os.path.dirname(self._path)} is in use by another '
-                         f'training ({holder}); wait for it to finish or use another '
-                         f'--workdir') from None
+                        f'training ({holder}); wait for it to finish or use another '
+                        f'--workdir') from None
     self._file.seek(0)
     self._file.truncate()
     self._file.write(f'pid {os.getpid()} on {os.uname().nodename}, since '
@@ -236,7 +236,7 @@ def restore_latest(manager: ocp.CheckpointManager, target):
     if outcome == 0:
       return step, state
     if outcome == 2:  # readable, but another config's state
-      raise ValueError(
+      raise CheckpointError(
           f'checkpoint {path} holds a train state of a different shape than this '
           f'config builds (was training.optimizer, training.nonfinite or gradient '
           f'clipping changed since it was written?); resume with the config it was '
@@ -270,8 +270,8 @@ def check_workdir_model(workdir: epath.PathLike,
     try:
       check_params(model_config, param_shapes(stored))
     except ValueError as e:
-      raise ValueError(f'workdir {workdir} holds checkpoints of a different model; '
-                       f'use a new --workdir or the same model config. {e}') from None
+      raise CheckpointError(f'workdir {workdir} holds checkpoints of a different model; '
+                            f'use a new --workdir or the same model config. {e}') from None
   if jax.process_index() == 0:  # one writer: hosts share the workdir
     workdir.mkdir(parents=True, exist_ok=True)
     _write_atomically(path, model_config_to_json(model_config))
@@ -282,7 +282,7 @@ def restore_best_params(workdir: epath.PathLike, abstract_params) -> Tuple[int, 
   best = best_manager(workdir)
   step = best.best_step()
   if step is None:
-    raise FileNotFoundError(f'no best checkpoint under {as_path(workdir)}/best; '
-                            f'train first or pass --checkpoint')
+    raise MissingError(f'no best checkpoint under {as_path(workdir)}/best; '
+                       f'train first or pass --checkpoint')
   params = best.restore(step, args=ocp.args.StandardRestore(abstract_params))
   return step, params

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from vivit import checkpoints, sharding
 from vivit import cli as cli_lib
 from vivit.convert import resize_params
+from vivit.errors import ConfigError
 from vivit.data import pipeline
 from vivit.models import build_model, param_shapes
 from vivit.step import head_slices
@@ -184,7 +185,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     step, params = checkpoints.restore_best_params(
         workdir, sharding.sharded_shapes(
             mesh, param_shapes(model_config),
-            sharding.fsdp_min_size(config.mesh)))
+            config.mesh.fsdp_min_size))
     source = f'{workdir}/best/{step}'
   elif tuple(config.model.input_size) != tuple(model_config.input_size):
     print(f'resizing the position embeddings of {checkpoint} from clips '
@@ -231,8 +232,8 @@ def define_flags() -> None:
 def main(argv) -> None:
   del argv
   if FLAGS.config is None or FLAGS.workdir is None:
-    raise ValueError('--config and --workdir are required, e.g. vivit-evaluate --config '
-                     'configs/synthetic_motion.py --workdir runs/demo')
+    raise ConfigError('--config and --workdir are required, e.g. vivit-evaluate --config '
+                      'configs/synthetic_motion.py --workdir runs/demo')
   if FLAGS.distributed:
     sharding.initialize_distributed()
   config = FLAGS.config

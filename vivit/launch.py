@@ -20,9 +20,8 @@ import time
 from typing import List, Optional
 
 from vivit import cli
-
-# Read by `vivit.sharding.initialize_distributed` in every process.
-NUM_PROCESSES_ENV, PROCESS_ID_ENV = 'VIVIT_NUM_PROCESSES', 'VIVIT_PROCESS_ID'
+from vivit.errors import ConfigError
+from vivit.sharding import NUM_PROCESSES_ENV, PROCESS_ID_ENV
 
 
 def free_port() -> int:
@@ -42,8 +41,8 @@ def launch(args: List[str], processes: int, devices_per_process: int,
   """Runs `python -m module --distributed *args` in `processes` processes; returns
   the first non-zero exit status (0 when all succeed)."""
   if processes < 1 or devices_per_process < 1:
-    raise ValueError(f'--processes ({processes}) and --devices_per_process '
-                     f'({devices_per_process}) must be at least 1')
+    raise ConfigError(f'--processes ({processes}) and --devices_per_process '
+                      f'({devices_per_process}) must be at least 1')
   coordinator = f'localhost:{free_port()}'
   children, relays = [], []
   for index in range(processes):

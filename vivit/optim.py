@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vivit.errors import ConfigError
+
 
 def make_schedule(training: ml_collections.ConfigDict, total_steps: int, warmup_steps: int):
   """Linear warm-up from 0 to `training.learning_rate`, then cosine decay to 0 or
@@ -18,8 +20,8 @@ def make_schedule(training: ml_collections.ConfigDict, total_steps: int, warmup_
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, max(warmup_steps, 1)), optax.constant_schedule(lr)],
         [warmup_steps])
-  raise ValueError(f"unknown training.schedule {training.schedule!r}; expected "
-                   f"'cosine' or 'constant'")
+  raise ConfigError(f"unknown training.schedule {training.schedule!r}; expected "
+                    f"'cosine' or 'constant'")
 
 
 def make_optimizer(training: ml_collections.ConfigDict, total_steps: int,
@@ -32,26 +34,25 @@ def make_optimizer(training: ml_collections.ConfigDict, total_steps: int,
   """
   schedule = make_schedule(training, total_steps, warmup_steps)
   parts = []
-  if training.grad_clip and not training.get('grad_clip_group'):
+  if training.grad_clip and not training.grad_clip_group:
     parts.append(optax.clip_by_global_norm(training.grad_clip))
   if training.optimizer == 'sgd':
     if training.weight_decay:
       parts.append(optax.add_decayed_weights(training.weight_decay))
     parts.append(optax.sgd(schedule, momentum=training.momentum or None))
   elif training.optimizer == 'adamw':
-    parts.append(optax.adamw(schedule, b1=training.get('b1', 0.9),
-                             b2=training.get('b2', 0.999),
+    parts.append(optax.adamw(schedule, b1=training.b1, b2=training.b2,
                              weight_decay=training.weight_decay))
   else:
-    raise ValueError(f"unknown training.optimizer {training.optimizer!r}; expected "
-                     f"'sgd' or 'adamw'")
+    raise ConfigError(f"unknown training.optimizer {training.optimizer!r}; expected "
+                      f"'sgd' or 'adamw'")
   optimizer = optax.chain(*parts)
-  nonfinite = training.get('nonfinite', 'stop')
+  nonfinite = training.nonfinite
   if nonfinite == 'skip':
     optimizer = skip_nonfinite(optimizer)
   elif nonfinite != 'stop':
-    raise ValueError(f"unknown training.nonfinite {nonfinite!r}; expected 'stop' (end "
-                     f"training at a non-finite loss) or 'skip' (skip such steps)")
+    raise ConfigError(f"unknown training.nonfinite {nonfinite!r}; expected 'stop' (end "
+                      f"training at a non-finite loss) or 'skip' (skip such steps)")
   return optimizer, schedule
 
 

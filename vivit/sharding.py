@@ -12,13 +12,16 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vivit.errors import ConfigError
+
 BATCH_AXES = ('data', 'fsdp')
+# How `vivit.launch` tells the processes it starts who they are.
+NUM_PROCESSES_ENV, PROCESS_ID_ENV = 'VIVIT_NUM_PROCESSES', 'VIVIT_PROCESS_ID'
 
 
 def initialize_distributed() -> None:
   """`jax.distributed.initialize()`: from `vivit.launch`'s environment when it started
   this process, else by JAX's cluster detection (SLURM, TPU pods, Open MPI, ...)."""
-  from vivit.launch import NUM_PROCESSES_ENV, PROCESS_ID_ENV
   if os.environ.get(NUM_PROCESSES_ENV):
     jax.distributed.initialize(num_processes=int(os.environ[NUM_PROCESSES_ENV]),
                                process_id=int(os.environ[PROCESS_ID_ENV]),
@@ -29,9 +32,9 @@ def initialize_distributed() -> None:
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> Mesh:
   devices = jax.device_count()
-  fsdp = mesh_config.get('fsdp', 1)
+  fsdp = mesh_config.fsdp
   if devices % fsdp:
-    raise ValueError(f'mesh.fsdp={fsdp} does not divide the {devices} devices')
+    raise ConfigError(f'mesh.fsdp={fsdp} does not divide the {devices} devices')
   # Auto axes: the compiler propagates shardings from the inputs (GSPMD).
   return jax.make_mesh((devices // fsdp, fsdp), BATCH_AXES,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
@@ -46,16 +49,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-# `mesh.fsdp_min_size`: parameters with fewer elements (LayerNorm scales, biases) stay
-# replicated under FSDP: sharding them saves next to no memory and costs a gather each.
-FSDP_MIN_SIZE = 2 ** 12
-
-
-def fsdp_min_size(mesh_config: ml_collections.ConfigDict) -> int:
-  return mesh_config.get('fsdp_min_size', FSDP_MIN_SIZE)
-
-
-def fsdp_axis(shape, fsdp: int, min_size: int = FSDP_MIN_SIZE) -> Optional[int]:
+def fsdp_axis(shape, fsdp: int, min_size: int) -> Optional[int]:
   """The axis of a parameter of `shape` that FSDP over `fsdp` devices splits: its
   largest dimension divisible by `fsdp`, for parameters of at least `min_size`
   elements; None: replicated."""
@@ -67,7 +61,7 @@ def fsdp_axis(shape, fsdp: int, min_size: int = FSDP_MIN_SIZE) -> Optional[int]:
   return None
 
 
-def param_sharding(mesh: Mesh, shape, min_size: int = FSDP_MIN_SIZE) -> NamedSharding:
+def param_sharding(mesh: Mesh, shape, min_size: int) -> NamedSharding:
   """FSDP: `fsdp_axis` split over the mesh's `fsdp` axis."""
   axis = fsdp_axis(shape, mesh.shape['fsdp'], min_size)
   if axis is None:
@@ -77,13 +71,13 @@ def param_sharding(mesh: Mesh, shape, min_size: int = FSDP_MIN_SIZE) -> NamedSha
   return NamedSharding(mesh, P(*spec))
 
 
-def tree_shardings(mesh: Mesh, abstract_tree, min_size: int = FSDP_MIN_SIZE):
+def tree_shardings(mesh: Mesh, abstract_tree, min_size: int):
   """Shardings for every array of a tree of `ShapeDtypeStruct`s."""
   return jax.tree_util.tree_map(lambda x: param_sharding(mesh, x.shape, min_size),
                                 abstract_tree)
 
 
-def sharded_shapes(mesh: Mesh, abstract_tree, min_size: int = FSDP_MIN_SIZE):
+def sharded_shapes(mesh: Mesh, abstract_tree, min_size: int):
   """`abstract_tree`'s `ShapeDtypeStruct`s with their shardings on `mesh`: the target
   of a checkpoint restore, which then places every shard where this mesh wants it,
   whatever the topology that saved it."""
@@ -96,11 +90,11 @@ def sharded_shapes(mesh: Mesh, abstract_tree, min_size: int = FSDP_MIN_SIZE):
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if global_batch % devices:
-    raise ValueError(f'batch size {global_batch} is not divisible by the {devices} devices '
-                     f'of the mesh; use a multiple of {devices}')
+    raise ConfigError(f'batch size {global_batch} is not divisible by the {devices} devices '
+                      f'of the mesh; use a multiple of {devices}')
   if global_batch % jax.process_count():
-    raise ValueError(f'batch size {global_batch} is not divisible by the '
-                     f'{jax.process_count()} processes')
+    raise ConfigError(f'batch size {global_batch} is not divisible by the '
+                      f'{jax.process_count()} processes')
 
 
 def global_batch(batch, sharding: NamedSharding):

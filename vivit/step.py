@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from vivit.errors import ConfigError
 from vivit.models import pixels_to_unit_range
 
 
@@ -88,14 +89,14 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
     return loss_and_metrics(logits, targets, labels, heads)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  group = training.get('grad_clip_group') if training.get('grad_clip') else None
+  group = training.grad_clip_group if training.grad_clip else None
   if group:
     # Scenic clips each device's gradient before averaging over devices; here each
     # group of `group` examples is one such device, whatever the devices are.
     batch_size = video.shape[0]
     if batch_size % group:
-      raise ValueError(f'training.grad_clip_group={group} does not divide the batch '
-                       f'of {batch_size}')
+      raise ConfigError(f'training.grad_clip_group={group} does not divide the batch '
+                        f'of {batch_size}')
     split = lambda x: x.reshape((batch_size // group, group) + x.shape[1:])
 
     def group_grads(video, targets, labels, rng):

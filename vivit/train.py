@@ -157,7 +157,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
   abstract = jax.eval_shape(init_state)
-  min_size = sharding.fsdp_min_size(config.mesh)
+  min_size = config.mesh.fsdp_min_size
   state_sharding = sharding.tree_shardings(mesh, abstract, min_size)
   batch_sharding = sharding.batch_sharding(mesh)
 
@@ -196,7 +196,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   stop = {'signal': None}
   previous_handler = signal.signal(signal.SIGTERM,
                                    lambda signum, frame: stop.update(signal=signum))
-  nonfinite_stops = training.get('nonfinite', 'stop') == 'stop'
+  nonfinite_stops = training.nonfinite == 'stop'
   unchecked = []  # (step, loss) not yet checked for finiteness
 
   def check_finite(step):
