@@ -1,0 +1,135 @@
+"""The package's shape, read from its source: imports point down, and each variant
+name and config default has one home."""
+import ast
+import os
+
+import pytest
+
+from vivit.models import variants
+from vivit.recipes import base_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Commands and what only commands use: nothing below may import them.
+TOP = ('vivit.train', 'vivit.evaluate', 'vivit.predict', 'vivit.prepare', 'vivit.cli',
+       'vivit.launch')
+LOW_PACKAGES = ('vivit.models', 'vivit.input', 'vivit.datasets')
+
+
+def python_files(*folders):
+  for folder in folders:
+    for directory, _, names in os.walk(os.path.join(ROOT, folder)):
+      for name in sorted(names):
+        if name.endswith('.py'):
+          yield os.path.join(directory, name)
+
+
+def module_name(path):
+  name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+  return name[:-len('.__init__')] if name.endswith('.__init__') else name
+
+
+def package_imports():
+  """{module: {vivit modules it imports, anywhere in the file}}."""
+  modules = {module_name(path): path for path in python_files('vivit')}
+  graph = {}
+  for name, path in modules.items():
+    package = name if path.endswith('__init__.py') else name.rpartition('.')[0]
+    imported = set()
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+      if isinstance(node, ast.Import):
+        targets = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom):
+        base = node.module or ''
+        if node.level:
+          base = '.'.join(package.split('.')[:len(package.split('.')) - node.level + 1]
+                          + ([base] if base else []))
+        # `from vivit import cli` imports the module vivit.cli.
+        targets = [f'{base}.{alias.name}' if f'{base}.{alias.name}' in modules else base
+                   for alias in node.names]
+      else:
+        continue
+      for target in targets:
+        while target and target not in modules:
+          target = target.rpartition('.')[0]
+        if target.startswith('vivit') and target != name:
+          imported.add(target)
+    graph[name] = imported
+  return graph
+
+
+def test_imports_have_no_cycle():
+  graph = package_imports()
+  # The package roots only hold what everything shares (`vivit.verbose`).
+  graph = {name: {t for t in targets if t != 'vivit'} for name, targets in graph.items()}
+  state = {}
+
+  def visit(name, path):
+    state[name] = 'open'
+    for target in sorted(graph[name]):
+      if state.get(target) == 'open':
+        cycle = path[path.index(target):] + [target]
+        pytest.fail('import cycle: ' + ' -> '.join(cycle))
+      if target not in state:
+        visit(target, path + [target])
+    state[name] = 'done'
+  for name in sorted(graph):
+    if name not in state:
+      visit(name, [name])
+
+
+def test_low_layers_import_no_command():
+  upward = [f'{name} imports {target}'
+            for name, targets in package_imports().items()
+            if name.startswith(LOW_PACKAGES)
+            for target in sorted(targets) if target.startswith(TOP)]
+  assert not upward, upward
+
+
+def string_constants(path):
+  for node in ast.walk(ast.parse(open(path).read(), path)):
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+      yield node.lineno, node.value
+
+
+def test_each_variant_name_is_stated_once():
+  """Variant names, scenic's names and model-name suffixes live in the variant table;
+  everything else reads it."""
+  names = {text for row in variants.VARIANTS
+           for text in (row.name, row.scenic_name, row.suffix) if text}
+  table = os.path.join(ROOT, 'vivit', 'models', 'variants.py')
+  found = [f'{os.path.relpath(path, ROOT)}:{line}: {text!r}'
+           for path in python_files('vivit', 'configs', 'experiments') if path != table
+           for line, text in string_constants(path) if text in names]
+  assert not found, found
+
+
+# Local names that hold a section of a run's config (or the whole config); scenic's
+# configs are another project's, read with its defaults.
+CONFIG_NAMES = ('config', 'dataset', 'training', 'model', 'mesh', 'init_from', 'eval')
+
+
+def test_no_second_default_for_a_config_field():
+  """`section.get('field'[, default])` would be a second default for a field that the
+  base config already defines: sections are read as `section.field`."""
+  fields = set()
+  for section in base_config().values():
+    if hasattr(section, 'keys'):
+      fields.update(section.keys())
+      fields.update(k for value in section.values() if hasattr(value, 'keys')
+                    for k in value.keys())
+  found = []
+  for path in python_files('vivit', 'configs', 'experiments'):
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+      if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == 'get' and node.args
+              and isinstance(node.args[0], ast.Constant) and node.args[0].value in fields):
+        continue
+      receiver = node.func.value
+      while isinstance(receiver, ast.Attribute) and receiver.attr in CONFIG_NAMES:
+        receiver = receiver.value  # config.dataset.get(...): the receiver is `config...`
+      name = receiver.attr if isinstance(receiver, ast.Attribute) else getattr(
+          receiver, 'id', '')
+      if (name in CONFIG_NAMES or name.endswith('_config')) and 'scenic' not in name:
+        found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}: '
+                     f'.get({node.args[0].value!r})')
+  assert not found, found
