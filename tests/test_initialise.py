@@ -8,7 +8,7 @@ import pytest
 
 from conftest import random_params, random_video, tiny_config
 from vivit import checkpoints, evaluate, initialise
-from vivit.convert import from_scenic, resize_params, to_transformers
+from vivit.convert import from_scenic, guess_format, resize_params, to_transformers
 from vivit.models import build_model
 from vivit.recipes import init_from_config
 from vivit.step import loss_and_metrics, one_hot_labels
@@ -41,7 +41,7 @@ def source(tmp_path_factory):
 
 def test_vivit_checkpoint_resized_new_head_and_report(source):
   config, params, path = source
-  assert initialise.guess_format(path) == 'vivit'
+  assert guess_format(path) == 'vivit'
   target = bigger(config, num_classes=3)
   fitted, report = initialise.initial_params(init_from(path), target, seed=1)
   expected = resize_params(params, config, bigger(config))
@@ -92,7 +92,7 @@ def test_transformers_and_scenic_sources(source, tmp_path):
   config, params, _ = source
   hf_dir = str(tmp_path / 'hf')
   to_transformers(config, params, hf_dir, class_names=['a', 'b', 'c', 'd', 'e'])
-  assert initialise.guess_format(hf_dir) == 'transformers'
+  assert guess_format(hf_dir) == 'transformers'
   fitted, report = initialise.initial_params(init_from(hf_dir, restore_head=True),
                                              bigger(config))
   expected = resize_params(params, config, bigger(config))
@@ -138,8 +138,8 @@ def _scenic_model():
 
 def test_vit_source_report(vit):
   _, hf_dir, npz_path = vit
-  assert initialise.guess_format(npz_path) == 'vit'
-  assert initialise.guess_format(hf_dir) == 'vit'
+  assert guess_format(npz_path) == 'vit'
+  assert guess_format(hf_dir) == 'vit'
   config = tiny_config('factorised_self_attention', input_size=(4, 16, 16))
   params, report = initialise.initial_params(init_from(npz_path), config)
   out = params['Transformer']['encoderblock_1']['MultiHeadDotProductAttention_time']['out']

@@ -1,21 +1,9 @@
-"""`config.init_from`: the starting params of a training run, from a checkpoint.
-
-Formats (`init_from.format`; by default guessed from the path):
-  vit           a 2-D ViT: vision_transformer `.npz` or HF `ViTModel` directory
-                (`vivit.convert.from_vit`: kernel inflation, position embeddings
-                tiled/resized, per-variant rules)
-  scenic        a scenic ViViT checkpoint; `init_from.scenic_config` names the scenic
-                config file it was trained with
-  transformers  an HF `VivitForVideoClassification` / `VivitModel` directory
-  vivit         this project's checkpoints: a params directory (`vivit.convert`),
-                or a training workdir (its best params, else its latest state)
-ViViT sources are fitted to the model: position embeddings are resized to its clip
-size, the head is kept only with `restore_head` (and the same class count), and
-every other parameter must match by name and shape.
+"""`config.init_from`: the starting params of a training run (with
+`model_from_checkpoint`, its model too) from any checkpoint `vivit.convert.read` reads.
+ViViT sources are fitted to the model: position embeddings resized to its clip size,
+the head kept only with `restore_head`, every other parameter matched by name and shape.
 """
 import collections
-import json
-import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -26,14 +14,13 @@ import numpy as np
 from etils import epath
 
 from vivit import checkpoints
-from vivit.convert import from_scenic, from_transformers, resize_params
-from vivit.convert.resize import SIZE_FIELDS
-from vivit.convert.transformers import hf_class_names
+from vivit.convert.read import checkpoint_format, read_checkpoint, read_model_config
+from vivit.convert.resize import SIZE_FIELDS, resize_params
 from vivit.convert.vit import vit_init
-from vivit.models import init_params
+from vivit.errors import CheckpointError, ConfigError
+from vivit.models import init_params, variants
 
 Params = Dict[str, Any]
-FORMATS = ('vit', 'scenic', 'transformers', 'vivit')
 # The classifier: loaded only with `init_from.restore_head`.
 HEAD = ('pre_logits', 'output_projection')
 # Model config fields that decide the parameters (besides the clip size and head).
@@ -41,68 +28,28 @@ ARCHITECTURE_FIELDS = ('variant', 'embedding', 'tubelet', 'hidden_size', 'num_he
                        'num_layers', 'mlp_dim', 'classifier')
 
 
-def guess_format(path: str) -> str:
-  """The `init_from.format` that `path` looks like; ValueError if none."""
-  directory = epath.Path(path)
-  if not directory.exists():
-    raise FileNotFoundError(f'checkpoint path {path} does not exist')
-  scenic_name = re.compile(r'checkpoint_\d+')
-  if not directory.is_dir():
-    if directory.name.endswith('.npz'):
-      return 'vit'
-    if scenic_name.fullmatch(directory.name):
-      return 'scenic'
-  elif (directory / 'model_config.json').exists():
-    return 'vivit'
-  elif (directory / 'config.json').exists():
-    model_type = json.loads((directory / 'config.json').read_text()).get('model_type')
-    if model_type in ('vivit', 'vit'):
-      return {'vivit': 'transformers', 'vit': 'vit'}[model_type]
-  elif any(scenic_name.fullmatch(child.name) for child in directory.iterdir()):
-    return 'scenic'
-  raise ValueError(f'cannot tell the format of the checkpoint {path}: expected a '
-                   f'vision_transformer .npz, an HF ViT or ViViT directory, a scenic '
-                   f'checkpoint_<step> file or directory of them, or a vivit-jax params '
-                   f'directory or workdir; set init_from.format')
-
-
-def read_checkpoint(path: str, fmt: Optional[str] = None,
-                    scenic_config: Optional[str] = None
-                    ) -> Tuple[ml_collections.ConfigDict, Params, Any]:
-  """(model config, params, class names or None) of a ViViT checkpoint in any
-  format (`fmt` None: guessed): scenic (with its config file), transformers or
-  vivit. Class names are a list, or {head: names} for a multi-head model."""
-  init_from = ml_collections.ConfigDict(dict(path=path, format=fmt,
-                                             scenic_config=scenic_config))
-  return read_vivit_source(_resolved(init_from))
-
-
-def read_vivit_source(init_from: ml_collections.ConfigDict
-                      ) -> Tuple[ml_collections.ConfigDict, Params, Optional[List[str]]]:
-  """(model config, params, class names or None) of a ViViT checkpoint in format
-  scenic, transformers or vivit."""
-  path, fmt = init_from.path, init_from.format
-  if fmt == 'transformers':
-    config, params = from_transformers(path)
-    return config, params, hf_class_names(path)
-  if fmt == 'scenic':
-    if not init_from.get('scenic_config'):
-      raise ValueError('init_from.format=scenic needs init_from.scenic_config: the '
-                       'scenic config file the checkpoint was trained with')
-    if not os.path.exists(init_from.scenic_config):
-      raise FileNotFoundError(f'init_from.scenic_config {init_from.scenic_config} does '
-                              f'not exist')
-    from vivit.recipes import load_config
-    config, params = from_scenic(path, load_config(init_from.scenic_config))
-    return config, params, None
-  if fmt == 'vit':
-    raise ValueError(f'{path} is a 2-D ViT: it initialises a ViViT (init_from) but is '
-                     f'not one')
-  if fmt == 'vivit':
-    config, params = checkpoints.load_params(path)
-    return config, params, checkpoints.load_class_names(path)
-  raise ValueError(f'unknown init_from.format {fmt!r}; expected one of '
-                   f'{", ".join(FORMATS)}')
+def resolve_init_from(config: ml_collections.ConfigDict, workdir: epath.PathLike
+                      ) -> Optional[ml_collections.ConfigDict]:
+  """The `config.init_from` a training run starts from, or None (random params).
+  Refuses a config that needs a checkpoint and names none. With
+  `init_from.model_from_checkpoint`, sets `config.model` to the checkpoint's (a
+  resumed run: to the model its workdir stored)."""
+  init_from = config.get('init_from') or {}
+  if not init_from.get('path'):
+    if init_from.get('model_from_checkpoint'):
+      raise ConfigError('this config takes its model from a checkpoint: set '
+                        '--config.init_from.path')
+    if not init_from.get('from_scratch', True):
+      raise ConfigError('this recipe fine-tunes a pretrained model (the paper: an '
+                        'ImageNet-21k ViT, e.g. ViT-B_16.npz): set --config.init_from.'
+                        'path, or --config.init_from.from_scratch=True to start from '
+                        'random weights on purpose')
+    return None
+  if init_from.get('model_from_checkpoint'):
+    stored = checkpoints.load_model_config(workdir)
+    config.model = (stored if stored is not None else
+                    model_config_from_checkpoint(init_from, config.model))
+  return init_from
 
 
 def model_config_from_checkpoint(init_from: ml_collections.ConfigDict,
@@ -112,31 +59,16 @@ def model_config_from_checkpoint(init_from: ml_collections.ConfigDict,
   (`init_from.model_from_checkpoint`); training fields (dropout, stochastic depth,
   dtype, remat) and a set `num_classes` stay as configured, and `input_size` is the
   checkpoint's until the data sets it."""
-  init_from = _resolved(init_from)
-  if init_from.format == 'vit':
-    return model_config  # a 2-D ViT has no ViViT config: the configured one is used
-  source = (checkpoints.load_model_config(init_from.path) if init_from.format == 'vivit'
-            else None)
+  source = read_model_config(init_from.path, init_from.get('format'),
+                             init_from.get('scenic_config'))
   if source is None:
-    source, _, _ = read_vivit_source(init_from)
+    return model_config  # a 2-D ViT has no ViViT config: the configured one is used
   config = source.copy_and_resolve_references()
   for field in ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth',
                 'fsa_stochastic_depth', 'dtype', 'remat'):
     config[field] = model_config[field]
   config.num_classes = model_config.num_classes
   return config
-
-
-def _resolved(init_from: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  init_from = ml_collections.ConfigDict(init_from.to_dict())
-  if not epath.Path(init_from.path).exists():
-    raise FileNotFoundError(f'checkpoint path {init_from.path} does not exist')
-  if not init_from.get('format'):
-    init_from.format = guess_format(init_from.path)
-  if init_from.format not in FORMATS:
-    raise ValueError(f'unknown init_from.format {init_from.format!r}; expected one of '
-                     f'{", ".join(FORMATS)}')
-  return init_from
 
 
 def fit_params(source_config: ml_collections.ConfigDict, source: Params,
@@ -147,14 +79,14 @@ def fit_params(source_config: ml_collections.ConfigDict, source: Params,
   name. Returns (params, {parameter: (status, detail)}) with status `loaded`,
   `resized`, `fresh` or `ignored`."""
   differing = [f for f in ARCHITECTURE_FIELDS if source_config[f] != model_config[f]]
-  if model_config.variant == 'factorised_encoder':
+  if variants.get(model_config.variant).per_frame:
     differing += [f'temporal.{k}' for k in ('num_layers', 'num_heads', 'mlp_dim')
                   if source_config.temporal[k] != model_config.temporal[k]]
-  if model_config.variant == 'factorised_self_attention':
+  if model_config.variant == variants.FACTORISED_SELF_ATTENTION:
     differing += ['attention_order'] * (source_config.attention_order !=
                                         model_config.attention_order)
   if differing:
-    raise ValueError('the checkpoint is another architecture: ' + ', '.join(
+    raise CheckpointError('the checkpoint is another architecture: ' + ', '.join(
         f'model.{f} is {_field(model_config, f)!r} here, {_field(source_config, f)!r} in '
         f'the checkpoint' for f in differing) +
         '. Use the checkpoint\'s (init_from.model_from_checkpoint=True, as '
@@ -174,12 +106,14 @@ def fit_params(source_config: ml_collections.ConfigDict, source: Params,
       params[name], report[name] = value, ('fresh', 'restore_head is off')
       continue
     if name not in resized:
-      raise ValueError(f'parameter {name} {tuple(value.shape)} is not in the checkpoint')
+      raise CheckpointError(f'parameter {name} {tuple(value.shape)} is not in the '
+                            f'checkpoint')
     if resized[name].shape != value.shape:
-      raise ValueError(f'cannot map parameter {name}: the checkpoint has '
-                       f'{tuple(resized[name].shape)}, the model needs {tuple(value.shape)}'
-                       + (' (set init_from.restore_head=False for a new head)'
-                          if name.split('/')[0] in HEAD else ''))
+      raise CheckpointError(
+          f'cannot map parameter {name}: the checkpoint has {tuple(resized[name].shape)}'
+          f', the model needs {tuple(value.shape)}' +
+          (' (set init_from.restore_head=False for a new head)'
+           if name.split('/')[0] in HEAD else ''))
     params[name] = resized[name]
     before = tuple(original[name].shape)
     report[name] = (('resized', f'{before} -> {tuple(value.shape)}')
@@ -198,15 +132,15 @@ def initial_params(init_from: ml_collections.ConfigDict,
                    model_config: ml_collections.ConfigDict, seed: int = 0
                    ) -> Tuple[Params, Dict[str, Tuple[str, str]]]:
   """(params for `model_config`, per-parameter report) from `init_from`."""
-  init_from = _resolved(init_from)
-  if init_from.format == 'vit':
+  if checkpoint_format(init_from.path, init_from.get('format')) == 'vit':
     return vit_init(init_from.path, model_config,
                     kernel_init=init_from.get('kernel_init') or 'central_frame',
                     posemb=init_from.get('posemb') or 'tile',
                     temporal_attention_init=(init_from.get('temporal_attention_init')
                                              or 'zeros'),
                     restore_head=bool(init_from.get('restore_head')), seed=seed)
-  source_config, source, _ = read_vivit_source(init_from)
+  source_config, source, _ = read_checkpoint(init_from.path, init_from.get('format'),
+                                             init_from.get('scenic_config'))
   return fit_params(source_config, source, model_config,
                     restore_head=bool(init_from.get('restore_head')), seed=seed)
 

@@ -30,9 +30,9 @@ DEFAULT_STRIDE = 2
 def load_checkpoint(path: str, fmt: Optional[str] = None,
                     scenic_config: Optional[str] = None):
   """(model config, params, class names or None, data settings) of any checkpoint
-  `vivit.initialise.read_checkpoint` reads; a training workdir also gives its data
+  `vivit.convert.read_checkpoint` reads; a training workdir also gives its data
   settings (frame stride, resize, the frame rate its dataset was prepared at)."""
-  from vivit.initialise import read_checkpoint
+  from vivit.convert import read_checkpoint
   config, params, names = read_checkpoint(path, fmt, scenic_config)
   settings = {}
   directory = epath.Path(path)

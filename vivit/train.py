@@ -119,23 +119,7 @@ STOP_CHECK_EVERY = 10
 def _train_and_evaluate(config: ml_collections.ConfigDict,
                         workdir: epath.Path) -> Dict[str, Any]:
   training = config.training
-  init_from = config.get('init_from')
-  if init_from and not init_from.get('path'):
-    if init_from.get('model_from_checkpoint'):
-      raise ValueError('this config takes its model from a checkpoint: set '
-                       '--config.init_from.path')
-    if not init_from.get('from_scratch', True):
-      raise ValueError('this recipe fine-tunes a pretrained model (the paper: an '
-                       'ImageNet-21k ViT, e.g. ViT-B_16.npz): set --config.init_from.path,'
-                       ' or --config.init_from.from_scratch=True to start from random '
-                       'weights on purpose')
-  if not (init_from and init_from.get('path')):
-    init_from = None
-  if init_from and init_from.get('model_from_checkpoint'):
-    # A resumed run keeps the model it started with.
-    stored = checkpoints.load_model_config(workdir)
-    config.model = (stored if stored is not None else
-                    initialise.model_config_from_checkpoint(init_from, config.model))
+  init_from = initialise.resolve_init_from(config, workdir)
   labels, (train_examples, _) = pipeline.open_dataset(
       config, config.dataset.train_split, config.dataset.eval_split)
   num_classes = labels.num_classes

@@ -11,7 +11,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from vivit.models import check_params
+from vivit.errors import CheckpointError, ConfigError
+from vivit.models import check_params, variants
 
 Params = Dict[str, Any]
 # Model config fields that may differ between the two configs.
@@ -32,8 +33,8 @@ def resize_position_embedding(posemb: np.ndarray, grid: Tuple[int, ...],
   tokens = int(np.prod(grid))
   extra = posemb.shape[1] - tokens
   if extra not in (0, 1):
-    raise ValueError(f'position embedding {posemb.shape} does not fit a token grid '
-                     f'{grid}')
+    raise CheckpointError(f'position embedding {posemb.shape} does not fit a token grid '
+                          f'{grid}')
   cls, body = posemb[:, :extra], posemb[0, extra:].reshape(tuple(grid) + posemb.shape[-1:])
   if tuple(grid) != tuple(new_grid):
     body = np.asarray(jax.image.resize(body, tuple(new_grid) + body.shape[-1:], 'linear',
@@ -48,13 +49,13 @@ def resize_params(params: Params, from_config: ml_collections.ConfigDict,
   differing = sorted(k for k in set(from_config.keys()) | set(to_config.keys())
                      if k not in SIZE_FIELDS and from_config.get(k) != to_config.get(k))
   if differing:
-    raise ValueError('resize_params changes only the clip size; the configs also '
-                     'differ in ' + ', '.join(f'model.{k}' for k in differing))
+    raise ConfigError('resize_params changes only the clip size; the configs also '
+                      'differ in ' + ', '.join(f'model.{k}' for k in differing))
   check_params(from_config, params)
   params = jax.tree_util.tree_map(np.array, params)
   (slots, height, width), (new_slots, new_height, new_width) = (token_grid(from_config),
                                                                 token_grid(to_config))
-  if from_config.variant == 'factorised_encoder':
+  if variants.get(from_config.variant).per_frame:
     spatial = params['SpatialTransformer']['posembed_input']
     spatial['pos_embedding'] = resize_position_embedding(
         spatial['pos_embedding'], (height, width), (new_height, new_width))

@@ -4,7 +4,8 @@ HF's image processor maps pixels to [-3, 1] (rescale to [-1, 1], then mean/std 0
 while the released weights (scenic's) and this project expect [-1, 1]. The
 converted models compute the same function of the same tensor; `to_hf_pixel_values`
 and `from_hf_pixel_values` only move the channel axis, so feed HF models the
-[-1, 1] video to reproduce scenic's accuracy.
+[-1, 1] video to reproduce scenic's accuracy. HF's ViT shares the layout and the
+names: `hub_names`, `TO_OURS` and `read_weights` also read it (`vivit.convert.vit`).
 """
 import json
 import os
@@ -16,7 +17,8 @@ import ml_collections
 import numpy as np
 
 from vivit.convert.resize import resize_params
-from vivit.models import check_params, default_model_config
+from vivit.errors import CheckpointError, MissingError
+from vivit.models import check_params, default_model_config, variants
 
 Params = Dict[str, Any]
 _TANH_GELUS = ('gelu_fast', 'gelu_new', 'gelu_pytorch_tanh')
@@ -33,9 +35,9 @@ def from_hf_pixel_values(pixel_values: np.ndarray) -> np.ndarray:
   return np.transpose(pixel_values, (0, 1, 3, 4, 2))
 
 
-def _hub_names(num_layers: int, has_classifier: bool, has_pooler: bool):
+def hub_names(num_layers: int, has_classifier: bool, has_pooler: bool):
   """(hub name, our '/'-joined path, kind) for every tensor, kind saying how the
-  layouts differ."""
+  layouts differ (`TO_OURS`, `TO_HF`)."""
   names = [
       ('embeddings.patch_embeddings.projection.weight', 'embedding/kernel', 'conv'),
       ('embeddings.patch_embeddings.projection.bias', 'embedding/bias', 'copy'),
@@ -70,36 +72,28 @@ def _hub_names(num_layers: int, has_classifier: bool, has_pooler: bool):
   return names
 
 
-def _hf_to_ours(kind: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:
-  if kind == 'conv':      # [D, 3, t, h, w] -> [t, h, w, 3, D]
-    return tensor.transpose(2, 3, 4, 1, 0)
-  if kind == 'dense':     # torch Linear [out, in] -> [in, out]
-    return tensor.T
-  if kind == 'qkv':       # [heads*hd, D] -> [D, heads, hd]
-    return tensor.T.reshape(tensor.shape[1], num_heads, -1)
-  if kind == 'qkv_bias':  # [heads*hd] -> [heads, hd]
-    return tensor.reshape(num_heads, -1)
-  if kind == 'out':       # [D, heads*hd] -> [heads, hd, D]
-    return tensor.T.reshape(num_heads, -1, tensor.shape[0])
-  return tensor
+# Each kind's layout (`hub_names`), HF's -> ours (n: the attention head count) and back.
+TO_OURS = {
+    'copy': lambda x, n: x,
+    'conv': lambda x, n: x.transpose(2, 3, 4, 1, 0),  # [D, 3, t, h, w] -> [t, h, w, 3, D]
+    'dense': lambda x, n: x.T,  # torch Linear [out, in] -> [in, out]
+    'qkv': lambda x, n: x.T.reshape(x.shape[1], n, -1),  # [n*hd, D] -> [D, n, hd]
+    'qkv_bias': lambda x, n: x.reshape(n, -1),  # [n*hd] -> [n, hd]
+    'out': lambda x, n: x.T.reshape(n, -1, x.shape[0]),  # [D, n*hd] -> [n, hd, D]
+}
+TO_HF = {
+    'copy': lambda x: x,
+    'conv': lambda x: x.transpose(4, 3, 0, 1, 2),
+    'dense': lambda x: x.T,
+    'qkv': lambda x: x.reshape(x.shape[0], -1).T,
+    'qkv_bias': lambda x: x.reshape(-1),
+    'out': lambda x: x.reshape(-1, x.shape[-1]).T,
+}
 
 
-def _ours_to_hf(kind: str, tensor: np.ndarray) -> np.ndarray:
-  if kind == 'conv':
-    return tensor.transpose(4, 3, 0, 1, 2)
-  if kind == 'dense':
-    return tensor.T
-  if kind == 'qkv':       # [D, heads, hd] -> [heads*hd, D]
-    return tensor.reshape(tensor.shape[0], -1).T
-  if kind == 'qkv_bias':
-    return tensor.reshape(-1)
-  if kind == 'out':       # [heads, hd, D] -> [D, heads*hd]
-    return tensor.reshape(-1, tensor.shape[-1]).T
-  return tensor
-
-
-# In-memory module names of newer transformers -> the hub names they still save.
+# Saved names -> hub names (a classifier's `vivit.` prefix; newer transformers' names).
 _RENAMES = [
+    (r'^vivit\.', ''),
     (r'^layers\.(\d+)\.attention\.q_proj\.', r'encoder.layer.\1.attention.attention.query.'),
     (r'^layers\.(\d+)\.attention\.k_proj\.', r'encoder.layer.\1.attention.attention.key.'),
     (r'^layers\.(\d+)\.attention\.v_proj\.', r'encoder.layer.\1.attention.attention.value.'),
@@ -110,21 +104,19 @@ _RENAMES = [
 ]
 
 
-def _hub_name(name: str) -> str:
-  name = name[len('vivit.'):] if name.startswith('vivit.') else name
-  for pattern, replacement in _RENAMES:
-    new = re.sub(pattern, replacement, name)
-    if new != name:
-      return new
+def renamed(name: str, renames: Sequence[Tuple[str, str]]) -> str:
+  """`name` with each (pattern, replacement) of `renames` applied in turn."""
+  for pattern, replacement in renames:
+    name = re.sub(pattern, replacement, name)
   return name
 
 
-def _read_weights(path: str) -> Dict[str, np.ndarray]:
+def read_weights(path: str) -> Dict[str, np.ndarray]:
   """All tensors of a `save_pretrained` directory, as float32 numpy, hub names."""
   files = [f for f in _WEIGHT_FILES if os.path.exists(os.path.join(path, f))]
   if not files:
-    raise FileNotFoundError(f'{path} holds no HuggingFace weights (looked for '
-                            f'{", ".join(_WEIGHT_FILES)})')
+    raise MissingError(f'{path} holds no HuggingFace weights (looked for '
+                       f'{", ".join(_WEIGHT_FILES)})')
   name = files[0]
   if name == 'pytorch_model.bin':
     import torch  # Only for the legacy pickle format.
@@ -139,32 +131,34 @@ def _read_weights(path: str) -> Dict[str, np.ndarray]:
     tensors = {}
     for shard in shards:
       tensors.update(load_file(os.path.join(path, shard)))
-  return {_hub_name(k): np.asarray(v, np.float32) for k, v in tensors.items()}
+  return {renamed(k, _RENAMES): np.asarray(v, np.float32) for k, v in tensors.items()}
 
 
 def _model_config_from_hf(hf: Dict[str, Any], has_classifier: bool,
                           has_pooler: bool) -> ml_collections.ConfigDict:
   if hf.get('model_type') != 'vivit':
-    raise ValueError(f"config.json has model_type {hf.get('model_type')!r}, not 'vivit'")
+    raise CheckpointError(f"config.json has model_type {hf.get('model_type')!r}, not "
+                          f"'vivit'")
   act = hf.get('hidden_act', 'gelu_fast')
   if act not in _TANH_GELUS:
-    raise ValueError(f'hidden_act {act!r} is not supported: vivit-jax uses the tanh '
-                     f'GELU ({", ".join(_TANH_GELUS)})')
+    raise CheckpointError(f'hidden_act {act!r} is not supported: vivit-jax uses the '
+                          f'tanh GELU ({", ".join(_TANH_GELUS)})')
   eps = hf.get('layer_norm_eps', 1e-6)
   if abs(eps - 1e-6) > 1e-12:
-    raise ValueError(f'layer_norm_eps {eps} is not supported (vivit-jax uses 1e-6)')
+    raise CheckpointError(f'layer_norm_eps {eps} is not supported (vivit-jax uses 1e-6)')
   if hf.get('num_channels', 3) != 3:
-    raise ValueError(f"num_channels {hf['num_channels']} is not supported (RGB only)")
+    raise CheckpointError(f"num_channels {hf['num_channels']} is not supported (RGB only)")
   hidden, heads = hf['hidden_size'], hf['num_attention_heads']
   if hf.get('head_dim') not in (None, hidden // heads) or hidden % heads:
-    raise ValueError(f'head_dim {hf.get("head_dim")} with hidden_size {hidden} and '
-                     f'{heads} heads is not supported (need hidden = heads * head_dim)')
+    raise CheckpointError(f'head_dim {hf.get("head_dim")} with hidden_size {hidden} and '
+                          f'{heads} heads is not supported (need hidden = heads * '
+                          f'head_dim)')
   if has_pooler and hf.get('pooler_act', 'tanh') != 'tanh':
-    raise ValueError(f"pooler_act {hf['pooler_act']!r} is not supported (tanh only)")
+    raise CheckpointError(f"pooler_act {hf['pooler_act']!r} is not supported (tanh only)")
   image = hf.get('image_size', 224)
   config = default_model_config()
   config.update(dict(
-      variant='spatio_temporal', embedding='tubelet',
+      variant=variants.SPATIO_TEMPORAL, embedding='tubelet',
       tubelet=tuple(hf.get('tubelet_size', (2, 16, 16))),
       input_size=(hf.get('num_frames', 32), image, image), hidden_size=hidden,
       num_heads=heads, num_layers=hf['num_hidden_layers'],
@@ -200,25 +194,24 @@ def from_transformers(path: str, input_size: Optional[Sequence[int]] = None
   """
   config_file = os.path.join(path, 'config.json')
   if not os.path.exists(config_file):
-    raise FileNotFoundError(f'{path} is not a HuggingFace model directory '
-                            f'(no config.json)')
+    raise MissingError(f'{path} is not a HuggingFace model directory (no config.json)')
   with open(config_file) as f:
     hf = json.load(f)
-  weights = _read_weights(path)
+  weights = read_weights(path)
   has_classifier = 'classifier.weight' in weights
   has_pooler = 'pooler.dense.weight' in weights and not has_classifier
   config = _model_config_from_hf(hf, has_classifier, has_pooler)
   if has_classifier:
     config.num_classes = weights['classifier.weight'].shape[0]
   flat = {}
-  for hub, ours, kind in _hub_names(config.num_layers, has_classifier, has_pooler):
+  for hub, ours, kind in hub_names(config.num_layers, has_classifier, has_pooler):
     if hub not in weights:
       if kind == 'qkv_bias' and not hf.get('qkv_bias', True):
         flat[ours] = np.zeros((config.num_heads, config.hidden_size // config.num_heads),
                               np.float32)
         continue
-      raise ValueError(f'{path}: tensor {hub} is missing from the checkpoint')
-    flat[ours] = _hf_to_ours(kind, weights[hub], config.num_heads)
+      raise CheckpointError(f'{path}: tensor {hub} is missing from the checkpoint')
+    flat[ours] = TO_OURS[kind](weights[hub], config.num_heads)
   params = flax.traverse_util.unflatten_dict(flat, sep='/')
   check_params(config, params)
   if input_size is not None and tuple(input_size) != tuple(config.input_size):
@@ -233,13 +226,14 @@ def to_transformers(model_config: ml_collections.ConfigDict, params: Params, pat
   """Writes a directory `VivitForVideoClassification.from_pretrained` loads.
 
   Only model 1 with tubelet embedding, token classifier and a square input exists
-  in transformers; anything else raises ValueError.
+  in transformers; anything else raises CheckpointError.
   """
   from safetensors.numpy import save_file
   from transformers import VivitConfig
   reasons = []
-  if model_config.variant != 'spatio_temporal':
-    reasons.append(f'variant {model_config.variant!r} (HF has spatio_temporal only)')
+  if model_config.variant != variants.SPATIO_TEMPORAL:
+    reasons.append(f'variant {model_config.variant!r} (HF has {variants.SPATIO_TEMPORAL} '
+                   f'only)')
   if model_config.embedding != 'tubelet':
     reasons.append(f'embedding {model_config.embedding!r} (HF has tubelet only)')
   if model_config.classifier != 'token':
@@ -251,11 +245,11 @@ def to_transformers(model_config: ml_collections.ConfigDict, params: Params, pat
   if height != width:
     reasons.append(f'non-square input {height}x{width} (HF has one image_size)')
   if reasons:
-    raise ValueError('cannot export to transformers: ' + '; '.join(reasons))
+    raise CheckpointError('cannot export to transformers: ' + '; '.join(reasons))
   check_params(model_config, params)
   num_classes = model_config.num_classes
   if class_names is not None and len(class_names) != num_classes:
-    raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
+    raise CheckpointError(f'{len(class_names)} class names for {num_classes} classes')
   labels = list(class_names or [f'LABEL_{i}' for i in range(num_classes)])
   has_pooler = not num_classes and model_config.representation_size is not None
   hf_config = VivitConfig(
@@ -272,9 +266,9 @@ def to_transformers(model_config: ml_collections.ConfigDict, params: Params, pat
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
   prefix = 'vivit.' if num_classes else ''
   tensors = {}
-  for hub, ours, kind in _hub_names(model_config.num_layers, bool(num_classes), has_pooler):
+  for hub, ours, kind in hub_names(model_config.num_layers, bool(num_classes), has_pooler):
     name = hub if hub.startswith(('classifier.',)) else prefix + hub
-    tensors[name] = np.ascontiguousarray(_ours_to_hf(kind, np.asarray(flat[ours], np.float32)))
+    tensors[name] = np.ascontiguousarray(TO_HF[kind](np.asarray(flat[ours], np.float32)))
   os.makedirs(path, exist_ok=True)
   hf_config.save_pretrained(path)
   save_file(tensors, os.path.join(path, 'model.safetensors'), metadata={'format': 'pt'})

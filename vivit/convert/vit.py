@@ -31,8 +31,9 @@ import ml_collections
 import numpy as np
 
 from vivit.convert.resize import resize_position_embedding, token_grid
-from vivit.convert.transformers import _hf_to_ours, _hub_names, _read_weights
-from vivit.models import check_params, init_params
+from vivit.convert.transformers import TO_OURS, hub_names, read_weights, renamed
+from vivit.errors import CheckpointError, ConfigError, MissingError
+from vivit.models import check_params, init_params, variants
 
 Params = Dict[str, Any]
 
@@ -52,47 +53,42 @@ FSA_BLOCK = {'LayerNorm_0': 'LayerNorm_space',
 
 def _read_npz(path: str) -> Dict[str, np.ndarray]:
   with np.load(path) as npz:
-    flat = {name: np.asarray(npz[name], np.float32) for name in npz.files}
-  renamed = {}
-  for name, value in flat.items():
-    for pattern, replacement in NPZ_RENAMES:
-      name = re.sub(pattern, replacement, name)
-    renamed[name] = value
-  return renamed
+    return {renamed(name, NPZ_RENAMES): np.asarray(npz[name], np.float32)
+            for name in npz.files}
 
 
 def _read_hf(path: str) -> Dict[str, np.ndarray]:
   with open(os.path.join(path, 'config.json')) as f:
     hf = json.load(f)
   tensors = {re.sub(r'^vit\.', '', name): value
-             for name, value in _read_weights(path).items()}
-  names = _hub_names(hf['num_hidden_layers'], 'classifier.weight' in tensors,
-                     'pooler.dense.weight' in tensors)
+             for name, value in read_weights(path).items()}
+  names = hub_names(hf['num_hidden_layers'], 'classifier.weight' in tensors,
+                    'pooler.dense.weight' in tensors)
   flat = {}
   for hub, ours, kind in names:
     if hub not in tensors:
-      raise ValueError(f'{path}: no tensor {hub} in the HuggingFace ViT weights')
+      raise CheckpointError(f'{path}: no tensor {hub} in the HuggingFace ViT weights')
     tensor = tensors[hub]
     if kind == 'conv':  # a 2-D patch kernel [D, 3, p, p] -> [p, p, 3, D]
       flat[ours] = tensor.transpose(2, 3, 1, 0)
     else:
-      flat[ours] = _hf_to_ours(kind, tensor, hf['num_attention_heads'])
+      flat[ours] = TO_OURS[kind](tensor, hf['num_attention_heads'])
   return flat
 
 
 def read_vit(path: str) -> Params:
   """A ViT checkpoint's params in a ViViT model 1's names (2-D patch kernel)."""
   if not os.path.exists(path):
-    raise FileNotFoundError(f'no ViT checkpoint at {path}')
+    raise MissingError(f'no ViT checkpoint at {path}')
   if os.path.isdir(path):
     if not os.path.exists(os.path.join(path, 'config.json')):
-      raise FileNotFoundError(f'{path} is a directory without a HuggingFace config.json')
+      raise MissingError(f'{path} is a directory without a HuggingFace config.json')
     return flax.traverse_util.unflatten_dict(_read_hf(path), sep='/')
   try:
     flat = _read_npz(path)
   except Exception as e:  # pylint: disable=broad-except  (numpy's errors vary)
-    raise ValueError(f'{path} is neither an .npz ViT checkpoint nor a HuggingFace '
-                     f'directory ({type(e).__name__}: {e})') from None
+    raise CheckpointError(f'{path} is neither an .npz ViT checkpoint nor a HuggingFace '
+                          f'directory ({type(e).__name__}: {e})') from None
   return flax.traverse_util.unflatten_dict(flat, sep='/')
 
 
@@ -104,8 +100,8 @@ def inflate_kernel(kernel: np.ndarray, time: int, method: str) -> np.ndarray:
     return inflated
   if method == 'average_frame':
     return np.repeat(kernel[None] / time, time, axis=0)
-  raise ValueError(f"unknown kernel_init {method!r}; expected 'central_frame' or "
-                   f"'average_frame'")
+  raise ConfigError(f"unknown kernel_init {method!r}; expected 'central_frame' or "
+                    f"'average_frame'")
 
 
 def position_embedding(vit_posemb: np.ndarray, target_shape: Tuple[int, ...],
@@ -118,38 +114,33 @@ def position_embedding(vit_posemb: np.ndarray, target_shape: Tuple[int, ...],
   several time slots stretches the image grid over all of them as one square; that
   is not offered.)"""
   if method not in ('tile', 'resize', 'resize_tile'):
-    raise ValueError(f"unknown posemb {method!r}; expected 'tile', 'resize' or "
-                     f"'resize_tile'")
+    raise ConfigError(f"unknown posemb {method!r}; expected 'tile', 'resize' or "
+                      f"'resize_tile'")
   side = int(round(np.sqrt(vit_posemb.shape[1] - 1)))
   if side * side != vit_posemb.shape[1] - 1:
-    raise ValueError(f'ViT position embedding {vit_posemb.shape} is not a square grid '
-                     f'plus CLS')
+    raise CheckpointError(f'ViT position embedding {vit_posemb.shape} is not a square grid '
+                          f'plus CLS')
   if (side, side) != tuple(grid) and method == 'tile':
-    raise ValueError(f'the ViT has a {side}x{side} patch grid and the model '
-                     f'{grid[0]}x{grid[1]}: use posemb resize or resize_tile')
+    raise ConfigError(f'the ViT has a {side}x{side} patch grid and the model '
+                      f'{grid[0]}x{grid[1]}: use posemb resize or resize_tile')
   if time > 1 and method == 'resize':
-    raise ValueError(f"posemb 'resize' fills one time slot; the model has {time}: use "
-                     f"'resize_tile'")
+    raise ConfigError(f"posemb 'resize' fills one time slot; the model has {time}: use "
+                      f"'resize_tile'")
   posemb = resize_position_embedding(vit_posemb, (side, side), tuple(grid))
   cls, tokens = posemb[0, :1], np.tile(posemb[0, 1:], (time, 1))
   if target_shape[1] == tokens.shape[0] + 1:
     return np.concatenate([cls, tokens])[None]
   if target_shape[1] != tokens.shape[0]:
-    raise ValueError(f'position embedding: the model needs {target_shape}, the ViT '
-                     f'gives {tokens.shape[0]} tokens ({time} x {grid})')
+    raise CheckpointError(f'position embedding: the model needs {target_shape}, the ViT '
+                          f'gives {tokens.shape[0]} tokens ({time} x {grid})')
   return tokens[None]
 
 
-def from_vit(path: str, model_config: ml_collections.ConfigDict, *,
-             kernel_init: str = 'central_frame', posemb: str = 'tile',
-             temporal_attention_init: str = 'zeros', restore_head: bool = False,
-             seed: int = 0) -> Params:
+def from_vit(path: str, model_config: ml_collections.ConfigDict, **options) -> Params:
   """ViViT params for `model_config` (any variant, either embedding) initialised
   from the 2-D ViT at `path`; what the ViT has no counterpart for starts fresh
-  (from `init_params(model_config, PRNGKey(seed))`)."""
-  return vit_init(path, model_config, kernel_init=kernel_init, posemb=posemb,
-                  temporal_attention_init=temporal_attention_init,
-                  restore_head=restore_head, seed=seed)[0]
+  (from `init_params(model_config, PRNGKey(seed))`). `options`: `vit_init`'s."""
+  return vit_init(path, model_config, **options)[0]
 
 
 def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
@@ -160,15 +151,15 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
   with status `loaded`, `resized` (detail: from -> to shape), `fresh` or
   `ignored` (a ViT tensor the model does not use)."""
   if temporal_attention_init not in ('zeros', 'copy'):
-    raise ValueError(f"unknown temporal_attention_init {temporal_attention_init!r}; "
-                     f"expected 'zeros' or 'copy'")
+    raise ConfigError(f"unknown temporal_attention_init {temporal_attention_init!r}; "
+                      f"expected 'zeros' or 'copy'")
   vit = read_vit(path)
   params = jax.tree_util.tree_map(  # writable numpy copies
       np.array, init_params(model_config, jax.random.PRNGKey(seed)))
   report = {}
-  variant = model_config.variant
-  encoder = 'SpatialTransformer' if variant == 'factorised_encoder' else 'Transformer'
-  cls = 'cls_SpatialTransformer' if variant == 'factorised_encoder' else 'cls'
+  variant = variants.get(model_config.variant)
+  encoder = 'SpatialTransformer' if variant.per_frame else 'Transformer'
+  cls = 'cls_SpatialTransformer' if variant.per_frame else 'cls'
   assign = functools.partial(_assign, report=report)
   put_tree = functools.partial(_put_tree, report=report)
 
@@ -179,14 +170,14 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
          vit['embedding']['kernel'].shape)
   assign(params['embedding'], 'bias', vit['embedding']['bias'], 'embedding/bias')
   if 'cls' not in vit:
-    raise ValueError('the ViT has no CLS token (a GAP-pooled ViT): not supported')
+    raise CheckpointError('the ViT has no CLS token (a GAP-pooled ViT): not supported')
   if cls in params:
     assign(params, cls, vit['cls'], cls)
   else:
     report['cls'] = ('ignored', 'the model has no CLS token')
 
   slots, *grid = token_grid(model_config)
-  if variant == 'factorised_encoder':
+  if variant.per_frame:
     slots = 1  # the spatial encoder sees one time slot at a time
   posemb_tree = params[encoder]['posembed_input']
   vit_posemb = vit['Transformer']['posembed_input']['pos_embedding']
@@ -196,13 +187,13 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
 
   vit_blocks = [k for k in vit['Transformer'] if k.startswith('encoderblock_')]
   if len(vit_blocks) != model_config.num_layers:
-    raise ValueError(f'the ViT has {len(vit_blocks)} layers, the model '
-                     f'{model_config.num_layers} ({encoder})')
+    raise CheckpointError(f'the ViT has {len(vit_blocks)} layers, the model '
+                          f'{model_config.num_layers} ({encoder})')
   for i in range(model_config.num_layers):
     source = vit['Transformer'][f'encoderblock_{i}']
     block = params[encoder][f'encoderblock_{i}']
     where = f'{encoder}/encoderblock_{i}'
-    if variant == 'factorised_self_attention':
+    if variant.name == variants.FACTORISED_SELF_ATTENTION:
       for ours, theirs in FSA_BLOCK.items():
         put_tree(block, theirs, source[ours], f'{where}/{theirs}')
       if temporal_attention_init == 'copy':
@@ -225,8 +216,8 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
   for name, vit_name in (('pre_logits', 'pre_logits'), ('output_projection', 'head')):
     if restore_head:
       if (name in vit) != (name in params):
-        raise ValueError(f'restore_head: {name} is in the '
-                         f'{"ViT" if name in vit else "model"} only')
+        raise CheckpointError(f'restore_head: {name} is in the '
+                              f'{"ViT" if name in vit else "model"} only')
       if name in vit:
         put_tree(params, name, vit[name], name)
       continue
@@ -245,8 +236,8 @@ def _assign(tree: Params, key: str, value: np.ndarray, where: str, source_shape=
   """tree[key] = value; `source_shape`: the ViT tensor's, when `value` is made from
   it with another shape."""
   if tuple(tree[key].shape) != tuple(value.shape):
-    raise ValueError(f'cannot map the ViT onto parameter {where}: the ViT gives '
-                     f'{tuple(value.shape)}, the model needs {tuple(tree[key].shape)}')
+    raise CheckpointError(f'cannot map the ViT onto parameter {where}: the ViT gives '
+                          f'{tuple(value.shape)}, the model needs {tuple(tree[key].shape)}')
   tree[key] = value
   source_shape = tuple(value.shape if source_shape is None else source_shape)
   report[where] = (('loaded', '') if source_shape == tuple(value.shape) else
