@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 
 from vivit import cli
-from vivit.errors import VideoError
+from vivit.errors import ConfigError, VideoError
 
 # The preprocessing of a checkpoint without a training config: `prepare`'s default
 # frame rate, scenic's Kinetics stride.
@@ -59,9 +59,9 @@ def parse_views(text: str) -> Tuple[int, int]:
   try:
     clips, crops = (int(n) for n in text.lower().split('x'))
   except ValueError:
-    raise ValueError(f'--views {text!r}: expected CLIPSxCROPS, e.g. 4x3') from None
+    raise ConfigError(f'--views {text!r}: expected CLIPSxCROPS, e.g. 4x3') from None
   if clips < 1 or crops not in (1, 3):
-    raise ValueError(f'--views {text!r}: clips >= 1 and crops 1 or 3')
+    raise ConfigError(f'--views {text!r}: clips >= 1 and crops 1 or 3')
   return clips, crops
 
 

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from vivit.errors import MissingError
 from vivit.models import get_model_config
 
 # Augmentation per recipe, as scenic's ViViT configs set it
@@ -39,7 +40,7 @@ def load_config(path: str):
   path, _, arg = path.partition(':')
   spec = importlib.util.spec_from_file_location('loaded_config', path)
   if spec is None or spec.loader is None:
-    raise FileNotFoundError(f'cannot load a config from {path}')
+    raise MissingError(f'cannot load a config from {path}')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
