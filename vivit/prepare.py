@@ -12,18 +12,18 @@ Examples:
 Bad videos are skipped and listed in OUT/DATASET/prepare_report.json. A run that
 is killed resumes where it stopped; a finished dataset is not rebuilt.
 """
-import json
 import os
 import sys
 from collections import Counter
 
-from vivit import cli
-from vivit.data import decode
-from vivit.data.video_builder import builders
+from vivit import cli, datasets
+from vivit.datasets import decode
+from vivit.datasets.builder import prepare_dataset
+from vivit.errors import ConfigError, MissingError
 
 
 def parse_args(argv=None):
-  names = list(builders())
+  names = list(datasets.releases())
   parser = cli.ArgumentParser(prog='vivit-prepare', description=__doc__)
   parser.add_argument('dataset', choices=names, metavar='DATASET',
                       help='one of: ' + ', '.join(names))
@@ -52,83 +52,35 @@ def parse_args(argv=None):
 
 def check_args(args, builder_cls) -> decode.Resample:
   if not os.path.isdir(args.videos):
-    raise FileNotFoundError(f'--videos {args.videos}: no such directory')
+    raise MissingError(f'--videos {args.videos}: no such directory')
   if args.annotations is None and args.dataset != 'video_folder':
-    raise ValueError(f'{args.dataset} needs --annotations (the directory of the '
-                     f'official annotation files)')
+    raise ConfigError(f'{args.dataset} needs --annotations (the directory of the '
+                      f'official annotation files)')
   if args.annotations is not None and not os.path.exists(args.annotations):
-    raise FileNotFoundError(f'--annotations {args.annotations}: not found')
+    raise MissingError(f'--annotations {args.annotations}: not found')
   if args.workers < 1:
-    raise ValueError('--workers must be at least 1')
+    raise ConfigError('--workers must be at least 1')
   fps = builder_cls.DEFAULT_FPS if args.fps is None else args.fps
   if fps < 0 or args.short_side < 0:
-    raise ValueError('--fps and --short_side must be positive (or 0 to keep)')
+    raise ConfigError('--fps and --short_side must be positive (or 0 to keep)')
   return decode.Resample(fps=fps, short_side=args.short_side)
 
 
-def check_prepared(builder, resample: decode.Resample) -> bool:
-  """True when `builder`'s data dir holds the finished dataset with these settings;
-  an error when it holds it with other settings."""
-  if not builder.is_prepared():
-    return False
-  stored = decode.Resample(fps=builder.info.metadata['fps'],
-                           short_side=builder.info.metadata['short_side'])
-  if stored != resample:
-    raise ValueError(f'{builder.data_dir} already holds {builder.name} prepared with '
-                     f'fps={stored.fps:g}, short_side={stored.short_side}; use another '
-                     f'--data_dir for fps={resample.fps:g}, short_side={resample.short_side}')
-  return True
-
-
 def prepare(args) -> dict:
-  """Prepares the dataset (stage 1 and 2, see `video_builder`) and writes the report;
-  returns it, or {} when the dataset was already there."""
-  builder_cls = builders()[args.dataset]
-  resample = check_args(args, builder_cls)
-  existing = builder_cls(data_dir=args.data_dir)
-  if check_prepared(existing, resample) and not os.path.isdir(existing.work_dir):
-    sizes = ', '.join(f'{s} {v.num_examples}' for s, v in existing.info.splits.items())
-    print(f'{existing.name} is already prepared in {existing.data_dir} ({sizes}); '
-          f'nothing to do')
-    return {}
-  builder = builder_cls(data_dir=args.data_dir, videos=args.videos,
-                        annotations=args.annotations, resample=resample,
-                        workers=args.workers, beam=args.beam)
-  entries = builder.entries()
-  per_split = Counter(e.split for e in entries)
-  not_found = sum(e.path is None for e in entries)
-  classes = ', '.join(f'{len(builder.info.features[name].names)} '
-                      f'{"" if name == "label" else name + " "}classes'
-                      for name in builder.LABEL_FEATURES)
-  print(f'{builder.name}: {len(entries)} clips ('
-        + ', '.join(f'{s} {n}' for s, n in per_split.items()) + f'), {classes}; '
-        f'{not_found} not found under {args.videos}; storing {resample.fps:g} fps, '
-        f'short side {resample.short_side or "as is"}', flush=True)
-  if not builder.is_prepared():  # else a run stopped after writing it: just report
-    builder.remove_incomplete()
-    download_config = None
-    if args.beam:
-      import tensorflow_datasets as tfds
-      from apache_beam.options.pipeline_options import PipelineOptions
-      download_config = tfds.download.DownloadConfig(
-          beam_options=PipelineOptions(args.beam_options.split()))
-    builder.download_and_prepare(download_config=download_config)
-
-  skipped = builder.failures()
-  written = {s: v.num_examples for s, v in builder.info.splits.items()}
-  report = {'dataset': builder.name, 'data_dir': builder.data_dir,
-            'fps': resample.fps, 'short_side': resample.short_side,
-            'clips_in_annotations': dict(per_split), 'examples': written,
-            'skipped': skipped}
-  with open(builder.report_path, 'w') as f:
-    json.dump(report, f, indent=1)
-  if not args.keep_work:
-    builder.remove_work_dir()
-  reasons = Counter(s['reason'].split(':')[0] for s in skipped)
-  print(f'{builder.name}: wrote ' + ', '.join(f'{s} {n}' for s, n in written.items())
-        + f' examples to {builder.data_dir}; skipped {len(skipped)} videos'
-        + (' (' + ', '.join(f'{n} {r}' for r, n in reasons.most_common()) + ')'
-           if skipped else '') + f'; report: {builder.report_path}', flush=True)
+  """`prepare_dataset`, printing what its report says; returns it ({}: nothing to do)."""
+  builder_cls = datasets.releases()[args.dataset]
+  builder, report = prepare_dataset(
+      builder_cls, data_dir=args.data_dir, videos=args.videos, annotations=args.annotations,
+      resample=check_args(args, builder_cls), workers=args.workers,
+      beam_options=args.beam_options if args.beam else None, keep_work=args.keep_work)
+  if report:
+    skipped = report['skipped']
+    reasons = Counter(s['reason'].split(':')[0] for s in skipped)
+    print(f'{builder.name}: wrote '
+          + ', '.join(f'{s} {n}' for s, n in report['examples'].items())
+          + f' examples to {builder.data_dir}; skipped {len(skipped)} videos'
+          + (' (' + ', '.join(f'{n} {r}' for r, n in reasons.most_common()) + ')'
+             if skipped else '') + f'; report: {builder.report_path}', flush=True)
   return report
 
 

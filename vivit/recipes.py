@@ -59,7 +59,7 @@ def paper_config(model_name: str, dataset: str, num_classes: int, *, learning_ra
   config.seed = 0
   config.dataset = ml_collections.ConfigDict(dict(
       # format 'dmvr': data_dir is a pattern of scenic/DMVR tfrecords, e.g.
-      # '/data/k400/{split}.tfrecord@1024' (see vivit.data.dmvr).
+      # '/data/k400/{split}.tfrecord@1024' (see vivit.input.dmvr).
       name=dataset, format='tfds', data_dir=config_dict.placeholder(str),
       label_key=tuple(label_key), train_split='train',
       eval_split='validation', test_split=test_split, num_frames=32, stride=stride,
