@@ -65,7 +65,7 @@ setup(
         "importlib_resources",  # needed by tfds (etils.epath) but not declared by it
         "matplotlib",
         "tensorboard",
-        "av",  # PyAV: decoding videos in `python -m vivit.data.prepare`
+        "av",  # PyAV: decoding videos in `python -m vivit.prepare`
     ],
     entry_points={
         "console_scripts": [
@@ -73,7 +73,7 @@ setup(
             "vivit-evaluate = vivit.evaluate:cli",
             "vivit-convert = vivit.convert.__main__:main",
             "vivit-predict = vivit.predict:main",
-            "vivit-prepare = vivit.data.prepare:main",
+            "vivit-prepare = vivit.prepare:main",
             "vivit-launch = vivit.launch:main",
         ],
     },

@@ -187,8 +187,8 @@ def measure_loop(spec):
   stalls."""
   import jax
   import jax.numpy as jnp
-  from vivit import train
-  from vivit.data import pipeline
+  from vivit import task, train
+  from vivit.input import pipeline
   from vivit.models import build_model, init_params
   from vivit.optim import make_optimizer
   from vivit.recipes import load_config
@@ -205,7 +205,7 @@ def measure_loop(spec):
   loop_rate = float(np.mean([r['steps_per_second'] for r in records[1:]]))  # not compile
 
   training = config.training
-  labels, _ = pipeline.open_dataset(config, config.dataset.train_split)
+  labels, _ = task.open_dataset(config, config.dataset.train_split)
   model = build_model(config.model)
   optimizer, _ = make_optimizer(training, steps, 0)
   params = init_params(config.model, jax.random.PRNGKey(0))

@@ -13,7 +13,7 @@ jitter, flip, colour jitter: the Kinetics recipe):
   python experiments/input_throughput.py --input_clips_per_core 8 --model B/16x2  # GPU host
 
 Without --data_dir it writes `--videos` 340x256 mp4s of moving texture (`--seconds`
-long) and prepares them with `vivit.data.prepare video_folder` first (also timed).
+long) and prepares them with `vivit.prepare video_folder` first (also timed).
 """
 import argparse
 import os
@@ -80,7 +80,7 @@ def dataset_config(name: str, data_dir: str, threads: int):
 
 def input_rate(config, batch_size: int, steps: int, start_step: int = 0):
   """(seconds to the first batch, clips/s over the next `steps` batches)."""
-  from vivit.data import pipeline
+  from vivit.input import pipeline
   start = time.perf_counter()
   batches = pipeline.train_batches(config, batch_size, seed=0, start_step=start_step)
   next(batches)
@@ -147,7 +147,7 @@ def main():
     return
 
   if args.data_dir is None:
-    from vivit.data import prepare
+    from vivit import prepare
     args.data_dir = tempfile.mkdtemp(prefix='vivit_throughput_')
     videos = os.path.join(args.data_dir, 'videos')
     start = time.perf_counter()

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vivit.data import pipeline, synthetic, transforms
+from vivit import datasets
+from vivit.datasets import synthetic
+from vivit.input import pipeline, sources, transforms
 
 SEED = tf.constant([3, 7], tf.int64)
 
@@ -25,7 +27,7 @@ def tiny_dataset_config(data_dir, **overrides):
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('tfds')
-  pipeline.get_builder(tiny_dataset_config(path))
+  datasets.get_builder(tiny_dataset_config(path))
   return path
 
 
@@ -162,7 +164,7 @@ def test_read_by_a_thread_or_from_memory_the_batches_are_the_same(data_dir, monk
   expected = [next(from_memory) for _ in range(3)]
   expected_eval = list(pipeline.eval_batches(config, 'test', 8))
   assert not feeders()
-  monkeypatch.setattr(pipeline, 'IN_MEMORY_BYTES', 0)  # every split is "large"
+  monkeypatch.setattr(sources, 'IN_MEMORY_BYTES', 0)  # every split is "large"
   unused = pipeline.train_batches(config, 16, seed=5)
   del unused  # never advanced: its reader never started
   fed = pipeline.train_batches(config, 16, seed=5, start_step=3)
@@ -195,5 +197,5 @@ def test_missing_split_and_dataset_errors(data_dir, tmp_path):
                                        "validation"):
     next(pipeline.train_batches(config, 8, seed=0))
   with pytest.raises(FileNotFoundError, match='kinetics400 is not prepared'):
-    pipeline.get_builder(ml_collections.ConfigDict(dict(name='kinetics400',
+    datasets.get_builder(ml_collections.ConfigDict(dict(name='kinetics400',
                                                         data_dir=str(tmp_path))))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import video_files as vf
-from vivit import checkpoints, evaluate
+from vivit import checkpoints, evaluate, prepare
 from vivit.convert import to_transformers
-from vivit.data import prepare, synthetic
+from vivit.datasets import synthetic
 from vivit.predict import main as predict_main
 from vivit.recipes import load_config
 from vivit.train import train_and_evaluate

@@ -195,9 +195,9 @@ PAPER_CONFIGS = ['kinetics400/vivit_b_16x2', 'kinetics400/vivit_b_16x2_fe',
 def small_datasets(tmp_path_factory):
   """synthetic_motion/tiny, and an Epic-Kitchens-100 prepared from test videos."""
   from test_prepare import run_prepare, write_epic
-  from vivit.data import pipeline
+  from vivit import datasets
   root = tmp_path_factory.mktemp('datasets')
-  pipeline.get_builder(ml_collections.ConfigDict(
+  datasets.get_builder(ml_collections.ConfigDict(
       {'name': 'synthetic_motion/tiny', 'data_dir': str(root)}))
   videos, annotations = write_epic(str(tmp_path_factory.mktemp('epic')))
   run_prepare('epic_kitchens_100', videos, annotations, root)

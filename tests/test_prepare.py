@@ -18,9 +18,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import video_files as vf
-from vivit import evaluate
-from vivit.data import dmvr, pipeline, prepare
-from vivit.data.video_builder import builders
+from vivit import evaluate, prepare
+from vivit.datasets import releases as builders
+from vivit.input import dmvr, pipeline
 from vivit.errors import AnnotationError
 from vivit.train import train_and_evaluate
 from test_train import ROOT, tiny_config
@@ -191,7 +191,7 @@ def test_a_run_stopped_after_writing_only_finishes_the_report(kinetics, tmp_path
 def test_segments_and_timestamps_in_every_container(tmp_path):
   """Whole files and [start, stop) segments give the frames of those times, also
   from MPEG-TS (bad seeking) and raw H.264 (no timestamps at all)."""
-  from vivit.data import decode
+  from vivit.datasets import decode
   resample = decode.Resample(fps=25, short_side=32)
   for name, codec, container in (('a.mp4', 'libx264', None), ('a.ts', 'libx264', 'mpegts'),
                                  ('a.h264', 'libx264', 'h264'),
@@ -228,7 +228,7 @@ def decoded(work_dir):
 
 
 def prepare_command(videos, data_dir):
-  return [sys.executable, '-m', 'vivit.data.prepare', 'video_folder', '--videos', videos,
+  return [sys.executable, '-m', 'vivit.prepare', 'video_folder', '--videos', videos,
           '--data_dir', str(data_dir), '--short_side', '32']
 
 

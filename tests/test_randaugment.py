@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from vivit.data import transforms
+from vivit.input import transforms
 
 SEED = tf.constant([3, 7], tf.int64)
 SEEDS = [tf.constant([11, s], tf.int64) for s in range(16)]

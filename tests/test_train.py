@@ -16,9 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 from ml_collections import ConfigDict
 
-from vivit import evaluate, optim, sharding
+from vivit import datasets, evaluate, optim, sharding, task
 from vivit.recipes import base_config, load_config
-from vivit.data import pipeline
 from vivit.models import init_params
 from vivit.train import train_and_evaluate
 
@@ -62,7 +61,7 @@ def run_env(devices=1):
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
-  pipeline.get_builder(ConfigDict({'name': 'synthetic_motion/tiny', 'data_dir': path}))
+  datasets.get_builder(ConfigDict({'name': 'synthetic_motion/tiny', 'data_dir': path}))
   return path
 
 
@@ -182,7 +181,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
   assert max(diffs) < 1e-6
   # And training changed them.
   config = tiny_config(data_dir, **REGULARISED)
-  pipeline.open_dataset(config, 'train')
+  task.open_dataset(config, 'train')
   initial = init_params(config.model, jax.random.PRNGKey(config.seed))
   assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(
       jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(initial))) > 1e-4

@@ -20,11 +20,11 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from vivit import checkpoints, sharding
+from vivit import checkpoints, sharding, task
 from vivit import cli as cli_lib
 from vivit.convert import resize_params
 from vivit.errors import ConfigError
-from vivit.data import pipeline
+from vivit.input import pipeline
 from vivit.models import build_model, param_shapes
 from vivit.step import head_slices
 
@@ -86,7 +86,7 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
                    batch_size: int, labels_info, mesh, num_clips: int = 1,
                    num_crops: int = 1) -> Dict[str, Any]:
   """Multi-view evaluation of `split` (every host its shard, metrics over all).
-  `labels_info`: the dataset's `pipeline.Labels`."""
+  `labels_info`: the dataset's `task.Labels`."""
   sharding.check_batch_size(batch_size, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   all_logits, all_labels = [], []
@@ -178,7 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     # The model training wrote (a fine-tuning config may take it from a checkpoint).
     stored = checkpoints.load_model_config(workdir)
     config.model = stored if stored is not None else config.model
-  labels_info, _ = pipeline.open_dataset(config, split)  # fits the clip size to the data
+  labels_info, _ = task.open_dataset(config, split)  # fits the clip size to the data
   mesh = sharding.make_mesh(config.mesh)
   if not checkpoint:
     model_config = config.model

@@ -48,7 +48,7 @@ def _dataset_fps(dataset: Dict[str, Any]) -> Optional[float]:
   """The frame rate a training run's dataset was prepared at, if it can be read."""
   try:
     import tensorflow_datasets as tfds
-    import vivit.data  # noqa: F401  (registers the builders)
+    import vivit.datasets  # noqa: F401  (registers the builders)
     builder = tfds.builder(dataset['name'], data_dir=dataset.get('data_dir'))
     return float(builder.info.metadata['fps'])
   except Exception:  # pylint: disable=broad-except  (gone, moved, or not a video dataset)
@@ -70,7 +70,8 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
   """`[views, num_frames, crop, crop, 3]` uint8: the evaluation's views of the
   video file at `path` (VideoError if it cannot be decoded)."""
   import tensorflow as tf
-  from vivit.data import decode, transforms
+  from vivit.datasets import decode
+  from vivit.input import transforms
   try:
     clip = decode.read_video(path, decode.Resample(fps=fps, short_side=min_resize))
   except VideoError as e:
@@ -88,6 +89,7 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   """{head: [(class name, probability), ...] best first}; the head is 'label' for a
   one-head model."""
   import jax
+  from vivit import task
   from vivit.evaluate import average_views
   from vivit.models import build_model
   num_clips, num_crops = parse_views(views)
@@ -96,7 +98,7 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   clips = video_views(
       video, num_frames=frames, crop_size=crop,
       stride=stride or settings.get('stride') or DEFAULT_STRIDE,
-      min_resize=settings.get('min_resize') or int(round(crop * 256 / 224)),
+      min_resize=settings.get('min_resize') or task.min_resize(crop),
       fps=fps or settings.get('fps') or DEFAULT_FPS,
       num_clips=num_clips, num_crops=num_crops)
   logits = build_model(config).apply({'params': params}, clips)

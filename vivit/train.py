@@ -25,9 +25,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from vivit import checkpoints, errors, evaluate, initialise, sharding
+from vivit import checkpoints, errors, evaluate, initialise, sharding, task
 from vivit import cli as cli_lib
-from vivit.data import pipeline
+from vivit.input import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import all_finite, make_optimizer, skipped_steps
 from vivit.step import TrainState, train_step
@@ -120,7 +120,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
                         workdir: epath.Path) -> Dict[str, Any]:
   training = config.training
   init_from = initialise.resolve_init_from(config, workdir)
-  labels, (train_examples, _) = pipeline.open_dataset(
+  labels, (train_examples, _) = task.open_dataset(
       config, config.dataset.train_split, config.dataset.eval_split)
   num_classes = labels.num_classes
   mesh = sharding.make_mesh(config.mesh)

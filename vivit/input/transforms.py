@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Tuple
 
 import tensorflow as tf
 
+from vivit.errors import ConfigError
+
 
 def split_seed(seed, num: int):
   """`num` independent [2] seeds from one."""
@@ -80,7 +82,7 @@ def spatial_crops(video, crop_size: int, num_crops: int):
   Returns `[num_crops, time, crop, crop, 3]`.
   """
   if num_crops not in (1, 3):
-    raise ValueError(f'num_crops must be 1 or 3, got {num_crops}')
+    raise ConfigError(f'num_crops must be 1 or 3, got {num_crops}')
   shape = tf.shape(video)
   height, width = shape[1], shape[2]
   if num_crops == 1:
@@ -153,7 +155,7 @@ MAX_MAGNITUDE = 30.0
 def _check_magnitude(magnitude) -> float:
   magnitude = float(magnitude)
   if not 0.0 <= magnitude <= MAX_MAGNITUDE:
-    raise ValueError(f'RandAugment magnitude must be in [0, {MAX_MAGNITUDE:g}], got {magnitude}')
+    raise ConfigError(f'RandAugment magnitude must be in [0, {MAX_MAGNITUDE:g}], got {magnitude}')
   return magnitude
 
 
@@ -280,7 +282,7 @@ def apply_op(video, op, magnitude: float, seed):
   branches = _op_branches(video, magnitude, seed)
   if isinstance(op, str):
     if op not in branches:
-      raise ValueError(f'unknown RandAugment op {op!r}; expected one of {RANDAUGMENT_OPS}')
+      raise ConfigError(f'unknown RandAugment op {op!r}; expected one of {RANDAUGMENT_OPS}')
     return branches[op]()
   out = tf.switch_case(tf.convert_to_tensor(op, tf.int32),
                        [branches[name] for name in RANDAUGMENT_OPS])
@@ -296,12 +298,12 @@ def randaugment(video, num_layers: int, magnitude: float, seed,
   default `ops` are scenic's video ones; `RANDAUGMENT_OPS[1:]` is TF-TPU's image set.
   """
   if not isinstance(num_layers, numbers.Integral) or num_layers < 0:
-    raise ValueError(f'RandAugment num_layers must be an integer >= 0, got {num_layers!r}')
+    raise ConfigError(f'RandAugment num_layers must be an integer >= 0, got {num_layers!r}')
   magnitude = _check_magnitude(magnitude)
   unknown = [name for name in ops if name not in RANDAUGMENT_OPS]
   if not ops or unknown:
-    raise ValueError(f'RandAugment ops must be a non-empty selection of {RANDAUGMENT_OPS}, '
-                     f'got {tuple(ops)}')
+    raise ConfigError(f'RandAugment ops must be a non-empty selection of {RANDAUGMENT_OPS}, '
+                      f'got {tuple(ops)}')
   video = tf.clip_by_value(tf.cast(video, tf.float32), 0.0, 255.0)
   indices = tf.constant([RANDAUGMENT_OPS.index(name) for name in ops], tf.int32)
   for layer_seed in split_seed(seed, num_layers) if num_layers else []:
@@ -324,7 +326,7 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
   augmentation (`colour_augment`, on [0, 1])."""
   if randaugment is not None and (not isinstance(randaugment, Sequence)
                                   or isinstance(randaugment, str) or len(randaugment) != 2):
-    raise ValueError(f'randaugment must be None or (num_layers, magnitude), got {randaugment!r}')
+    raise ConfigError(f'randaugment must be None or (num_layers, magnitude), got {randaugment!r}')
   offset_seed, crop_seed, flip_seed, colour_seed = split_seed(seed, 4)
   count = tf.shape(video)[0]
   video = gather_frames(video, clip_indices(

@@ -8,8 +8,7 @@ labels in alphabetical order.
 import os
 
 from vivit.errors import AnnotationError
-from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
-    VideoDatasetBuilder, read_csv
+from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, read_csv
 HEADER = ['path', 'label', 'split']
 
 
@@ -55,12 +54,9 @@ def read_folder(videos, annotations):
 
 
 class VideoFolder(VideoDatasetBuilder):
-  """A user's own labelled videos (`python -m vivit.data.prepare video_folder`)."""
+  """A user's own labelled videos (`python -m vivit.prepare video_folder`)."""
+  read_annotations = staticmethod(read_folder)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-  python -m vivit.data.prepare video_folder --videos DIR [--annotations LIST.csv] \\
+  python -m vivit.prepare video_folder --videos DIR [--annotations LIST.csv] \\
       --data_dir DATA_DIR
 """
-
-  @classmethod
-  def read_annotations(cls, videos, annotations):
-    return read_folder(videos, annotations)

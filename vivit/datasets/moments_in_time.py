@@ -7,8 +7,7 @@ looked up as `VIDEOS/training/<file>` (or `validation/`), then `VIDEOS/<file>`.
 import os
 
 from vivit.errors import AnnotationError
-from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
-    VideoDatasetBuilder, read_csv
+from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, read_csv
 
 SPLITS = {'train': ('trainingSet.csv', 'training'),
           'validation': ('validationSet.csv', 'validation')}
@@ -55,12 +54,9 @@ def read_moments(videos, annotations):
 
 class MomentsInTime(VideoDatasetBuilder):
   """Moments in Time (Monfort et al., 2019): 3 s clips of 339 action classes."""
+  read_annotations = staticmethod(read_moments)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Request and download Moments_in_Time_Raw from the MIT-IBM Watson lab, then
-  python -m vivit.data.prepare moments_in_time --videos Moments_in_Time_Raw \\
+  python -m vivit.prepare moments_in_time --videos Moments_in_Time_Raw \\
       --annotations Moments_in_Time_Raw --data_dir DATA_DIR
 """
-
-  @classmethod
-  def read_annotations(cls, videos, annotations):
-    return read_moments(videos, annotations)

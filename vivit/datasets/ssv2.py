@@ -13,8 +13,7 @@ import os
 import sys
 
 from vivit.errors import AnnotationError
-from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
-    VideoDatasetBuilder, index_files
+from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, index_files
 
 PREFIX = 'something-something-v2-'
 SPLITS = {'train': 'train', 'validation': 'validation'}
@@ -63,13 +62,10 @@ class Ssv2(VideoDatasetBuilder):
   """Something-Something v2 (Goyal et al., 2017): 174 classes of hand-object
   interactions, 169k training and 25k validation videos."""
   DEFAULT_FPS = 12.0
+  read_annotations = staticmethod(read_ssv2)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the videos (20bn-something-something-v2-??, joined and untarred) and the
 labels archive from Qualcomm's Something-Something v2 page, then
-  python -m vivit.data.prepare ssv2 --videos 20bn-something-something-v2 \\
+  python -m vivit.prepare ssv2 --videos 20bn-something-something-v2 \\
       --annotations LABELS_DIR --data_dir DATA_DIR
 """
-
-  @classmethod
-  def read_annotations(cls, videos, annotations):
-    return read_ssv2(videos, annotations)

@@ -1,4 +1,4 @@
-"""The TFDS builder that every real video dataset shares.
+"""The TFDS builder every real video dataset shares, and `prepare_dataset`, which runs it.
 
 A dataset module (kinetics.py, ssv2.py, ...) only reads its official annotation
 files into `Entry`s (one per clip: split, labels, where the video is); this builder
@@ -24,13 +24,14 @@ import os
 import pickle
 import shutil
 import sys
+from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vivit.errors import AnnotationError, VideoError
-from vivit.data import decode
+from vivit.errors import AnnotationError, ConfigError, DataError, VideoError
+from vivit.datasets import decode
 
 WORK_DIR = '_prepare'
 REPORT = 'prepare_report.json'
@@ -193,8 +194,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def entries(self) -> List[Entry]:
     if self._entries is None:
-      raise ValueError(f'{self.name}: preparing needs the official annotations '
-                       f'(--annotations) and videos (--videos)')
+      raise ConfigError(f'{self.name}: preparing needs the official annotations '
+                        f'(--annotations) and videos (--videos)')
     return self._entries
 
   def _split_generators(self, dl_manager):
@@ -265,7 +266,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       with open(path) as f:
         earlier = json.load(f)
       if earlier != settings:
-        raise ValueError(
+        raise DataError(
             f'{self.work_dir} holds an unfinished preparation with {earlier}, not '
             f'{settings}: run prepare again with those settings, or delete it')
     else:
@@ -319,12 +320,54 @@ def read_csv(path: str, required: Sequence[str], header: bool = True):
             for i, row in enumerate(reader, 2) if row]
 
 
-def builders() -> Dict[str, type]:
-  """Name -> builder class of every dataset `prepare` can make."""
-  found, pending = {}, list(VideoDatasetBuilder.__subclasses__())
-  while pending:
-    cls = pending.pop()
-    pending.extend(cls.__subclasses__())
-    if not cls.__name__.startswith('_'):
-      found[cls.name] = cls
-  return dict(sorted(found.items()))
+def prepare_dataset(builder_cls: type, *, data_dir: str, videos: str,
+                    annotations: Optional[str], resample: decode.Resample, workers: int = 1,
+                    beam_options: Optional[str] = None, keep_work: bool = False
+                    ) -> Tuple[VideoDatasetBuilder, dict]:
+  """Prepares the dataset (stage 1 and 2, see above; with Apache Beam when
+  `beam_options` is a string) and writes the report. Returns the builder and the
+  report, {} when the dataset was already there."""
+  existing = builder_cls(data_dir=data_dir)
+  if existing.is_prepared():
+    stored = decode.Resample(fps=existing.info.metadata['fps'],
+                             short_side=existing.info.metadata['short_side'])
+    if stored != resample:
+      raise DataError(f'{existing.data_dir} already holds {existing.name} prepared with '
+                      f'fps={stored.fps:g}, short_side={stored.short_side}; use another '
+                      f'--data_dir for fps={resample.fps:g}, short_side={resample.short_side}')
+    if not os.path.isdir(existing.work_dir):
+      sizes = ', '.join(f'{s} {v.num_examples}' for s, v in existing.info.splits.items())
+      print(f'{existing.name} is already prepared in {existing.data_dir} ({sizes}); '
+            f'nothing to do')
+      return existing, {}
+  builder = builder_cls(data_dir=data_dir, videos=videos, annotations=annotations,
+                        resample=resample, workers=workers, beam=beam_options is not None)
+  entries = builder.entries()
+  per_split = Counter(e.split for e in entries)
+  not_found = sum(e.path is None for e in entries)
+  classes = ', '.join(f'{len(builder.info.features[name].names)} '
+                      f'{"" if name == "label" else name + " "}classes'
+                      for name in builder.LABEL_FEATURES)
+  print(f'{builder.name}: {len(entries)} clips ('
+        + ', '.join(f'{s} {n}' for s, n in per_split.items()) + f'), {classes}; '
+        f'{not_found} not found under {videos}; storing {resample.fps:g} fps, '
+        f'short side {resample.short_side or "as is"}', flush=True)
+  if not builder.is_prepared():  # else a run stopped after writing it: just report
+    builder.remove_incomplete()
+    download_config = None
+    if beam_options is not None:
+      from apache_beam.options.pipeline_options import PipelineOptions
+      download_config = tfds.download.DownloadConfig(
+          beam_options=PipelineOptions(beam_options.split()))
+    builder.download_and_prepare(download_config=download_config)
+
+  report = {'dataset': builder.name, 'data_dir': builder.data_dir,
+            'fps': resample.fps, 'short_side': resample.short_side,
+            'clips_in_annotations': dict(per_split),
+            'examples': {s: v.num_examples for s, v in builder.info.splits.items()},
+            'skipped': builder.failures()}
+  with open(builder.report_path, 'w') as f:
+    json.dump(report, f, indent=1)
+  if not keep_work:
+    builder.remove_work_dir()
+  return builder, report

@@ -15,8 +15,7 @@ the original Epic-Kitchens-55 videos and 50 fps for the 2020 extension
 import os
 
 from vivit.errors import AnnotationError
-from vivit.data.video_builder import Entry, VideoDatasetBuilder, \
-    index_files, read_csv
+from vivit.datasets.builder import Entry, VideoDatasetBuilder, index_files, read_csv
 
 SPLITS = {'train': 'EPIC_100_train.csv', 'validation': 'EPIC_100_validation.csv'}
 COLUMNS = ('narration_id', 'video_id', 'start_timestamp', 'stop_timestamp',
@@ -100,13 +99,10 @@ class EpicKitchens100(VideoDatasetBuilder):
   700 kitchen videos, each a verb (97 classes) and a noun (300 classes)."""
   name = 'epic_kitchens_100'
   LABEL_FEATURES = ('verb', 'noun')
+  read_annotations = staticmethod(read_epic)
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the videos (or rgb_frames) with epic-kitchens-download-scripts and the
 annotations from github.com/epic-kitchens/epic-kitchens-100-annotations, then
-  python -m vivit.data.prepare epic_kitchens_100 --videos EPIC-KITCHENS \\
+  python -m vivit.prepare epic_kitchens_100 --videos EPIC-KITCHENS \\
       --annotations epic-kitchens-100-annotations --data_dir DATA_DIR
 """
-
-  @classmethod
-  def read_annotations(cls, videos, annotations):
-    return read_epic(videos, annotations)

@@ -16,7 +16,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from vivit.errors import AnnotationError
-from vivit.data.video_builder import VIDEO_EXTENSIONS, Entry, \
+from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, \
     VideoDatasetBuilder, index_files, read_csv
 
 SPLIT_WORDS = {'train': 'train', 'training': 'train', 'val': 'validation',
@@ -26,7 +26,7 @@ COLUMNS = ('youtube_id', 'time_start', 'time_end')
 INSTRUCTIONS = """\
 Download the videos and the annotation CSVs of the release (e.g. with the CVDF
 mirror's scripts, github.com/cvdfoundation/kinetics-dataset), then
-  python -m vivit.data.prepare {name} --videos VIDEO_DIR --annotations CSV_DIR \\
+  python -m vivit.prepare {name} --videos VIDEO_DIR --annotations CSV_DIR \\
       --data_dir DATA_DIR
 """
 

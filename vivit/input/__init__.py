@@ -1,0 +1,1 @@
+"""Online input: serialized examples (sources.py, dmvr.py) to batches (pipeline.py)."""

@@ -1,0 +1,98 @@
+"""Prepare a dataset: `vivit-prepare DATASET --videos DIR --annotations PATH --data_dir OUT`.
+
+Turns an official dataset release (or any folder of labelled videos) into a TFDS
+dataset of JPEG frames at `--fps`, short side `--short_side`, that training reads
+with `--config.dataset.name=DATASET --config.dataset.data_dir=OUT`.
+
+Examples:
+  vivit-prepare kinetics400 --videos k400/videos \\
+      --annotations k400/annotations --data_dir /data/tfds --workers 16
+  vivit-prepare video_folder --videos my_videos --data_dir /data/tfds
+
+Bad videos are skipped and listed in OUT/DATASET/prepare_report.json. A run that
+is killed resumes where it stopped; a finished dataset is not rebuilt.
+"""
+import os
+import sys
+from collections import Counter
+
+from vivit import cli, datasets
+from vivit.datasets import decode
+from vivit.datasets.builder import prepare_dataset
+from vivit.errors import ConfigError, MissingError
+
+
+def parse_args(argv=None):
+  names = list(datasets.releases())
+  parser = cli.ArgumentParser(prog='vivit-prepare', description=__doc__)
+  parser.add_argument('dataset', choices=names, metavar='DATASET',
+                      help='one of: ' + ', '.join(names))
+  parser.add_argument('--videos', required=True, help='directory of the video files')
+  parser.add_argument('--annotations', help='directory of the official annotation files '
+                      '(video_folder: a CSV path,label[,split]; omit for a '
+                      '<split>/<class>/<video> tree)')
+  parser.add_argument('--data_dir', required=True, help='TFDS data directory to write')
+  parser.add_argument('--fps', type=float, default=None,
+                      help='frames per second to store (default 25; ssv2: 12, its own '
+                      'rate); 0 keeps every source frame')
+  parser.add_argument('--short_side', type=int, default=256,
+                      help='resize frames so their short side is this (0: keep)')
+  parser.add_argument('--workers', type=int, default=1,
+                      help='decoding processes (default 1)')
+  parser.add_argument('--beam', action='store_true',
+                      help='generate with Apache Beam (pip install apache-beam)')
+  parser.add_argument('--beam_options', default='',
+                      help='Beam pipeline options, e.g. "--runner=DirectRunner '
+                      '--direct_num_workers=8 --direct_running_mode=multi_processing"')
+  parser.add_argument('--keep_work', action='store_true',
+                      help='keep the per-video work files after finishing (a later run '
+                      'then only rewrites the report and removes them)')
+  return parser.parse_args(argv)
+
+
+def check_args(args, builder_cls) -> decode.Resample:
+  if not os.path.isdir(args.videos):
+    raise MissingError(f'--videos {args.videos}: no such directory')
+  if args.annotations is None and args.dataset != 'video_folder':
+    raise ConfigError(f'{args.dataset} needs --annotations (the directory of the '
+                      f'official annotation files)')
+  if args.annotations is not None and not os.path.exists(args.annotations):
+    raise MissingError(f'--annotations {args.annotations}: not found')
+  if args.workers < 1:
+    raise ConfigError('--workers must be at least 1')
+  fps = builder_cls.DEFAULT_FPS if args.fps is None else args.fps
+  if fps < 0 or args.short_side < 0:
+    raise ConfigError('--fps and --short_side must be positive (or 0 to keep)')
+  return decode.Resample(fps=fps, short_side=args.short_side)
+
+
+def prepare(args) -> dict:
+  """`prepare_dataset`, printing what its report says; returns it ({}: nothing to do)."""
+  builder_cls = datasets.releases()[args.dataset]
+  builder, report = prepare_dataset(
+      builder_cls, data_dir=args.data_dir, videos=args.videos, annotations=args.annotations,
+      resample=check_args(args, builder_cls), workers=args.workers,
+      beam_options=args.beam_options if args.beam else None, keep_work=args.keep_work)
+  if report:
+    skipped = report['skipped']
+    reasons = Counter(s['reason'].split(':')[0] for s in skipped)
+    print(f'{builder.name}: wrote '
+          + ', '.join(f'{s} {n}' for s, n in report['examples'].items())
+          + f' examples to {builder.data_dir}; skipped {len(skipped)} videos'
+          + (' (' + ', '.join(f'{n} {r}' for r, n in reasons.most_common()) + ')'
+             if skipped else '') + f'; report: {builder.report_path}', flush=True)
+  return report
+
+
+def _main(argv=None) -> int:
+  prepare(parse_args(argv))
+  return 0
+
+
+def main(argv=None) -> int:
+  """`vivit-prepare`."""
+  return cli.run(_main, argv)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
