@@ -2,7 +2,6 @@
 import threading
 import time
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,16 +9,16 @@ import tensorflow as tf
 from vivit import datasets
 from vivit.datasets import synthetic
 from vivit.input import pipeline, sources, transforms
+from vivit.recipes import base_config
 
 SEED = tf.constant([3, 7], tf.int64)
 
 
 def tiny_dataset_config(data_dir, **overrides):
-  config = ml_collections.ConfigDict(dict(
-      name='synthetic_motion/tiny', data_dir=str(data_dir), train_split='train',
-      eval_split='validation', test_split='test', num_frames=4, stride=2, min_resize=16,
-      crop_size=16, scale_jitter=(1.0, 1.25), flip=False, colour_augment=0.8,
-      colour_drop=0.1, num_threads=2))
+  config = base_config().dataset
+  config.update(name='synthetic_motion/tiny', data_dir=str(data_dir), num_frames=4,
+                stride=2, min_resize=16, crop_size=16, scale_jitter=(1.0, 1.25),
+                flip=False, colour_augment=0.8, colour_drop=0.1, num_threads=2)
   config.update(overrides)
   return config
 
@@ -27,7 +26,7 @@ def tiny_dataset_config(data_dir, **overrides):
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('tfds')
-  datasets.get_builder(tiny_dataset_config(path))
+  datasets.get_builder('synthetic_motion/tiny', str(path))
   return path
 
 
@@ -197,5 +196,4 @@ def test_missing_split_and_dataset_errors(data_dir, tmp_path):
                                        "validation"):
     next(pipeline.train_batches(config, 8, seed=0))
   with pytest.raises(FileNotFoundError, match='kinetics400 is not prepared'):
-    datasets.get_builder(ml_collections.ConfigDict(dict(name='kinetics400',
-                                                        data_dir=str(tmp_path))))
+    datasets.get_builder('kinetics400', str(tmp_path))

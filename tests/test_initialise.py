@@ -197,8 +197,7 @@ def small_datasets(tmp_path_factory):
   from test_prepare import run_prepare, write_epic
   from vivit import datasets
   root = tmp_path_factory.mktemp('datasets')
-  datasets.get_builder(ml_collections.ConfigDict(
-      {'name': 'synthetic_motion/tiny', 'data_dir': str(root)}))
+  datasets.get_builder('synthetic_motion/tiny', str(root))
   videos, annotations = write_epic(str(tmp_path_factory.mktemp('epic')))
   run_prepare('epic_kitchens_100', videos, annotations, root)
   return str(root)

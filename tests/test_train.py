@@ -61,7 +61,7 @@ def run_env(devices=1):
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('tfds'))
-  datasets.get_builder(ConfigDict({'name': 'synthetic_motion/tiny', 'data_dir': path}))
+  datasets.get_builder('synthetic_motion/tiny', path)
   return path
 
 

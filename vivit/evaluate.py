@@ -173,19 +173,16 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
   if checkpoint:
     model_config, params = checkpoints.load_params(checkpoint)
     source = checkpoint
-    config.model = model_config.copy_and_resolve_references()
-  else:
-    # The model training wrote (a fine-tuning config may take it from a checkpoint).
-    stored = checkpoints.load_model_config(workdir)
-    config.model = stored if stored is not None else config.model
+    task.resolve_model(config, None, lambda: model_config)
+  else:  # the model training recorded (a fine-tuning config may take it elsewhere)
+    task.resolve_model(config, workdir)
   labels_info, _ = task.open_dataset(config, split)  # fits the clip size to the data
   mesh = sharding.make_mesh(config.mesh)
   if not checkpoint:
     model_config = config.model
     step, params = checkpoints.restore_best_params(
-        workdir, sharding.sharded_shapes(
-            mesh, param_shapes(model_config),
-            config.mesh.fsdp_min_size))
+        workdir, sharding.sharded_shapes(mesh, param_shapes(model_config),
+                                         config.mesh.fsdp_min_size))
     source = f'{workdir}/best/{step}'
   elif tuple(config.model.input_size) != tuple(model_config.input_size):
     print(f'resizing the position embeddings of {checkpoint} from clips '

@@ -11,9 +11,7 @@ import flax
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
-from vivit import checkpoints
 from vivit.convert.read import checkpoint_format, read_checkpoint, read_model_config
 from vivit.convert.resize import SIZE_FIELDS, resize_params
 from vivit.convert.vit import vit_init
@@ -28,27 +26,20 @@ ARCHITECTURE_FIELDS = ('variant', 'embedding', 'tubelet', 'hidden_size', 'num_he
                        'num_layers', 'mlp_dim', 'classifier')
 
 
-def resolve_init_from(config: ml_collections.ConfigDict, workdir: epath.PathLike
+def resolve_init_from(init_from: ml_collections.ConfigDict
                       ) -> Optional[ml_collections.ConfigDict]:
-  """The `config.init_from` a training run starts from, or None (random params).
-  Refuses a config that needs a checkpoint and names none. With
-  `init_from.model_from_checkpoint`, sets `config.model` to the checkpoint's (a
-  resumed run: to the model its workdir stored)."""
-  init_from = config.get('init_from') or {}
-  if not init_from.get('path'):
-    if init_from.get('model_from_checkpoint'):
+  """`init_from` if a training run starts from its checkpoint, None if from random
+  params; refuses a config that needs a checkpoint and names none."""
+  if not init_from.path:
+    if init_from.model_from_checkpoint:
       raise ConfigError('this config takes its model from a checkpoint: set '
                         '--config.init_from.path')
-    if not init_from.get('from_scratch', True):
+    if not init_from.from_scratch:
       raise ConfigError('this recipe fine-tunes a pretrained model (the paper: an '
                         'ImageNet-21k ViT, e.g. ViT-B_16.npz): set --config.init_from.'
                         'path, or --config.init_from.from_scratch=True to start from '
                         'random weights on purpose')
     return None
-  if init_from.get('model_from_checkpoint'):
-    stored = checkpoints.load_model_config(workdir)
-    config.model = (stored if stored is not None else
-                    model_config_from_checkpoint(init_from, config.model))
   return init_from
 
 
@@ -59,8 +50,7 @@ def model_config_from_checkpoint(init_from: ml_collections.ConfigDict,
   (`init_from.model_from_checkpoint`); training fields (dropout, stochastic depth,
   dtype, remat) and a set `num_classes` stay as configured, and `input_size` is the
   checkpoint's until the data sets it."""
-  source = read_model_config(init_from.path, init_from.get('format'),
-                             init_from.get('scenic_config'))
+  source = read_model_config(init_from.path, init_from.format, init_from.scenic_config)
   if source is None:
     return model_config  # a 2-D ViT has no ViViT config: the configured one is used
   config = source.copy_and_resolve_references()
@@ -132,17 +122,15 @@ def initial_params(init_from: ml_collections.ConfigDict,
                    model_config: ml_collections.ConfigDict, seed: int = 0
                    ) -> Tuple[Params, Dict[str, Tuple[str, str]]]:
   """(params for `model_config`, per-parameter report) from `init_from`."""
-  if checkpoint_format(init_from.path, init_from.get('format')) == 'vit':
-    return vit_init(init_from.path, model_config,
-                    kernel_init=init_from.get('kernel_init') or 'central_frame',
-                    posemb=init_from.get('posemb') or 'tile',
-                    temporal_attention_init=(init_from.get('temporal_attention_init')
-                                             or 'zeros'),
-                    restore_head=bool(init_from.get('restore_head')), seed=seed)
-  source_config, source, _ = read_checkpoint(init_from.path, init_from.get('format'),
-                                             init_from.get('scenic_config'))
+  if checkpoint_format(init_from.path, init_from.format) == 'vit':
+    return vit_init(init_from.path, model_config, kernel_init=init_from.kernel_init,
+                    posemb=init_from.posemb,
+                    temporal_attention_init=init_from.temporal_attention_init,
+                    restore_head=init_from.restore_head, seed=seed)
+  source_config, source, _ = read_checkpoint(init_from.path, init_from.format,
+                                             init_from.scenic_config)
   return fit_params(source_config, source, model_config,
-                    restore_head=bool(init_from.get('restore_head')), seed=seed)
+                    restore_head=init_from.restore_head, seed=seed)
 
 
 def report_lines(report: Dict[str, Tuple[str, str]]) -> List[str]:

@@ -11,12 +11,10 @@ model's frame count x 1 or 3 square crops after resizing the short side; the
 class probabilities are the softmax of the logits averaged over views (for a
 multi-head model, e.g. Epic-Kitchens' noun and verb, each head's own).
 """
-import json
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-from etils import epath
 
 from vivit import cli
 from vivit.errors import ConfigError, VideoError
@@ -25,34 +23,6 @@ from vivit.errors import ConfigError, VideoError
 # frame rate, scenic's Kinetics stride.
 DEFAULT_FPS = 25.0
 DEFAULT_STRIDE = 2
-
-
-def load_checkpoint(path: str, fmt: Optional[str] = None,
-                    scenic_config: Optional[str] = None):
-  """(model config, params, class names or None, data settings) of any checkpoint
-  `vivit.convert.read_checkpoint` reads; a training workdir also gives its data
-  settings (frame stride, resize, the frame rate its dataset was prepared at)."""
-  from vivit.convert import read_checkpoint
-  config, params, names = read_checkpoint(path, fmt, scenic_config)
-  settings = {}
-  directory = epath.Path(path)
-  train_config = directory / 'config.json'
-  if (directory / 'model_config.json').exists() and train_config.exists():
-    dataset = json.loads(train_config.read_text()).get('dataset') or {}
-    settings = {k: dataset.get(k) for k in ('stride', 'min_resize')}
-    settings['fps'] = _dataset_fps(dataset)
-  return config, params, names, settings
-
-
-def _dataset_fps(dataset: Dict[str, Any]) -> Optional[float]:
-  """The frame rate a training run's dataset was prepared at, if it can be read."""
-  try:
-    import tensorflow_datasets as tfds
-    import vivit.datasets  # noqa: F401  (registers the builders)
-    builder = tfds.builder(dataset['name'], data_dir=dataset.get('data_dir'))
-    return float(builder.info.metadata['fps'])
-  except Exception:  # pylint: disable=broad-except  (gone, moved, or not a video dataset)
-    return None
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -90,25 +60,28 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   one-head model."""
   import jax
   from vivit import task
+  from vivit.convert import read_checkpoint
   from vivit.evaluate import average_views
   from vivit.models import build_model
+  from vivit.step import head_slices
   num_clips, num_crops = parse_views(views)
-  config, params, names, settings = load_checkpoint(checkpoint)
+  config, params, names = read_checkpoint(checkpoint)
+  dataset = task.workdir_dataset(checkpoint)  # a training workdir's data settings
   frames, crop, _ = config.input_size
   clips = video_views(
       video, num_frames=frames, crop_size=crop,
-      stride=stride or settings.get('stride') or DEFAULT_STRIDE,
-      min_resize=settings.get('min_resize') or task.min_resize(crop),
-      fps=fps or settings.get('fps') or DEFAULT_FPS,
+      stride=stride or (dataset.stride if dataset else DEFAULT_STRIDE),
+      min_resize=(dataset and dataset.min_resize) or task.min_resize(crop),
+      fps=fps or (dataset and task.prepared_fps(dataset)) or DEFAULT_FPS,
       num_clips=num_clips, num_crops=num_crops)
   logits = build_model(config).apply({'params': params}, clips)
   logits = np.asarray(average_views(logits[None]))[0]
   if not isinstance(names, dict):  # one head
     names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
-  result, start = {}, 0
-  for head, head_names in names.items():
-    probabilities = np.asarray(jax.nn.softmax(logits[start:start + len(head_names)]))
-    start += len(head_names)
+  heads = [(head, len(head_names)) for head, head_names in names.items()]
+  result = {}
+  for (head, part), head_names in zip(head_slices(heads), names.values()):
+    probabilities = np.asarray(jax.nn.softmax(logits[part]))
     result[head] = [(head_names[i], float(probabilities[i]))
                     for i in np.argsort(-probabilities)[:top]]
   return result

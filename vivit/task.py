@@ -1,10 +1,17 @@
-"""The task a run solves: its labels, and the model config fitted to the data."""
-from typing import List, NamedTuple, Optional, Tuple
+"""What a run solves and with which model: the model config resolved from the
+checkpoint, the workdir and the data; the labels and their heads; the evaluation's
+resize rule."""
+import json
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import ml_collections
+import tensorflow_datasets as tfds
+from etils import epath
 
+from vivit import checkpoints
 from vivit.errors import DataError
 from vivit.input.pipeline import open_source
+from vivit.recipes import base_config
 
 
 class Labels(NamedTuple):
@@ -41,6 +48,41 @@ class Labels(NamedTuple):
 def min_resize(crop_size: int) -> int:
   """The short side clips are resized to for `crop_size` crops (ImageNet's 256/224)."""
   return int(round(crop_size * 256 / 224))
+
+
+def resolve_model(config: ml_collections.ConfigDict, workdir: Optional[epath.PathLike],
+                  checkpoint_model: Optional[Callable[[], ml_collections.ConfigDict]] = None
+                  ) -> None:
+  """Sets `config.model` to the model a run uses, the first of: the model `workdir`
+  recorded when its training began (a run keeps its model), `checkpoint_model()` (the
+  model of a checkpoint the run takes it from), the config's own. `open_dataset` then
+  fits its clip size and classes to the data."""
+  stored = checkpoints.load_model_config(workdir) if workdir is not None else None
+  if stored is not None:
+    config.model = stored
+  elif checkpoint_model is not None:
+    config.model = checkpoint_model().copy_and_resolve_references()
+
+
+def workdir_dataset(path: epath.PathLike) -> Optional[ml_collections.ConfigDict]:
+  """The dataset section a training workdir ran with (its config.json, over the base
+  config's defaults); None for any other checkpoint."""
+  path = epath.Path(path)
+  if not ((path / 'model_config.json').exists() and (path / 'config.json').exists()):
+    return None
+  dataset = base_config().dataset
+  dataset.update(json.loads((path / 'config.json').read_text())['dataset'])
+  return dataset
+
+
+def prepared_fps(dataset: ml_collections.ConfigDict) -> Optional[float]:
+  """The frame rate `dataset` was prepared at, if it can be read (the builders are
+  registered by `vivit.datasets`, which the input pipeline imports)."""
+  try:
+    builder = tfds.builder(dataset.name, data_dir=dataset.data_dir)
+    return float(builder.info.metadata['fps'])
+  except Exception:  # pylint: disable=broad-except  (gone, moved, or not a video dataset)
+    return None
 
 
 def sync_model_config(config: ml_collections.ConfigDict, labels: Labels) -> None:

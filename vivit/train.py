@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,9 @@ from vivit.input import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import all_finite, make_optimizer, skipped_steps
 from vivit.step import TrainState, train_step
+
+# With several hosts, how often (in steps) they agree on whether one got SIGTERM.
+STOP_CHECK_EVERY = 10
 
 
 class MetricWriter:
@@ -79,21 +82,70 @@ class MetricWriter:
       self._tb.close()
 
 
+class StopRequest:
+  """SIGTERM while training (a context that catches it). Every host must stop at the
+  same step, so with several hosts they agree every STOP_CHECK_EVERY steps and
+  whenever something is due anyway (the collective waits for the step, which holds
+  back dispatching ahead)."""
+
+  def __init__(self):
+    self.signal = None
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._catch)
+    return self
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def _catch(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def agreed(self, step: int, due: bool) -> bool:
+    """Whether any host got SIGTERM."""
+    if jax.process_count() == 1:
+      return self.signal is not None
+    if not due and step % STOP_CHECK_EVERY:
+      return False
+    return bool(multihost_utils.process_allgather(np.int32(self.signal is not None)).any())
+
+
+_all_finite = jax.jit(all_finite)
+
+
+class DivergenceCheck:
+  """`training.nonfinite='stop'`: the losses since the last check, and the check
+  (run before anything is logged or saved) that raises TrainingDiverged at a
+  non-finite loss or non-finite parameters."""
+
+  def __init__(self, training: ml_collections.ConfigDict, last_checkpoint):
+    self.enabled = training.nonfinite == 'stop'
+    self._last_checkpoint = last_checkpoint
+    self._losses: List[Tuple[int, Any]] = []
+
+  def add(self, step: int, loss) -> None:
+    if self.enabled:
+      self._losses.append((step, loss))
+
+  def check(self, step: int, params) -> None:
+    if not self.enabled:
+      return
+    values = jax.device_get([loss for _, loss in self._losses])
+    bad = [(s, float(v)) for (s, _), v in zip(self._losses, values) if not np.isfinite(v)]
+    self._losses.clear()
+    if bad or not bool(_all_finite(params)):
+      what = (f'the loss is {bad[0][1]} at step {bad[0][0]}' if bad else
+              f'the parameters are not finite after step {step}')
+      raise errors.TrainingDiverged(
+          f'{what}: training stopped (the last checkpoint, {self._last_checkpoint()}, is '
+          f'finite). Lower training.learning_rate, or set training.nonfinite=skip to '
+          f'skip such steps')
+
+
 def _duration(seconds: float) -> str:
   minutes, seconds = divmod(int(seconds), 60)
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: epath.PathLike) -> Dict[str, Any]:
-  """Trains until `total steps`, evaluating and checkpointing on the way; one
-  training per workdir at a time (a second one refuses). `workdir`: a local
-  directory or a URL `etils.epath` supports (`gs://bucket/run`).
-
-  Returns {'step', 'params', 'val_top1'}."""
-  workdir = checkpoints.as_path(workdir)
-  with checkpoints.WorkdirLock(workdir):
-    return _train_and_evaluate(config, workdir)
 
 
 def _save(manager, step: int, item, **kwargs) -> None:
@@ -110,159 +162,158 @@ def _save(manager, step: int, item, **kwargs) -> None:
         f'{"none" if kept is None else kept})') from e
 
 
-_all_finite = jax.jit(all_finite)
-
-# With several hosts, how often (in steps) they agree on whether one got SIGTERM.
-STOP_CHECK_EVERY = 10
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict,
-                        workdir: epath.Path) -> Dict[str, Any]:
-  training = config.training
-  init_from = initialise.resolve_init_from(config, workdir)
-  labels, (train_examples, _) = task.open_dataset(
-      config, config.dataset.train_split, config.dataset.eval_split)
-  num_classes = labels.num_classes
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch_size(training.batch_size, mesh)
-  steps_per_epoch = train_examples // training.batch_size
-  total_steps = training.num_steps or int(training.num_epochs * steps_per_epoch)
-  warmup_steps = int(training.warmup_epochs * steps_per_epoch)
-
-  model = build_model(config.model)
-  optimizer, schedule = make_optimizer(training, total_steps, warmup_steps)
-  checkpoints.check_workdir_model(workdir, config.model)
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json(indent=2))
-    checkpoints.save_class_names(workdir, labels.names_by_head)
-
+def _first_state(config, workdir, init_from, optimizer, mesh, last):
+  """(step, state) to start from: the latest readable checkpoint of the workdir, else
+  the `init_from` checkpoint at step 0, else a fresh initialisation."""
   def init_state():
     params = init_params(config.model, jax.random.PRNGKey(config.seed))
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-
   abstract = jax.eval_shape(init_state)
   min_size = config.mesh.fsdp_min_size
   state_sharding = sharding.tree_shardings(mesh, abstract, min_size)
-  batch_sharding = sharding.batch_sharding(mesh)
-
-  last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
   start, state = checkpoints.restore_latest(
       last, sharding.sharded_shapes(mesh, abstract, min_size))
   if start is not None:
     print(f'resumed from {workdir}/checkpoints/{start}', flush=True)
-  elif init_from:
-    params, report = initialise.initial_params(init_from, config.model, config.seed)
-    if jax.process_index() == 0:
-      lines = [f'initialising from {init_from.path}:'] + [
-          f'  {line}' for line in initialise.report_lines(report)]
-      print('\n'.join(lines), flush=True)
-      (workdir / 'initialisation.txt').write_text('\n'.join(lines) + '\n')
-    params = jax.device_put(params, state_sharding.params)
-    state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
-                    out_shardings=state_sharding)(params)
-    start = 0
-  else:
-    state = jax.jit(init_state, out_shardings=state_sharding)()
-    start = 0
+    return start, state, state_sharding
+  if init_from is None:
+    return 0, jax.jit(init_state, out_shardings=state_sharding)(), state_sharding
+  params, report = initialise.initial_params(init_from, config.model, config.seed)
+  if jax.process_index() == 0:
+    lines = [f'initialising from {init_from.path}:'] + [
+        f'  {line}' for line in initialise.report_lines(report)]
+    print('\n'.join(lines), flush=True)
+    (workdir / 'initialisation.txt').write_text('\n'.join(lines) + '\n')
+  params = jax.device_put(params, state_sharding.params)
+  state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+                  out_shardings=state_sharding)(params)
+  return 0, state, state_sharding
 
+
+class TrainLog:
+  """The train metrics since the last log line; `write` logs their mean."""
+
+  def __init__(self, writer: MetricWriter, total_steps: int):
+    self._writer, self._total_steps = writer, total_steps
+    self._window, self._start = [], time.time()
+
+  def add(self, metrics) -> None:
+    self._window.append(metrics)
+
+  def write(self, step: int, learning_rate: float, skipped_steps=None) -> None:
+    summary = {k: float(np.mean([m[k] for m in self._window])) for k in self._window[0]}
+    summary['learning_rate'] = learning_rate
+    summary['steps_per_second'] = len(self._window) / (time.time() - self._start)
+    skipped = ''
+    if skipped_steps is not None:
+      summary['skipped_steps'] = skipped_steps
+      skipped = f' | {skipped_steps} steps skipped'
+    self._writer.write(step, 'train', summary)
+    eta = (self._total_steps - step) / summary['steps_per_second']
+    if self._writer.active:
+      print(f"step {step}/{self._total_steps} | loss {summary['loss']:.4f} | "
+            f"acc {summary['accuracy']:.3f} | lr {learning_rate:.2e} | "
+            f"{summary['steps_per_second']:.1f} steps/s | ETA {_duration(eta)}"
+            f"{skipped}", flush=True)
+    self._window, self._start = [], time.time()
+
+
+def _validate(writer, logits_fn, params, config, labels, mesh, step) -> float:
+  """One-view top-1 on the eval split, written and printed."""
+  result = evaluate.evaluate_split(
+      logits_fn, params, config.dataset, config.dataset.eval_split,
+      config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1)
+  writer.write(step, 'validation', evaluate.scalar_metrics(result))
+  if writer.active:
+    heads = ''.join(f" | {name} {result[name + '_top1']:.4f}"
+                    for name, _ in labels.heads or ())
+    print(f"step {step} | validation top-1 {result['top1']:.4f}{heads} "
+          f"({result['num_videos']} videos)", flush=True)
+  return result['top1']
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: epath.PathLike) -> Dict[str, Any]:
+  """Trains until `total steps`, evaluating and checkpointing on the way; one
+  training per workdir at a time (a second one refuses). `workdir`: a local
+  directory or a URL `etils.epath` supports (`gs://bucket/run`).
+
+  Returns {'step', 'params', 'val_top1'}."""
+  workdir = checkpoints.as_path(workdir)
+  with checkpoints.WorkdirLock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict,
+                        workdir: epath.Path) -> Dict[str, Any]:
+  # Setup: the run's model and data, its mesh, optimiser and first state.
+  training = config.training
+  init_from = initialise.resolve_init_from(config.init_from)
+  if init_from is not None and init_from.model_from_checkpoint:
+    task.resolve_model(config, workdir, lambda: initialise.model_config_from_checkpoint(
+        init_from, config.model))
+  labels, (train_examples, _) = task.open_dataset(
+      config, config.dataset.train_split, config.dataset.eval_split)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_size(training.batch_size, mesh)
+  steps_per_epoch = train_examples // training.batch_size
+  total_steps = training.num_steps or int(training.num_epochs * steps_per_epoch)
+  optimizer, schedule = make_optimizer(training, total_steps,
+                                       int(training.warmup_epochs * steps_per_epoch))
+  model = build_model(config.model)
+  checkpoints.check_workdir_model(workdir, config.model)
+  if jax.process_index() == 0:
+    (workdir / 'config.json').write_text(config.to_json(indent=2))
+    checkpoints.save_class_names(workdir, labels.names_by_head)
+  last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
+  start, state, state_sharding = _first_state(config, workdir, init_from, optimizer, mesh,
+                                              last)
+  batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, model=model, optimizer=optimizer, training=training,
-                              num_classes=num_classes, seed=config.seed,
+                              num_classes=labels.num_classes, seed=config.seed,
                               heads=labels.heads),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   logits_fn = evaluate.make_logits_fn(model, mesh)
-  writer = MetricWriter(workdir)
   batches = sharding.prefetch(
       pipeline.train_batches(config.dataset, training.batch_size, config.seed, start),
       batch_sharding)
+  writer = MetricWriter(workdir)
+  divergence = DivergenceCheck(training, lambda: (
+      'none yet' if last.latest_step() is None
+      else f'{workdir}/checkpoints/{last.latest_step()}'))
 
-  stop = {'signal': None}
-  previous_handler = signal.signal(signal.SIGTERM,
-                                   lambda signum, frame: stop.update(signal=signum))
-  nonfinite_stops = training.nonfinite == 'stop'
-  unchecked = []  # (step, loss) not yet checked for finiteness
-
-  def check_finite(step):
-    """Raises TrainingDiverged at a non-finite loss since the last check, or (before
-    a checkpoint is written) non-finite parameters."""
-    if not nonfinite_stops:
-      return
-    losses = jax.device_get([loss for _, loss in unchecked])
-    bad = [(s, float(v)) for (s, _), v in zip(unchecked, losses) if not np.isfinite(v)]
-    unchecked.clear()
-    kept = last.latest_step()
-    kept = f'{workdir}/checkpoints/{kept}' if kept is not None else 'none yet'
-    if bad or not bool(_all_finite(state.params)):
-      what = (f'the loss is {bad[0][1]} at step {bad[0][0]}' if bad else
-              f'the parameters are not finite after step {step}')
-      raise errors.TrainingDiverged(
-          f'{what}: training stopped (the last checkpoint, {kept}, is finite). Lower '
-          f'training.learning_rate, or set training.nonfinite=skip to skip such steps')
-
-  def agreed_stop(step: int, due: bool) -> bool:
-    """Whether any host got SIGTERM: every host must stop at the same step. Hosts
-    agree every STOP_CHECK_EVERY steps and whenever something is due anyway (the
-    collective waits for the step, which holds back dispatching ahead)."""
-    if jax.process_count() == 1:
-      return stop['signal'] is not None
-    if not due and step % STOP_CHECK_EVERY:
-      return False
-    return bool(multihost_utils.process_allgather(
-        np.int32(stop['signal'] is not None)).any())
-
-  step, val_top1, stopping = start, None, False
-  window, window_start, run_start = [], time.time(), time.time()
-  try:
-    while step < total_steps:
-      state, metrics = step_fn(state, next(batches))
-      step += 1
-      window.append(metrics)
-      if nonfinite_stops:
-        unchecked.append((step, metrics['loss']))
-      logged = step % training.log_every == 0 or step == total_steps
-      evaluated = step % training.eval_every == 0 or step == total_steps
-      saved = step % training.checkpoint_every == 0 or step == total_steps
-      stopping = agreed_stop(step, logged or evaluated or saved)
-      if logged or evaluated or saved or stopping:
-        check_finite(step)
-      if logged:
-        summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-        summary['learning_rate'] = float(schedule(step - 1))
-        elapsed = time.time() - window_start
-        summary['steps_per_second'] = len(window) / elapsed
-        skipped = ''
-        if not nonfinite_stops:
-          summary['skipped_steps'] = skipped_steps(state.opt_state)
-          skipped = f" | {summary['skipped_steps']} steps skipped"
-        writer.write(step, 'train', summary)
-        eta = (total_steps - step) / summary['steps_per_second']
-        if writer.active:
-          print(f"step {step}/{total_steps} | loss {summary['loss']:.4f} | "
-                f"acc {summary['accuracy']:.3f} | lr {summary['learning_rate']:.2e} | "
-                f"{summary['steps_per_second']:.1f} steps/s | ETA {_duration(eta)}"
-                f"{skipped}", flush=True)
-        window, window_start = [], time.time()
-      if evaluated:
-        result = evaluate.evaluate_split(
-            logits_fn, state.params, config.dataset, config.dataset.eval_split,
-            config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1)
-        val_top1 = result['top1']
-        writer.write(step, 'validation', evaluate.scalar_metrics(result))
-        if writer.active:
-          heads = ''.join(f" | {name} {result[name + '_top1']:.4f}"
-                          for name, _ in labels.heads or ())
-          print(f"step {step} | validation top-1 {result['top1']:.4f}{heads} "
-                f"({result['num_videos']} videos)", flush=True)
-        _save(best, step, state.params, metrics={'top1': result['top1']})
-      if saved or stopping:
-        _save(last, step, state, force=stopping)
-      if stopping:
-        print(f'SIGTERM: saved checkpoint at step {step}; exiting', flush=True)
-        break
-  finally:
-    writer.close()
-    signal.signal(signal.SIGTERM, previous_handler)
+  # Loop: a step, then the periodic actions due at it.
+  step, val_top1, stopping, run_start = start, None, False, time.time()
+  train_log = TrainLog(writer, total_steps)
+  with StopRequest() as stop_request:
+    try:
+      while step < total_steps:
+        state, metrics = step_fn(state, next(batches))
+        step += 1
+        train_log.add(metrics)
+        divergence.add(step, metrics['loss'])
+        last_step = step == total_steps
+        logged = step % training.log_every == 0 or last_step
+        evaluated = step % training.eval_every == 0 or last_step
+        saved = step % training.checkpoint_every == 0 or last_step
+        stopping = stop_request.agreed(step, logged or evaluated or saved)
+        if logged or evaluated or saved or stopping:
+          divergence.check(step, state.params)
+        if logged:
+          train_log.write(step, float(schedule(step - 1)), None if divergence.enabled
+                          else skipped_steps(state.opt_state))
+        if evaluated:
+          val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, step)
+          _save(best, step, state.params, metrics={'top1': val_top1})
+        if saved or stopping:
+          _save(last, step, state, force=stopping)
+        if stopping:
+          print(f'SIGTERM: saved checkpoint at step {step}; exiting', flush=True)
+          break
+    finally:
+      writer.close()
   if writer.active and not stopping:
     if step == start:
       print(f'{workdir} already holds the final checkpoint (step {step}); nothing to '
@@ -286,8 +337,8 @@ def define_flags() -> None:
 def main(argv) -> None:
   del argv
   if FLAGS.config is None or FLAGS.workdir is None:
-    raise ValueError('--config and --workdir are required, e.g. vivit-train --config '
-                     'configs/synthetic_motion.py --workdir runs/demo')
+    raise errors.ConfigError('--config and --workdir are required, e.g. vivit-train '
+                             '--config configs/synthetic_motion.py --workdir runs/demo')
   if FLAGS.distributed:
     sharding.initialize_distributed()
   config = FLAGS.config

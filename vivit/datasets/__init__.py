@@ -2,9 +2,8 @@
 package registers them with TFDS: `tfds.builder('kinetics400', data_dir=...)`)."""
 import contextlib
 import io
-from typing import Dict
+from typing import Dict, Optional
 
-import ml_collections
 import tensorflow_datasets as tfds
 
 from vivit import verbose
@@ -26,11 +25,11 @@ def releases() -> Dict[str, type]:
   return {name: BUILDERS[name] for name in sorted(BUILDERS) if name not in GENERATED}
 
 
-def get_builder(dataset_config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of `dataset.name` in `dataset.data_dir`, made at first use if embedded."""
+def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of dataset `name` in `data_dir` (None: TFDS's default), made at
+  first use if embedded."""
   import jax  # here, not above: the decoding workers import this package
   from jax.experimental import multihost_utils
-  name, data_dir = dataset_config.name, dataset_config.get('data_dir')
   base_name, _, builder_config = name.partition('/')
   if base_name in GENERATED:
     builder = BUILDERS[base_name](data_dir=data_dir, config=builder_config or None)

@@ -19,13 +19,13 @@ from vivit.input import dmvr, sources, transforms
 
 def open_source(dataset_config: ml_collections.ConfigDict, split: str) -> sources.Source:
   """The `Source` of `split`: DMVR tfrecords (`dataset.format=dmvr`) or a TFDS dataset."""
-  keys = dataset_config.get('label_key') or 'label'  # one head per key
+  keys = dataset_config.label_key  # one head per key
   keys = (keys,) if isinstance(keys, str) else tuple(keys)
-  if dataset_config.get('format', 'tfds') == 'dmvr':
+  if dataset_config.format == 'dmvr':
     return dmvr.DmvrSource(dataset_config.data_dir, split, dataset_config.shuffle_buffer,
                            keys)
-  return sources.TfdsSource(datasets.get_builder(dataset_config), split, keys,
-                            dataset_config.get('num_threads') or 0)
+  builder = datasets.get_builder(dataset_config.name, dataset_config.data_dir)
+  return sources.TfdsSource(builder, split, keys, dataset_config.num_threads)
 
 
 def optional_tuple(value) -> Optional[tuple]:
@@ -47,7 +47,7 @@ def _batches(dataset_config, stream: sources.Stream, prepare, batch_size: int,
              drop_remainder: bool) -> Iterator[Dict[str, np.ndarray]]:
   """This host's rows of batches of `prepare(key, serialized)` over the stream, as numpy;
   the feeder runs from the first (a generator never advanced leaves no thread behind)."""
-  num_threads = dataset_config.get('num_threads')  # 0: one per core
+  num_threads = dataset_config.num_threads  # 0: one per core
   ds = stream.dataset.map(prepare, num_parallel_calls=num_threads or tf.data.AUTOTUNE,
                           deterministic=True)
   ds = ds.batch(sources.host_rows(batch_size)[1], drop_remainder=drop_remainder)
@@ -80,8 +80,8 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
       flip=dataset_config.flip, colour_probability=dataset_config.colour_augment,
       colour_drop=dataset_config.colour_drop,
-      randaugment=optional_tuple(dataset_config.get('randaugment')))
-  shuffle_frames = dataset_config.get('shuffle_frames', False)
+      randaugment=optional_tuple(dataset_config.randaugment))
+  shuffle_frames = dataset_config.shuffle_frames
   augment_seed = sources.stream_seed(seed)
 
   def augment(position, serialized):
@@ -106,7 +106,7 @@ def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_si
       transforms.test_views, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, num_clips=num_clips, num_crops=num_crops)
-  shuffle_frames = dataset_config.get('shuffle_frames', False)
+  shuffle_frames = dataset_config.shuffle_frames
 
   def prepare(index, serialized):
     video, label = source.parse(serialized)
