@@ -116,3 +116,12 @@ VARIANT_CASES = [
 @pytest.fixture(params=VARIANT_CASES, ids=lambda c: '-'.join(c))
 def variant_case(request):
   return request.param
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A TFDS directory holding `synthetic_motion/tiny`."""
+  from vivit import datasets
+  path = str(tmp_path_factory.mktemp('tfds'))
+  datasets.get_builder('synthetic_motion/tiny', path)
+  return path

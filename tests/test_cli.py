@@ -10,7 +10,7 @@ import sys
 import sysconfig
 
 
-from test_train import CONFIG, cli_args, data_dir, run_env  # noqa: F401
+from helpers import CONFIG, cli_args, run_env
 
 ENTRY_POINTS = ('vivit-train', 'vivit-evaluate', 'vivit-convert', 'vivit-predict',
                 'vivit-prepare', 'vivit-launch')

@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from test_train import data_dir, final_params, read_metrics, tiny_config  # noqa: F401
+from helpers import final_params, read_metrics, tiny_run_config
 from vivit import checkpoints, errors, optim, train
 
 
@@ -33,14 +33,14 @@ def test_nonfinite_loss_stops_and_keeps_the_last_finite_checkpoint(
   workdir = str(tmp_path / 'nan')
   with pytest.raises(errors.TrainingDiverged,
                      match=r'not finite after step 3.*checkpoints/2, is finite'):
-    train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}), workdir)
+    train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 6}), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   assert all_finite(final_params(workdir, 2))
   # The step after names the loss.
   monkeypatch.undo()
   nan_from_step(monkeypatch, 3)
   workdir = str(tmp_path / 'nan_logged')
-  config = tiny_config(data_dir, **{'training.num_steps': 6, 'training.log_every': 4,
+  config = tiny_run_config(data_dir, **{'training.num_steps': 6, 'training.log_every': 4,
                                     'training.checkpoint_every': 4})
   with pytest.raises(errors.TrainingDiverged, match=r'the loss is nan at step 4'):
     train.train_and_evaluate(config, workdir)
@@ -51,26 +51,26 @@ def test_nonfinite_steps_skipped_and_counted_when_configured(
     data_dir, tmp_path, monkeypatch):  # noqa: F811
   nan_from_step(monkeypatch, 3)
   workdir = str(tmp_path / 'skip')
-  config = tiny_config(data_dir, **{'training.num_steps': 5, 'training.nonfinite': 'skip'})
+  config = tiny_run_config(data_dir, **{'training.num_steps': 5, 'training.nonfinite': 'skip'})
   result = train.train_and_evaluate(config, workdir)
   assert result['step'] == 5 and all_finite(result['params'])
   assert [r['skipped_steps'] for r in read_metrics(workdir)] == [0, 0, 1, 2, 3]
   with pytest.raises(ValueError, match="unknown training.nonfinite 'ignore'"):
-    train.train_and_evaluate(tiny_config(data_dir, **{'training.nonfinite': 'ignore'}),
+    train.train_and_evaluate(tiny_run_config(data_dir, **{'training.nonfinite': 'ignore'}),
                              str(tmp_path / 'typo'))
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous(
     data_dir, tmp_path, capsys):  # noqa: F811
   workdir = str(tmp_path / 'truncated')
-  train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 4}), workdir)
+  train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 4}), workdir)
   latest = os.path.join(workdir, 'checkpoints', '4')
   files = [os.path.join(root, f) for root, _, names in os.walk(latest) for f in names]
   biggest = max(files, key=os.path.getsize)
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
   capsys.readouterr()
-  result = train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}),
+  result = train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 6}),
                                     workdir)
   out = capsys.readouterr().out
   assert f'warning: checkpoint {latest} cannot be read' in out
@@ -81,7 +81,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(
   # and kept where it is.
   kept = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   with pytest.raises(ValueError, match=r'checkpoints/6 holds a train state of a different'):
-    train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 8,
+    train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 8,
                                                       'training.nonfinite': 'skip'}), workdir)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == kept
 
@@ -125,7 +125,7 @@ def test_failed_save_is_reported_and_keeps_earlier_checkpoints(
   workdir = str(tmp_path / 'full')
   with pytest.raises(errors.CheckpointSaveError,
                      match=r'saving checkpoint 4 .*No space left on device.*latest: 2'):
-    train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}), workdir)
+    train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 6}), workdir)
   assert all_finite(final_params(workdir, 2))
 
 
@@ -134,5 +134,5 @@ def test_second_training_on_a_workdir_refuses(data_dir, tmp_path):  # noqa: F811
   with checkpoints.WorkdirLock(workdir):
     with pytest.raises(errors.WorkdirBusy, match=r'workdir .*busy is in use by another training '
                                            r'\(pid \d+'):
-      train.train_and_evaluate(tiny_config(data_dir), workdir)
+      train.train_and_evaluate(tiny_run_config(data_dir), workdir)
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))

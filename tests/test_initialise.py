@@ -194,7 +194,7 @@ PAPER_CONFIGS = ['kinetics400/vivit_b_16x2', 'kinetics400/vivit_b_16x2_fe',
 @pytest.fixture(scope='module')
 def small_datasets(tmp_path_factory):
   """synthetic_motion/tiny, and an Epic-Kitchens-100 prepared from test videos."""
-  from test_prepare import run_prepare, write_epic
+  from video_files import run_prepare, write_epic
   from vivit import datasets
   root = tmp_path_factory.mktemp('datasets')
   datasets.get_builder('synthetic_motion/tiny', str(root))

@@ -16,8 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from test_train import (REGULARISED, cli_args, data_dir, final_params,  # noqa: F401
-                        read_metrics, run_env, tiny_config)
+from helpers import (REGULARISED, cli_args, final_params, read_metrics, run_env,
+                     tiny_run_config)
 from vivit import evaluate
 
 # Dropout, stochastic depth, mixup and per-group clipping on: their randomness and
@@ -90,7 +90,7 @@ def test_two_processes_evaluate_a_checkpoint_like_one(data_dir, one_process, two
   assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
   with open(workdir / 'eval_results.json') as f:
     two = json.load(f)
-  one = evaluate.run(tiny_config(data_dir, **STEPS, **{'mesh.fsdp': 1}), str(one_process))
+  one = evaluate.run(tiny_run_config(data_dir, **STEPS, **{'mesh.fsdp': 1}), str(one_process))
   assert two['num_videos'] == one['num_videos'] == 20
   assert two['confusion_matrix'] == one['confusion_matrix']
   np.testing.assert_allclose(two['top5'], one['top5'])

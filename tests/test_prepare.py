@@ -18,12 +18,12 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import video_files as vf
-from vivit import evaluate, prepare
+from vivit import evaluate
 from vivit.datasets import releases as builders
 from vivit.input import dmvr, pipeline
 from vivit.errors import AnnotationError
 from vivit.train import train_and_evaluate
-from test_train import ROOT, tiny_config
+from helpers import ROOT, tiny_run_config
 
 KINETICS_CLASSES = ['air drumming', 'passing American football (in game)',
                     "tying bow tie"]
@@ -94,13 +94,6 @@ def write_kinetics(root):
   return videos, annotations
 
 
-def run_prepare(dataset, videos, annotations, data_dir, *extra):
-  args = [dataset, '--videos', videos, '--data_dir', str(data_dir), '--short_side', '32']
-  if annotations:
-    args += ['--annotations', annotations]
-  return prepare.prepare(prepare.parse_args(args + list(extra)))
-
-
 def load(dataset, data_dir):
   """{id: example} of every split, frames decoded, from plain TFDS."""
   builder = tfds.builder(dataset, data_dir=str(data_dir))
@@ -121,7 +114,7 @@ def kinetics(tmp_path_factory):
   root = tmp_path_factory.mktemp('kinetics')
   videos, annotations = write_kinetics(str(root))
   data_dir = root / 'tfds'
-  report = run_prepare('kinetics400', videos, annotations, data_dir)
+  report = vf.run_prepare('kinetics400', videos, annotations, data_dir)
   return videos, annotations, data_dir, report
 
 
@@ -165,24 +158,24 @@ def test_prepare_twice_is_a_no_op(kinetics, capsys):
   version_dir = os.path.join(data_dir, 'kinetics400', '1.0.0')
   before = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns
             for f in os.listdir(version_dir)}
-  assert run_prepare('kinetics400', videos, annotations, data_dir) == {}
+  assert vf.run_prepare('kinetics400', videos, annotations, data_dir) == {}
   assert 'already prepared' in capsys.readouterr().out
   assert {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns
           for f in os.listdir(version_dir)} == before
   with pytest.raises(ValueError, match='prepared with fps=25, short_side=32'):
-    run_prepare('kinetics400', videos, annotations, data_dir, '--fps', '30')
+    vf.run_prepare('kinetics400', videos, annotations, data_dir, '--fps', '30')
 
 
 def test_a_run_stopped_after_writing_only_finishes_the_report(kinetics, tmp_path):
   videos, annotations, data_dir, report = kinetics
   out = tmp_path / 'out'
-  run_prepare('kinetics400', videos, annotations, out, '--keep_work')
+  vf.run_prepare('kinetics400', videos, annotations, out, '--keep_work')
   work = out / 'kinetics400' / '_prepare'
   assert work.is_dir()
   os.remove(out / 'kinetics400' / 'prepare_report.json')  # as if killed before it
   version_dir = out / 'kinetics400' / '1.0.0'
   before = {f: os.stat(version_dir / f).st_mtime_ns for f in os.listdir(version_dir)}
-  again = run_prepare('kinetics400', videos, annotations, out)
+  again = vf.run_prepare('kinetics400', videos, annotations, out)
   assert again['skipped'] == report['skipped'] and again['examples'] == report['examples']
   assert not work.exists()
   assert {f: os.stat(version_dir / f).st_mtime_ns for f in os.listdir(version_dir)} == before
@@ -207,9 +200,9 @@ def test_segments_and_timestamps_in_every_container(tmp_path):
 def test_workers_and_beam_give_the_same_examples(kinetics, tmp_path):
   videos, annotations, data_dir, _ = kinetics
   _, reference = load('kinetics400', data_dir)
-  run_prepare('kinetics400', videos, annotations, tmp_path / 'workers', '--workers', '2')
+  vf.run_prepare('kinetics400', videos, annotations, tmp_path / 'workers', '--workers', '2')
   _, with_workers = load('kinetics400', tmp_path / 'workers')
-  report = run_prepare('kinetics400', videos, annotations, tmp_path / 'beam', '--beam',
+  report = vf.run_prepare('kinetics400', videos, annotations, tmp_path / 'beam', '--beam',
                        '--beam_options', '--runner=DirectRunner --direct_num_workers=2 '
                        '--direct_running_mode=multi_processing')
   _, with_beam = load('kinetics400', tmp_path / 'beam')
@@ -267,7 +260,7 @@ def test_sigkill_midway_then_restart_completes_the_same_dataset(tmp_path):
 
 def train_and_test(data_dir, name, tmp_path, **extra):
   """A few training steps on a prepared dataset, then the multi-view evaluation."""
-  config = tiny_config(str(data_dir), **{'dataset.name': name, 'training.num_steps': 3,
+  config = tiny_run_config(str(data_dir), **{'dataset.name': name, 'training.num_steps': 3,
                                           'training.batch_size': 4, 'eval.batch_size': 4,
                                           'training.eval_every': 3, **extra})
   label_key = config.dataset.label_key
@@ -321,7 +314,7 @@ def test_dmvr_reader_yields_the_tfds_clips(kinetics, tmp_path):
       for record in part:
         w.write(record)
   pattern = str(tmp_path / '{split}.tfrecord@2')
-  config = tiny_config(str(data_dir), **{'dataset.name': 'kinetics400'}).dataset
+  config = tiny_run_config(str(data_dir), **{'dataset.name': 'kinetics400'}).dataset
   tfds_batches = list(pipeline.eval_batches(config, 'validation', 4, num_clips=2,
                                             num_crops=3))
   config.update(format='dmvr', data_dir=pattern)
@@ -356,7 +349,7 @@ def test_dmvr_host_with_empty_files_runs_the_same_eval_steps(kinetics, tmp_path,
     with tf.io.TFRecordWriter(str(tmp_path / f'validation.tfrecord-{shard:05d}-of-00002')) as w:
       for record in part:
         w.write(record)
-  config = tiny_config(str(kinetics[2]), **{'dataset.name': 'kinetics400'}).dataset
+  config = tiny_run_config(str(kinetics[2]), **{'dataset.name': 'kinetics400'}).dataset
   config.update(format='dmvr', data_dir=str(tmp_path / '{split}.tfrecord@2'))
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   masks = {}
@@ -380,13 +373,13 @@ def test_bad_annotations_name_file_and_line(tmp_path):
                [['a', 'x', 0, 10]])
   with pytest.raises(AnnotationError, match=r'train.csv:1: expected a header with columns '
                                             r'youtube_id,time_start,time_end'):
-    run_prepare('kinetics400', videos, str(annotations), tmp_path / 'out')
+    vf.run_prepare('kinetics400', videos, str(annotations), tmp_path / 'out')
   header = ['label', 'youtube_id', 'time_start', 'time_end', 'split']
   vf.write_csv(str(annotations / 'train.csv'), header, [['a', 'x', 0, 10, 'train']])
   vf.write_csv(str(annotations / 'validate.csv'), header,
                [['a', 'y', 0, 10, 'val'], ['b', 'z', 0, 10, 'val']])
   with pytest.raises(AnnotationError, match=r"validate.csv:3: label 'b' is not a class"):
-    run_prepare('kinetics400', videos, str(annotations), tmp_path / 'out')
+    vf.run_prepare('kinetics400', videos, str(annotations), tmp_path / 'out')
 
 
 def test_every_dataset_is_registered_with_tfds():
@@ -421,45 +414,6 @@ def write_ssv2(root):
   return videos, annotations
 
 
-EPIC_VERBS = ['take', 'put', 'wash']
-EPIC_NOUNS = ['plate', 'cup', 'knife', 'tap']
-
-
-def write_epic(root):
-  """Two long videos (60 and 50 fps) under <participant>/videos, and a third
-  video only as released rgb_frames (an extension video: numbered at 50 fps)."""
-  videos, annotations = os.path.join(root, 'EPIC-KITCHENS'), os.path.join(root, 'annotations')
-  vf.write_video(os.path.join(videos, 'P01', 'videos', 'P01_01.MP4'), 120, 60, (36, 64))
-  vf.write_video(os.path.join(videos, 'P02', 'videos', 'P02_03.MP4'), 100, 50, (64, 36))
-  frames_dir = os.path.join(videos, 'P03', 'rgb_frames', 'P03_101')
-  os.makedirs(frames_dir)
-  for n in range(1, 61):
-    Image.fromarray(np.full((36, 48, 3), vf.frame_level(n - 1), np.uint8)).save(
-        os.path.join(frames_dir, f'frame_{n:010d}.jpg'), quality=95)
-  classes = ['id', 'key', 'instances', 'category']
-  vf.write_csv(os.path.join(annotations, 'EPIC_100_verb_classes.csv'), classes,
-               [[i, v, f"['{v}']", 'x'] for i, v in enumerate(EPIC_VERBS)])
-  vf.write_csv(os.path.join(annotations, 'EPIC_100_noun_classes.csv'), classes,
-               [[i, n, f"['{n}']", 'x'] for i, n in enumerate(EPIC_NOUNS)])
-  header = ['narration_id', 'participant_id', 'video_id', 'narration_timestamp',
-            'start_timestamp', 'stop_timestamp', 'start_frame', 'stop_frame', 'narration',
-            'verb', 'verb_class', 'noun', 'noun_class', 'all_nouns', 'all_noun_classes']
-
-  def row(nid, video, start, stop, rate, verb, noun):
-    stamp = lambda s: f'00:00:{s:05.2f}'
-    return [nid, video.split('_')[0], video, stamp(start), stamp(start), stamp(stop),
-            max(1, int(start * rate)), int(stop * rate), 'x', EPIC_VERBS[verb], verb,
-            EPIC_NOUNS[noun], noun, f"['{EPIC_NOUNS[noun]}']", f'[{noun}]']
-  train = [row('P01_01_0', 'P01_01', 0.0, 0.5, 60, 0, 0), row('P01_01_1', 'P01_01', 0.5, 1.2, 60, 1, 1),
-           row('P02_03_0', 'P02_03', 0.2, 1.0, 60, 2, 2), row('P03_101_0', 'P03_101', 0.1, 0.9, 50, 0, 3),
-           row('P09_09_0', 'P09_09', 0.0, 1.0, 60, 1, 0)]  # no such video
-  validation = [row('P01_01_2', 'P01_01', 1.2, 1.9, 60, 2, 1),
-                row('P02_03_1', 'P02_03', 1.0, 1.8, 60, 0, 2)]
-  vf.write_csv(os.path.join(annotations, 'EPIC_100_train.csv'), header, train)
-  vf.write_csv(os.path.join(annotations, 'EPIC_100_validation.csv'), header, validation)
-  return videos, annotations
-
-
 def write_moments(root):
   videos = annotations = os.path.join(root, 'Moments_in_Time_Raw')
   classes = ['blocking', 'adult+female+singing', 'running']
@@ -490,11 +444,11 @@ def write_folder_tree(root):
 @pytest.mark.parametrize('dataset', ['ssv2', 'epic_kitchens_100', 'moments_in_time',
                                      'video_folder'])
 def test_other_releases_prepare_train_and_evaluate(dataset, tmp_path):
-  writer = {'ssv2': write_ssv2, 'epic_kitchens_100': write_epic,
+  writer = {'ssv2': write_ssv2, 'epic_kitchens_100': vf.write_epic,
             'moments_in_time': write_moments, 'video_folder': write_folder_tree}[dataset]
   videos, annotations = writer(str(tmp_path))
   data_dir = tmp_path / 'tfds'
-  report = run_prepare(dataset, videos, annotations, data_dir, '--workers', '2')
+  report = vf.run_prepare(dataset, videos, annotations, data_dir, '--workers', '2')
   builder, examples = load(dataset, data_dir)
   extra = {}
   if dataset == 'ssv2':
@@ -507,8 +461,8 @@ def test_other_releases_prepare_train_and_evaluate(dataset, tmp_path):
       assert levels(example['video']) == list(range(6 + i))  # its own 12 fps
       assert min(example['video'].shape[1:3]) == 32
   elif dataset == 'epic_kitchens_100':
-    assert builder.info.features['verb'].names == EPIC_VERBS
-    assert builder.info.features['noun'].names == EPIC_NOUNS
+    assert builder.info.features['verb'].names == vf.EPIC_VERBS
+    assert builder.info.features['noun'].names == vf.EPIC_NOUNS
     assert [s['id'] for s in report['skipped']] == ['P09_09_0']
     # A 0.5 s..1.2 s segment of a 60 fps video: source frames 30..71 at 25 fps.
     segment = examples['P01_01_1']
@@ -542,7 +496,7 @@ def test_video_folder_from_a_csv_listing(tmp_path):
   listing = vf.write_csv(str(tmp_path / 'list.csv'), ['path', 'label', 'split'],
                          [['a.mp4', 'jump', 'train'], ['b.webm', 'run', 'train'],
                           ['c.mp4', 'jump', 'validation'], ['gone.mp4', 'run', 'train']])
-  report = run_prepare('video_folder', videos, listing, tmp_path / 'tfds')
+  report = vf.run_prepare('video_folder', videos, listing, tmp_path / 'tfds')
   builder, examples = load('video_folder', tmp_path / 'tfds')
   assert builder.info.features['label'].names == ['jump', 'run']
   assert report['examples'] == {'train': 2, 'validation': 1}
@@ -551,4 +505,4 @@ def test_video_folder_from_a_csv_listing(tmp_path):
   assert examples['b.webm']['label'] == 1 and examples['c.mp4']['split'] == 'validation'
   vf.write_csv(listing, None, [['a.mp4', 'jump', 'train', 'extra']])
   with pytest.raises(AnnotationError, match=r'list.csv:1: expected "path,label\[,split\]"'):
-    run_prepare('video_folder', videos, listing, tmp_path / 'other')
+    vf.run_prepare('video_folder', videos, listing, tmp_path / 'other')

@@ -5,7 +5,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import flax.linen
@@ -14,81 +13,13 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
-from ml_collections import ConfigDict
 
-from vivit import datasets, evaluate, optim, sharding, task
+from helpers import (REGULARISED, ROOT, cli_args, final_params, read_metrics, run_env,
+                     tiny_run_config, training_config)
+from vivit import evaluate, optim, sharding, task
 from vivit.recipes import base_config, load_config
 from vivit.models import init_params
 from vivit.train import train_and_evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, 'configs', 'synthetic_motion.py')
-
-
-def tiny_overrides(data_dir, **extra):
-  """Command-line overrides for a seconds-long run on `synthetic_motion/tiny`."""
-  values = {
-      'dataset.name': 'synthetic_motion/tiny', 'dataset.data_dir': data_dir,
-      'dataset.num_frames': 4, 'dataset.min_resize': 16, 'dataset.crop_size': 16,
-      'model.hidden_size': 16, 'model.num_layers': 1, 'model.mlp_dim': 32,
-      'training.batch_size': 8, 'training.num_steps': 12, 'training.log_every': 1,
-      'training.eval_every': 6, 'training.checkpoint_every': 2,
-      'eval.batch_size': 8, 'eval.num_clips': 2, 'eval.num_crops': 1,
-      'mesh.fsdp_min_size': 0}  # tiny parameters: shard them all under FSDP
-  values.update(extra)
-  return values
-
-
-def tiny_config(data_dir, **extra):
-  config = load_config(CONFIG)
-  for key, value in tiny_overrides(data_dir, **extra).items():
-    section, field = key.split('.')
-    config[section][field] = value
-  return config
-
-
-def cli_args(data_dir, workdir, **extra):
-  return [sys.executable, '-m', 'vivit.train', f'--config={CONFIG}', f'--workdir={workdir}'] + [
-      f'--config.{k}={v}' for k, v in tiny_overrides(data_dir, **extra).items()]
-
-
-def run_env(devices=1):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  return env
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp('tfds'))
-  datasets.get_builder('synthetic_motion/tiny', path)
-  return path
-
-
-def read_metrics(workdir, split='train'):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [r for r in map(json.loads, f) if r['split'] == split]
-
-
-def final_params(workdir, step):
-  """The params of checkpoint `step`, on this process's first device whatever
-  topology saved them."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'default')
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        checkpointer.metadata(path).item_metadata)
-    state = checkpointer.restore(path, target)
-  return state['params']
-
-
-def training_config(**fields) -> ConfigDict:
-  """The base config's training section with `fields` changed."""
-  training = base_config().training
-  training.update(fields)
-  return training
-
 
 def test_schedule_and_optimizer():
   training = training_config(learning_rate=0.1, schedule='cosine', optimizer='sgd',
@@ -124,12 +55,6 @@ def test_view_averaging_against_hand_computation():
   assert metrics['per_class_accuracy'] == [1.0, 0.0, 0.0]
   assert metrics['confusion_matrix'] == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
 
-
-# Every source of training randomness on: dropout, stochastic depth (2 layers: the
-# first block's rate is 0) and mixup.
-REGULARISED = {'model.num_layers': 2, 'model.dropout_rate': 0.1,
-               'model.stochastic_depth': 0.5, 'training.mixup': 0.2,
-               'training.grad_clip_group': 4, 'training.grad_clip': 0.05}
 
 def test_fsdp_splits_the_largest_divisible_axis_of_large_enough_params():
   assert sharding.fsdp_axis((16, 32), 2, min_size=0) == 1
@@ -180,7 +105,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
   assert max(diffs) < 1e-6
   # And training changed them.
-  config = tiny_config(data_dir, **REGULARISED)
+  config = tiny_run_config(data_dir, **REGULARISED)
   task.open_dataset(config, 'train')
   initial = init_params(config.model, jax.random.PRNGKey(config.seed))
   assert max(np.abs(np.asarray(x) - np.asarray(y)).max() for x, y in zip(
@@ -188,13 +113,13 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
 
 
 def test_train_in_process_then_evaluate(data_dir, tmp_path):
-  config = tiny_config(data_dir, **{'training.mixup': 0.2, 'training.label_smoothing': 0.1})
+  config = tiny_run_config(data_dir, **{'training.mixup': 0.2, 'training.label_smoothing': 0.1})
   result = train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 12 and 0 <= result['val_top1'] <= 1
   validation = read_metrics(tmp_path, 'validation')
   assert [r['step'] for r in validation] == [6, 12]
 
-  out = evaluate.run(tiny_config(data_dir, **{'training.mixup': 0.2,
+  out = evaluate.run(tiny_run_config(data_dir, **{'training.mixup': 0.2,
                                               'training.label_smoothing': 0.1}), str(tmp_path))
   saved = json.loads((tmp_path / 'eval_results.json').read_text())
   for key in ('top1', 'top5', 'num_videos', 'views', 'per_class_accuracy'):
@@ -224,14 +149,14 @@ def test_train_in_process_then_evaluate(data_dir, tmp_path):
   assert best_step in (6, 12)
 
   # Restarting a finished run trains nothing and keeps its checkpoints.
-  again = train_and_evaluate(tiny_config(data_dir, **{'training.mixup': 0.2,
+  again = train_and_evaluate(tiny_run_config(data_dir, **{'training.mixup': 0.2,
                                                       'training.label_smoothing': 0.1}),
                              str(tmp_path))
   assert again['step'] == 12 and again['val_top1'] is None
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '12']
 
   # Same workdir, different model: refused, naming the parameter.
-  other = tiny_config(data_dir, **{'model.mlp_dim': 48})
+  other = tiny_run_config(data_dir, **{'model.mlp_dim': 48})
   with pytest.raises(ValueError, match=r'(?s)different model.*MlpBlock_0/Dense_0/kernel'):
     train_and_evaluate(other, str(tmp_path))
 
@@ -243,7 +168,7 @@ def test_bad_input_errors(data_dir, tmp_path):
   assert result.returncode != 0
   assert 'batch size 12 is not divisible by the 8 devices' in result.stderr
   with pytest.raises(ValueError, match="no split 'valid'"):
-    train_and_evaluate(tiny_config(data_dir, **{'dataset.eval_split': 'valid'}),
+    train_and_evaluate(tiny_run_config(data_dir, **{'dataset.eval_split': 'valid'}),
                        str(tmp_path / 'split'))
 
 

@@ -20,7 +20,7 @@ from etils import epath
 from etils.epath import backend as backend_lib
 from etils.epath import gpath, register
 
-from test_train import data_dir, final_params, tiny_config  # noqa: F401
+from helpers import final_params, tiny_run_config
 from vivit import checkpoints, errors, evaluate, train
 
 SCHEME = 'fakefs'
@@ -128,10 +128,10 @@ def test_train_resume_and_evaluate_with_a_url_workdir(
     data_dir, store, capsys):  # noqa: F811
   workdir = 'fakefs://bucket/run'
   assert isinstance(checkpoints.as_path(workdir)._backend, ObjectStoreBackend)
-  train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 4}), workdir)
+  train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 4}), workdir)
   out = capsys.readouterr().out
   assert f'warning: workdir {workdir} is not on a local file system, so it is not locked' in out
-  result = train.train_and_evaluate(tiny_config(data_dir, **{'training.num_steps': 6}),
+  result = train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 6}),
                                     workdir)
   assert result['step'] == 6
   assert f'resumed from {workdir}/checkpoints/4' in capsys.readouterr().out
@@ -151,7 +151,7 @@ def test_train_resume_and_evaluate_with_a_url_workdir(
   assert os.listdir(os.path.join(run, 'tensorboard'))
 
   # Evaluated and loaded from the URL, results written there.
-  out = evaluate.run(tiny_config(data_dir), workdir)
+  out = evaluate.run(tiny_run_config(data_dir), workdir)
   saved = json.loads((epath.Path(workdir) / 'eval_results.json').read_text())
   assert saved['top1'] == out['top1'] and saved['checkpoint'].startswith(f'{workdir}/best/')
   for image in ('training_curve.png', 'confusion_matrix.png'):

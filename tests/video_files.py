@@ -9,6 +9,9 @@ import os
 from fractions import Fraction
 
 import numpy as np
+from PIL import Image
+
+from vivit import prepare
 
 NTSC = Fraction(30000, 1001)
 
@@ -113,3 +116,50 @@ def write_json(path, value):
   with open(path, 'w') as f:
     json.dump(value, f)
   return path
+
+
+def run_prepare(dataset, videos, annotations, data_dir, *extra):
+  """`vivit-prepare` of a test release (short side 32); returns its report."""
+  args = [dataset, '--videos', videos, '--data_dir', str(data_dir), '--short_side', '32']
+  if annotations:
+    args += ['--annotations', annotations]
+  return prepare.prepare(prepare.parse_args(args + list(extra)))
+
+
+EPIC_VERBS = ['take', 'put', 'wash']
+EPIC_NOUNS = ['plate', 'cup', 'knife', 'tap']
+
+
+def write_epic(root):
+  """Two long videos (60 and 50 fps) under <participant>/videos, and a third
+  video only as released rgb_frames (an extension video: numbered at 50 fps)."""
+  videos, annotations = os.path.join(root, 'EPIC-KITCHENS'), os.path.join(root, 'annotations')
+  write_video(os.path.join(videos, 'P01', 'videos', 'P01_01.MP4'), 120, 60, (36, 64))
+  write_video(os.path.join(videos, 'P02', 'videos', 'P02_03.MP4'), 100, 50, (64, 36))
+  frames_dir = os.path.join(videos, 'P03', 'rgb_frames', 'P03_101')
+  os.makedirs(frames_dir)
+  for n in range(1, 61):
+    Image.fromarray(np.full((36, 48, 3), frame_level(n - 1), np.uint8)).save(
+        os.path.join(frames_dir, f'frame_{n:010d}.jpg'), quality=95)
+  classes = ['id', 'key', 'instances', 'category']
+  write_csv(os.path.join(annotations, 'EPIC_100_verb_classes.csv'), classes,
+               [[i, v, f"['{v}']", 'x'] for i, v in enumerate(EPIC_VERBS)])
+  write_csv(os.path.join(annotations, 'EPIC_100_noun_classes.csv'), classes,
+               [[i, n, f"['{n}']", 'x'] for i, n in enumerate(EPIC_NOUNS)])
+  header = ['narration_id', 'participant_id', 'video_id', 'narration_timestamp',
+            'start_timestamp', 'stop_timestamp', 'start_frame', 'stop_frame', 'narration',
+            'verb', 'verb_class', 'noun', 'noun_class', 'all_nouns', 'all_noun_classes']
+
+  def row(nid, video, start, stop, rate, verb, noun):
+    stamp = lambda s: f'00:00:{s:05.2f}'
+    return [nid, video.split('_')[0], video, stamp(start), stamp(start), stamp(stop),
+            max(1, int(start * rate)), int(stop * rate), 'x', EPIC_VERBS[verb], verb,
+            EPIC_NOUNS[noun], noun, f"['{EPIC_NOUNS[noun]}']", f'[{noun}]']
+  train = [row('P01_01_0', 'P01_01', 0.0, 0.5, 60, 0, 0), row('P01_01_1', 'P01_01', 0.5, 1.2, 60, 1, 1),
+           row('P02_03_0', 'P02_03', 0.2, 1.0, 60, 2, 2), row('P03_101_0', 'P03_101', 0.1, 0.9, 50, 0, 3),
+           row('P09_09_0', 'P09_09', 0.0, 1.0, 60, 1, 0)]  # no such video
+  validation = [row('P01_01_2', 'P01_01', 1.2, 1.9, 60, 2, 1),
+                row('P02_03_1', 'P02_03', 1.0, 1.8, 60, 0, 2)]
+  write_csv(os.path.join(annotations, 'EPIC_100_train.csv'), header, train)
+  write_csv(os.path.join(annotations, 'EPIC_100_validation.csv'), header, validation)
+  return videos, annotations
