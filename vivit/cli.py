@@ -4,8 +4,10 @@ import argparse
 import sys
 from typing import Callable, List, Optional
 
+from ml_collections import ConfigDict
+
 from vivit import verbose
-from vivit.errors import UserError
+from vivit.errors import ConfigError, UserError
 
 
 def user_errors() -> tuple:
@@ -70,18 +72,37 @@ def absl_flags_parser(argv: List[str]):
     sys.exit(2)
 
 
-def run_absl(main: Callable[[List[str]], Optional[int]], doc: str) -> None:
-  """Runs an absl command (flags parsed by `absl_flags_parser`, errors by `run`);
-  `doc` is what `--help` prints first."""
+def run_config_command(prog: str, doc: str, workdir_help: str,
+                       command: Callable[[ConfigDict, str], object]) -> None:
+  """`prog --config FILE[:ARG] --workdir DIR [--distributed]` (train, evaluate): absl
+  flags (parsed by `absl_flags_parser`, errors by `run`), then `command(config,
+  workdir)`; `doc` is what `--help` prints first."""
   from absl import app, flags
-  if 'verbose' not in flags.FLAGS:
-    flags.DEFINE_bool('verbose', False, 'Tracebacks of errors and library logs.')
+  from ml_collections import config_flags
+  from vivit import sharding
+  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  flags.DEFINE_string('workdir', None, workdir_help)
+  flags.DEFINE_bool('distributed', False,
+                    'Call jax.distributed.initialize() (one process per host).')
+  flags.DEFINE_bool('verbose', False, 'Tracebacks of errors and library logs.')
   if any(arg in ('-h', '-help', '--help', '--helpshort') for arg in sys.argv[1:]):
     # absl's own --help shows the __main__ module's doc and flags: for an entry
     # point, the generated wrapper's (none). This one's, and status 0.
-    print(doc.strip() + '\n\nflags:\n' + flags.FLAGS.module_help(main.__module__) + '\n' +
-          flags.FLAGS.module_help(__name__))
+    ours = [m for m in flags.FLAGS.flags_by_module_dict()  # (__main__ is keyed by its path)
+            if m.startswith('vivit') or m == sys.argv[0]]
+    print(doc.strip() + '\n\nflags:\n' + '\n'.join(map(flags.FLAGS.module_help, ours)))
     sys.exit(0)
+
+  def main(argv):
+    del argv
+    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+      raise ConfigError(f'--config and --workdir are required, e.g. {prog} --config '
+                        f'configs/synthetic_motion.py --workdir runs/demo')
+    if flags.FLAGS.distributed:
+      sharding.initialize_distributed()
+    config = flags.FLAGS.config
+    config.unlock()
+    command(config, flags.FLAGS.workdir)
   app.run(lambda argv: run(lambda _: main(argv)), flags_parser=absl_flags_parser)
 
 

@@ -18,12 +18,10 @@ import ml_collections
 import numpy as np
 from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
 from vivit import checkpoints, sharding, task
 from vivit import cli as cli_lib
 from vivit.convert import resize_params
-from vivit.errors import ConfigError
 from vivit.input import pipeline
 from vivit.models import build_model, param_shapes
 from vivit.step import head_slices
@@ -212,36 +210,16 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
   return result
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Training directory (reads best/, writes results).')
+def cli() -> None:
+  """`vivit-evaluate`."""
   flags.DEFINE_string('checkpoint', None, 'A params directory (python -m vivit.convert) '
                       'or another training workdir to evaluate instead of the workdir '
                       'best.')
   flags.DEFINE_string('split', None, 'Split to evaluate (default config.dataset.test_split).')
-  flags.DEFINE_bool('distributed', False,
-                    'Call jax.distributed.initialize() (one process per host).')
-
-
-def main(argv) -> None:
-  del argv
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise ConfigError('--config and --workdir are required, e.g. vivit-evaluate --config '
-                      'configs/synthetic_motion.py --workdir runs/demo')
-  if FLAGS.distributed:
-    sharding.initialize_distributed()
-  config = FLAGS.config
-  config.unlock()
-  run(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.split)
-
-
-def cli() -> None:
-  """`vivit-evaluate`."""
-  define_flags()
-  cli_lib.run_absl(main, __doc__)
+  cli_lib.run_config_command(
+      'vivit-evaluate', __doc__, 'Training directory (reads best/, writes results).',
+      lambda config, workdir: run(config, workdir, flags.FLAGS.checkpoint,
+                                  flags.FLAGS.split))
 
 
 if __name__ == '__main__':

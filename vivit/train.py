@@ -20,10 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import flags
 from etils import epath
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
 from vivit import checkpoints, errors, evaluate, initialise, sharding, task
 from vivit import cli as cli_lib
@@ -324,32 +322,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   return {'step': step, 'params': state.params, 'val_top1': val_top1}
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-  flags.DEFINE_bool('distributed', False,
-                    'Call jax.distributed.initialize() (one process per host).')
-
-
-def main(argv) -> None:
-  del argv
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise errors.ConfigError('--config and --workdir are required, e.g. vivit-train '
-                             '--config configs/synthetic_motion.py --workdir runs/demo')
-  if FLAGS.distributed:
-    sharding.initialize_distributed()
-  config = FLAGS.config
-  config.unlock()
-  train_and_evaluate(config, FLAGS.workdir)
-
-
 def cli() -> None:
   """`vivit-train`."""
-  define_flags()
-  cli_lib.run_absl(main, __doc__)
+  cli_lib.run_config_command('vivit-train', __doc__, 'Directory for checkpoints and metrics.',
+                             train_and_evaluate)
 
 
 if __name__ == '__main__':
