@@ -23,7 +23,7 @@ class EncoderBlock(nn.Module):
   droplayer_rate: float = 0.0
   factorised_grid: Optional[Tuple[int, int]] = None
   dtype: Dtype = jnp.float32
-  attention: str = 'auto'  # the implementation, see layers.attend
+  attention: str = 'auto'  # the implementation, see attention.attend
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool):

@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from vivit.models.encoder import Encoder
-from vivit.models.layers import ATTENTION_IMPLEMENTATIONS
+from vivit.models.attention import ATTENTION_IMPLEMENTATIONS
 
 Dtype = Any
 
