@@ -31,8 +31,6 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # this checkout's vivit, whichever one pip installed
-SUFFIX = {'spatio_temporal': '', 'factorised_encoder': '-FE',
-          'factorised_self_attention': '-FSA', 'factorised_dot_product': '-FDP'}
 PRESETS = {  # model name, frames, resolution
     'base': ('B/16x2', 32, 224),
     'tiny': ('S/16x2', 8, 64),
@@ -84,9 +82,10 @@ def _pass(spec, lower: bool = True):
   import jax.numpy as jnp
   import optax
   import ml_collections
-  from vivit.models import build_model, get_model_config, init_params
+  from vivit.models import build_model, get_model_config, init_params, variants
   from vivit.step import TrainState, train_step
-  config = get_model_config(spec['model'] + SUFFIX[spec['variant']], num_classes=400,
+  config = get_model_config(spec['model'] + variants.get(spec['variant']).suffix,
+                            num_classes=400,
                             input_size=(spec['frames'], spec['resolution'],
                                         spec['resolution']),
                             dtype=spec['dtype'], attention=spec['attention'])
@@ -258,6 +257,7 @@ def run_measurement(spec, timeout: int):
 
 
 def markdown(report) -> str:
+  from vivit.models import variants
   lines = [f"Machine: {report['machine']}; XLA float32 matmul "
            f"{report['matmul_gflops']:.0f} GFLOP/s. {report['model']} at "
            f"{report['frames']}x{report['resolution']}x{report['resolution']}, batch "
@@ -267,7 +267,7 @@ def markdown(report) -> str:
   for row in report['rows']:
     hf = report['hf'].get(row['pass'])
     ratio = f"{hf['seconds'] / row['seconds']:.2f}x" if hf and row['variant'] == \
-        'spatio_temporal' else ''
+        variants.SPATIO_TEMPORAL else ''
     lines.append(f"| {row['variant']} | {row['pass']} | {row['seconds']:.3f} | {ratio} | "
                  f"{row['compile_s']:.1f} | {row['flops'] / 1e9:.0f} | "
                  f"{100 * row['utilisation']:.0f} | {row['peak_bytes'] / 2 ** 30:.2f} |")
@@ -317,8 +317,8 @@ def main(argv=None) -> int:
   parser.add_argument('--batch', type=int, default=1)
   parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   parser.add_argument('--attention', default='auto', help='model.attention')
-  parser.add_argument('--variants', default='spatio_temporal',
-                      help=f"comma-separated, or 'all' ({', '.join(SUFFIX)})")
+  parser.add_argument('--variants', help="comma-separated names of "
+                      "vivit.models.variants, or 'all' (default: model 1's)")
   parser.add_argument('--passes', default='forward,train')
   parser.add_argument('--sweep', default='', help='frame counts for the forward sweep, '
                       'e.g. 8,16,32,64 (every variant in --variants)')
@@ -341,8 +341,10 @@ def main(argv=None) -> int:
   model, frames, resolution = PRESETS[args.preset]
   model, frames = args.model or model, args.frames or frames
   resolution = args.resolution or resolution
-  variants = list(SUFFIX) if args.variants == 'all' else args.variants.split(',')
   import jax
+  from vivit.models import variants  # not before: the HF process imports no JAX
+  chosen = (variants.NAMES if args.variants == 'all' else
+            (args.variants or variants.SPATIO_TEMPORAL).split(','))
   device = jax.devices()[0]
   machine = (f'{device.device_kind} ({device.platform})' if device.platform != 'cpu' else
              f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores')
@@ -354,7 +356,7 @@ def main(argv=None) -> int:
                 resolution=resolution, batch=args.batch, dtype=args.dtype,
                 attention=args.attention, rows=[], hf={}, sweep={}, loop=None,
                 sweep_frames=[int(f) for f in args.sweep.split(',') if f])
-  for variant in variants:
+  for variant in chosen:
     for name in args.passes.split(','):
       row = run_measurement(dict(base, variant=variant, **{'pass': name}), args.timeout)
       if row:
@@ -365,12 +367,13 @@ def main(argv=None) -> int:
         print(f"{variant} {name}: {row['seconds']:.3f} s, compile {row['compile_s']:.1f} s, "
               f"{row['flops'] / 1e9:.0f} GFLOP ({100 * row['utilisation']:.0f} % of the "
               f"matmul rate), peak {row['peak_bytes'] / 2 ** 30:.2f} GiB", flush=True)
-  if args.hf and 'spatio_temporal' in variants and args.dtype == 'float32':
+  if args.hf and variants.SPATIO_TEMPORAL in chosen and args.dtype == 'float32':
     with tempfile.TemporaryDirectory() as hf_dir:
       write_hf_inputs(base, hf_dir)
       for name in args.passes.split(','):
-        hf = run_measurement(dict(base, variant='spatio_temporal', peer='transformers',
-                                  hf_dir=hf_dir, **{'pass': name}), args.timeout)
+        hf = run_measurement(dict(base, variant=variants.SPATIO_TEMPORAL,
+                                  peer='transformers', hf_dir=hf_dir, **{'pass': name}),
+                             args.timeout)
         if hf:
           report['hf'][name] = hf
           print(f"HF transformers {name}: {hf['seconds']:.3f} s, peak "
@@ -380,7 +383,7 @@ def main(argv=None) -> int:
                                           data_dir=args.data_dir), args.timeout)
     if report['loop']:
       print(loop_line(report['loop']), flush=True)
-  for variant in variants if report['sweep_frames'] else ():
+  for variant in chosen if report['sweep_frames'] else ():
     report['sweep'][variant] = []
     for count in report['sweep_frames']:
       point = run_measurement(dict(base, variant=variant, frames=count,

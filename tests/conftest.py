@@ -20,17 +20,16 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from vivit.models import get_model_config, init_params  # noqa: E402
+from vivit.models import get_model_config, init_params, variants  # noqa: E402
 
 INPUT_SIZE = (4, 16, 16)  # time, height, width
 
 
-def tiny_config(variant='spatio_temporal', embedding='tubelet', classifier=None, **overrides):
+def tiny_config(variant=variants.SPATIO_TEMPORAL, embedding='tubelet', classifier=None,
+                **overrides):
   """A 2-layer, hidden-16, 4-head model on 4x16x16 clips (tubelet 2x8x8)."""
-  suffix = {'spatio_temporal': '', 'factorised_encoder': '-FE',
-            'factorised_self_attention': '-FSA', 'factorised_dot_product': '-FDP'}[variant]
-  config = get_model_config('Ti/8x2' + suffix, hidden_size=16, num_heads=4,
-                            num_layers=2, mlp_dim=24, num_classes=5,
+  config = get_model_config('Ti/8x2' + variants.get(variant).suffix, hidden_size=16,
+                            num_heads=4, num_layers=2, mlp_dim=24, num_classes=5,
                             input_size=INPUT_SIZE, embedding=embedding)
   config.temporal.update(num_layers=2, num_heads=2, mlp_dim=20)
   if embedding == 'frame':
@@ -104,12 +103,10 @@ def vit(tmp_path_factory):
 
 # (variant, embedding, classifier) that the paper defines.
 VARIANT_CASES = [
-    (variant, embedding, classifier)
-    for variant in ('spatio_temporal', 'factorised_encoder', 'factorised_self_attention',
-                    'factorised_dot_product')
+    (variant.name, embedding, classifier)
+    for variant in variants.VARIANTS
     for embedding in ('tubelet', 'frame')
-    for classifier in (('token', 'gap') if variant in ('spatio_temporal',
-                                                      'factorised_encoder') else ('gap',))
+    for classifier in (('token', 'gap') if variant.has_cls else ('gap',))
 ]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import random_params, random_video, tiny_config
-from vivit.models import build_model, fused_attention, layers
+from vivit.models import attention, build_model, fused_attention
 
 needs_fused = pytest.mark.skipif(bool(fused_attention.unavailable_reason()),
                                  reason=fused_attention.unavailable_reason() or 'available')
@@ -29,7 +29,7 @@ def test_blocked_attention_values_and_gradients(length, block):
   rng = np.random.RandomState(length)
   query, key, value = (jnp.asarray(rng.normal(size=(2, 3, length, 8)) * 2, jnp.float32)
                        for _ in range(3))
-  blocked = lambda q, k, v: layers.blocked_attention(q, k, v, block)
+  blocked = lambda q, k, v: attention.blocked_attention(q, k, v, block)
   np.testing.assert_allclose(blocked(query, key, value),
                              plain_attention(query, key, value), atol=1e-5, rtol=0)
   weights = jnp.asarray(rng.normal(size=(2, 3, length, 8)), jnp.float32)
@@ -46,7 +46,7 @@ def test_blocked_attention_bfloat16():
   rng = np.random.RandomState(0)
   query, key, value, weights = (
       jnp.asarray(rng.normal(size=(1, 2, 300, 64)), jnp.bfloat16) for _ in range(4))
-  blocked = lambda q, k, v: layers.blocked_attention(q, k, v, 32)
+  blocked = lambda q, k, v: attention.blocked_attention(q, k, v, 32)
   wide = lambda *x: [y.astype(jnp.float32) for y in x]
   out = blocked(query, key, value)
   assert out.dtype == jnp.bfloat16
@@ -108,10 +108,10 @@ def test_fused_attention_keeps_batch_and_head_sharding():
   script = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from vivit.models import layers
+from vivit.models import attention
 mesh = Mesh(np.array(jax.devices()).reshape(2, 2), ('data', 'model'))
 x = np.random.RandomState(0).normal(size=(4, 70, 2, 16)).astype(np.float32)
-grad = lambda impl: jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(layers.attend(
+grad = lambda impl: jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(attention.attend(
     q, q * 0.5, q, implementation=impl)))))
 sharded = jax.device_put(x, NamedSharding(mesh, P('data', None, 'model')))
 hlo = grad('fused').lower(sharded).compile().as_text()
@@ -130,15 +130,15 @@ print('ok')
 def test_fused_refuses_what_it_cannot_run():
   x = jnp.zeros((1, 4, 2, 8))
   with pytest.raises(ValueError, match=r"'fused' needs .*shapes \(1, 4, 2, 8\)"):
-    layers.attend(x, x, x, implementation='fused')
+    attention.attend(x, x, x, implementation='fused')
   x = jnp.zeros((1, 4, 2, 16), jnp.bfloat16)
   with pytest.raises(ValueError, match="'fused' needs .*bfloat16"):
-    layers.attend(x, x, x, implementation='fused')
+    attention.attend(x, x, x, implementation='fused')
   query, keys = jnp.zeros((1, 4, 2, 16)), jnp.zeros((1, 6, 2, 16))
   with pytest.raises(ValueError, match=r"'fused' needs .*\(1, 6, 2, 16\)"):
-    layers.attend(query, keys, keys, implementation='fused')
+    attention.attend(query, keys, keys, implementation='fused')
   assert not fused_attention.supports(query, keys, keys)  # 'auto' leaves it to XLA
-  np.testing.assert_allclose(layers.attend(query, keys, keys), 0.0)
+  np.testing.assert_allclose(attention.attend(query, keys, keys), 0.0)
 
 
 @needs_fused
@@ -174,14 +174,14 @@ def test_auto_blocks_long_sequences_only():
   BLOCKED_MIN_LENGTH tokens on. Head dim 16: fused at any length, where built."""
   def jaxpr(length, depth=4):
     x = jnp.zeros((1, length, 2, depth))
-    return str(jax.make_jaxpr(layers.attend)(x, x, x))
-  assert 'scan' in jaxpr(layers.BLOCKED_MIN_LENGTH)
-  assert 'scan' not in jaxpr(layers.BLOCKED_MIN_LENGTH - 1)
+    return str(jax.make_jaxpr(attention.attend)(x, x, x))
+  assert 'scan' in jaxpr(attention.BLOCKED_MIN_LENGTH)
+  assert 'scan' not in jaxpr(attention.BLOCKED_MIN_LENGTH - 1)
   if not fused_attention.unavailable_reason():
     assert 'custom_partitioning' in jaxpr(5, depth=16)
   with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
-    layers.attend(jnp.zeros((1, 4, 2, 4)), jnp.zeros((1, 4, 2, 4)), jnp.zeros((1, 4, 2, 4)),
-                  implementation='flash')
+    attention.attend(jnp.zeros((1, 4, 2, 4)), jnp.zeros((1, 4, 2, 4)),
+                     jnp.zeros((1, 4, 2, 4)), implementation='flash')
 
 
 # Every variant, with and without a CLS token, both embeddings.
@@ -196,7 +196,7 @@ def test_every_variant_blocked_and_fused_equal_xla(case, monkeypatch):
   """Blocks of 4 keys, so every attention (9 tokens with CLS, 8 without, 2 or 4 along
   a factorised axis) spans several blocks or a partial one. Head dim 16 (hidden 32,
   2 heads; model 4: one head per axis) so that the fused kernel takes it."""
-  monkeypatch.setattr(layers, 'KEY_BLOCK', 4)
+  monkeypatch.setattr('vivit.models.attention.KEY_BLOCK', 4)
   variant, embedding, classifier = case
   video = random_video()
   implementations = ['xla', 'blocked']

@@ -10,6 +10,8 @@ from conftest import INPUT_SIZE, random_params, random_video, tiny_config
 from vivit.models import (build_model, check_params, get_model_config, init_params,
                           param_shapes, pixels_to_unit_range, vivit_b_16x2,
                           vivit_b_16x2_fe, vivit_l_16x2_fe)
+from vivit.models.variants import (FACTORISED_DOT_PRODUCT, FACTORISED_ENCODER,
+                                   FACTORISED_SELF_ATTENTION, SPATIO_TEMPORAL)
 
 
 def test_forward_backward_shapes_and_reference(variant_case):
@@ -49,7 +51,7 @@ def test_training_mode_uses_dropout_and_stochastic_depth():
   np.testing.assert_allclose(model.apply({'params': params}, video), plain, atol=1e-6)
 
 
-@pytest.mark.parametrize('variant', ['spatio_temporal', 'factorised_self_attention'])
+@pytest.mark.parametrize('variant', [SPATIO_TEMPORAL, FACTORISED_SELF_ATTENTION])
 def test_remat_gives_same_gradients(variant):
   config = tiny_config(variant, classifier='gap')
   params, video = random_params(config), random_video()
@@ -114,15 +116,15 @@ def test_uint8_pixels_are_mapped_to_the_unit_range_on_device():
   floats = pixels.astype(np.float32) / 127.5 - 1.0
   np.testing.assert_allclose(pixels_to_unit_range(pixels), floats, atol=1e-6)
   np.testing.assert_array_equal(pixels_to_unit_range(floats), floats)  # floats: as they are
-  config = tiny_config('spatio_temporal')
+  config = tiny_config(SPATIO_TEMPORAL)
   model, params = build_model(config), random_params(config)
   np.testing.assert_allclose(model.apply({'params': params}, pixels),
                              model.apply({'params': params}, floats), atol=1e-5)
 
 
 @pytest.mark.parametrize('variant,classifier', [
-    ('spatio_temporal', 'token'), ('factorised_encoder', 'token'),
-    ('factorised_self_attention', 'gap'), ('factorised_dot_product', 'gap')])
+    (SPATIO_TEMPORAL, 'token'), (FACTORISED_ENCODER, 'token'),
+    (FACTORISED_SELF_ATTENTION, 'gap'), (FACTORISED_DOT_PRODUCT, 'gap')])
 def test_bfloat16_close_to_float32(variant, classifier):
   config = tiny_config(variant, classifier=classifier)
   params, video = random_params(config), random_video()
@@ -139,7 +141,7 @@ def test_bfloat16_close_to_float32(variant, classifier):
 def test_factorised_self_attention_without_temporal_attention_is_per_frame():
   """Model 3 with zeroed temporal attention output = its spatial stack per frame:
   logits are then the mean over time steps of the logits of each step alone."""
-  config = tiny_config('factorised_self_attention', input_size=(6, 16, 16))
+  config = tiny_config(FACTORISED_SELF_ATTENTION, input_size=(6, 16, 16))
   params = flax.core.unfreeze(random_params(config))
   for name, block in params['Transformer'].items():
     if name.startswith('encoderblock'):
@@ -149,7 +151,7 @@ def test_factorised_self_attention_without_temporal_attention_is_per_frame():
   video = random_video(size=(6, 16, 16))
   full = build_model(config).apply({'params': params}, video)
 
-  step_config = tiny_config('factorised_self_attention', input_size=(2, 16, 16))
+  step_config = tiny_config(FACTORISED_SELF_ATTENTION, input_size=(2, 16, 16))
   pos = params['Transformer']['posembed_input']['pos_embedding']
   per_step, grid = [], 4
   for t in range(3):
@@ -168,12 +170,12 @@ def test_factorised_self_attention_without_temporal_attention_is_per_frame():
 def test_factorised_encoder_with_one_time_step_is_spatial_vit():
   """Model 2 on a single time step: its spatial encoder is exactly a ViT (model 1
   with one time step) on that frame, followed by the temporal encoder."""
-  config = tiny_config('factorised_encoder', input_size=(2, 16, 16))
+  config = tiny_config(FACTORISED_ENCODER, input_size=(2, 16, 16))
   params = random_params(config)
   video = random_video(size=(2, 16, 16))
   logits = build_model(config).apply({'params': params}, video)
 
-  vit_config = tiny_config('spatio_temporal', input_size=(2, 16, 16), num_classes=0)
+  vit_config = tiny_config(SPATIO_TEMPORAL, input_size=(2, 16, 16), num_classes=0)
   vit_params = {'embedding': params['embedding'], 'cls': params['cls_SpatialTransformer'],
                 'Transformer': params['SpatialTransformer']}
   frame_features = build_model(vit_config).apply({'params': vit_params}, video)
@@ -189,9 +191,9 @@ def test_factorised_encoder_with_one_time_step_is_spatial_vit():
 def test_published_configs():
   b = vivit_b_16x2()
   assert (b.variant, b.hidden_size, b.num_layers, tuple(b.tubelet)) == (
-      'spatio_temporal', 768, 12, (2, 16, 16))
+      SPATIO_TEMPORAL, 768, 12, (2, 16, 16))
   fe = vivit_b_16x2_fe()
-  assert (fe.variant, fe.num_layers, fe.temporal.num_layers) == ('factorised_encoder', 12, 4)
+  assert (fe.variant, fe.num_layers, fe.temporal.num_layers) == (FACTORISED_ENCODER, 12, 4)
   l_fe = vivit_l_16x2_fe()
   assert (l_fe.hidden_size, l_fe.num_heads, l_fe.num_layers, l_fe.mlp_dim) == (
       1024, 16, 24, 4096)
@@ -204,11 +206,11 @@ def test_published_configs():
 
 @pytest.mark.parametrize('overrides,message', [
     (dict(variant='joint'), "unknown model.variant 'joint'"),
-    (dict(variant='factorised_self_attention', classifier='token'),
-     "classifier='token' is not defined for variant 'factorised_self_attention'"),
-    (dict(variant='factorised_dot_product', classifier='token'),
-     "classifier='token' is not defined for variant 'factorised_dot_product'"),
-    (dict(variant='factorised_dot_product', classifier='gap', num_heads=3, hidden_size=18),
+    (dict(variant=FACTORISED_SELF_ATTENTION, classifier='token'),
+     f"classifier='token' is not defined for variant {FACTORISED_SELF_ATTENTION!r}"),
+    (dict(variant=FACTORISED_DOT_PRODUCT, classifier='token'),
+     f"classifier='token' is not defined for variant {FACTORISED_DOT_PRODUCT!r}"),
+    (dict(variant=FACTORISED_DOT_PRODUCT, classifier='gap', num_heads=3, hidden_size=18),
      'needs an even num_heads, got 3'),
     (dict(hidden_size=18), 'hidden_size 18 is not divisible by model.num_heads 4'),
     (dict(embedding='voxel'), "unknown model.embedding 'voxel'"),
@@ -254,6 +256,7 @@ def test_check_params_names_the_mismatched_parameter():
 
 def test_stochastic_depth_drops_whole_examples_at_the_configured_rate():
   import flax.linen as nn
+  import ml_collections
   from vivit.models.encoder import EncoderBlock
   from vivit.models.layers import drop_path
 
@@ -272,7 +275,8 @@ def test_stochastic_depth_drops_whole_examples_at_the_configured_rate():
   # A block whose branches are always dropped is the identity; at rate 0 it is not.
   x = jnp.asarray(np.random.RandomState(0).normal(size=(2, 5, 16)), jnp.float32)
   for rate, identity in ((1.0, True), (0.0, False)):
-    block = EncoderBlock(mlp_dim=24, num_heads=4, droplayer_rate=rate)
+    block = EncoderBlock(ml_collections.FrozenConfigDict(tiny_config()),  # mlp 24, 4 heads
+                         droplayer_rate=rate)
     params = block.init(jax.random.PRNGKey(0), x, True)
     y = block.apply(params, x, False, rngs={'dropout': jax.random.PRNGKey(1)})
     assert np.array_equal(np.asarray(y), np.asarray(x)) == identity
@@ -291,8 +295,8 @@ def test_uniform_frame_sampling_is_scenics():
     sampled_frame_indices(4, 2)
 
 
-@pytest.mark.parametrize('variant', ['spatio_temporal', 'factorised_encoder',
-                                     'factorised_self_attention'])
+@pytest.mark.parametrize('variant', [SPATIO_TEMPORAL, FACTORISED_ENCODER,
+                                     FACTORISED_SELF_ATTENTION])
 @pytest.mark.parametrize('classifier', ['gmp', 'gsp'])
 def test_max_and_sum_pooling_match_the_reference(variant, classifier):
   config = tiny_config(variant, 'frame', classifier)
@@ -306,7 +310,7 @@ def test_factorised_encoder_shares_random_drops_across_a_clips_frames():
   """scenic maps the spatial encoder over time with one RNG: dropout and stochastic
   depth decide once per clip, so a static clip's frames stay identical in training,
   while different clips differ."""
-  config = tiny_config('factorised_encoder', dropout_rate=0.3, stochastic_depth=0.9)
+  config = tiny_config(FACTORISED_ENCODER, dropout_rate=0.3, stochastic_depth=0.9)
   model, params = build_model(config), random_params(config)
   still = np.repeat(random_video(batch=1)[:, :1], 4, axis=1)
   video = np.concatenate([still, still])  # two copies of one static clip
@@ -335,7 +339,7 @@ def test_factorised_self_attention_has_no_stochastic_depth_unless_asked():
   video = random_video()
   outputs = {}
   for inside in (False, True):
-    config = tiny_config('factorised_self_attention', stochastic_depth=0.9,
+    config = tiny_config(FACTORISED_SELF_ATTENTION, stochastic_depth=0.9,
                          fsa_stochastic_depth=inside)
     params = random_params(config)
     run = lambda rng: build_model(config).apply({'params': params}, video, train=True,

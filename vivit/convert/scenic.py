@@ -13,16 +13,11 @@ import ml_collections
 import numpy as np
 
 from vivit.convert.resize import resize_params
-from vivit.models import check_params, default_model_config
+from vivit.models import check_params, default_model_config, variants
 
 Params = Dict[str, Any]
 
-SCENIC_VARIANTS = {
-    'spacetime': 'spatio_temporal',
-    'factorized_encoder': 'factorised_encoder',
-    'factorized_self_attention_block': 'factorised_self_attention',
-    'factorized_dot_product_attention': 'factorised_dot_product',
-}
+SCENIC_VARIANTS = {variant.scenic_name: variant.name for variant in variants.VARIANTS}
 SCENIC_KERNEL_INITS = {
     'central_frame_initializer': 'central_frame',
     'average_frame_initializer': 'average_frame',
@@ -106,7 +101,8 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
                              input_size: Sequence[int]) -> ml_collections.ConfigDict:
   """Translates scenic's `config.model` into a vivit-jax model config."""
   check_scenic_fields(scenic_config)
-  attention_type = scenic_config.get('attention_config', {}).get('type', 'spacetime')
+  attention_type = scenic_config.get('attention_config', {}).get(
+      'type', variants.get(variants.SPATIO_TEMPORAL).scenic_name)
   if attention_type not in SCENIC_VARIANTS:
     raise ValueError(f'unknown scenic attention_config.type {attention_type!r}; '
                      f'expected one of {", ".join(SCENIC_VARIANTS)}')
@@ -129,7 +125,7 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
     raise ValueError(f'unknown temporal_encoding_config.method {encoding.method!r}')
   config.hidden_size = scenic_config.hidden_size
   body = scenic_config
-  if config.variant == 'factorised_encoder':
+  if variants.get(config.variant).per_frame:
     body = scenic_config.spatial_transformer
     temporal = scenic_config.temporal_transformer
     config.temporal.update(num_layers=temporal.num_layers, num_heads=temporal.num_heads,
@@ -154,7 +150,7 @@ def _guess_input_size(params: Params, config: ml_collections.ConfigDict):
   the others hold their product, which is split assuming DEFAULT_CROP crops."""
   t, h, w = config.tubelet
   cls = int(config.classifier == 'token')
-  if config.variant == 'factorised_encoder':
+  if variants.get(config.variant).per_frame:
     steps = params['TemporalTransformer']['posembed_input']['pos_embedding'].shape[1] - cls
     patches = params['SpatialTransformer']['posembed_input']['pos_embedding'].shape[1] - cls
     side = int(round(np.sqrt(patches)))

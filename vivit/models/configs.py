@@ -1,14 +1,17 @@
 """Model configs: ViT sizes, the published ViViT models, any variant x size by name.
 
-`get_model_config('B/16x2')` is ViViT-B/16x2 (model 1); a suffix picks the variant:
-`-FE` factorised encoder (model 2), `-FSA` factorised self-attention (model 3),
-`-FDP` factorised dot-product (model 4). Sizes: Ti, S, B, L, H. The patch is the
-spatial tubelet size, the number after `x` its temporal size.
+`get_model_config('B/16x2')` is ViViT-B/16x2 (model 1); a suffix picks the variant
+(`vivit.models.variants`): `-FE` factorised encoder (model 2), `-FSA` factorised
+self-attention (model 3), `-FDP` factorised dot-product (model 4). Sizes: Ti, S, B,
+L, H. The patch is the spatial tubelet size, the number after `x` its temporal size.
 """
 import re
 
 import ml_collections
 from ml_collections import config_dict
+
+from vivit.errors import ConfigError
+from vivit.models import variants
 
 # hidden size, heads, layers, MLP width (ViT paper; Ti and S from DeiT).
 SIZES = {
@@ -18,12 +21,6 @@ SIZES = {
     'L': (1024, 16, 24, 4096),
     'H': (1280, 16, 32, 5120),
 }
-VARIANT_SUFFIXES = {
-    '': 'spatio_temporal',
-    'FE': 'factorised_encoder',
-    'FSA': 'factorised_self_attention',
-    'FDP': 'factorised_dot_product',
-}
 # Temporal encoder depth of model 2 (scenic: B FE 12+4; L FE 24+4, K400/600 use 24+24).
 FE_TEMPORAL_LAYERS = 4
 
@@ -31,7 +28,7 @@ FE_TEMPORAL_LAYERS = 4
 def default_model_config() -> ml_collections.ConfigDict:
   """Every model field with its default (ViViT-B/16x2, model 1, 400 classes)."""
   config = ml_collections.ConfigDict()
-  config.variant = 'spatio_temporal'
+  config.variant = variants.SPATIO_TEMPORAL
   config.embedding = 'tubelet'      # 'tubelet' (3-D conv) or 'frame' (2-D per frame)
   config.tubelet = (2, 16, 16)      # (time, height, width)
   config.num_sampled_frames = config_dict.placeholder(int)  # 'frame' embedding only
@@ -63,20 +60,23 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 def get_model_config(name: str = 'B/16x2', **overrides) -> ml_collections.ConfigDict:
   """Model config for `SIZE/PATCHxT[-VARIANT]`, e.g. 'L/16x2-FE', 'Ti/8x2-FDP'."""
-  match = re.fullmatch(r'(Ti|S|B|L|H)/(\d+)x(\d+)(?:-(FE|FSA|FDP))?', name)
+  suffixes = [variant.suffix for variant in variants.VARIANTS]
+  pattern = rf'({"|".join(SIZES)})/(\d+)x(\d+)({"|".join(map(re.escape, suffixes))})'
+  match = re.fullmatch(pattern, name)
   if not match:
-    raise ValueError(
+    raise ConfigError(
         f'unknown model name {name!r}: expected SIZE/PATCHxT[-VARIANT] with SIZE in '
-        f'{", ".join(SIZES)} and VARIANT in FE, FSA, FDP (e.g. "B/16x2-FE")')
+        f'{", ".join(SIZES)} and VARIANT in {", ".join(s[1:] for s in suffixes if s)} '
+        f'(e.g. "B/16x2-FE")')
   size, patch, t, suffix = match.groups()
   hidden, heads, layers, mlp = SIZES[size]
   config = default_model_config()
-  config.variant = VARIANT_SUFFIXES[suffix or '']
+  config.variant = variants.from_suffix(suffix).name
   config.tubelet = (int(t), int(patch), int(patch))
   config.hidden_size, config.num_heads = hidden, heads
   config.num_layers, config.mlp_dim = layers, mlp
   config.temporal.num_heads, config.temporal.mlp_dim = heads, mlp
-  if config.variant in ('factorised_self_attention', 'factorised_dot_product'):
+  if not variants.get(config.variant).has_cls:
     config.classifier = 'gap'
   config.update(overrides)
   return config

@@ -2,7 +2,7 @@
 
 One XLA FFI call for the forward and one for the backward: flash-attention tiling on
 AVX-512 with the probabilities recomputed from the saved log-sum-exp, so the
-`[heads, N, N]` matrix never exists. float32 only; `layers.attend` uses it on CPU
+`[heads, N, N]` matrix never exists. float32 only; `attention.attend` uses it on CPU
 where `supports` says so, and otherwise its pure-JAX paths (which are also the
 reference the tests compare it with).
 """

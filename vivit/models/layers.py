@@ -1,228 +1,20 @@
-"""Building blocks shared by every ViViT variant: attention, MLP, stochastic depth.
+"""Flax modules shared by every ViViT variant: self-attention, LayerNorm, MLP, and
+stochastic depth (the algorithms of attention are in `vivit.models.attention`).
 
 Parameter layouts follow flax's `nn.MultiHeadDotProductAttention` (and therefore
 scenic): `query/key/value` kernels `[hidden, heads, head_dim]`, `out` kernel
 `[heads, head_dim, hidden]`.
 """
-import functools
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from vivit.models import fused_attention as fused
+from vivit.errors import ConfigError
+from vivit.models.attention import attend, factorised_attend
 
 Dtype = Any
-
-
-# Attention implementations (`model.attention`): 'auto' = 'fused' where it runs (CPU,
-# float32), else 'blocked' from this many tokens on (where the full [heads, N, N]
-# matrix costs hundreds of MB), else 'xla'.
-ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'xla', 'blocked', 'cudnn')
-BLOCKED_MIN_LENGTH = 1024
-KEY_BLOCK = 128  # fastest of 32..1024 on this CPU (3137 tokens, 12 heads)
-
-
-def attend(query, key, value, *, dropout_rate: float = 0.0,
-           dropout_rng: Optional[jax.Array] = None, implementation: str = 'auto'):
-  """Scaled dot-product attention.
-
-  Args:
-    query, key, value: `[batch, length, heads, head_dim]`.
-    dropout_rate: attention-probability dropout; only applied with `dropout_rng`
-      (then the probabilities are materialised, whatever `implementation`).
-    dropout_rng: PRNG key, given only in training.
-    implementation: 'fused' (the C++ CPU kernel of `fused_attention`: float32, head
-      dims a multiple of 16 up to 128), 'xla' (`jax.nn.dot_product_attention`'s XLA
-      path: the full probability matrix), 'blocked' (`blocked_attention`: key blocks
-      with an online softmax, never the full matrix), 'cudnn' (cuDNN flash attention
-      on NVIDIA GPUs, where cuDNN supports the dtype and shape) or 'auto' ('fused'
-      where `fused.supports` the arrays, else 'blocked' for `BLOCKED_MIN_LENGTH` tokens
-      or more, else 'xla').
-
-  Returns:
-    `[batch, length, heads, head_dim]`.
-  """
-  if dropout_rng is not None and dropout_rate > 0.0:
-    depth = query.shape[-1]
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(depth).astype(query.dtype)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(query.dtype)
-    return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-  if implementation not in ATTENTION_IMPLEMENTATIONS:
-    raise ValueError(f'unknown attention implementation {implementation!r}; expected '
-                     f'one of {", ".join(ATTENTION_IMPLEMENTATIONS)}')
-  fused_runs = fused.supports(query, key, value)
-  if implementation == 'auto':
-    if fused_runs:
-      implementation = 'fused'
-    else:
-      implementation = 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
-  if implementation == 'fused':
-    if not fused_runs:
-      raise ValueError(
-          'attention implementation \'fused\' needs the CPU backend, float32 query, '
-          'key and value of one shape and a head_dim that is a multiple of 16 up to 128 '
-          f'(got {jax.default_backend()}, {query.dtype}, shapes {query.shape}, '
-          f'{key.shape}, {value.shape}) and the built kernel'
-          + (f': {fused.unavailable_reason()}' if fused.unavailable_reason() else ''))
-    return fused.fused_attention(query, key, value)
-  if implementation == 'blocked':
-    heads_first = lambda x: x.transpose(0, 2, 1, 3)
-    out = blocked_attention(heads_first(query), heads_first(key), heads_first(value),
-                            KEY_BLOCK)
-    return heads_first(out)
-  return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
-
-
-def _key_blocks(x, block: int):
-  """`[b, h, n, d]` -> (`[n // block, b, h, block, d]`, the `[b, h, n % block, d]`
-  remainder or None): whole blocks for a scan and the rest as one smaller step, so
-  that no key is padding and nothing needs a mask."""
-  batch, heads, length, depth = x.shape
-  count = length // block
-  whole = x[:, :, :count * block].reshape(batch, heads, count, block, depth)
-  rest = x[:, :, count * block:] if length % block else None
-  return whole.transpose(2, 0, 1, 3, 4), rest
-
-
-def _over_key_blocks(step, carry, key, value, block: int):
-  """`step(carry, (key_block, value_block)) -> (carry, outputs)` over the key blocks:
-  a scan over the whole ones, then the remainder; outputs concatenated along keys
-  (their axis -1)."""
-  (key_whole, key_rest), (value_whole, value_rest) = (_key_blocks(key, block),
-                                                      _key_blocks(value, block))
-  parts = []
-  if key_whole.shape[0]:
-    carry, outputs = jax.lax.scan(step, carry, (key_whole, value_whole))
-    # [blocks, b, h, ..., block] -> [b, h, ..., blocks * block]
-    parts.append(jax.tree_util.tree_map(
-        lambda y: jnp.moveaxis(y, 0, -2).reshape(y.shape[1:-1] + (-1,)), outputs))
-  if key_rest is not None:
-    carry, outputs = step(carry, (key_rest, value_rest))
-    parts.append(outputs)
-  return carry, jax.tree_util.tree_map(lambda *y: jnp.concatenate(y, axis=-1), *parts)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def blocked_attention(query, key, value, block: int = KEY_BLOCK):
-  """Softmax attention over `block`-sized chunks of the keys with a running
-  (online) softmax: memory `O(length * block)` instead of `O(length^2)`, forward
-  and backward (the backward recomputes each chunk's probabilities from the saved
-  log-sum-exp, as flash attention does). `[batch, heads, length, head_dim]` in and
-  out; any length. Logits are kept in base 2 (`exp2` is the cheaper instruction)."""
-  return _blocked_forward(query, key, value, block)[0]
-
-
-def _base2_scaled(query):
-  """`query * log2(e) / sqrt(head_dim)`: its dot with a key is the logit in base 2."""
-  return query * np.asarray(np.log2(np.e) / np.sqrt(query.shape[-1]), query.dtype)
-
-
-def _blocked_forward(query, key, value, block):
-  batch, heads, length, depth = query.shape
-  f32 = jnp.float32
-  scaled = _base2_scaled(query)
-
-  def step(carry, chunk):
-    total, running_max, normaliser = carry
-    key_block, value_block = chunk
-    logits = jnp.einsum('bhqd,bhkd->bhqk', scaled, key_block, preferred_element_type=f32)
-    new_max = jnp.maximum(running_max, logits.max(-1))
-    probabilities = jnp.exp2(logits - new_max[..., None])
-    rescale = jnp.exp2(running_max - new_max)
-    normaliser = normaliser * rescale + probabilities.sum(-1)
-    total = total * rescale[..., None] + jnp.einsum(
-        'bhqk,bhkd->bhqd', probabilities.astype(value.dtype), value_block,
-        preferred_element_type=f32)
-    return (total, new_max, normaliser), ()
-  init = (jnp.zeros((batch, heads, length, depth), f32),
-          jnp.full((batch, heads, length), -jnp.inf, f32),
-          jnp.zeros((batch, heads, length), f32))
-  (total, running_max, normaliser), _ = _over_key_blocks(step, init, key, value, block)
-  out = (total / normaliser[..., None]).astype(query.dtype)
-  return out, (query, key, value, out, running_max + jnp.log2(normaliser))
-
-
-def _blocked_backward(block, residuals, grad_out):
-  query, key, value, out, log2_sum_exp = residuals
-  batch, heads, length, depth = query.shape
-  f32 = jnp.float32
-  scaled = _base2_scaled(query)
-  # d softmax: dlogits = p * (dp - sum(dout * out)). (An einsum: XLA:CPU's fusion of
-  # the same product and sum is ~50x slower at these shapes.)
-  out_dot = jnp.einsum('bhqd,bhqd->bhq', grad_out, out, preferred_element_type=f32)
-
-  def step(grad_query, chunk):
-    key_block, value_block = chunk
-    logits = jnp.einsum('bhqd,bhkd->bhqk', scaled, key_block, preferred_element_type=f32)
-    probabilities = jnp.exp2(logits - log2_sum_exp[..., None])
-    # Key gradients come out as [head_dim, keys]: XLA:CPU's dot is ~1.6x faster so.
-    grad_value = jnp.einsum('bhqd,bhqk->bhdk', grad_out,
-                            probabilities.astype(grad_out.dtype),
-                            preferred_element_type=f32)
-    grad_probabilities = jnp.einsum('bhqd,bhkd->bhqk', grad_out, value_block,
-                                    preferred_element_type=f32)
-    grad_logits = (probabilities * (grad_probabilities - out_dot[..., None])).astype(
-        query.dtype)
-    grad_query = grad_query + jnp.einsum('bhqk,bhkd->bhqd', grad_logits, key_block,
-                                         preferred_element_type=f32)
-    grad_key = jnp.einsum('bhqd,bhqk->bhdk', query, grad_logits,
-                          preferred_element_type=f32)
-    return grad_query, (grad_key, grad_value)
-  grad_query, (grad_key, grad_value) = _over_key_blocks(
-      step, jnp.zeros((batch, heads, length, depth), f32), key, value, block)
-  # d(natural logit)/d(q.k): the forward's base-2 scale as rounded to the input dtype.
-  scale = float(np.asarray(np.log2(np.e) / np.sqrt(depth), query.dtype)) / np.log2(np.e)
-  return ((grad_query * scale).astype(query.dtype),
-          (jnp.swapaxes(grad_key, -1, -2) * scale).astype(key.dtype),
-          jnp.swapaxes(grad_value, -1, -2).astype(value.dtype))
-
-
-blocked_attention.defvjp(_blocked_forward, _blocked_backward)
-
-
-def factorised_attend(query, key, value, grid: Tuple[int, int], **kwargs):
-  """Model 4: first half of the heads attends over time, second half over space.
-
-  Args:
-    query, key, value: `[batch, time*space, heads, head_dim]`, time-major tokens.
-    grid: `(time, space)` token counts.
-    **kwargs: passed to `attend` (dropout, implementation).
-
-  Returns:
-    `[batch, time*space, heads, head_dim]`, heads in their original order.
-  """
-  batch, _, heads, depth = query.shape
-  time, space = grid
-  half = heads // 2
-
-  def over_time(x):  # [b, t*s, h/2, d] -> [b*s, t, h/2, d]
-    x = x.reshape(batch, time, space, half, depth).transpose(0, 2, 1, 3, 4)
-    return x.reshape(batch * space, time, half, depth)
-
-  def over_space(x):  # [b, t*s, h/2, d] -> [b*t, s, h/2, d]
-    return x.reshape(batch * time, space, half, depth)
-
-  q_t, q_s = jnp.split(query, 2, axis=2)
-  k_t, k_s = jnp.split(key, 2, axis=2)
-  v_t, v_s = jnp.split(value, 2, axis=2)
-  rngs = [None, None]
-  if kwargs.get('dropout_rng') is not None:
-    rngs = list(jax.random.split(kwargs['dropout_rng']))
-  rate = kwargs.get('dropout_rate', 0.0)
-  implementation = kwargs.get('implementation', 'auto')
-  out_t = attend(over_time(q_t), over_time(k_t), over_time(v_t),
-                 dropout_rate=rate, dropout_rng=rngs[0], implementation=implementation)
-  out_t = out_t.reshape(batch, space, time, half, depth).transpose(0, 2, 1, 3, 4)
-  out_s = attend(over_space(q_s), over_space(k_s), over_space(v_s),
-                 dropout_rate=rate, dropout_rng=rngs[1], implementation=implementation)
-  out_t = out_t.reshape(batch, time * space, half, depth)
-  out_s = out_s.reshape(batch, time * space, half, depth)
-  return jnp.concatenate([out_t, out_s], axis=2)
 
 
 class SelfAttention(nn.Module):
@@ -233,7 +25,7 @@ class SelfAttention(nn.Module):
     dropout_rate: attention-probability dropout.
     factorised_grid: `(time, space)` for model 4's head-factorised attention,
       None for full attention over the sequence.
-    implementation: see `attend`.
+    implementation: see `vivit.models.attention.attend`.
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -246,7 +38,7 @@ class SelfAttention(nn.Module):
     """`[batch, length, hidden]` -> `[batch, length, hidden]`."""
     hidden = x.shape[-1]
     if hidden % self.num_heads:
-      raise ValueError(
+      raise ConfigError(
           f'hidden size {hidden} is not divisible by num_heads {self.num_heads}')
     head_dim = hidden // self.num_heads
     dense = lambda name: nn.DenseGeneral(

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vivit.errors import CheckpointError
 from vivit.models.vivit import build_model
 
 Params = Dict[str, Any]
@@ -27,7 +28,7 @@ def param_shapes(config: ml_collections.ConfigDict) -> Params:
 
 
 def check_params(config: ml_collections.ConfigDict, params: Params) -> None:
-  """Raises ValueError naming every parameter that is missing, unexpected or whose
+  """Raises CheckpointError naming every parameter that is missing, unexpected or whose
   shape does not fit `config`."""
   expected = flax.traverse_util.flatten_dict(param_shapes(config), sep='/')
   given = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep='/')
@@ -43,7 +44,7 @@ def check_params(config: ml_collections.ConfigDict, params: Params) -> None:
   if problems:
     shown = '\n  '.join(problems[:20])
     more = f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
-    raise ValueError(
+    raise CheckpointError(
         f'checkpoint does not fit the model config (variant={config.variant}, '
         f'hidden_size={config.hidden_size}, input_size={tuple(config.input_size)}):'
         f'\n  {shown}{more}')

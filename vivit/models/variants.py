@@ -9,7 +9,7 @@ from typing import Tuple
 
 from vivit.errors import ConfigError
 
-# Encoder block kinds (`vivit.models.encoder`).
+# Encoder block kinds (their modules: `vivit.models.encoder.BLOCKS`).
 JOINT_BLOCK = 'joint'  # pre-LayerNorm ViT block over all tokens it is given
 FACTORISED_SELF_ATTENTION_BLOCK = 'factorised_self'  # time attention, space attention, MLP
 FACTORISED_HEADS_BLOCK = 'factorised_heads'  # half the heads over time, half over space

@@ -3,26 +3,22 @@
 Every model maps a video `[batch, time, height, width, 3]` (uint8 pixels, or floats in
 [-1, 1]) to logits `[batch, num_classes]` (float32, whatever the compute dtype).
 """
-from typing import Any, Optional, Tuple
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vivit.errors import ConfigError
+from vivit.models import variants
+from vivit.models.attention import ATTENTION_IMPLEMENTATIONS
 from vivit.models.encoder import Encoder
-from vivit.models.layers import ATTENTION_IMPLEMENTATIONS
 
-Dtype = Any
-
-VARIANTS = ('spatio_temporal', 'factorised_encoder', 'factorised_self_attention',
-            'factorised_dot_product')
 EMBEDDINGS = ('tubelet', 'frame')
 # CLS token, or global average / max / sum pooling of all tokens (scenic's names).
 CLASSIFIERS = ('token', 'gap', 'gmp', 'gsp')
 TUBELET_INITS = ('central_frame', 'average_frame', 'lecun_normal')
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = ('float32', 'bfloat16')  # model.dtype: the compute dtype
 
 
 def _tubelet_init(method: str):
@@ -51,44 +47,44 @@ def sampled_frame_indices(num_frames: int, num_sampled: int):
     indices = jnp.minimum(jnp.round(jnp.arange(step, num_frames, step, dtype=jnp.float32)),
                           num_frames - 1).astype(jnp.int32).tolist()
   if len(indices) != num_sampled:
-    raise ValueError(f'scenic samples {len(indices)} frames, not num_sampled_frames='
-                     f'{num_sampled}, from a {num_frames}-frame clip; choose another '
-                     f'frame count')
+    raise ConfigError(f'scenic samples {len(indices)} frames, not num_sampled_frames='
+                      f'{num_sampled}, from a {num_frames}-frame clip; choose another '
+                      f'frame count')
   return indices
 
 
-def tokenise(video, *, hidden_size: int, embedding: str, tubelet: Tuple[int, int, int],
-             num_sampled_frames: Optional[int], tubelet_init: str, dtype: Dtype):
+def tokenise(video, config: ml_collections.ConfigDict):
   """Video `[batch, time, height, width, 3]` -> tokens `[batch, t', h', w', hidden]`.
 
   Call from a compact method: it creates the parent's `embedding` conv.
-  `tubelet`: a 3-D conv with kernel = stride = `(t, h, w)`.
-  `frame`: `num_sampled_frames` frames sampled uniformly, each cut into `(h, w)`
-  patches by a 2-D conv (the time entry of `tubelet` is not used).
+  `tubelet`: a 3-D conv with kernel = stride = `config.tubelet` `(t, h, w)`.
+  `frame`: `config.num_sampled_frames` frames sampled uniformly, each cut into
+  `(h, w)` patches by a 2-D conv (the time entry of `tubelet` is not used).
   """
   batch, time, height, width, channels = video.shape
-  t, h, w = tubelet
-  if embedding == 'frame':
+  hidden, dtype = config.hidden_size, jnp.dtype(config.dtype)
+  t, h, w = config.tubelet
+  if config.embedding == 'frame':
     t = 1
   for name, size, patch in (('frame count', time, t), ('height', height, h),
                             ('width', width, w)):
     if size % patch:
-      raise ValueError(f'video {name} {size} is not divisible by the tubelet '
-                       f'size {patch} (video shape {tuple(video.shape)}, '
-                       f'tubelet {tuple(tubelet)})')
-  if embedding == 'tubelet':
-    return nn.Conv(hidden_size, (t, h, w), strides=(t, h, w), padding='VALID',
-                   kernel_init=_tubelet_init(tubelet_init), dtype=dtype,
+      raise ConfigError(f'video {name} {size} is not divisible by the tubelet '
+                        f'size {patch} (video shape {tuple(video.shape)}, '
+                        f'tubelet {tuple(config.tubelet)})')
+  if config.embedding == 'tubelet':
+    return nn.Conv(hidden, (t, h, w), strides=(t, h, w), padding='VALID',
+                   kernel_init=_tubelet_init(config.tubelet_init), dtype=dtype,
                    name='embedding')(video)
-  num = num_sampled_frames
+  num = config.num_sampled_frames
   if not num or num > time:
-    raise ValueError(f'frame embedding samples num_sampled_frames={num} frames; '
-                     f'it must be between 1 and the clip length {time}')
+    raise ConfigError(f'frame embedding samples num_sampled_frames={num} frames; '
+                      f'it must be between 1 and the clip length {time}')
   video = video[:, np.asarray(sampled_frame_indices(time, num))]
   # Frames stacked along height: one 2-D conv embeds every frame (scenic's layout).
-  x = nn.Conv(hidden_size, (h, w), strides=(h, w), padding='VALID', dtype=dtype,
+  x = nn.Conv(hidden, (h, w), strides=(h, w), padding='VALID', dtype=dtype,
               name='embedding')(video.reshape(batch, num * height, width, channels))
-  return x.reshape(batch, num, height // h, width // w, hidden_size)
+  return x.reshape(batch, num, height // h, width // w, hidden)
 
 
 def _pool(x, classifier: str):
@@ -99,32 +95,33 @@ def _pool(x, classifier: str):
   return {'gap': jnp.mean, 'gmp': jnp.max, 'gsp': jnp.sum}[classifier](x, axis=-2)
 
 
-def classify(x, *, num_classes: int, representation_size: Optional[int]):
-  """Optional `pre_logits` (Dense + tanh), then zero-initialised `output_projection`.
+def classify(x, config: ml_collections.ConfigDict):
+  """Optional `pre_logits` (Dense + tanh, `config.representation_size`), then the
+  zero-initialised `output_projection`: `[batch, hidden]` -> `[batch, num_classes]`.
 
   Call from a compact method. `num_classes=0` returns the representation itself.
   """
   x = x.astype(jnp.float32)
-  if representation_size is not None:
-    x = jnp.tanh(nn.Dense(representation_size, name='pre_logits')(x))
-  if not num_classes:
+  if config.representation_size is not None:
+    x = jnp.tanh(nn.Dense(config.representation_size, name='pre_logits')(x))
+  if not config.num_classes:
     return x
-  return nn.Dense(num_classes, kernel_init=nn.initializers.zeros,
+  return nn.Dense(config.num_classes, kernel_init=nn.initializers.zeros,
                   name='output_projection')(x)
 
 
 def check_video(video) -> None:
-  """ValueError naming what is wrong with a model input that is not
+  """ConfigError naming what is wrong with a model input that is not
   `[batch, time, height, width, 3]` uint8 pixels or floats."""
   shape = tuple(video.shape)
   if len(shape) != 5:
-    raise ValueError(f'video must be [batch, time, height, width, 3], got shape {shape}')
+    raise ConfigError(f'video must be [batch, time, height, width, 3], got shape {shape}')
   if shape[-1] != 3:
-    raise ValueError(f'video must have 3 (RGB) channels, got {shape[-1]} channels '
-                     f'(shape {shape})')
+    raise ConfigError(f'video must have 3 (RGB) channels, got {shape[-1]} channels '
+                      f'(shape {shape})')
   if not (video.dtype == jnp.uint8 or jnp.issubdtype(video.dtype, jnp.floating)):
-    raise ValueError(f'video dtype {jnp.dtype(video.dtype).name} is neither uint8 '
-                     f'pixels nor floats in [-1, 1]')
+    raise ConfigError(f'video dtype {jnp.dtype(video.dtype).name} is neither uint8 '
+                      f'pixels nor floats in [-1, 1]')
 
 
 def pixels_to_unit_range(video, dtype=jnp.float32):
@@ -137,95 +134,60 @@ def pixels_to_unit_range(video, dtype=jnp.float32):
 
 
 class VideoTransformer(nn.Module):
-  """Fields shared by every variant (see `vivit.models.configs`)."""
-  num_classes: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  mlp_dim: int
-  embedding: str = 'tubelet'
-  tubelet: Tuple[int, int, int] = (2, 16, 16)
-  num_sampled_frames: Optional[int] = None
-  tubelet_init: str = 'central_frame'
-  classifier: str = 'token'
-  representation_size: Optional[int] = None
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_depth: float = 0.0
-  fsa_stochastic_depth: bool = False
-  remat: bool = False
-  dtype: Dtype = jnp.float32
-  attention: str = 'auto'
+  """What every variant shares. `config`: the model config (`vivit.models.configs`),
+  frozen (`ml_collections.FrozenConfigDict`, hashable) by `build_model`; the modules
+  below read their fields from it."""
+  config: ml_collections.FrozenConfigDict
 
-  def encode(self, x, name: str, train: bool, per_frame: bool = False, **encoder_args):
-    """Optional CLS token, then an `Encoder`: `[n, tokens, hidden]` -> pooled
-    `[n, hidden]`. `per_frame`: `[n, time, tokens, hidden]` -> `[n, time, hidden]`,
-    one encoder mapped over time that shares its random numbers across the frames
-    of a clip (scenic's `jax.vmap`: a clip's frames drop the same layers and units).
-    Call from a compact method."""
-    if self.classifier == 'token':
+  def encode(self, x, name: str, train: bool, per_frame: bool = False, config=None,
+             time_steps=None):
+    """Optional CLS token, then an `Encoder` of `config` (default: the model's):
+    `[n, tokens, hidden]` -> pooled `[n, hidden]`. `per_frame`: `[n, time, tokens,
+    hidden]` -> `[n, time, hidden]`, one encoder mapped over time that shares its
+    random numbers across the frames of a clip (scenic's `jax.vmap`: a clip's frames
+    drop the same layers and units). Call from a compact method."""
+    if self.config.classifier == 'token':
       suffix = '' if name == 'Transformer' else f'_{name}'
       cls = self.param(f'cls{suffix}', nn.initializers.zeros, (1, 1, x.shape[-1]))
       cls = jnp.broadcast_to(cls, x.shape[:-2] + (1, x.shape[-1])).astype(x.dtype)
       x = jnp.concatenate([cls, x], axis=-2)
-    encoder_args = {'num_layers': self.num_layers, 'mlp_dim': self.mlp_dim,
-                    'num_heads': self.num_heads, **encoder_args}
     encoder = Encoder
     if per_frame:
       encoder = nn.vmap(Encoder, in_axes=(1, None), out_axes=1,
                         variable_axes={'params': None},
                         split_rngs={'params': False, 'dropout': False})
-    x = encoder(dropout_rate=self.dropout_rate,
-                attention_dropout_rate=self.attention_dropout_rate,
-                stochastic_depth=self.stochastic_depth,
-                fsa_stochastic_depth=self.fsa_stochastic_depth, remat=self.remat,
-                dtype=self.dtype, attention=self.attention, name=name,
-                **encoder_args)(x, train)
-    return _pool(x, self.classifier)
+    x = encoder(self.config if config is None else config, time_steps, name=name)(
+        x, train)
+    return _pool(x, self.config.classifier)
 
   def tokens(self, video):
     """`[batch, time, height, width, 3]` (uint8 pixels or floats in [-1, 1]) ->
     `[batch, t', h', w', hidden]`."""
     check_video(video)
-    return tokenise(pixels_to_unit_range(video, self.dtype), hidden_size=self.hidden_size,
-                    embedding=self.embedding, tubelet=self.tubelet,
-                    num_sampled_frames=self.num_sampled_frames,
-                    tubelet_init=self.tubelet_init, dtype=self.dtype)
-
-  def head(self, x):
-    return classify(x, num_classes=self.num_classes,
-                    representation_size=self.representation_size)
+    return tokenise(pixels_to_unit_range(video, jnp.dtype(self.config.dtype)), self.config)
 
 
 class ViViT(VideoTransformer):
-  """Models 1, 3 and 4: one encoder over all space-time tokens.
-
-  `variant`: 'spatio_temporal' (joint attention), 'factorised_self_attention'
-  (per block: time attention, space attention, MLP) or 'factorised_dot_product'
-  (half the heads over time, half over space).
-  """
-  variant: str = 'spatio_temporal'
-  attention_order: str = 'time_space'
+  """Models 1, 3 and 4: one encoder over all space-time tokens, its blocks of the
+  variant's kind (joint attention; time attention, space attention, MLP; half the
+  heads over time, half over space)."""
 
   @nn.compact
   def __call__(self, video, *, train: bool = False):
     """`[batch, time, height, width, 3]` -> `[batch, num_classes]`."""
     x = self.tokens(video)
     batch, time, height, width, hidden = x.shape
-    block = {'spatio_temporal': 'standard'}.get(self.variant, self.variant)
     x = self.encode(x.reshape(batch, time * height * width, hidden), 'Transformer', train,
-                    block=block, temporal_dims=time, attention_order=self.attention_order)
-    return self.head(x)
+                    time_steps=time)
+    return classify(x, self.config)
 
 
 class FactorisedEncoderViViT(VideoTransformer):
-  """Model 2: a spatial ViT per time step, then a temporal ViT over their outputs.
+  """Model 2: a spatial ViT per time step, then a temporal ViT over their outputs
+  (`config.temporal` replaces the sizes it names).
 
   The spatial encoder (and its CLS token) is shared by all time steps.
   """
-  temporal_num_layers: int = 4
-  temporal_num_heads: int = 12
-  temporal_mlp_dim: int = 3072
 
   @nn.compact
   def __call__(self, video, *, train: bool = False):
@@ -234,66 +196,51 @@ class FactorisedEncoderViViT(VideoTransformer):
     batch, time, height, width, hidden = x.shape
     x = self.encode(x.reshape(batch, time, height * width, hidden), 'SpatialTransformer',
                     train, per_frame=True)
+    temporal = self.config.as_configdict()
+    temporal.update(self.config.temporal)
     x = self.encode(x, 'TemporalTransformer', train,
-                    num_layers=self.temporal_num_layers, num_heads=self.temporal_num_heads,
-                    mlp_dim=self.temporal_mlp_dim)
-    return self.head(x)
+                    config=ml_collections.FrozenConfigDict(temporal))
+    return classify(x, self.config)
 
 
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the offending field for configs no model can build."""
+  """Raises ConfigError naming the offending field for configs no model can build."""
   def choice(field, options):
     if config[field] not in options:
-      raise ValueError(f'unknown model.{field} {config[field]!r}; '
-                       f'expected one of {", ".join(options)}')
-  choice('variant', VARIANTS)
+      raise ConfigError(f'unknown model.{field} {config[field]!r}; '
+                        f'expected one of {", ".join(options)}')
+  choice('variant', variants.NAMES)
   choice('embedding', EMBEDDINGS)
   choice('classifier', CLASSIFIERS)
   choice('tubelet_init', TUBELET_INITS)
-  choice('dtype', tuple(DTYPES))
+  choice('dtype', DTYPES)
   choice('attention', ATTENTION_IMPLEMENTATIONS)
-  if config.classifier == 'token' and config.variant in (
-      'factorised_self_attention', 'factorised_dot_product'):
-    raise ValueError(f"model.classifier='token' is not defined for variant "
-                     f"{config.variant!r} (no CLS token in models 3 and 4); "
-                     f"use classifier='gap'")
-  if config.variant == 'factorised_dot_product' and config.num_heads % 2:
-    raise ValueError(f'factorised_dot_product splits heads between time and space '
-                     f'and needs an even num_heads, got {config.num_heads}')
+  variant = variants.get(config.variant)
+  if config.classifier == 'token' and not variant.has_cls:
+    without = ' and '.join(str(v.paper_model) for v in variants.VARIANTS if not v.has_cls)
+    raise ConfigError(f"model.classifier='token' is not defined for variant "
+                      f"{config.variant!r} (no CLS token in models {without}); "
+                      f"use classifier='gap'")
+  if variant.block == variants.FACTORISED_HEADS_BLOCK and config.num_heads % 2:
+    raise ConfigError(f'{config.variant} splits heads between time and space '
+                      f'and needs an even num_heads, got {config.num_heads}')
   if len(config.tubelet) != 3:
-    raise ValueError(f'model.tubelet must be (time, height, width), '
-                     f'got {tuple(config.tubelet)}')
+    raise ConfigError(f'model.tubelet must be (time, height, width), '
+                      f'got {tuple(config.tubelet)}')
   if config.embedding == 'frame' and not config.num_sampled_frames:
-    raise ValueError('embedding=frame needs model.num_sampled_frames')
+    raise ConfigError('embedding=frame needs model.num_sampled_frames')
   heads = [('num_heads', config.num_heads)]
-  if config.variant == 'factorised_encoder':
+  if variant.per_frame:
     heads.append(('temporal.num_heads', config.temporal.num_heads))
   for name, num_heads in heads:
     if config.hidden_size % num_heads:
-      raise ValueError(f'model.hidden_size {config.hidden_size} is not divisible '
-                       f'by model.{name} {num_heads}')
+      raise ConfigError(f'model.hidden_size {config.hidden_size} is not divisible '
+                        f'by model.{name} {num_heads}')
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
-  """The Flax module described by a model config (see `vivit.models.configs`)."""
+  """The Flax module described by a model config (see `vivit.models.configs`): model
+  2's per-frame encoders or the others' one encoder, given the config frozen."""
   validate_model_config(config)
-  common = dict(
-      num_classes=config.num_classes, hidden_size=config.hidden_size,
-      num_layers=config.num_layers, num_heads=config.num_heads,
-      mlp_dim=config.mlp_dim, embedding=config.embedding,
-      tubelet=tuple(config.tubelet), num_sampled_frames=config.num_sampled_frames,
-      tubelet_init=config.tubelet_init, classifier=config.classifier,
-      representation_size=config.representation_size,
-      dropout_rate=config.dropout_rate,
-      attention_dropout_rate=config.attention_dropout_rate,
-      stochastic_depth=config.stochastic_depth,
-      fsa_stochastic_depth=config.get('fsa_stochastic_depth', False),
-      remat=config.remat, dtype=DTYPES[config.dtype],
-      attention=config.get('attention', 'auto'))
-  if config.variant == 'factorised_encoder':
-    return FactorisedEncoderViViT(
-        temporal_num_layers=config.temporal.num_layers,
-        temporal_num_heads=config.temporal.num_heads,
-        temporal_mlp_dim=config.temporal.mlp_dim, **common)
-  return ViViT(variant=config.variant, attention_order=config.attention_order,
-               **common)
+  module = FactorisedEncoderViViT if variants.get(config.variant).per_frame else ViViT
+  return module(ml_collections.FrozenConfigDict(config))
