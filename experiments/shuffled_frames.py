@@ -24,9 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vivit import evaluate  # noqa: E402
+from vivit.models import variants  # noqa: E402
 from vivit.recipes import load_config  # noqa: E402
 from vivit.train import train_and_evaluate  # noqa: E402
-from vivit import evaluate  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       'configs', 'synthetic_motion.py')
@@ -61,7 +62,7 @@ def run(variant: str, shuffle: bool, steps, data_dir):
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--variant', default='spatio_temporal')
+  parser.add_argument('--variant', default=variants.SPATIO_TEMPORAL, choices=variants.NAMES)
   parser.add_argument('--steps', type=int, default=None,
                       help='training steps (default: the config\'s epochs)')
   parser.add_argument('--data_dir', default=None)

@@ -203,16 +203,17 @@ def test_every_variant_blocked_and_fused_equal_xla(case, monkeypatch):
   if not fused_attention.unavailable_reason():
     implementations.append('fused')
   outputs = {}
-  for attention in implementations:
-    config = tiny_config(variant, embedding, classifier, attention=attention, num_layers=1,
-                         hidden_size=32, num_heads=2)
+  for implementation in implementations:
+    config = tiny_config(variant, embedding, classifier, attention=implementation,
+                         num_layers=1, hidden_size=32, num_heads=2)
     config.temporal.update(num_layers=1, num_heads=2)
     model, params = build_model(config), random_params(config)
     loss = lambda p: jnp.mean(model.apply({'params': p}, video) ** 2)
-    outputs[attention] = jax.jit(lambda p: (model.apply({'params': p}, video),
-                                            jax.grad(loss)(p)))(params)
-  for attention in implementations[1:]:
-    np.testing.assert_allclose(outputs[attention][0], outputs['xla'][0], atol=1e-5, rtol=0)
-    for got, want in zip(jax.tree_util.tree_leaves(outputs[attention][1]),
+    outputs[implementation] = jax.jit(lambda p: (model.apply({'params': p}, video),
+                                                 jax.grad(loss)(p)))(params)
+  for implementation in implementations[1:]:
+    np.testing.assert_allclose(outputs[implementation][0], outputs['xla'][0], atol=1e-5,
+                               rtol=0)
+    for got, want in zip(jax.tree_util.tree_leaves(outputs[implementation][1]),
                          jax.tree_util.tree_leaves(outputs['xla'][1])):
       np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -193,11 +193,11 @@ def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
     (model config, params).
   """
   if 'model' in scenic_model_config:
-    dataset = scenic_model_config.get('dataset_configs', {})
-    if trained_input_size is None and dataset.get('num_frames') and dataset.get(
-        'crop_size'):
-      crop = dataset['crop_size']
-      trained_input_size = (dataset['num_frames'], crop, crop)
+    scenic_data = scenic_model_config.get('dataset_configs', {})
+    if (trained_input_size is None and scenic_data.get('num_frames')
+        and scenic_data.get('crop_size')):
+      crop = scenic_data['crop_size']
+      trained_input_size = (scenic_data['num_frames'], crop, crop)
     scenic_model_config = scenic_model_config.model
   params = read_scenic_params(path)
   if num_classes is None:
