@@ -196,7 +196,7 @@ def test_every_variant_blocked_and_fused_equal_xla(case, monkeypatch):
   """Blocks of 4 keys, so every attention (9 tokens with CLS, 8 without, 2 or 4 along
   a factorised axis) spans several blocks or a partial one. Head dim 16 (hidden 32,
   2 heads; model 4: one head per axis) so that the fused kernel takes it."""
-  monkeypatch.setattr('vivit.models.attention.KEY_BLOCK', 4)
+  monkeypatch.setattr(attention, 'KEY_BLOCK', 4)
   variant, embedding, classifier = case
   video = random_video()
   implementations = ['xla', 'blocked']
