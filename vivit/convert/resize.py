@@ -5,7 +5,7 @@ Only the position embeddings depend on the clip size: their token grid
 time and bilinearly in space; the CLS entry is kept. Model 2's spatial embeddings
 change with the resolution, its temporal ones with the frame count.
 """
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -40,6 +40,16 @@ def resize_position_embedding(posemb: np.ndarray, grid: Tuple[int, ...],
     body = np.asarray(jax.image.resize(body, tuple(new_grid) + body.shape[-1:], 'linear',
                                        antialias=False))
   return np.concatenate([cls, body.reshape(1, -1, posemb.shape[-1])], axis=1)
+
+
+def resized(params: Params, config: ml_collections.ConfigDict,
+            input_size: Optional[Sequence[int]]) -> Tuple[ml_collections.ConfigDict, Params]:
+  """(config, params) of the same model on clips of `input_size` (None: as they are)."""
+  if input_size is None or tuple(input_size) == tuple(config.input_size):
+    return config, params
+  target = config.copy_and_resolve_references()
+  target.input_size = tuple(input_size)
+  return target, resize_params(params, config, target)
 
 
 def resize_params(params: Params, from_config: ml_collections.ConfigDict,

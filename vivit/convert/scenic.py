@@ -12,7 +12,7 @@ import flax
 import ml_collections
 import numpy as np
 
-from vivit.convert.resize import resize_params
+from vivit.convert.resize import resized
 from vivit.models import check_params, default_model_config, variants
 
 Params = Dict[str, Any]
@@ -220,8 +220,4 @@ def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
                        f'(time, height, width)')
     config.input_size = guessed
   check_params(config, params)
-  if input_size is not None and tuple(input_size) != tuple(config.input_size):
-    target = config.copy_and_resolve_references()
-    target.input_size = tuple(input_size)
-    params, config = resize_params(params, config, target), target
-  return config, params
+  return resized(params, config, input_size)

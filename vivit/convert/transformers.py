@@ -16,7 +16,7 @@ import flax
 import ml_collections
 import numpy as np
 
-from vivit.convert.resize import resize_params
+from vivit.convert.resize import resized
 from vivit.errors import CheckpointError, MissingError
 from vivit.models import check_params, default_model_config, variants
 
@@ -214,11 +214,7 @@ def from_transformers(path: str, input_size: Optional[Sequence[int]] = None
     flat[ours] = TO_OURS[kind](weights[hub], config.num_heads)
   params = flax.traverse_util.unflatten_dict(flat, sep='/')
   check_params(config, params)
-  if input_size is not None and tuple(input_size) != tuple(config.input_size):
-    target = config.copy_and_resolve_references()
-    target.input_size = tuple(input_size)
-    params, config = resize_params(params, config, target), target
-  return config, params
+  return resized(params, config, input_size)
 
 
 def to_transformers(model_config: ml_collections.ConfigDict, params: Params, path: str,

@@ -17,15 +17,20 @@ from vivit.models.layers import LayerNorm, MlpBlock, SelfAttention, drop_path
 LN_EPS = 1e-6
 
 
-class EncoderBlock(nn.Module):
+class Block(nn.Module):
+  """What every encoder block is given: the model config, its stochastic-depth rate
+  and the number of time steps of its time-major tokens."""
+  config: ml_collections.FrozenConfigDict
+  droplayer_rate: float = 0.0
+  time_steps: Optional[int] = None
+
+
+class EncoderBlock(Block):
   """LN -> self-attention -> residual; LN -> MLP -> residual.
 
   For model 4 (`FACTORISED_HEADS_BLOCK`) half the heads attend along time, half
   along space. `droplayer_rate`: stochastic depth of both residual branches.
   """
-  config: ml_collections.FrozenConfigDict
-  droplayer_rate: float = 0.0
-  time_steps: Optional[int] = None
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool):
@@ -46,15 +51,12 @@ class EncoderBlock(nn.Module):
     return x + drop_path(self, y, self.droplayer_rate, deterministic)
 
 
-class FactorisedSelfAttentionBlock(nn.Module):
+class FactorisedSelfAttentionBlock(Block):
   """Model 3: attention over time, then over space (`config.attention_order`), then
   MLP. Stochastic depth only with `config.fsa_stochastic_depth` (scenic has none).
 
   Tokens are time-major: `[batch, time*space, hidden]` with `time = time_steps`.
   """
-  config: ml_collections.FrozenConfigDict
-  droplayer_rate: float = 0.0
-  time_steps: Optional[int] = None
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool):
