@@ -13,13 +13,8 @@ from vivit.errors import ConfigError, UserError
 def user_errors() -> tuple:
   """What a user's mistake raises: our `UserError`s, and the library errors that
   always mean bad input. Anything else is a bug and keeps its traceback."""
-  known = (UserError,)
-  try:
-    from tensorflow_datasets.core.registered import DatasetNotFoundError
-    known += (DatasetNotFoundError,)
-  except ImportError:
-    pass
-  return known
+  from tensorflow_datasets.core.registered import DatasetNotFoundError
+  return UserError, DatasetNotFoundError
 
 
 def one_line(error: BaseException) -> str:

@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.dataset = ml_collections.ConfigDict(dict(
-      name=config_dict.placeholder(str),
+      KINETICS_AUGMENT, name=config_dict.placeholder(str),
       # format 'dmvr': data_dir is a pattern of scenic/DMVR tfrecords, e.g.
       # '/data/k400/{split}.tfrecord@1024' (see vivit.input.dmvr).
       format='tfds', data_dir=config_dict.placeholder(str),
@@ -73,9 +73,6 @@ def base_config() -> ml_collections.ConfigDict:
       # None: the model's frame count and crop; min_resize: crop * 256 / 224.
       num_frames=config_dict.placeholder(int), crop_size=config_dict.placeholder(int),
       min_resize=config_dict.placeholder(int), stride=2,
-      scale_jitter=KINETICS_AUGMENT['scale_jitter'], flip=KINETICS_AUGMENT['flip'],
-      colour_augment=KINETICS_AUGMENT['colour_augment'],
-      colour_drop=KINETICS_AUGMENT['colour_drop'],
       randaugment=config_dict.placeholder(tuple),  # (num_layers, magnitude)
       num_threads=0,  # 0: one input thread per core
       shuffle_buffer=1024,  # format 'dmvr' streams only: serialized examples

@@ -90,15 +90,12 @@ class StopRequest:
     self.signal = None
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._catch)
+    self._previous = signal.signal(signal.SIGTERM,
+                                   lambda signum, _: setattr(self, 'signal', signum))
     return self
 
   def __exit__(self, *exc):
     signal.signal(signal.SIGTERM, self._previous)
-
-  def _catch(self, signum, frame):
-    del frame
-    self.signal = signum
 
   def agreed(self, step: int, due: bool) -> bool:
     """Whether any host got SIGTERM."""
