@@ -133,3 +133,25 @@ def test_no_second_default_for_a_config_field():
         found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}: '
                      f'.get({node.args[0].value!r})')
   assert not found, found
+
+
+def test_every_config_field_can_be_set_from_the_command_line():
+  """A field a config leaves None must still have a type (a placeholder), or
+  `--config.section.field=VALUE` is refused."""
+  from ml_collections import config_dict
+  from vivit.recipes import load_config
+
+  def untyped(config, prefix=''):
+    for name, value in config._fields.items():  # pylint: disable=protected-access
+      if isinstance(value, config_dict.ConfigDict):
+        yield from untyped(value, f'{prefix}{name}.')
+      elif value is None:
+        yield prefix + name
+  paths = [os.path.join(directory, name)
+           for directory, _, names in os.walk(os.path.join(ROOT, 'configs'))
+           for name in names if name.endswith('.py')]
+  found = {f'{os.path.relpath(path, ROOT)}{arg}: {field}'
+           for path in paths for arg in ([''] + [f':{v}' for v in variants.NAMES]
+                                         if path.endswith('synthetic_motion.py') else [''])
+           for field in untyped(load_config(path + arg))}
+  assert not found, sorted(found)

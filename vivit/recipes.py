@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
       # Clip per 8 examples as scenic does per device (its configs: batch 64 on one
       # 8-core TPU host), so the result does not depend on the devices used. None:
       # clip the batch's gradient.
-      grad_clip_group=8,
+      grad_clip_group=config_dict.FieldReference(8, field_type=int),
       label_smoothing=0.0, mixup=0.0,
       log_every=100, eval_every=5000, checkpoint_every=1000, keep_checkpoints=3,
       nonfinite='stop'))  # or 'skip': steps with a non-finite update are skipped

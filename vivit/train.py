@@ -158,8 +158,8 @@ def _save(manager, step: int, item, **kwargs) -> None:
 
 
 def _first_state(config, workdir, init_from, optimizer, mesh, last):
-  """(step, state) to start from: the latest readable checkpoint of the workdir, else
-  the `init_from` checkpoint at step 0, else a fresh initialisation."""
+  """(step, state, state sharding) to start from: the latest readable checkpoint of
+  the workdir, else the `init_from` checkpoint at step 0, else a fresh one."""
   def init_state():
     params = init_params(config.model, jax.random.PRNGKey(config.seed))
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
