@@ -1,4 +1,4 @@
-"""Shared helpers: tiny model configs and random (non-zero) parameters."""
+"""Fixtures that several test modules use, and the session's XLA compilation cache."""
 import atexit
 import os
 import shutil
@@ -14,47 +14,13 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _COMPILATION_CACHE
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
 
-import jax  # noqa: E402  (after the cache settings, which jax reads at import)
+# Below the cache settings: jax (which helpers imports) reads them at import.
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from vivit.models import get_model_config, init_params, variants  # noqa: E402
-
-INPUT_SIZE = (4, 16, 16)  # time, height, width
-
-
-def tiny_config(variant=variants.SPATIO_TEMPORAL, embedding='tubelet', classifier=None,
-                **overrides):
-  """A 2-layer, hidden-16, 4-head model on 4x16x16 clips (tubelet 2x8x8)."""
-  config = get_model_config('Ti/8x2' + variants.get(variant).suffix, hidden_size=16,
-                            num_heads=4, num_layers=2, mlp_dim=24, num_classes=5,
-                            input_size=INPUT_SIZE, embedding=embedding)
-  config.temporal.update(num_layers=2, num_heads=2, mlp_dim=20)
-  if embedding == 'frame':
-    config.num_sampled_frames = 3  # scenic samples frames 1, 2, 3 of 4
-  if classifier:
-    config.classifier = classifier
-  config.update(overrides)
-  return config
-
-
-def random_params(config, seed=0, scale=0.3):
-  """Params with every entry random, zero-initialised ones (head, CLS) included."""
-  params = init_params(config, jax.random.PRNGKey(seed))
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  rng = np.random.RandomState(seed)
-  leaves = [np.asarray(l) + scale * rng.standard_normal(l.shape).astype(np.float32)
-            for l in leaves]
-  return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def random_video(batch=2, size=INPUT_SIZE, seed=0):
-  return np.random.RandomState(seed).uniform(-1, 1, (batch, *size, 3)).astype(np.float32)
-
-
-VIT_CLASSES = 5
+from helpers import VARIANT_CASES, VIT_CLASSES  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -99,15 +65,6 @@ def vit(tmp_path_factory):
   npz_path = str(root / 'ViT-Ti_8.npz')
   np.savez(npz_path, **npz)
   return model, hf_dir, npz_path
-
-
-# (variant, embedding, classifier) that the paper defines.
-VARIANT_CASES = [
-    (variant.name, embedding, classifier)
-    for variant in variants.VARIANTS
-    for embedding in ('tubelet', 'frame')
-    for classifier in (('token', 'gap') if variant.has_cls else ('gap',))
-]
 
 
 @pytest.fixture(params=VARIANT_CASES, ids=lambda c: '-'.join(c))

@@ -4,9 +4,11 @@ import os
 import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from ml_collections import ConfigDict
 
+from vivit.models import get_model_config, init_params, variants
 from vivit.recipes import base_config, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,3 +82,47 @@ def training_config(**fields) -> ConfigDict:
 REGULARISED = {'model.num_layers': 2, 'model.dropout_rate': 0.1,
                'model.stochastic_depth': 0.5, 'training.mixup': 0.2,
                'training.grad_clip_group': 4, 'training.grad_clip': 0.05}
+
+
+INPUT_SIZE = (4, 16, 16)  # time, height, width
+
+
+def tiny_model_config(variant=variants.SPATIO_TEMPORAL, embedding='tubelet', classifier=None,
+                **overrides):
+  """A 2-layer, hidden-16, 4-head model on 4x16x16 clips (tubelet 2x8x8)."""
+  config = get_model_config('Ti/8x2' + variants.get(variant).suffix, hidden_size=16,
+                            num_heads=4, num_layers=2, mlp_dim=24, num_classes=5,
+                            input_size=INPUT_SIZE, embedding=embedding)
+  config.temporal.update(num_layers=2, num_heads=2, mlp_dim=20)
+  if embedding == 'frame':
+    config.num_sampled_frames = 3  # scenic samples frames 1, 2, 3 of 4
+  if classifier:
+    config.classifier = classifier
+  config.update(overrides)
+  return config
+
+
+def random_params(config, seed=0, scale=0.3):
+  """Params with every entry random, zero-initialised ones (head, CLS) included."""
+  params = init_params(config, jax.random.PRNGKey(seed))
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  rng = np.random.RandomState(seed)
+  leaves = [np.asarray(l) + scale * rng.standard_normal(l.shape).astype(np.float32)
+            for l in leaves]
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def random_video(batch=2, size=INPUT_SIZE, seed=0):
+  return np.random.RandomState(seed).uniform(-1, 1, (batch, *size, 3)).astype(np.float32)
+
+
+VIT_CLASSES = 5
+
+
+# (variant, embedding, classifier) that the paper defines.
+VARIANT_CASES = [
+    (variant.name, embedding, classifier)
+    for variant in variants.VARIANTS
+    for embedding in ('tubelet', 'frame')
+    for classifier in (('token', 'gap') if variant.has_cls else ('gap',))
+]

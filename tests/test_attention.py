@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_params, random_video, tiny_config
+from helpers import random_params, random_video, tiny_model_config
 from vivit.models import attention, build_model, fused_attention
 
 needs_fused = pytest.mark.skipif(bool(fused_attention.unavailable_reason()),
@@ -204,7 +204,7 @@ def test_every_variant_blocked_and_fused_equal_xla(case, monkeypatch):
     implementations.append('fused')
   outputs = {}
   for implementation in implementations:
-    config = tiny_config(variant, embedding, classifier, attention=implementation,
+    config = tiny_model_config(variant, embedding, classifier, attention=implementation,
                          num_layers=1, hidden_size=32, num_heads=2)
     config.temporal.update(num_layers=1, num_heads=2)
     model, params = build_model(config), random_params(config)

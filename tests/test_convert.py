@@ -9,7 +9,7 @@ import torch
 from ml_collections import ConfigDict
 from transformers import VivitConfig, VivitForVideoClassification, VivitModel
 
-from conftest import random_params, random_video, tiny_config
+from helpers import random_params, random_video, tiny_model_config
 from vivit.checkpoints import load_params
 from vivit.convert import (from_hf_pixel_values, from_scenic, from_transformers,
                            to_hf_pixel_values, to_transformers)
@@ -98,7 +98,7 @@ def test_transformers_errors(tmp_path):
     from_transformers(str(tmp_path / 'relu'))
   with pytest.raises(FileNotFoundError, match='no config.json'):
     from_transformers(str(tmp_path))
-  config = tiny_config('factorised_encoder')
+  config = tiny_model_config('factorised_encoder')
   with pytest.raises(ValueError, match="variant 'factorised_encoder'"):
     to_transformers(config, random_params(config), str(tmp_path / 'x'))
 
@@ -146,7 +146,7 @@ def _scenic_model_config(config):
 ])
 def test_from_scenic_reproduces_logits_exactly(variant, embedding, classifier, layout,
                                                tmp_path):
-  config = tiny_config(variant, embedding, classifier)
+  config = tiny_model_config(variant, embedding, classifier)
   params = random_params(config)
   numpy_params = jax_to_numpy(params)
   state = ({'optimizer': {'target': numpy_params, 'state': {'step': 7}}}
@@ -168,7 +168,7 @@ def test_from_scenic_reproduces_logits_exactly(variant, embedding, classifier, l
 
 
 def test_from_scenic_infers_input_size_and_new_head(tmp_path):
-  config = tiny_config('factorised_encoder', input_size=(8, 224, 224), tubelet=(2, 32, 32))
+  config = tiny_model_config('factorised_encoder', input_size=(8, 224, 224), tubelet=(2, 32, 32))
   params = jax_to_numpy(random_params(config))
   path = tmp_path / 'checkpoint_1'
   path.write_bytes(flax.serialization.msgpack_serialize({'params': params}))
@@ -181,7 +181,7 @@ def test_from_scenic_infers_input_size_and_new_head(tmp_path):
 
 
 def test_scenic_fields_that_would_not_be_honoured_are_refused(tmp_path):
-  config = tiny_config()
+  config = tiny_model_config()
   path = tmp_path / 'checkpoint_1'
   path.write_bytes(flax.serialization.msgpack_serialize(
       {'params': jax_to_numpy(random_params(config))}))
@@ -200,7 +200,7 @@ def test_scenic_fields_that_would_not_be_honoured_are_refused(tmp_path):
 
 
 def test_from_scenic_shape_mismatch_names_parameter(tmp_path):
-  config = tiny_config()
+  config = tiny_model_config()
   path = tmp_path / 'ckpt'
   path.write_bytes(flax.serialization.msgpack_serialize(
       {'params': jax_to_numpy(random_params(config))}))
@@ -229,7 +229,7 @@ def test_convert_cli_writes_loadable_checkpoint(tmp_path, capsys):
   assert json.loads((tmp_path / 'ours' / 'model_config.json').read_text())['num_classes'] == 3
 
   # Scenic through the CLI: a scenic config file next to the checkpoint.
-  tiny = tiny_config()
+  tiny = tiny_model_config()
   (tmp_path / 'checkpoint_5').write_bytes(flax.serialization.msgpack_serialize(
       {'params': jax_to_numpy(random_params(tiny))}))
   scenic = _scenic_model_config(tiny)

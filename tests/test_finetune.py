@@ -173,8 +173,8 @@ def test_finetune_config_from_a_workdir_then_evaluate_and_predict(tmp_path):
 
 
 def test_predict_with_hf_names_and_errors(tmp_path, capsys):
-  from conftest import random_params, tiny_config
-  config = tiny_config()
+  from helpers import random_params, tiny_model_config
+  config = tiny_model_config()
   names = ['archery', 'bowling', 'cooking', 'dancing', 'eating']
   to_transformers(config, random_params(config), str(tmp_path / 'hf'), class_names=names)
   video = vf.write_video(str(tmp_path / 'clip.mp4'), 12, 25, (20, 24))

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import random_params, random_video, tiny_config
+from helpers import random_params, random_video, tiny_model_config
 from vivit import checkpoints, evaluate, initialise
 from vivit.convert import from_scenic, guess_format, resize_params, to_transformers
 from vivit.models import build_model
@@ -32,7 +32,7 @@ def bigger(config, **overrides):
 @pytest.fixture(scope='module')
 def source(tmp_path_factory):
   """A random model 1 saved as a vivit params directory with class names."""
-  config = tiny_config()
+  config = tiny_model_config()
   params = random_params(config)
   path = str(tmp_path_factory.mktemp('vivit') / 'params')
   checkpoints.save_params(path, config, params, [f'c{i}' for i in range(5)])
@@ -140,7 +140,7 @@ def test_vit_source_report(vit):
   _, hf_dir, npz_path = vit
   assert guess_format(npz_path) == 'vit'
   assert guess_format(hf_dir) == 'vit'
-  config = tiny_config('factorised_self_attention', input_size=(4, 16, 16))
+  config = tiny_model_config('factorised_self_attention', input_size=(4, 16, 16))
   params, report = initialise.initial_params(init_from(npz_path), config)
   out = params['Transformer']['encoderblock_1']['MultiHeadDotProductAttention_time']['out']
   assert not np.any(out['kernel']) and not np.any(out['bias'])

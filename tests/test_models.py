@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference
-from conftest import INPUT_SIZE, random_params, random_video, tiny_config
+from helpers import INPUT_SIZE, random_params, random_video, tiny_model_config
 from vivit.models import (build_model, check_params, get_model_config, init_params,
                           param_shapes, pixels_to_unit_range, vivit_b_16x2,
                           vivit_b_16x2_fe, vivit_l_16x2_fe)
@@ -18,7 +18,7 @@ def test_forward_backward_shapes_and_reference(variant_case):
   """Every paper-allowed variant x embedding x classifier: jit forward/backward,
   finite values, and logits equal to the plain-numpy reference."""
   variant, embedding, classifier = variant_case
-  config = tiny_config(variant, embedding, classifier)
+  config = tiny_model_config(variant, embedding, classifier)
   model = build_model(config)
   params = random_params(config)
   video = random_video()
@@ -39,7 +39,7 @@ def test_forward_backward_shapes_and_reference(variant_case):
 
 
 def test_training_mode_uses_dropout_and_stochastic_depth():
-  config = tiny_config(dropout_rate=0.3, attention_dropout_rate=0.3, stochastic_depth=0.5)
+  config = tiny_model_config(dropout_rate=0.3, attention_dropout_rate=0.3, stochastic_depth=0.5)
   model, params, video = build_model(config), random_params(config), random_video()
   run = jax.jit(lambda rng: model.apply({'params': params}, video, train=True,
                                         rngs={'dropout': rng}))
@@ -47,17 +47,17 @@ def test_training_mode_uses_dropout_and_stochastic_depth():
   assert np.all(np.isfinite(a)) and np.abs(a - b).max() > 1e-3
   np.testing.assert_array_equal(a, run(jax.random.PRNGKey(1)))
   # Evaluation ignores every rate: equal to the same model without them.
-  plain = build_model(tiny_config()).apply({'params': params}, video)
+  plain = build_model(tiny_model_config()).apply({'params': params}, video)
   np.testing.assert_allclose(model.apply({'params': params}, video), plain, atol=1e-6)
 
 
 @pytest.mark.parametrize('variant', [SPATIO_TEMPORAL, FACTORISED_SELF_ATTENTION])
 def test_remat_gives_same_gradients(variant):
-  config = tiny_config(variant, classifier='gap')
+  config = tiny_model_config(variant, classifier='gap')
   params, video = random_params(config), random_video()
   grads = []
   for remat in (False, True):
-    model = build_model(tiny_config(variant, classifier='gap', remat=remat))
+    model = build_model(tiny_model_config(variant, classifier='gap', remat=remat))
     grads.append(jax.jit(jax.grad(
         lambda p: jnp.sum(model.apply({'params': p}, video) ** 2)))(params))
   for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
@@ -116,7 +116,7 @@ def test_uint8_pixels_are_mapped_to_the_unit_range_on_device():
   floats = pixels.astype(np.float32) / 127.5 - 1.0
   np.testing.assert_allclose(pixels_to_unit_range(pixels), floats, atol=1e-6)
   np.testing.assert_array_equal(pixels_to_unit_range(floats), floats)  # floats: as they are
-  config = tiny_config(SPATIO_TEMPORAL)
+  config = tiny_model_config(SPATIO_TEMPORAL)
   model, params = build_model(config), random_params(config)
   np.testing.assert_allclose(model.apply({'params': params}, pixels),
                              model.apply({'params': params}, floats), atol=1e-5)
@@ -126,7 +126,7 @@ def test_uint8_pixels_are_mapped_to_the_unit_range_on_device():
     (SPATIO_TEMPORAL, 'token'), (FACTORISED_ENCODER, 'token'),
     (FACTORISED_SELF_ATTENTION, 'gap'), (FACTORISED_DOT_PRODUCT, 'gap')])
 def test_bfloat16_close_to_float32(variant, classifier):
-  config = tiny_config(variant, classifier=classifier)
+  config = tiny_model_config(variant, classifier=classifier)
   params, video = random_params(config), random_video()
   f32 = build_model(config).apply({'params': params}, video)
   config.dtype = 'bfloat16'
@@ -141,7 +141,7 @@ def test_bfloat16_close_to_float32(variant, classifier):
 def test_factorised_self_attention_without_temporal_attention_is_per_frame():
   """Model 3 with zeroed temporal attention output = its spatial stack per frame:
   logits are then the mean over time steps of the logits of each step alone."""
-  config = tiny_config(FACTORISED_SELF_ATTENTION, input_size=(6, 16, 16))
+  config = tiny_model_config(FACTORISED_SELF_ATTENTION, input_size=(6, 16, 16))
   params = flax.core.unfreeze(random_params(config))
   for name, block in params['Transformer'].items():
     if name.startswith('encoderblock'):
@@ -151,7 +151,7 @@ def test_factorised_self_attention_without_temporal_attention_is_per_frame():
   video = random_video(size=(6, 16, 16))
   full = build_model(config).apply({'params': params}, video)
 
-  step_config = tiny_config(FACTORISED_SELF_ATTENTION, input_size=(2, 16, 16))
+  step_config = tiny_model_config(FACTORISED_SELF_ATTENTION, input_size=(2, 16, 16))
   pos = params['Transformer']['posembed_input']['pos_embedding']
   per_step, grid = [], 4
   for t in range(3):
@@ -170,12 +170,12 @@ def test_factorised_self_attention_without_temporal_attention_is_per_frame():
 def test_factorised_encoder_with_one_time_step_is_spatial_vit():
   """Model 2 on a single time step: its spatial encoder is exactly a ViT (model 1
   with one time step) on that frame, followed by the temporal encoder."""
-  config = tiny_config(FACTORISED_ENCODER, input_size=(2, 16, 16))
+  config = tiny_model_config(FACTORISED_ENCODER, input_size=(2, 16, 16))
   params = random_params(config)
   video = random_video(size=(2, 16, 16))
   logits = build_model(config).apply({'params': params}, video)
 
-  vit_config = tiny_config(SPATIO_TEMPORAL, input_size=(2, 16, 16), num_classes=0)
+  vit_config = tiny_model_config(SPATIO_TEMPORAL, input_size=(2, 16, 16), num_classes=0)
   vit_params = {'embedding': params['embedding'], 'cls': params['cls_SpatialTransformer'],
                 'Transformer': params['SpatialTransformer']}
   frame_features = build_model(vit_config).apply({'params': vit_params}, video)
@@ -216,7 +216,7 @@ def test_published_configs():
     (dict(embedding='voxel'), "unknown model.embedding 'voxel'"),
 ])
 def test_config_errors(overrides, message):
-  config = tiny_config()
+  config = tiny_model_config()
   config.update(overrides)
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
     build_model(config)
@@ -228,7 +228,7 @@ def test_config_errors(overrides, message):
     ((4, 16, 12), 'video width 12 is not divisible by the tubelet size 8'),
 ])
 def test_video_not_divisible_by_tubelet(size, message):
-  config = tiny_config()
+  config = tiny_model_config()
   model = build_model(config)
   params = random_params(config)
   with pytest.raises(ValueError, match=message):
@@ -236,15 +236,15 @@ def test_video_not_divisible_by_tubelet(size, message):
 
 
 def test_frame_embedding_needs_enough_frames():
-  config = tiny_config(embedding='frame', num_sampled_frames=8)
+  config = tiny_model_config(embedding='frame', num_sampled_frames=8)
   with pytest.raises(ValueError, match='num_sampled_frames=8.*clip length 4'):
     init_params(config, jax.random.PRNGKey(0))
 
 
 def test_check_params_names_the_mismatched_parameter():
-  config = tiny_config()
+  config = tiny_model_config()
   params = flax.core.unfreeze(random_params(config))
-  other = tiny_config(mlp_dim=32)
+  other = tiny_model_config(mlp_dim=32)
   with pytest.raises(ValueError, match=r'Transformer/encoderblock_0/MlpBlock_0/Dense_0/'
                                        r'kernel has shape \(16, 24\) but the model config '
                                        r'needs \(16, 32\)'):
@@ -275,7 +275,7 @@ def test_stochastic_depth_drops_whole_examples_at_the_configured_rate():
   # A block whose branches are always dropped is the identity; at rate 0 it is not.
   x = jnp.asarray(np.random.RandomState(0).normal(size=(2, 5, 16)), jnp.float32)
   for rate, identity in ((1.0, True), (0.0, False)):
-    block = EncoderBlock(ml_collections.FrozenConfigDict(tiny_config()),  # mlp 24, 4 heads
+    block = EncoderBlock(ml_collections.FrozenConfigDict(tiny_model_config()),  # mlp 24, 4 heads
                          droplayer_rate=rate)
     params = block.init(jax.random.PRNGKey(0), x, True)
     y = block.apply(params, x, False, rngs={'dropout': jax.random.PRNGKey(1)})
@@ -299,7 +299,7 @@ def test_uniform_frame_sampling_is_scenics():
                                      FACTORISED_SELF_ATTENTION])
 @pytest.mark.parametrize('classifier', ['gmp', 'gsp'])
 def test_max_and_sum_pooling_match_the_reference(variant, classifier):
-  config = tiny_config(variant, 'frame', classifier)
+  config = tiny_model_config(variant, 'frame', classifier)
   params, video = random_params(config), random_video()
   logits = build_model(config).apply({'params': params}, video)
   np.testing.assert_allclose(logits, reference.vivit_batch(video, params, config),
@@ -310,7 +310,7 @@ def test_factorised_encoder_shares_random_drops_across_a_clips_frames():
   """scenic maps the spatial encoder over time with one RNG: dropout and stochastic
   depth decide once per clip, so a static clip's frames stay identical in training,
   while different clips differ."""
-  config = tiny_config(FACTORISED_ENCODER, dropout_rate=0.3, stochastic_depth=0.9)
+  config = tiny_model_config(FACTORISED_ENCODER, dropout_rate=0.3, stochastic_depth=0.9)
   model, params = build_model(config), random_params(config)
   still = np.repeat(random_video(batch=1)[:, :1], 4, axis=1)
   video = np.concatenate([still, still])  # two copies of one static clip
@@ -339,7 +339,7 @@ def test_factorised_self_attention_has_no_stochastic_depth_unless_asked():
   video = random_video()
   outputs = {}
   for inside in (False, True):
-    config = tiny_config(FACTORISED_SELF_ATTENTION, stochastic_depth=0.9,
+    config = tiny_model_config(FACTORISED_SELF_ATTENTION, stochastic_depth=0.9,
                          fsa_stochastic_depth=inside)
     params = random_params(config)
     run = lambda rng: build_model(config).apply({'params': params}, video, train=True,

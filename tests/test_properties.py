@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import tiny_config
+from helpers import tiny_model_config
 from vivit.models import build_model, init_params
 from vivit.recipes import load_config
 
@@ -30,7 +30,7 @@ def model_and_video(draw):
   def pick(valid, invalid=()):
     options = invalid if invalid and rng.uniform() < 0.1 else valid
     return options[rng.randint(len(options))]
-  config = tiny_config(pick(VARIANTS))
+  config = tiny_model_config(pick(VARIANTS))
   config.embedding = pick(('tubelet', 'frame'), ('voxel',))
   config.classifier = pick(('gap', 'token', 'gmp', 'gsp'), ('mean',))
   config.num_heads = pick((1, 2, 4), (3,))

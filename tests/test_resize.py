@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import VARIANT_CASES, random_params, tiny_config
+from helpers import VARIANT_CASES, random_params, tiny_model_config
 from vivit.convert.resize import resize_params
 from vivit.models import build_model
 
@@ -19,7 +19,7 @@ def resized_config(config, frames, size):
 @pytest.mark.parametrize('case', VARIANT_CASES, ids=lambda c: '-'.join(c))
 def test_every_variant_resizes_and_the_same_size_is_the_identity(case):
   variant, embedding, classifier = case
-  config = tiny_config(variant, embedding, classifier)
+  config = tiny_model_config(variant, embedding, classifier)
   params = random_params(config)
   same = resize_params(params, config, config)
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(same)):
@@ -34,7 +34,7 @@ def test_model_1_resized_keeps_its_logits_on_a_static_video():
   """8 -> 16 frames and 32 -> 48 px: on a static clip (one image, upsampled with the
   clip) the resized model's logits stay close to the original's, much closer than
   another model's."""
-  config = tiny_config(input_size=(8, 32, 32))
+  config = tiny_model_config(input_size=(8, 32, 32))
   params = random_params(config, scale=0.1)
   bigger = resized_config(config, 16, 48)
   image = np.random.RandomState(0).uniform(-1, 1, (1, 1, 4, 4, 3)).astype(np.float32)
@@ -50,7 +50,7 @@ def test_model_1_resized_keeps_its_logits_on_a_static_video():
 
 
 def test_only_the_clip_size_may_change():
-  config = tiny_config()
+  config = tiny_model_config()
   other = config.copy_and_resolve_references()
   other.update(hidden_size=32, input_size=(8, 16, 16))
   with pytest.raises(ValueError, match='also differ in model.hidden_size'):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vivit.convert.vit import from_vit, inflate_kernel, read_vit
-from conftest import VIT_CLASSES as NUM_CLASSES
+from helpers import VIT_CLASSES as NUM_CLASSES
 from vivit.models import build_model, get_model_config
 
 
