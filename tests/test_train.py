@@ -294,7 +294,7 @@ def test_train_step_two_heads_with_mixup_and_label_smoothing():
   and the loss the sum of the heads' cross-entropies (hand computation)."""
   from vivit.step import TrainState, train_step
   Linear = functools.partial(LinearProbe, 5)
-  model, heads = Linear(), (('noun', 3), ('verb', 2))
+  model, label_heads = Linear(), (('noun', 3), ('verb', 2))
   rng = np.random.RandomState(2)
   batch = {'video': rng.normal(size=(4, 2, 2, 2, 3)).astype(np.float32),
            'label': np.array([[0, 1], [2, 0], [1, 1], [0, 0]])}
@@ -303,7 +303,7 @@ def test_train_step_two_heads_with_mixup_and_label_smoothing():
   state = TrainState(jax.numpy.asarray(5), params, optimizer.init(params))
   training = training_config(mixup=0.3, label_smoothing=0.2, grad_clip_group=None)
   _, metrics = train_step(state, batch, model=model, optimizer=optimizer, training=training,
-                          num_classes=5, seed=1, heads=heads)
+                          num_classes=5, seed=1, label_heads=label_heads)
 
   weight = float(jax.random.beta(jax.random.split(jax.random.fold_in(
       jax.random.PRNGKey(1), 5))[0], 0.3, 0.3))

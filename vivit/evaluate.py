@@ -59,12 +59,12 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray,
           'confusion_matrix': confusion.tolist()}
 
 
-def multi_head_metrics(logits: np.ndarray, labels: np.ndarray, heads) -> Dict[str, Any]:
+def multi_head_metrics(logits: np.ndarray, labels: np.ndarray, label_heads) -> Dict[str, Any]:
   """Each head's metrics (under 'heads') and the action top-1: a clip counts when
   every head's top class is right (Epic-Kitchens' action accuracy). `labels`
-  `[videos, heads]`; `heads` ((name, classes), ...)."""
+  `[videos, heads]`; `label_heads` ((name, classes), ...)."""
   per_head, all_right = {}, np.ones(len(labels), bool)
-  for i, (name, part) in enumerate(head_slices(heads)):
+  for i, (name, part) in enumerate(head_slices(label_heads)):
     per_head[name] = classification_metrics(logits[:, part], labels[:, i],
                                             part.stop - part.start)
     all_right &= np.argmax(logits[:, part], -1) == labels[:, i]
@@ -97,8 +97,8 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
     all_logits.append(logits[keep])
     all_labels.append(labels[keep])
   all_logits, all_labels = np.concatenate(all_logits), np.concatenate(all_labels)
-  if labels_info.heads:
-    result = multi_head_metrics(all_logits, all_labels, labels_info.heads)
+  if labels_info.label_heads:
+    result = multi_head_metrics(all_logits, all_labels, labels_info.label_heads)
   else:
     result = classification_metrics(all_logits, all_labels, labels_info.num_classes)
   result['views'] = num_clips * num_crops
@@ -195,9 +195,9 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     (workdir / 'eval_results.json').write_text(json.dumps(result, indent=2))
     plot_training_curve(workdir / 'metrics.jsonl', workdir / 'training_curve.png')
     views = f"({result['num_videos']} videos x {result['views']} views, {source})"
-    if labels_info.heads:
+    if labels_info.label_heads:
       print(f"{split}: action top-1 {result['top1']:.4f}  " + '  '.join(
-          f"{name} top-1 {result[name + '_top1']:.4f}" for name, _ in labels_info.heads)
+          f"{name} top-1 {result[name + '_top1']:.4f}" for name, _ in labels_info.label_heads)
             + f'  {views}')
     else:
       plot_confusion(result['confusion_matrix'], labels_info.class_names,

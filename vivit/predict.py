@@ -78,9 +78,9 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   logits = np.asarray(average_views(logits[None]))[0]
   if not isinstance(names, dict):  # one head
     names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
-  heads = [(head, len(head_names)) for head, head_names in names.items()]
+  label_heads = [(head, len(head_names)) for head, head_names in names.items()]
   result = {}
-  for (head, part), head_names in zip(head_slices(heads), names.values()):
+  for (head, part), head_names in zip(head_slices(label_heads), names.values()):
     probabilities = np.asarray(jax.nn.softmax(logits[part]))
     result[head] = [(head_names[i], float(probabilities[i]))
                     for i in np.argsort(-probabilities)[:top]]

@@ -31,32 +31,32 @@ def mixup(rng, video, labels, alpha: float):
   return mix(video), mix(labels)
 
 
-def one_hot_labels(labels, num_classes: int, heads=None):
-  """`[batch]` labels -> `[batch, num_classes]`; with `heads` ((name, classes), ...),
-  `[batch, len(heads)]` labels -> the heads' one-hot blocks side by side."""
-  if heads is None:
+def one_hot_labels(labels, num_classes: int, label_heads=None):
+  """`[batch]` labels -> `[batch, num_classes]`; with `label_heads` ((name, classes),
+  ...), `[batch, len(label_heads)]` labels -> the heads' one-hot blocks side by side."""
+  if label_heads is None:
     return jax.nn.one_hot(labels, num_classes)
   return jnp.concatenate([jax.nn.one_hot(labels[:, i], size)
-                          for i, (_, size) in enumerate(heads)], axis=-1)
+                          for i, (_, size) in enumerate(label_heads)], axis=-1)
 
 
-def head_slices(heads):
+def head_slices(label_heads):
   """(name, slice of the logits) per head."""
-  starts = np.cumsum([0] + [size for _, size in heads])
+  starts = np.cumsum([0] + [size for _, size in label_heads])
   return [(name, slice(start, start + size))
-          for (name, size), start in zip(heads, starts)]
+          for (name, size), start in zip(label_heads, starts)]
 
 
-def loss_and_metrics(logits, targets, labels, heads=None):
-  """Softmax cross-entropy (summed over heads) and accuracy: `logits, targets
-  [batch, classes]`, `labels` as `one_hot_labels` takes them. With several heads,
+def loss_and_metrics(logits, targets, labels, label_heads=None):
+  """Softmax cross-entropy (summed over label heads) and accuracy: `logits, targets
+  [batch, classes]`, `labels` as `one_hot_labels` takes them. With several label heads,
   `accuracy` counts a clip right when every head is (Epic-Kitchens' action
   accuracy), and each head's accuracy is `<name>_accuracy`."""
-  if heads is None:
+  if label_heads is None:
     return (optax.softmax_cross_entropy(logits, targets).mean(),
             {'accuracy': jnp.mean(jnp.argmax(logits, -1) == labels)})
   loss, metrics, all_right = 0.0, {}, True
-  for i, (name, part) in enumerate(head_slices(heads)):
+  for i, (name, part) in enumerate(head_slices(label_heads)):
     loss += optax.softmax_cross_entropy(logits[:, part], targets[:, part]).mean()
     right = jnp.argmax(logits[:, part], -1) == labels[:, i]
     metrics[f'{name}_accuracy'] = jnp.mean(right)
@@ -67,26 +67,26 @@ def loss_and_metrics(logits, targets, labels, heads=None):
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimizer,
                training: ml_collections.ConfigDict, num_classes: int, seed: int,
-               heads=None):
+               label_heads=None):
   """One SGD step: `(state, batch) -> (state, metrics)`. Pure; RNG from the step.
-  `heads`: ((name, classes), ...) for a model with several classification heads."""
+  `label_heads`: ((name, classes), ...) for a model with several label heads."""
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
   mix_rng, dropout_rng = jax.random.split(rng)
-  video, targets = batch['video'], one_hot_labels(batch['label'], num_classes, heads)
+  video, targets = batch['video'], one_hot_labels(batch['label'], num_classes, label_heads)
   if training.label_smoothing:
-    if heads is None:
+    if label_heads is None:
       targets = optax.smooth_labels(targets, training.label_smoothing)
     else:  # each head's distribution smoothed over its own classes
       targets = jnp.concatenate(
           [optax.smooth_labels(targets[:, part], training.label_smoothing)
-           for _, part in head_slices(heads)], axis=-1)
+           for _, part in head_slices(label_heads)], axis=-1)
   if training.mixup:  # on pixel values, not on uint8 codes
     video = pixels_to_unit_range(video)
     video, targets = mixup(mix_rng, video, targets, training.mixup)
 
   def loss_fn(params, video, targets, labels, rng):
     logits = model.apply({'params': params}, video, train=True, rngs={'dropout': rng})
-    return loss_and_metrics(logits, targets, labels, heads)
+    return loss_and_metrics(logits, targets, labels, label_heads)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   group = training.grad_clip_group if training.grad_clip else None

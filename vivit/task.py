@@ -17,7 +17,7 @@ from vivit.recipes import base_config
 class Labels(NamedTuple):
   """What a model predicts: one or several label features (Epic-Kitchens: noun and
   verb), each with its class names. The model's output concatenates one block of
-  logits per feature, in this order (`heads`)."""
+  logits per feature, in this order (`label_heads`)."""
   keys: Tuple[str, ...]
   names: Tuple[Tuple[str, ...], ...]
 
@@ -26,7 +26,7 @@ class Labels(NamedTuple):
     return sum(len(names) for names in self.names)
 
   @property
-  def heads(self) -> Optional[Tuple[Tuple[str, int], ...]]:
+  def label_heads(self) -> Optional[Tuple[Tuple[str, int], ...]]:
     """((key, classes), ...) of a multi-head model; None for one label."""
     return (tuple((key, len(names)) for key, names in zip(self.keys, self.names))
             if len(self.keys) > 1 else None)
@@ -101,8 +101,8 @@ def sync_model_config(config: ml_collections.ConfigDict, labels: Labels) -> None
   if config.model.num_classes != labels.num_classes:
     raise DataError(f'model.num_classes={config.model.num_classes} but dataset '
                     f'{ds.name} has {labels.num_classes} classes'
-                    + (f' ({" + ".join(str(n) for _, n in labels.heads)})'
-                       if labels.heads else ''))
+                    + (f' ({" + ".join(str(n) for _, n in labels.label_heads)})'
+                       if labels.label_heads else ''))
 
 
 def open_dataset(config: ml_collections.ConfigDict, *splits: str):

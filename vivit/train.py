@@ -221,7 +221,7 @@ def _validate(writer, logits_fn, params, config, labels, mesh, step) -> float:
   writer.write(step, 'validation', evaluate.scalar_metrics(result))
   if writer.active:
     heads = ''.join(f" | {name} {result[name + '_top1']:.4f}"
-                    for name, _ in labels.heads or ())
+                    for name, _ in labels.label_heads or ())
     print(f"step {step} | validation top-1 {result['top1']:.4f}{heads} "
           f"({result['num_videos']} videos)", flush=True)
   return result['top1']
@@ -267,7 +267,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, model=model, optimizer=optimizer, training=training,
                               num_classes=labels.num_classes, seed=config.seed,
-                              heads=labels.heads),
+                              label_heads=labels.label_heads),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   logits_fn = evaluate.make_logits_fn(model, mesh)
