@@ -71,8 +71,7 @@ def save_class_names(path: epath.PathLike, class_names) -> None:
 
 
 def load_class_names(path: epath.PathLike):
-  """The class names saved with a checkpoint or workdir (see
-  `save_class_names`), or None."""
+  """The class names saved with a checkpoint or workdir (`save_class_names`), or None."""
   name_file = epath.Path(path) / 'class_names.json'
   if not name_file.exists():
     return None
@@ -93,8 +92,7 @@ def save_params(path: epath.PathLike, model_config: ml_collections.ConfigDict,
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path / 'params', params, force=True)
     checkpointer.wait_until_finished()
-  _write_atomically(path / 'model_config.json',
-                    model_config_to_json(model_config))
+  _write_atomically(path / 'model_config.json', model_config_to_json(model_config))
   if class_names is not None:
     save_class_names(path, class_names)
 
@@ -114,7 +112,7 @@ def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params
   config = load_model_config(path)
   if config is None:
     raise MissingError(f'{path} is not a vivit-jax checkpoint (no model_config.json;'
-                            f' expected a params directory or a training workdir)')
+                       f' expected a params directory or a training workdir)')
   if (path / 'params').is_dir():
     with ocp.StandardCheckpointer() as checkpointer:
       params = checkpointer.restore(path / 'params')
