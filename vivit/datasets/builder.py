@@ -94,41 +94,37 @@ def _write_atomic(path: str, data: bytes) -> None:
   os.replace(partial, path)
 
 
-def decode_entry(entry: Entry, resample: decode.Resample, threads: bool = False) -> dict:
-  """{'frames', 'fps'} of the entry, or {'error': reason}: nothing a video file can
-  contain stops preparation."""
+def decode_entry(entry: Entry, resample: decode.Resample, work_dir: str,
+                 threads: bool = False) -> Optional[dict]:
+  """{'frames', 'fps'} of the entry, or None once the reason it failed is saved in
+  `work_dir` for the report: nothing a video file can contain stops preparation."""
   try:
     clip = entry.read(resample, threads=threads)
   except VideoError as e:
-    return {'error': str(e)}
+    reason = str(e)
   except Exception as e:  # pylint: disable=broad-except
-    return {'error': f'{type(e).__name__}: {" ".join(str(e).split())}'}
-  return {'frames': clip.frames, 'fps': clip.fps}
-
-
-def _save_failure(work_dir: str, entry: Entry, reason: str) -> None:
+    reason = f'{type(e).__name__}: {" ".join(str(e).split())}'
+  else:
+    return {'frames': clip.frames, 'fps': clip.fps}
   failure = {'split': entry.split, 'id': entry.key, 'path': entry.path, 'reason': reason}
   _write_atomic(_work_file(work_dir, entry, '.error.json'), json.dumps(failure).encode())
+  return None
 
 
 def _decode_to_work_file(entry: Entry, resample: decode.Resample, work_dir: str,
                          threads: bool) -> bool:
   """Worker process: decodes one entry into its work file; False if it failed."""
-  record = decode_entry(entry, resample, threads)
-  if 'error' in record:
-    _save_failure(work_dir, entry, record['error'])
-    return False
-  _write_atomic(_work_file(work_dir, entry), pickle.dumps(record, pickle.HIGHEST_PROTOCOL))
-  return True
+  record = decode_entry(entry, resample, work_dir, threads)
+  if record is not None:
+    _write_atomic(_work_file(work_dir, entry), pickle.dumps(record, pickle.HIGHEST_PROTOCOL))
+  return record is not None
 
 
 def _beam_examples(entry: Entry, resample: decode.Resample, work_dir: str):
   """Beam: decode one entry; a bad video leaves a failure file for the report."""
-  record = decode_entry(entry, resample)
-  if 'error' in record:
-    _save_failure(work_dir, entry, record['error'])
-    return
-  yield entry.key, _example(entry, record)
+  record = decode_entry(entry, resample, work_dir)
+  if record is not None:
+    yield entry.key, _example(entry, record)
 
 
 class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -238,8 +234,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     bar = tqdm(total=len(pending), desc=f'{self.name}: decoding', unit='video',
                disable=not self._progress or not pending, file=sys.stderr, smoothing=0.05)
     failures = 0
-    with contextlib.ExitStack() as stack:
-      stack.enter_context(bar)
+    with bar, contextlib.ExitStack() as stack:
       if self._workers == 1:
         results = map(decode_one, pending)
       else:
@@ -283,9 +278,6 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         with open(path) as f:
           skipped.append(json.load(f))
     return skipped
-
-  def remove_work_dir(self) -> None:
-    shutil.rmtree(self.work_dir, ignore_errors=True)
 
   def remove_incomplete(self) -> None:
     """Deletes what a killed run's TFDS writer left (`incomplete.*` directories)."""
@@ -369,5 +361,5 @@ def prepare_dataset(builder_cls: type, *, data_dir: str, videos: str,
   with open(builder.report_path, 'w') as f:
     json.dump(report, f, indent=1)
   if not keep_work:
-    builder.remove_work_dir()
+    shutil.rmtree(builder.work_dir, ignore_errors=True)
   return builder, report

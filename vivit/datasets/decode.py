@@ -210,9 +210,8 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
           frames = resample(selected(again, seek=False), rate, resample_to.fps, to_rgb)
     except av.error.FFmpegError as e:
       raise VideoError(f'decoding failed: {_reason(e)}') from None
-    expected_end = stop if stop is not None else declared
-    if declared is not None and expected_end is not None:
-      expected_end = min(expected_end, declared)
+    if declared is not None:
+      expected_end = declared if stop is None else min(stop, declared)
       decoded_end = last_time[0] + 1.0 / rate
       length = expected_end - (start or 0.0)
       if decoded_end < expected_end - max(TRUNCATION_TOLERANCE_S, 0.1 * length):

@@ -40,10 +40,6 @@ def split_of(file_name: str) -> Optional[str]:
   return splits.pop() if len(splits) == 1 else None
 
 
-def clip_name(youtube_id: str, start: int, end: int) -> str:
-  return f'{youtube_id}_{start:06d}_{end:06d}'
-
-
 def read_kinetics(videos: str, annotations: str
                   ) -> Tuple[List[Entry], Dict[str, List[str]]]:
   csvs: Dict[str, str] = {}
@@ -83,7 +79,7 @@ def read_kinetics(videos: str, annotations: str
       except ValueError:
         raise AnnotationError(f'{where}: time_start/time_end are not numbers: '
                               f'{row["time_start"]!r}, {row["time_end"]!r}') from None
-      name = clip_name(row['youtube_id'], start, end)
+      name = f'{row["youtube_id"]}_{start:06d}_{end:06d}'
       labels = (('label', row['label']),)
       if name in found or row['youtube_id'] not in found:
         entries.append(Entry(name, split, labels, found.get(name)))

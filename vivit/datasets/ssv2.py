@@ -16,7 +16,6 @@ from vivit.errors import AnnotationError
 from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, index_files
 
 PREFIX = 'something-something-v2-'
-SPLITS = {'train': 'train', 'validation': 'validation'}
 
 
 def _load_json(path):
@@ -41,8 +40,8 @@ def read_ssv2(videos, annotations):
   class_names = [by_index[i] for i in range(len(by_index))]
   found = index_files(videos, VIDEO_EXTENSIONS)
   entries = []
-  for file_split, split in SPLITS.items():
-    path = os.path.join(annotations, f'{PREFIX}{file_split}.json')
+  for split in ('train', 'validation'):
+    path = os.path.join(annotations, f'{PREFIX}{split}.json')
     for number, item in enumerate(_load_json(path), 1):
       where = f'{path}: entry {number}'
       if not isinstance(item, dict) or 'id' not in item or 'template' not in item:

@@ -47,28 +47,21 @@ def _trajectory(label, rng):
   opacity = np.ones(NUM_FRAMES)
   name = CLASS_NAMES[label]
   centre = np.tile(rng.uniform(10, SIZE - 10, 2), (NUM_FRAMES, 1))
-  if name.startswith('move'):
+  if name.startswith('move'):  # right or left, down or up, down-right or up-left
     radius = np.full(NUM_FRAMES, rng.uniform(4, 5.5))
-    direction = {'move_right': (0, 1), 'move_left': (0, 1), 'move_down': (1, 0),
-                 'move_up': (1, 0), 'move_down_right': (0.7, 0.7),
-                 'move_up_left': (0.7, 0.7)}[name]
+    direction = ((0, 1), (1, 0), (0.7, 0.7))[label // 2]
     travel = rng.uniform(1.0, 1.3) * (NUM_FRAMES - 1)
     # Start anywhere that keeps the whole path inside the frame.
-    low = np.full(2, radius[0])
-    high = SIZE - radius[0] - travel * np.array(direction)
-    start = rng.uniform(low, high)
+    start = rng.uniform(np.full(2, radius[0]),
+                        SIZE - radius[0] - travel * np.array(direction))
     centre = start + np.outer(t / (NUM_FRAMES - 1) * travel, direction)
-    if name in ('move_left', 'move_up', 'move_up_left'):
-      centre = centre[::-1]
   elif name in ('grow', 'shrink'):
     radius = np.linspace(rng.uniform(2.5, 4), rng.uniform(9, 10), NUM_FRAMES)
-    if name == 'shrink':
-      radius = radius[::-1]
   else:  # appear: fades in over a random window; vanish: the reverse
     start = rng.uniform(0, 5)
     opacity = np.clip((t - start) / rng.uniform(6, 10), 0, 1)
-    if name == 'vanish':
-      opacity = opacity[::-1]
+  if label % 2:  # the partner of the class before, played backwards
+    centre, radius, opacity = centre[::-1], radius[::-1], opacity[::-1]
   return centre, radius, opacity
 
 

@@ -12,7 +12,7 @@ from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder,
 HEADER = ['path', 'label', 'split']
 
 
-def read_listing(videos, csv_path):
+def read_listing(csv_path):
   rows = []
   for line, row in read_csv(csv_path, (), header=False):
     row = [v.strip() for v in row]
@@ -44,13 +44,11 @@ def read_tree(videos):
 
 
 def read_folder(videos, annotations):
-  rows = read_listing(videos, annotations) if annotations else read_tree(videos)
-  class_names = sorted({label for _, label, _ in rows})
-  entries = []
-  for path, label, split in rows:
-    full = path if os.path.isabs(path) else os.path.join(videos, path)
-    entries.append(Entry(path, split, (('label', label),), full))
-  return entries, {'label': class_names}
+  rows = read_listing(annotations) if annotations else read_tree(videos)
+  entries = [Entry(path, split, (('label', label),),
+                   path if os.path.isabs(path) else os.path.join(videos, path))
+             for path, label, split in rows]
+  return entries, {'label': sorted({label for _, label, _ in rows})}
 
 
 class VideoFolder(VideoDatasetBuilder):

@@ -68,7 +68,8 @@ class DmvrSource(Source):
     self._every = files(pattern, split)
     hosts = jax.process_count()
     self._shares = [tuple(self._every[h::hosts]) for h in range(hosts)]
-    if not self._shares[jax.process_index()]:
+    self._own = self._shares[jax.process_index()]
+    if not self._own:
       raise DataError(f'{len(self._every)} files of split {split} cannot be shared '
                       f'between {hosts} hosts')
     self.split, self._shuffle_buffer, self.label_keys = split, shuffle_buffer, label_keys
@@ -99,9 +100,8 @@ class DmvrSource(Source):
     """Epoch `e` is the first `steps_per_epoch * host batch` records of this host's
     files, interleaved and shuffled through the buffer with a seed of (seed, host,
     e); a resumed run skips the records of the current epoch before `start_step`."""
-    own = self._shares[jax.process_index()]
     first_row, batch_size = host_rows(global_batch)
-    steps_per_epoch = _count(own) // batch_size
+    steps_per_epoch = _count(self._own) // batch_size
     counts = [_count(share) for share in self._shares]  # every host refuses alike
     if min(counts) < batch_size:
       host = int(np.argmin(counts))
@@ -110,12 +110,12 @@ class DmvrSource(Source):
           f'{len(self._shares[host])} of the {len(self._every)} files, fewer than its '
           f'{batch_size} rows of a batch: rewrite the split in more, evenly filled files')
     first_epoch, skip = divmod(start_step, steps_per_epoch)
-    files = tf.data.Dataset.from_tensor_slices(list(own))
+    files = tf.data.Dataset.from_tensor_slices(list(self._own))
     seed = stream_seed(seed) + jax.process_index()
 
     def epoch_records(epoch):
       records = files.interleave(tf.data.TFRecordDataset,
-                                 cycle_length=min(len(own), 16),
+                                 cycle_length=min(len(self._own), 16),
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       return (records.shuffle(self._shuffle_buffer, seed=seed * 100_003 + epoch)
               .take(steps_per_epoch * batch_size))
@@ -131,12 +131,11 @@ class DmvrSource(Source):
   def eval_stream(self, global_batch: int) -> Stream:
     """File after file, then padding (the split's first record; a host whose files
     are empty pads only) up to the number of batches the largest host share needs."""
-    own = self._shares[jax.process_index()]
     rows = host_rows(global_batch)[1]
     largest_share = max(_count(share) for share in self._shares)  # counted once, cached
     total = -(-largest_share // rows) * rows
-    records = tf.data.TFRecordDataset(list(own))
-    indices = tf.data.Dataset.range(_count(own)).concatenate(
+    records = tf.data.TFRecordDataset(list(self._own))
+    indices = tf.data.Dataset.range(_count(self._own)).concatenate(
         tf.data.Dataset.from_tensors(tf.constant(-1, tf.int64)).repeat())
     padded = records.concatenate(tf.data.TFRecordDataset(self._every).take(1).repeat())
     return Stream(tf.data.Dataset.zip(indices, padded).take(total))

@@ -31,9 +31,7 @@ def open_source(dataset_config: ml_collections.ConfigDict, split: str) -> source
 def optional_tuple(value) -> Optional[tuple]:
   """A tuple config field that may be unset: None, `()` and `(None,)` (what
   `--config.x=None` makes of a tuple field) are all unset."""
-  if not value or tuple(value) == (None,):
-    return None
-  return tuple(value)
+  return None if not value or tuple(value) == (None,) else tuple(value)
 
 
 def _shuffle_time(video, seed, axis: int):
@@ -81,14 +79,12 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       flip=dataset_config.flip, colour_probability=dataset_config.colour_augment,
       colour_drop=dataset_config.colour_drop,
       randaugment=optional_tuple(dataset_config.randaugment))
-  shuffle_frames = dataset_config.shuffle_frames
-  augment_seed = sources.stream_seed(seed)
 
   def augment(position, serialized):
     video, label = source.parse(serialized)
-    example_seed = tf.stack([tf.constant(augment_seed, tf.int64), position])
+    example_seed = tf.stack([tf.constant(sources.stream_seed(seed), tf.int64), position])
     video = view(video, seed=example_seed)
-    if shuffle_frames:
+    if dataset_config.shuffle_frames:
       video = _shuffle_time(video, example_seed, axis=0)
     return {'video': video, 'label': tf.cast(label, tf.int32)}
 
@@ -106,12 +102,11 @@ def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_si
       transforms.test_views, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, num_clips=num_clips, num_crops=num_crops)
-  shuffle_frames = dataset_config.shuffle_frames
 
   def prepare(index, serialized):
     video, label = source.parse(serialized)
     video = views(video)
-    if shuffle_frames:
+    if dataset_config.shuffle_frames:
       video = _shuffle_time(video, tf.stack([tf.constant(-1, tf.int64), index]), axis=1)
     return {'video': video, 'label': tf.cast(label, tf.int32),
             'mask': tf.cast(index >= 0, tf.float32)}

@@ -174,11 +174,10 @@ class TfdsSource(Source):
     past the end repeat the last example (index -1)."""
     count = self.num_examples
     first_row, rows = host_rows(global_batch)
-    batches = -(-count // global_batch)
+    total = -(-count // global_batch) * rows  # this host's rows of every batch
 
     def example_index(local):
       index = (local // rows) * global_batch + first_row + local % rows
       return tf.where(index < count, index, -1), tf.minimum(index, count - 1)
 
-    positions = tf.data.Dataset.range(batches * rows).map(example_index)
-    return self._read(positions, batches * rows)
+    return self._read(tf.data.Dataset.range(total).map(example_index), total)
