@@ -113,6 +113,8 @@ def colour_augment(video, probability: float, drop_probability: float, seed):
   with `probability`, brightness +-32/255, saturation and contrast x U(0.6, 1.4) and
   hue +-0.2 (in that order, then clipped to [0, 1]); then, with `drop_probability`,
   grey (colour drop)."""
+  if probability <= 0 and drop_probability <= 0:
+    return video
   apply_seed, drop_seed, b_seed, s_seed, c_seed, h_seed = split_seed(seed, 6)
 
   def jitter():
