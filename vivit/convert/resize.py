@@ -63,18 +63,14 @@ def resize_params(params: Params, from_config: ml_collections.ConfigDict,
                       'differ in ' + ', '.join(f'model.{k}' for k in differing))
   check_params(from_config, params)
   params = jax.tree_util.tree_map(np.array, params)
-  (slots, height, width), (new_slots, new_height, new_width) = (token_grid(from_config),
-                                                                token_grid(to_config))
+  grid, new_grid = token_grid(from_config), token_grid(to_config)
+  # Each encoder's axes of the (time, height, width) token grid.
+  axes = {'Transformer': slice(0, 3)}
   if variants.get(from_config.variant).per_frame:
-    spatial = params['SpatialTransformer']['posembed_input']
-    spatial['pos_embedding'] = resize_position_embedding(
-        spatial['pos_embedding'], (height, width), (new_height, new_width))
-    temporal = params['TemporalTransformer']['posembed_input']
-    temporal['pos_embedding'] = resize_position_embedding(
-        temporal['pos_embedding'], (slots,), (new_slots,))
-  else:
-    posemb = params['Transformer']['posembed_input']
+    axes = {'SpatialTransformer': slice(1, 3), 'TemporalTransformer': slice(0, 1)}
+  for encoder, axis in axes.items():
+    posemb = params[encoder]['posembed_input']
     posemb['pos_embedding'] = resize_position_embedding(
-        posemb['pos_embedding'], (slots, height, width), (new_slots, new_height, new_width))
+        posemb['pos_embedding'], grid[axis], new_grid[axis])
   check_params(to_config, params)
   return params

@@ -21,7 +21,6 @@ SCENIC_VARIANTS = {variant.scenic_name: variant.name for variant in variants.VAR
 SCENIC_KERNEL_INITS = {
     'central_frame_initializer': 'central_frame',
     'average_frame_initializer': 'average_frame',
-    None: 'lecun_normal',
 }
 # Scenic's crop when a checkpoint's input size is neither given nor in its config.
 DEFAULT_CROP = 224
@@ -101,8 +100,9 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
                              input_size: Sequence[int]) -> ml_collections.ConfigDict:
   """Translates scenic's `config.model` into a vivit-jax model config."""
   check_scenic_fields(scenic_config)
-  attention_type = scenic_config.get('attention_config', {}).get(
-      'type', variants.get(variants.SPATIO_TEMPORAL).scenic_name)
+  attention = scenic_config.get('attention_config', {})
+  attention_type = attention.get('type',
+                                 variants.get(variants.SPATIO_TEMPORAL).scenic_name)
   if attention_type not in SCENIC_VARIANTS:
     raise ValueError(f'unknown scenic attention_config.type {attention_type!r}; '
                      f'expected one of {", ".join(SCENIC_VARIANTS)}')
@@ -124,18 +124,14 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
   else:
     raise ValueError(f'unknown temporal_encoding_config.method {encoding.method!r}')
   config.hidden_size = scenic_config.hidden_size
-  body = scenic_config
+  sizes, body = ('num_layers', 'num_heads', 'mlp_dim'), scenic_config
   if variants.get(config.variant).per_frame:
     body = scenic_config.spatial_transformer
-    temporal = scenic_config.temporal_transformer
-    config.temporal.update(num_layers=temporal.num_layers, num_heads=temporal.num_heads,
-                           mlp_dim=temporal.mlp_dim)
-  config.num_layers, config.num_heads = body.num_layers, body.num_heads
-  config.mlp_dim = body.mlp_dim
+    config.temporal.update({k: scenic_config.temporal_transformer[k] for k in sizes})
+  config.update({k: body[k] for k in sizes})
   config.classifier = scenic_config.classifier
   config.representation_size = scenic_config.get('representation_size')
-  config.attention_order = scenic_config.get('attention_config', {}).get(
-      'attention_order', 'time_space')
+  config.attention_order = attention.get('attention_order', 'time_space')
   config.dropout_rate = scenic_config.get('dropout_rate', 0.0)
   config.attention_dropout_rate = scenic_config.get('attention_dropout_rate', 0.0)
   config.stochastic_depth = scenic_config.get('stochastic_droplayer_rate', 0.0)
@@ -200,14 +196,14 @@ def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
       trained_input_size = (scenic_data['num_frames'], crop, crop)
     scenic_model_config = scenic_model_config.model
   params = read_scenic_params(path)
+  head = params.get('output_projection')
   if num_classes is None:
-    if 'output_projection' not in params:
+    if head is None:
       raise ValueError(f'{path}: no output_projection; pass num_classes')
-    num_classes = params['output_projection']['kernel'].shape[-1]
-  width = params.get('output_projection', {}).get('kernel', np.zeros((0, 0))).shape[-1]
-  if num_classes != width and 'output_projection' in params:
+    num_classes = head['kernel'].shape[-1]
+  if head is not None and num_classes != head['kernel'].shape[-1]:
     # A new label set: a fresh head, zero-initialised as scenic's.
-    hidden = params['output_projection']['kernel'].shape[0]
+    hidden = head['kernel'].shape[0]
     params['output_projection'] = {'kernel': np.zeros((hidden, num_classes), np.float32),
                                    'bias': np.zeros((num_classes,), np.float32)}
   config = model_config_from_scenic(scenic_model_config, num_classes,

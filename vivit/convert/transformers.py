@@ -35,40 +35,36 @@ def from_hf_pixel_values(pixel_values: np.ndarray) -> np.ndarray:
   return np.transpose(pixel_values, (0, 1, 3, 4, 2))
 
 
+def _weight_and_bias(hub: str, ours: str, kind: str, weight: str = 'kernel',
+                     bias_kind: str = 'copy'):
+  return [(hub + '.weight', f'{ours}/{weight}', kind),
+          (hub + '.bias', ours + '/bias', bias_kind)]
+
+
 def hub_names(num_layers: int, has_classifier: bool, has_pooler: bool):
   """(hub name, our '/'-joined path, kind) for every tensor, kind saying how the
   layouts differ (`TO_OURS`, `TO_HF`)."""
-  names = [
-      ('embeddings.patch_embeddings.projection.weight', 'embedding/kernel', 'conv'),
-      ('embeddings.patch_embeddings.projection.bias', 'embedding/bias', 'copy'),
-      ('embeddings.cls_token', 'cls', 'copy'),
-      ('embeddings.position_embeddings', 'Transformer/posembed_input/pos_embedding',
-       'copy'),
-      ('layernorm.weight', 'Transformer/encoder_norm/scale', 'copy'),
-      ('layernorm.bias', 'Transformer/encoder_norm/bias', 'copy'),
-  ]
+  names = _weight_and_bias('embeddings.patch_embeddings.projection', 'embedding', 'conv')
+  names += [('embeddings.cls_token', 'cls', 'copy'),
+            ('embeddings.position_embeddings', 'Transformer/posembed_input/pos_embedding',
+             'copy')]
+  names += _weight_and_bias('layernorm', 'Transformer/encoder_norm', 'copy', 'scale')
   for i in range(num_layers):
     hub, ours = f'encoder.layer.{i}.', f'Transformer/encoderblock_{i}/'
-    attn = ours + 'MultiHeadDotProductAttention_0/'
+    attn, mlp = ours + 'MultiHeadDotProductAttention_0/', ours + 'MlpBlock_0/'
     for hub_ln, our_ln in (('layernorm_before', 'LayerNorm_0'),
                            ('layernorm_after', 'LayerNorm_1')):
-      names += [(hub + hub_ln + '.weight', ours + our_ln + '/scale', 'copy'),
-                (hub + hub_ln + '.bias', ours + our_ln + '/bias', 'copy')]
+      names += _weight_and_bias(hub + hub_ln, ours + our_ln, 'copy', 'scale')
     for proj in ('query', 'key', 'value'):
-      names += [(f'{hub}attention.attention.{proj}.weight', f'{attn}{proj}/kernel', 'qkv'),
-                (f'{hub}attention.attention.{proj}.bias', f'{attn}{proj}/bias', 'qkv_bias')]
-    names += [(hub + 'attention.output.dense.weight', attn + 'out/kernel', 'out'),
-              (hub + 'attention.output.dense.bias', attn + 'out/bias', 'copy'),
-              (hub + 'intermediate.dense.weight', ours + 'MlpBlock_0/Dense_0/kernel', 'dense'),
-              (hub + 'intermediate.dense.bias', ours + 'MlpBlock_0/Dense_0/bias', 'copy'),
-              (hub + 'output.dense.weight', ours + 'MlpBlock_0/Dense_1/kernel', 'dense'),
-              (hub + 'output.dense.bias', ours + 'MlpBlock_0/Dense_1/bias', 'copy')]
+      names += _weight_and_bias(f'{hub}attention.attention.{proj}', attn + proj, 'qkv',
+                                bias_kind='qkv_bias')
+    names += _weight_and_bias(hub + 'attention.output.dense', attn + 'out', 'out')
+    names += _weight_and_bias(hub + 'intermediate.dense', mlp + 'Dense_0', 'dense')
+    names += _weight_and_bias(hub + 'output.dense', mlp + 'Dense_1', 'dense')
   if has_pooler:
-    names += [('pooler.dense.weight', 'pre_logits/kernel', 'dense'),
-              ('pooler.dense.bias', 'pre_logits/bias', 'copy')]
+    names += _weight_and_bias('pooler.dense', 'pre_logits', 'dense')
   if has_classifier:
-    names += [('classifier.weight', 'output_projection/kernel', 'dense'),
-              ('classifier.bias', 'output_projection/bias', 'copy')]
+    names += _weight_and_bias('classifier', 'output_projection', 'dense')
   return names
 
 

@@ -51,12 +51,6 @@ FSA_BLOCK = {'LayerNorm_0': 'LayerNorm_space',
              'LayerNorm_1': 'LayerNorm_mlp', 'MlpBlock_0': 'MlpBlock'}
 
 
-def _read_npz(path: str) -> Dict[str, np.ndarray]:
-  with np.load(path) as npz:
-    return {renamed(name, NPZ_RENAMES): np.asarray(npz[name], np.float32)
-            for name in npz.files}
-
-
 def _read_hf(path: str) -> Dict[str, np.ndarray]:
   with open(os.path.join(path, 'config.json')) as f:
     hf = json.load(f)
@@ -68,11 +62,10 @@ def _read_hf(path: str) -> Dict[str, np.ndarray]:
   for hub, ours, kind in names:
     if hub not in tensors:
       raise CheckpointError(f'{path}: no tensor {hub} in the HuggingFace ViT weights')
-    tensor = tensors[hub]
     if kind == 'conv':  # a 2-D patch kernel [D, 3, p, p] -> [p, p, 3, D]
-      flat[ours] = tensor.transpose(2, 3, 1, 0)
+      flat[ours] = tensors[hub].transpose(2, 3, 1, 0)
     else:
-      flat[ours] = TO_OURS[kind](tensor, hf['num_attention_heads'])
+      flat[ours] = TO_OURS[kind](tensors[hub], hf['num_attention_heads'])
   return flat
 
 
@@ -85,7 +78,9 @@ def read_vit(path: str) -> Params:
       raise MissingError(f'{path} is a directory without a HuggingFace config.json')
     return flax.traverse_util.unflatten_dict(_read_hf(path), sep='/')
   try:
-    flat = _read_npz(path)
+    with np.load(path) as npz:
+      flat = {renamed(name, NPZ_RENAMES): np.asarray(npz[name], np.float32)
+              for name in npz.files}
   except Exception as e:  # pylint: disable=broad-except  (numpy's errors vary)
     raise CheckpointError(f'{path} is neither an .npz ViT checkpoint nor a HuggingFace '
                           f'directory ({type(e).__name__}: {e})') from None
@@ -197,10 +192,8 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
       for ours, theirs in FSA_BLOCK.items():
         put_tree(block, theirs, source[ours], f'{where}/{theirs}')
       if temporal_attention_init == 'copy':
-        put_tree(block, 'LayerNorm_time', source['LayerNorm_0'], f'{where}/LayerNorm_time')
-        put_tree(block, 'MultiHeadDotProductAttention_time',
-                 source['MultiHeadDotProductAttention_0'],
-                 f'{where}/MultiHeadDotProductAttention_time')
+        for name in ('LayerNorm', 'MultiHeadDotProductAttention'):
+          put_tree(block, f'{name}_time', source[f'{name}_0'], f'{where}/{name}_time')
       else:
         attention = block['MultiHeadDotProductAttention_time']
         attention['out'] = jax.tree_util.tree_map(np.zeros_like, attention['out'])

@@ -67,8 +67,7 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
     return fused.fused_attention(query, key, value)
   if implementation == 'blocked':
     heads_first = lambda x: x.transpose(0, 2, 1, 3)
-    out = blocked_attention(heads_first(query), heads_first(key), heads_first(value),
-                            KEY_BLOCK)
+    out = blocked_attention(*map(heads_first, (query, key, value)), KEY_BLOCK)
     return heads_first(out)
   return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
 
@@ -204,16 +203,12 @@ def factorised_attend(query, key, value, grid: Tuple[int, int], *,
   def over_space(x):  # [b, t*s, h/2, d] -> [b*t, s, h/2, d]
     return x.reshape(batch * time, space, half, depth)
 
-  q_t, q_s = jnp.split(query, 2, axis=2)
-  k_t, k_s = jnp.split(key, 2, axis=2)
-  v_t, v_s = jnp.split(value, 2, axis=2)
+  # (query, key, value) of the first and of the second half of the heads.
+  first, second = zip(*(jnp.split(x, 2, axis=2) for x in (query, key, value)))
   rngs = [None, None] if dropout_rng is None else list(jax.random.split(dropout_rng))
-  out_t = attend(over_time(q_t), over_time(k_t), over_time(v_t), dropout_rate=dropout_rate,
-                 dropout_rng=rngs[0], implementation=implementation)
+  options = dict(dropout_rate=dropout_rate, implementation=implementation)
+  out_t = attend(*map(over_time, first), dropout_rng=rngs[0], **options)
+  out_s = attend(*map(over_space, second), dropout_rng=rngs[1], **options)
   out_t = out_t.reshape(batch, space, time, half, depth).transpose(0, 2, 1, 3, 4)
-  out_s = attend(over_space(q_s), over_space(k_s), over_space(v_s),
-                 dropout_rate=dropout_rate, dropout_rng=rngs[1],
-                 implementation=implementation)
-  out_t = out_t.reshape(batch, time * space, half, depth)
-  out_s = out_s.reshape(batch, time * space, half, depth)
-  return jnp.concatenate([out_t, out_s], axis=2)
+  return jnp.concatenate([out_t.reshape(batch, time * space, half, depth),
+                          out_s.reshape(batch, time * space, half, depth)], axis=2)

@@ -64,8 +64,7 @@ class FactorisedSelfAttentionBlock(Block):
     config, dtype = self.config, jnp.dtype(self.config.dtype)
     rate = self.droplayer_rate if config.fsa_stochastic_depth else 0.0
     batch, tokens, hidden = inputs.shape
-    time = self.time_steps
-    space = tokens // time
+    time, space = self.time_steps, tokens // self.time_steps
     if config.attention_order not in ('time_space', 'space_time'):
       raise ConfigError(f"attention_order must be 'time_space' or 'space_time', "
                         f'got {config.attention_order!r}')

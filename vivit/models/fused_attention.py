@@ -119,15 +119,14 @@ def _partitioned(call, rule, outputs):
   operand of the opaque FFI call onto each device."""
   wrapped = custom_partitioning(call)
 
-  def partition(mesh, arg_shapes, result_shape):
-    rows, statistics = _batch_and_heads(mesh, arg_shapes[0].sharding)
-    arguments = tuple(statistics if len(a.shape) == 3 else rows for a in arg_shapes)
-    results = tuple(rows if kind == 'rows' else statistics for kind in outputs)
-    return mesh, call, results, arguments
-
   def infer(mesh, arg_shapes, result_shape):
     rows, statistics = _batch_and_heads(mesh, arg_shapes[0].sharding)
     return tuple(rows if kind == 'rows' else statistics for kind in outputs)
+
+  def partition(mesh, arg_shapes, result_shape):
+    rows, statistics = _batch_and_heads(mesh, arg_shapes[0].sharding)
+    arguments = tuple(statistics if len(a.shape) == 3 else rows for a in arg_shapes)
+    return mesh, call, infer(mesh, arg_shapes, result_shape), arguments
 
   wrapped.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
                         need_replication_factors=('n', 'd'))

@@ -41,10 +41,11 @@ class SelfAttention(nn.Module):
       raise ConfigError(
           f'hidden size {hidden} is not divisible by num_heads {self.num_heads}')
     head_dim = hidden // self.num_heads
-    dense = lambda name: nn.DenseGeneral(
-        (self.num_heads, head_dim), axis=-1, dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform(), name=name)
-    query, key, value = dense('query')(x), dense('key')(x), dense('value')(x)
+    dense = lambda features, axis, name: nn.DenseGeneral(
+        features, axis=axis, dtype=self.dtype, name=name,
+        kernel_init=nn.initializers.xavier_uniform())
+    query, key, value = (dense((self.num_heads, head_dim), -1, name)(x)
+                         for name in ('query', 'key', 'value'))
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0:
       dropout_rng = self.make_rng('dropout')
@@ -54,9 +55,7 @@ class SelfAttention(nn.Module):
       out = attend(query, key, value, **kwargs)
     else:
       out = factorised_attend(query, key, value, self.factorised_grid, **kwargs)
-    return nn.DenseGeneral(
-        hidden, axis=(-2, -1), dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform(), name='out')(out)
+    return dense(hidden, (-2, -1), 'out')(out)
 
 
 class LayerNorm(nn.LayerNorm):

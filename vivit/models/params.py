@@ -12,14 +12,10 @@ from vivit.models.vivit import build_model
 Params = Dict[str, Any]
 
 
-def dummy_video(config: ml_collections.ConfigDict, batch: int = 1):
-  """Zeros `[batch, time, height, width, 3]` of `config.input_size`."""
-  return jnp.zeros((batch, *config.input_size, 3), jnp.float32)
-
-
 def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> Params:
   """Fresh float32 params for `config.input_size` videos."""
-  return build_model(config).init(rng, dummy_video(config), train=False)['params']
+  video = jnp.zeros((1, *config.input_size, 3), jnp.float32)
+  return build_model(config).init(rng, video, train=False)['params']
 
 
 def param_shapes(config: ml_collections.ConfigDict) -> Params:

@@ -205,16 +205,12 @@ class FactorisedEncoderViViT(VideoTransformer):
 
 def validate_model_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the offending field for configs no model can build."""
-  def choice(field, options):
+  for field, options in (('variant', variants.NAMES), ('embedding', EMBEDDINGS),
+                         ('classifier', CLASSIFIERS), ('tubelet_init', TUBELET_INITS),
+                         ('dtype', DTYPES), ('attention', ATTENTION_IMPLEMENTATIONS)):
     if config[field] not in options:
       raise ConfigError(f'unknown model.{field} {config[field]!r}; '
                         f'expected one of {", ".join(options)}')
-  choice('variant', variants.NAMES)
-  choice('embedding', EMBEDDINGS)
-  choice('classifier', CLASSIFIERS)
-  choice('tubelet_init', TUBELET_INITS)
-  choice('dtype', DTYPES)
-  choice('attention', ATTENTION_IMPLEMENTATIONS)
   variant = variants.get(config.variant)
   if config.classifier == 'token' and not variant.has_cls:
     without = ' and '.join(str(v.paper_model) for v in variants.VARIANTS if not v.has_cls)
