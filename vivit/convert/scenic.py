@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from vivit.convert.resize import resized
+from vivit.errors import CheckpointError, ConfigError, MissingError
 from vivit.models import check_params, default_model_config, variants
 
 Params = Dict[str, Any]
@@ -30,12 +31,12 @@ def latest_checkpoint_file(path: str) -> str:
   """`path` itself, or the highest-step `checkpoint_<step>` file in a directory."""
   if not os.path.isdir(path):
     if not os.path.exists(path):
-      raise FileNotFoundError(f'no scenic checkpoint at {path}')
+      raise MissingError(f'no scenic checkpoint at {path}')
     return path
   steps = [(int(m.group(1)), name) for name in os.listdir(path)
            if (m := re.fullmatch(r'checkpoint_(\d+)', name))]
   if not steps:
-    raise FileNotFoundError(f'{path} holds no checkpoint_<step> file')
+    raise MissingError(f'{path} holds no checkpoint_<step> file')
   return os.path.join(path, max(steps)[1])
 
 
@@ -48,8 +49,8 @@ def read_scenic_params(path: str) -> Params:
   elif 'params' in state:
     params = state['params']
   else:
-    raise ValueError(f'{path}: no params under optimizer/target or params '
-                     f'(top-level keys: {sorted(state)})')
+    raise CheckpointError(f'{path}: no params under optimizer/target or params '
+                          f'(top-level keys: {sorted(state)})')
   return _to_numpy(params)
 
 
@@ -92,8 +93,8 @@ def check_scenic_fields(scenic_config: ml_collections.ConfigDict) -> None:
         problems.append(f'{prefix}{key}={value!r} (supported: '
                         f'{", ".join(map(repr, fields[key]))})')
   if problems:
-    raise ValueError('the scenic config asks for what vivit-jax does not reproduce: ' +
-                     '; '.join(problems))
+    raise ConfigError('the scenic config asks for what vivit-jax does not reproduce: ' +
+                      '; '.join(problems))
 
 
 def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_classes: int,
@@ -104,8 +105,8 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
   attention_type = attention.get('type',
                                  variants.get(variants.SPATIO_TEMPORAL).scenic_name)
   if attention_type not in SCENIC_VARIANTS:
-    raise ValueError(f'unknown scenic attention_config.type {attention_type!r}; '
-                     f'expected one of {", ".join(SCENIC_VARIANTS)}')
+    raise ConfigError(f'unknown scenic attention_config.type {attention_type!r}; '
+                      f'expected one of {", ".join(SCENIC_VARIANTS)}')
   patch_h, patch_w, *patch_t = scenic_config.patches.size
   encoding = scenic_config.get('temporal_encoding_config',
                                ml_collections.ConfigDict({'method': '3d_conv'}))
@@ -117,12 +118,12 @@ def model_config_from_scenic(scenic_config: ml_collections.ConfigDict, num_class
     config.tubelet = (1, patch_h, patch_w)
   elif encoding.method == '3d_conv':
     if not patch_t:
-      raise ValueError('3d_conv encoding needs patches.size = (h, w, t)')
+      raise ConfigError('3d_conv encoding needs patches.size = (h, w, t)')
     config.tubelet = (patch_t[0], patch_h, patch_w)
     config.tubelet_init = SCENIC_KERNEL_INITS.get(encoding.get('kernel_init_method'),
                                                   'lecun_normal')
   else:
-    raise ValueError(f'unknown temporal_encoding_config.method {encoding.method!r}')
+    raise ConfigError(f'unknown temporal_encoding_config.method {encoding.method!r}')
   config.hidden_size = scenic_config.hidden_size
   sizes, body = ('num_layers', 'num_heads', 'mlp_dim'), scenic_config
   if variants.get(config.variant).per_frame:
@@ -199,7 +200,7 @@ def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
   head = params.get('output_projection')
   if num_classes is None:
     if head is None:
-      raise ValueError(f'{path}: no output_projection; pass num_classes')
+      raise CheckpointError(f'{path}: no output_projection; pass num_classes')
     num_classes = head['kernel'].shape[-1]
   if head is not None and num_classes != head['kernel'].shape[-1]:
     # A new label set: a fresh head, zero-initialised as scenic's.
@@ -211,9 +212,9 @@ def from_scenic(path: str, scenic_model_config: ml_collections.ConfigDict,
   if trained_input_size is None:
     guessed = _guess_input_size(params, config)
     if guessed is None:
-      raise ValueError(f'{path}: cannot infer the clip size the checkpoint was trained '
-                       f'on from its position embeddings; pass trained_input_size='
-                       f'(time, height, width)')
+      raise CheckpointError(f'{path}: cannot infer the clip size the checkpoint was '
+                            f'trained on from its position embeddings; pass '
+                            f'trained_input_size=(time, height, width)')
     config.input_size = guessed
   check_params(config, params)
   return resized(params, config, input_size)
