@@ -1,10 +1,6 @@
-"""Errors raised on purpose: each is a mistake the user can fix.
-
-The commands print a `UserError` as one line (`vivit.cli`); any other exception is
-a bug and keeps its traceback. The subclasses also derive from the built-in error
-that says what kind of mistake it is, so `except ValueError` still catches a bad
-config.
-"""
+"""Errors raised on purpose, each a mistake the user can fix: the commands print them
+as one line (`vivit.cli`), while any other exception is a bug and keeps its traceback.
+Each also derives from the built-in error of its kind (a bad config is a ValueError)."""
 
 
 class UserError(Exception):

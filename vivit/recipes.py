@@ -1,11 +1,9 @@
-"""Config files: loading them, and the one base config they all update.
+"""Config files: the one base config they all update, and loading them.
 
-`base_config()` holds every field a run reads, each with its one default: the
-paper's recipe (scenic's released ViViT configs) where the paper fixes it. Config
-files (`configs/`) update what they change: `paper_config(...)` the few fields that
-differ between the paper's rows, `configs/synthetic_motion.py` and
-`configs/finetune.py` their own. `load_config('configs/X.py:arg')` reads any config
-file outside the command line.
+`base_config()` holds every field a run reads, each with its one default (the paper's
+recipe, as scenic's released configs, where it fixes one). Config files update what
+they change: `paper_config(...)` the fields that differ between the paper's rows.
+`load_config('configs/X.py:arg')` reads a config file outside the command line.
 """
 import importlib.util
 from typing import Optional, Sequence
