@@ -1,4 +1,4 @@
-"""Plain-numpy ViViT, written from the paper and DESIGN.md, independent of
+"""Plain-numpy ViViT, written from the paper and scenic's layout, independent of
 `vivit.models`: explicit patch loops and per-sequence attention, one example at a
 time. Slow, for tiny test models only."""
 import numpy as np

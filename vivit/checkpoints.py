@@ -2,7 +2,7 @@
 
 Layout of a params checkpoint directory:
   DIR/model_config.json   the model config (JSON)
-  DIR/params/             orbax tree of float32 arrays, names as in DESIGN.md
+  DIR/params/             orbax tree of float32 arrays, named as scenic names them
   DIR/class_names.json    the output classes' names, where known (optional)
 A training workdir holds model_config.json and class_names.json too.
 Orbax writes to a temporary directory and renames it when complete, so a crash
