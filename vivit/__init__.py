@@ -2,12 +2,10 @@
 import os
 import sys
 
-VERBOSE_ENV = 'VIVIT_VERBOSE'
-
 
 def verbose() -> bool:
   """Whether tracebacks and library logs were asked for (`--verbose` or VIVIT_VERBOSE=1)."""
-  return os.environ.get(VERBOSE_ENV, '') not in ('', '0') or '--verbose' in sys.argv
+  return os.environ.get('VIVIT_VERBOSE', '') not in ('', '0') or '--verbose' in sys.argv
 
 
 # TensorFlow only feeds data here: keep its C++ start-up lines (log level, the oneDNN

@@ -73,9 +73,7 @@ def save_class_names(path: epath.PathLike, class_names) -> None:
 def load_class_names(path: epath.PathLike):
   """The class names saved with a checkpoint or workdir (`save_class_names`), or None."""
   name_file = epath.Path(path) / 'class_names.json'
-  if not name_file.exists():
-    return None
-  return json.loads(name_file.read_text())
+  return json.loads(name_file.read_text()) if name_file.exists() else None
 
 
 def save_params(path: epath.PathLike, model_config: ml_collections.ConfigDict,
@@ -102,7 +100,10 @@ def load_model_config(path: epath.PathLike) -> Optional[ml_collections.ConfigDic
   config_file = epath.Path(path) / 'model_config.json'
   if not config_file.exists():
     return None
-  return model_config_from_json(config_file.read_text())
+  try:
+    return model_config_from_json(config_file.read_text())
+  except ValueError as e:  # json's decode error
+    raise CheckpointError(f'{config_file} is not a model config: {e}') from None
 
 
 def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params]:
@@ -173,8 +174,11 @@ class WorkdirLock:
             f'not locked: make sure no other training uses it', flush=True)
       return self
     import fcntl
-    os.makedirs(os.path.dirname(self._path), exist_ok=True)
-    self._file = open(self._path, 'a+')
+    try:
+      os.makedirs(os.path.dirname(self._path), exist_ok=True)
+      self._file = open(self._path, 'a+')
+    except OSError as e:
+      raise MissingError(f'workdir {self._workdir} cannot be written: {e}') from None
     try:
       fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

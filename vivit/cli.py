@@ -12,9 +12,10 @@ from vivit.errors import ConfigError, UserError
 
 def user_errors() -> tuple:
   """What a user's mistake raises: our `UserError`s, and the library errors that
-  always mean bad input. Anything else is a bug and keeps its traceback."""
+  always mean bad input (a dataset TFDS does not know, a path the user may not
+  write). Anything else is a bug and keeps its traceback."""
   from tensorflow_datasets.core.registered import DatasetNotFoundError
-  return UserError, DatasetNotFoundError
+  return UserError, DatasetNotFoundError, PermissionError
 
 
 def one_line(error: BaseException) -> str:

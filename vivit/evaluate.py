@@ -124,8 +124,7 @@ def plot_confusion(confusion, class_names, path: epath.PathLike) -> None:
   image = ax.imshow(confusion, cmap='Blues')
   ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7)
   ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
-  ax.set_xlabel('predicted')
-  ax.set_ylabel('true')
+  ax.set(xlabel='predicted', ylabel='true')
   if len(class_names) <= 30:
     for (i, j), count in np.ndenumerate(confusion):
       if count:

@@ -46,11 +46,10 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
     clip = decode.read_video(path, decode.Resample(fps=fps, short_side=min_resize))
   except VideoError as e:
     raise VideoError(f'{path}: {e}') from None
-  views = transforms.test_views(
+  return transforms.test_views(
       tf.constant(clip.frames), num_frames=num_frames, stride=stride,
       min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,
-      num_crops=num_crops)
-  return views.numpy()
+      num_crops=num_crops).numpy()
 
 
 def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,

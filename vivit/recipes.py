@@ -6,6 +6,7 @@ they change: `paper_config(...)` the fields that differ between the paper's rows
 `load_config('configs/X.py:arg')` reads a config file outside the command line.
 """
 import importlib.util
+import os
 from typing import Optional, Sequence
 
 import ml_collections
@@ -37,7 +38,7 @@ def load_config(path: str):
   ARG to `get_config`, as `--config FILE:ARG` does."""
   path, _, arg = path.partition(':')
   spec = importlib.util.spec_from_file_location('loaded_config', path)
-  if spec is None or spec.loader is None:
+  if spec is None or spec.loader is None or not os.path.isfile(path):
     raise MissingError(f'cannot load a config from {path}')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

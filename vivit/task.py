@@ -71,7 +71,7 @@ def workdir_dataset(path: epath.PathLike) -> Optional[ml_collections.ConfigDict]
   if not ((path / 'model_config.json').exists() and (path / 'config.json').exists()):
     return None
   dataset = base_config().dataset
-  dataset.update(json.loads((path / 'config.json').read_text())['dataset'])
+  dataset.update(json.loads((path / 'config.json').read_text()).get('dataset', {}))
   return dataset
 
 

@@ -85,13 +85,11 @@ class StopRequest:
   same step, so with several hosts they agree every STOP_CHECK_EVERY steps and
   whenever something is due anyway (the collective waits for the step, which holds
   back dispatching ahead)."""
-
-  def __init__(self):
-    self.signal = None
+  caught = None  # the signal's number, once caught
 
   def __enter__(self):
     self._previous = signal.signal(signal.SIGTERM,
-                                   lambda signum, _: setattr(self, 'signal', signum))
+                                   lambda signum, _: setattr(self, 'caught', signum))
     return self
 
   def __exit__(self, *exc):
@@ -100,10 +98,10 @@ class StopRequest:
   def agreed(self, step: int, due: bool) -> bool:
     """Whether any host got SIGTERM."""
     if jax.process_count() == 1:
-      return self.signal is not None
+      return self.caught is not None
     if not due and step % STOP_CHECK_EVERY:
       return False
-    return bool(multihost_utils.process_allgather(np.int32(self.signal is not None)).any())
+    return bool(multihost_utils.process_allgather(np.int32(self.caught is not None)).any())
 
 
 _all_finite = jax.jit(all_finite)
