@@ -111,8 +111,16 @@ def test_resume_on_other_topologies(data_dir, one_process, two_processes, tmp_pa
   assert_same_params(final_params(back, 4), final_params(one_process, 4))
 
 
-def test_sigterm_to_one_host_stops_every_host_at_the_same_step(data_dir, tmp_path):  # noqa: F811
-  """Preemption reaches one host: all of them save the same step and exit cleanly."""
+@pytest.mark.parametrize('target,signum', [
+    # SIGINT: forwarded like SIGTERM (stand-ins below), and training takes a first
+    # one as SIGTERM (test_faults.py), so the whole run is in the slow set only.
+    ('launcher', signal.SIGTERM),
+    pytest.param('launcher', signal.SIGINT, marks=pytest.mark.slow),
+    pytest.param('host 1', signal.SIGTERM, marks=pytest.mark.slow)],
+    ids=['launcher-SIGTERM', 'launcher-SIGINT', 'host1-SIGTERM'])
+def test_stop_signal_stops_every_host_at_the_same_step(data_dir, tmp_path, target, signum):  # noqa: F811
+  """Preemption (SIGTERM) or Ctrl-C (SIGINT) reaches the launcher, which passes it on,
+  or one host only: all of them save the same step and exit cleanly."""
   import psutil
   workdir = tmp_path / 'term'
   args = cli_args(data_dir, workdir, **{'training.num_steps': 100000,
@@ -129,11 +137,51 @@ def test_sigterm_to_one_host_stops_every_host_at_the_same_step(data_dir, tmp_pat
     time.sleep(0.1)
   hosts = psutil.Process(launcher.pid).children()
   assert len(hosts) == 2
-  second = next(h for h in hosts if '1' == h.environ().get('VIVIT_PROCESS_ID'))
-  second.send_signal(signal.SIGTERM)
+  if target == 'launcher':
+    launcher.send_signal(signum)
+  else:
+    next(h for h in hosts if '1' == h.environ().get('VIVIT_PROCESS_ID')).send_signal(signum)
   out, _ = launcher.communicate(timeout=120)
   assert launcher.returncode == 0, out[-3000:]
-  steps = re.findall(r'\[(\d)\] SIGTERM: saved checkpoint at step (\d+)', out)
+  name = signal.Signals(signum).name
+  steps = re.findall(rf'\[(\d)\] {name}: saved checkpoint at step (\d+)', out)
   assert sorted(host for host, _ in steps) == ['0', '1'], out[-3000:]
   assert len({step for _, step in steps}) == 1, steps
   assert sorted(os.listdir(workdir / 'checkpoints')) == [steps[0][1]]
+
+
+STAND_IN = """import signal, sys, time
+def stop(signum, _):
+  print('got', signal.Signals(signum).name, flush=True)
+  sys.exit(0)
+for signum in (signal.SIGTERM, signal.SIGINT):
+  signal.signal(signum, stop if sys.argv[2] == 'obey' else signal.SIG_IGN)
+print('ready', flush=True)
+while True:
+  time.sleep(0.05)
+"""
+
+
+def test_launcher_forwards_signals_and_kills_after_the_timeout(tmp_path):
+  """Stand-in processes: a signal to the launcher reaches each (once: they are not in
+  the terminal's process group); those that ignore it are killed after
+  --stop_timeout, and the launcher reports it."""
+  (tmp_path / 'stand_in.py').write_text(STAND_IN)
+  env = dict(run_env(1), PYTHONPATH=os.pathsep.join([str(tmp_path), run_env(1)['PYTHONPATH']]))
+  for mode, signum, status in [('obey', signal.SIGINT, 0), ('ignore', signal.SIGTERM, 137)]:
+    launcher = subprocess.Popen(
+        [sys.executable, '-m', 'vivit.launch', '--processes=2', '--module=stand_in',
+         '--stop_timeout=1', '--', mode], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    lines = []
+    while sum('ready' in line for line in lines) < 2:
+      lines.append(launcher.stdout.readline())
+      assert lines[-1], lines
+    launcher.send_signal(signum)
+    out = ''.join(lines) + launcher.communicate(timeout=30)[0]
+    assert launcher.returncode == status, out
+    name = signal.Signals(signum).name
+    if mode == 'obey':
+      assert sorted(re.findall(rf'\[(\d)\] got {name}\n', out)) == ['0', '1'], out
+    else:
+      assert f'processes still running 1s after {name}; killing them' in out

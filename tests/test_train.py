@@ -95,6 +95,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
   process.wait()
   steps_before = sorted(int(d) for d in os.listdir(checkpoint_dir) if d.isdigit())
   assert max(steps_before) < 12
+  with open(killed / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 13, "split": "tr')  # a line the kill cut short
 
   result = subprocess.run(cli_args(data_dir, killed, **REGULARISED), env=run_env(),
                           capture_output=True, text=True, timeout=300)
@@ -104,6 +106,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
   diffs = [np.abs(np.asarray(x) - np.asarray(y)).max()
            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
   assert max(diffs) < 1e-6
+  # Each step's records once, as the uninterrupted run wrote them: the lines logged
+  # after the checkpoint resumed from, and the cut line, are gone.
+  records = [json.loads(line) for line in (killed / 'metrics.jsonl').read_text().splitlines()]
+  straight_records = [json.loads(line)
+                      for line in (straight / 'metrics.jsonl').read_text().splitlines()]
+  without_speed = lambda rs: [{k: v for k, v in r.items() if k != 'steps_per_second'}
+                              for r in rs]
+  assert without_speed(records) == without_speed(straight_records)
   # And training changed them.
   config = tiny_run_config(data_dir, **REGULARISED)
   task.open_dataset(config, 'train')

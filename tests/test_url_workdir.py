@@ -186,9 +186,9 @@ def test_unreadable_checkpoint_in_a_url_workdir_is_set_aside(store, capsys):
   step, state = checkpoints.restore_latest(manager, {'w': np.zeros(10_000, np.float32)})
   assert step == 1
   np.testing.assert_array_equal(state['w'], weights[1])
-  assert f'warning: checkpoint {directory}/2 cannot be read' in capsys.readouterr().out
-  aside = os.listdir(store.local(directory.parent / 'unreadable_checkpoints'))
-  assert len(aside) == 1 and aside[0].startswith('2-')
+  assert f'warning: checkpoint {directory}/2 is damaged' in capsys.readouterr().out
+  aside = os.listdir(store.local(directory.parent / 'set_aside'))
+  assert len(aside) == 1 and aside[0].startswith('checkpoints-2-')
   assert manager.all_steps() == [1]
 
 

@@ -15,7 +15,7 @@ paths are made absolute (orbax wants them so) and URLs are kept as given.
 import json
 import os
 import time
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -56,7 +56,7 @@ def model_config_from_json(text: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _write_atomically(path: epath.PathLike, text: str) -> None:
+def write_atomically(path: epath.PathLike, text: str) -> None:
   path = epath.Path(path)
   partial = path.with_name(path.name + '.tmp')
   partial.write_text(text)
@@ -67,7 +67,7 @@ def save_class_names(path: epath.PathLike, class_names) -> None:
   """`path/class_names.json`: the names of the model's outputs in order, a list,
   or {head: names} for a model with several heads (their logits in that order)."""
   names = (dict(class_names) if isinstance(class_names, dict) else list(class_names))
-  _write_atomically(epath.Path(path) / 'class_names.json', json.dumps(names, indent=0))
+  write_atomically(epath.Path(path) / 'class_names.json', json.dumps(names, indent=0))
 
 
 def load_class_names(path: epath.PathLike):
@@ -90,7 +90,7 @@ def save_params(path: epath.PathLike, model_config: ml_collections.ConfigDict,
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path / 'params', params, force=True)
     checkpointer.wait_until_finished()
-  _write_atomically(path / 'model_config.json', model_config_to_json(model_config))
+  write_atomically(path / 'model_config.json', model_config_to_json(model_config))
   if class_names is not None:
     save_class_names(path, class_names)
 
@@ -200,10 +200,21 @@ class WorkdirLock:
       self._file.close()  # releases the lock
 
 
+# Where checkpoints go that training must not resume from (damaged, or best params
+# newer than the step resumed), kept for inspection.
+SET_ASIDE = 'set_aside'
+# What reading a checkpoint gave, in the order hosts settle on the worst of theirs.
+READ, DAMAGED, OTHER_CONFIG, FAILED = range(4)
+# A read that fails for a reason other than damage is tried again after these pauses
+# (network storage can fail once and succeed a second later).
+RETRY_PAUSES_S = (2.0, 10.0)
+# tensorstore's status codes for array data that is missing, truncated or undecodable.
+_DAMAGE_CODES = ('DATA_LOSS', 'OUT_OF_RANGE', 'FAILED_PRECONDITION', 'NOT_FOUND')
+
+
 def _agreed(outcome: int) -> int:
-  """The worst of every host's `outcome` (0 read, 1 unreadable, 2 another config's
-  state): hosts must resume from the same checkpoint, so one host's failure to read
-  it counts for all."""
+  """The worst of every host's `outcome`: hosts must resume from the same
+  checkpoint, so one host's failure to read it counts for all."""
   if jax.process_count() == 1:
     return outcome
   from jax.experimental import multihost_utils
@@ -221,62 +232,165 @@ def _read(manager: ocp.CheckpointManager, step: int, target):
       args=ocp.args.StandardRestore(target))
 
 
+def _damage(error: Exception) -> Optional[str]:
+  """Why `error` proves the checkpoint's files bad (missing or truncated array data,
+  undecodable metadata), or None when it may be the storage, the credentials or
+  the memory instead, which must not cost a checkpoint. Orbax wraps tensorstore's
+  errors: the whole chain of causes is looked at."""
+  while error is not None:
+    text = str(error).strip()
+    if isinstance(error, (json.JSONDecodeError, FileNotFoundError)):
+      return f'{type(error).__name__}: {text}'
+    if isinstance(error, ValueError) and text.startswith(_DAMAGE_CODES):
+      return text
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _read_once(manager, step: int, target):
+  """(outcome, state or None, reason): one checkpoint read, retried after
+  RETRY_PAUSES_S unless the error proves damage."""
+  path = epath.Path(manager.directory) / str(step)
+  for pause in RETRY_PAUSES_S + (None,):
+    try:
+      if not (path / 'default').is_dir():
+        return DAMAGED, None, 'no default/ directory (the train state) in it'
+      return READ, _read(manager, step, target), ''
+    except Exception as error:  # pylint: disable=broad-except  (sorted out below)
+      if 'structures do not match' in str(error):
+        return OTHER_CONFIG, None, str(error)
+      damage = _damage(error)
+      if damage is not None:
+        return DAMAGED, None, damage
+      reason = f'{type(error).__name__}: {str(error).strip()}'
+    if pause is not None:
+      print(f'warning: reading checkpoint {path} failed ({_first_line(reason)}); '
+            f'trying again in {pause:g}s', flush=True)
+      time.sleep(pause)
+  return FAILED, None, reason
+
+
+def _first_line(text: str) -> str:
+  lines = text.strip().splitlines()
+  return lines[0][:300] if lines else ''
+
+
+def _set_aside(path: epath.Path, name: str) -> None:
+  """Moves checkpoint `path` to WORKDIR/set_aside/NAME-<time> (host 0; the hosts
+  share the workdir): kept, but out of the way of the steps training saves again."""
+  if jax.process_index() == 0:
+    aside = path.parent.parent / SET_ASIDE
+    aside.mkdir(parents=True, exist_ok=True)
+    path.rename(aside / f'{name}-{int(time.time())}')
+
+
 def restore_latest(manager: ocp.CheckpointManager, target):
-  """(step, state) of the newest checkpoint of `manager` that reads back (on every
-  host), trying older ones with a warning naming each that does not (truncated,
-  corrupted), or (None, None) when there is none. An unreadable checkpoint is moved
-  to `<dir>/../unreadable_checkpoints/` so that training can save that step again."""
+  """(step, state) of the newest checkpoint of `manager` that reads back on every
+  host, or (None, None) when there is none.
+
+  A checkpoint whose files are provably bad (missing or truncated array data,
+  undecodable metadata) is moved to WORKDIR/set_aside/ with a warning and the one
+  before it is tried. Any other failure (I/O, permissions, credentials, memory),
+  after RETRY_PAUSES_S, raises CheckpointError naming the checkpoint and the cause,
+  every checkpoint untouched."""
   for step in sorted(manager.all_steps(), reverse=True):
     path = epath.Path(manager.directory) / str(step)
-    state, error = None, None
-    try:
-      state = _read(manager, step, target)
-    except Exception as e:  # pylint: disable=broad-except  (any damage reads differently)
-      error = e
-    mismatch = error is not None and 'structures do not match' in str(error)
-    outcome = _agreed(2 if mismatch else (1 if error is not None else 0))
-    if outcome == 0:
+    outcome, state, reason = _read_once(manager, step, target)
+    agreed = _agreed(outcome)
+    if agreed == READ:
       return step, state
-    if outcome == 2:  # readable, but another config's state
+    if agreed == FAILED:
+      raise CheckpointError(
+          f'cannot read checkpoint {path} (' + (_first_line(reason) if outcome == FAILED
+                                                else 'another host cannot read it') +
+          '); every checkpoint is left as it was. Fix the cause and start again; if '
+          'this checkpoint is damaged, move it out of the workdir to resume from the '
+          'one before it')
+    if agreed == OTHER_CONFIG:
       raise CheckpointError(
           f'checkpoint {path} holds a train state of a different shape than this '
           f'config builds (was training.optimizer, training.nonfinite or gradient '
           f'clipping changed since it was written?); resume with the config it was '
-          f'written with (WORKDIR/config.json), or use a new --workdir') from error
-    if error is None:
-      reason = 'another host cannot read it'
-    else:
-      text = str(error).strip()
-      reason = f'{type(error).__name__}: ' + (text.splitlines()[0][:200] if text else '')
-    print(f'warning: checkpoint {path} cannot be read ({reason.rstrip(": ")}); '
-          f'trying the one before it', flush=True)
-    if jax.process_index() == 0:
-      aside = epath.Path(manager.directory).parent / 'unreadable_checkpoints'
-      aside.mkdir(parents=True, exist_ok=True)
-      path.rename(aside / f'{step}-{int(time.time())}')
+          f'written with (WORKDIR/config.json), or use a new --workdir')
+    print(f'warning: checkpoint {path} is damaged ('
+          f'{_first_line(reason) if outcome == DAMAGED else "another host cannot read it"}'
+          f'); moved to {path.parent.parent / SET_ASIDE}/; trying the one before it',
+          flush=True)
+    _set_aside(path, f'checkpoints-{step}')
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices(f'unreadable checkpoint {step}')
+      multihost_utils.sync_global_devices(f'damaged checkpoint {step}')
     manager.reload()
   return None, None
 
 
+def damaged_steps(workdir: epath.PathLike) -> List[int]:
+  """The steps of the train states `restore_latest` set aside as damaged."""
+  aside = as_path(workdir) / SET_ASIDE
+  names = [p.name for p in aside.iterdir()] if aside.is_dir() else []
+  return sorted({int(n.split('-')[1]) for n in names if n.startswith('checkpoints-')})
+
+
+def set_aside_best_after(best: ocp.CheckpointManager, step: int) -> None:
+  """Sets aside the best params saved after `step`, the step a run resumes from
+  (or 0): it saves those steps again, and the best must be one of this run's."""
+  newer = [s for s in best.all_steps() if s > step]
+  for s in newer:
+    _set_aside(epath.Path(best.directory) / str(s), f'best-{s}')
+  if newer:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('best set aside')
+    best.reload()
+
+
+# Model fields that only change how the params are trained or computed, not the
+# function they define: a run may resume with other values of these.
+TRAINING_ONLY_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth',
+                        'fsa_stochastic_depth', 'remat', 'dtype', 'attention',
+                        'tubelet_init')
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> Dict[str, Any]:
+  flat = {}
+  for key, value in json.loads(model_config_to_json(config)).items():
+    if isinstance(value, dict):
+      flat.update(_flat(ml_collections.ConfigDict(value), f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
 def check_workdir_model(workdir: epath.PathLike,
-                        model_config: ml_collections.ConfigDict) -> None:
-  """Records the model config in `workdir`, or raises ValueError naming the params
-  that differ from the one a checkpoint there was written with."""
-  workdir = as_path(workdir)
-  path = workdir / 'model_config.json'
+                        model_config: ml_collections.ConfigDict) -> List[str]:
+  """Raises CheckpointError naming every field (with both values) in which
+  `model_config` differs from the model `workdir` was trained with, except the
+  TRAINING_ONLY_FIELDS; returns the changes in those, as `field old -> new`. Writes
+  nothing: `record_workdir_model` does, once the run has resumed."""
   stored = load_model_config(workdir)
-  if stored is not None:
-    try:
-      check_params(model_config, param_shapes(stored))
-    except ValueError as e:
-      raise CheckpointError(f'workdir {workdir} holds checkpoints of a different model; '
-                            f'use a new --workdir or the same model config. {e}') from None
-  if jax.process_index() == 0:  # one writer: hosts share the workdir
+  if stored is None:
+    return []
+  old, new = _flat(stored), _flat(model_config)
+  changed = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]
+  refused = [c for c in changed if c[0] not in TRAINING_ONLY_FIELDS]
+  if refused:
+    fields = '; '.join(f'model.{k}: {a!r} in the workdir, {b!r} now' for k, a, b in refused)
+    raise CheckpointError(
+        f'workdir {as_path(workdir)} holds checkpoints of a different model ({fields}); '
+        f'resume with the config it was written with (WORKDIR/config.json), or use a '
+        f'new --workdir')
+  return [f'model.{k} {a!r} -> {b!r}' for k, a, b in changed]
+
+
+def record_workdir_model(workdir: epath.PathLike,
+                         model_config: ml_collections.ConfigDict) -> None:
+  """WORKDIR/model_config.json: the model a run trains (host 0: hosts share the
+  workdir)."""
+  if jax.process_index() == 0:
+    workdir = as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, model_config_to_json(model_config))
+    write_atomically(workdir / 'model_config.json', model_config_to_json(model_config))
 
 
 def restore_best_params(workdir: epath.PathLike, abstract_params) -> Tuple[int, Params]:

@@ -35,6 +35,9 @@ def run(main: Callable[[Optional[List[str]]], Optional[int]],
   quiet_libraries()
   try:
     return main(argv) or 0
+  except KeyboardInterrupt:
+    print('interrupted', file=sys.stderr)
+    return 130  # a shell's status for SIGINT
   except user_errors() as e:  # pylint: disable=catching-non-exception
     if verbose() or '--verbose' in (argv or []):
       raise

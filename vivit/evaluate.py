@@ -10,7 +10,7 @@ W/eval_results.json, W/confusion_matrix.png and W/training_curve.png. W (and
 --checkpoint) may be a local directory or a URL `etils.epath` supports (gs://...).
 """
 import json
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -82,9 +82,10 @@ def scalar_metrics(result: Dict[str, Any]) -> Dict[str, float]:
 
 def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict, split: str,
                    batch_size: int, labels_info, mesh, num_clips: int = 1,
-                   num_crops: int = 1) -> Dict[str, Any]:
+                   num_crops: int = 1, stop=None) -> Optional[Dict[str, Any]]:
   """Multi-view evaluation of `split` (every host its shard, metrics over all).
-  `labels_info`: the dataset's `task.Labels`."""
+  `labels_info`: the dataset's `task.Labels`. `stop()`, asked after every batch
+  (on every host alike), abandons the pass: the result is then None."""
   sharding.check_batch_size(batch_size, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   all_logits, all_labels = [], []
@@ -96,6 +97,8 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
     keep = mask > 0
     all_logits.append(logits[keep])
     all_labels.append(labels[keep])
+    if stop is not None and stop():
+      return None
   all_logits, all_labels = np.concatenate(all_logits), np.concatenate(all_labels)
   if labels_info.label_heads:
     result = multi_head_metrics(all_logits, all_labels, labels_info.label_heads)

@@ -101,7 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_group=config_dict.FieldReference(8, field_type=int),
       label_smoothing=0.0, mixup=0.0,
       log_every=100, eval_every=5000, checkpoint_every=1000, keep_checkpoints=3,
-      nonfinite='stop'))  # or 'skip': steps with a non-finite update are skipped
+      nonfinite='stop',  # or 'skip': steps with a non-finite update are skipped
+      # When every checkpoint of the workdir is damaged: train again from step 0
+      # instead of stopping (the damaged ones stay in WORKDIR/set_aside/).
+      restart_from_scratch=False))
   config.eval = ml_collections.ConfigDict(dict(batch_size=64, num_clips=4, num_crops=3))
   config.mesh = ml_collections.ConfigDict(dict(
       fsdp=1,  # devices per FSDP group; the rest of the mesh is data-parallel

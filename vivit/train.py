@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -37,22 +37,29 @@ STOP_CHECK_EVERY = 10
 class MetricWriter:
   """Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard events (host 0).
 
-  A local metrics.jsonl is appended to line by line. Object stores (a `gs://`
-  workdir) cannot append: there the file is read once, and rewritten whole at every
-  write, so that a crash keeps every line written either way."""
+  A run resuming at step `start` first drops the records of later steps (written
+  before a kill, after the checkpoint it resumes from: they are logged again) and
+  a partly written last line. A local metrics.jsonl is then appended to line by
+  line. Object stores (a `gs://` workdir) cannot append: there the file is rewritten
+  whole at every write, so that a crash keeps every line written either way."""
 
-  def __init__(self, workdir: epath.Path):
+  def __init__(self, workdir: epath.Path, start: int):
     self.active = jax.process_index() == 0
+    self._logged = set()
     if self.active:
       import tensorflow as tf
       self._tb = tf.summary.create_file_writer(os.fspath(workdir / 'tensorboard'))
       self._path = workdir / 'metrics.jsonl'
-      if checkpoints.is_local(self._path):
-        self._jsonl, self._lines = self._path.open('a'), None
-      else:
-        self._jsonl = None
-        self._lines = (self._path.read_text().splitlines(keepends=True)
-                       if self._path.exists() else [])
+      written = self._path.read_text() if self._path.exists() else ''
+      self._lines = _records_until(written, start)
+      if ''.join(self._lines) != written:
+        checkpoints.write_atomically(self._path, ''.join(self._lines))
+      self._logged = {(r['step'], r['split']) for r in map(json.loads, self._lines)}
+      self._jsonl = self._path.open('a') if checkpoints.is_local(self._path) else None
+
+  def logged(self, step: int, split: str) -> bool:
+    """Whether metrics.jsonl holds `split`'s record of `step` (host 0; False elsewhere)."""
+    return (step, split) in self._logged
 
   def write(self, step: int, split: str, metrics: Dict[str, float]) -> None:
     if not self.active:
@@ -60,12 +67,11 @@ class MetricWriter:
     import tensorflow as tf
     record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
     line = json.dumps(record) + '\n'
+    self._logged.add((step, split))
     if self._jsonl is not None:
       self._jsonl.write(line)
       self._jsonl.flush()
     else:
-      if self._lines and not self._lines[-1].endswith('\n'):
-        self._lines[-1] += '\n'
       self._lines.append(line)
       self._path.write_text(''.join(self._lines))
     with self._tb.as_default(step=step):
@@ -80,20 +86,44 @@ class MetricWriter:
       self._tb.close()
 
 
+def _records_until(text: str, step: int) -> List[str]:
+  """The complete, parseable lines of a metrics.jsonl `text` up to `step`."""
+  kept = []
+  for line in text.splitlines(keepends=True):
+    try:
+      record = json.loads(line) if line.endswith('\n') else None
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and record.get('step', step + 1) <= step:
+      kept.append(line)
+  return kept
+
+
 class StopRequest:
-  """SIGTERM while training (a context that catches it). Every host must stop at the
-  same step, so with several hosts they agree every STOP_CHECK_EVERY steps and
-  whenever something is due anyway (the collective waits for the step, which holds
-  back dispatching ahead)."""
+  """SIGTERM, or a first Ctrl-C (SIGINT), while training: a context that catches
+  them; a second Ctrl-C interrupts at once. Every host must stop at the same step,
+  so with several hosts they agree every STOP_CHECK_EVERY steps and whenever
+  something is due anyway (the collective waits for the step, which holds back
+  dispatching ahead)."""
   caught = None  # the signal's number, once caught
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM,
-                                   lambda signum, _: setattr(self, 'caught', signum))
+    self._previous = {s: signal.signal(s, self._catch) for s in self.SIGNALS}
     return self
 
+  def _catch(self, signum, frame):
+    if signum == signal.SIGINT and self.caught is not None:
+      signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+    self.caught = signum
+
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.caught).name
 
   def agreed(self, step: int, due: bool) -> bool:
     """Whether any host got SIGTERM."""
@@ -102,6 +132,10 @@ class StopRequest:
     if not due and step % STOP_CHECK_EVERY:
       return False
     return bool(multihost_utils.process_allgather(np.int32(self.caught is not None)).any())
+
+  def during_validation(self) -> bool:
+    """Whether any host got a stop signal: asked after every validation batch."""
+    return self.agreed(0, due=True)
 
 
 _all_finite = jax.jit(all_finite)
@@ -155,9 +189,11 @@ def _save(manager, step: int, item, **kwargs) -> None:
         f'{"none" if kept is None else kept})') from e
 
 
-def _first_state(config, workdir, init_from, optimizer, mesh, last):
+def _first_state(config, workdir, init_from, optimizer, mesh, last, best):
   """(step, state, state sharding) to start from: the latest readable checkpoint of
-  the workdir, else the `init_from` checkpoint at step 0, else a fresh one."""
+  the workdir, else the `init_from` checkpoint at step 0, else a fresh one; a
+  workdir whose every checkpoint is damaged only with
+  `training.restart_from_scratch`. Best params saved after that step are set aside."""
   def init_state():
     params = init_params(config.model, jax.random.PRNGKey(config.seed))
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
@@ -166,6 +202,13 @@ def _first_state(config, workdir, init_from, optimizer, mesh, last):
   state_sharding = sharding.tree_shardings(mesh, abstract, min_size)
   start, state = checkpoints.restore_latest(
       last, sharding.sharded_shapes(mesh, abstract, min_size))
+  damaged = checkpoints.damaged_steps(workdir) if start is None else []
+  if damaged and not config.training.restart_from_scratch:
+    raise errors.CheckpointError(
+        f'every checkpoint of {workdir} is damaged (steps {", ".join(map(str, damaged))}, '
+        f'now in {workdir}/{checkpoints.SET_ASIDE}/); set '
+        f'--config.training.restart_from_scratch=True to train again from step 0')
+  checkpoints.set_aside_best_after(best, start or 0)
   if start is not None:
     print(f'resumed from {workdir}/checkpoints/{start}', flush=True)
     return start, state, state_sharding
@@ -211,11 +254,16 @@ class TrainLog:
     self._window, self._start = [], time.time()
 
 
-def _validate(writer, logits_fn, params, config, labels, mesh, step) -> float:
-  """One-view top-1 on the eval split, written and printed."""
+def _validate(writer, logits_fn, params, config, labels, mesh, step, stop_request
+              ) -> Optional[float]:
+  """One-view top-1 on the eval split, written and printed; None when a stop signal
+  cut the pass short."""
   result = evaluate.evaluate_split(
       logits_fn, params, config.dataset, config.dataset.eval_split,
-      config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1)
+      config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1,
+      stop=stop_request.during_validation)
+  if result is None:
+    return None
   writer.write(step, 'validation', evaluate.scalar_metrics(result))
   if writer.active:
     heads = ''.join(f" | {name} {result[name + '_top1']:.4f}"
@@ -254,13 +302,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   optimizer, schedule = make_optimizer(training, total_steps,
                                        int(training.warmup_epochs * steps_per_epoch))
   model = build_model(config.model)
-  checkpoints.check_workdir_model(workdir, config.model)
-  if jax.process_index() == 0:
-    (workdir / 'config.json').write_text(config.to_json(indent=2))
-    checkpoints.save_class_names(workdir, labels.names_by_head)
+  model_changes = checkpoints.check_workdir_model(workdir, config.model)
   last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
   start, state, state_sharding = _first_state(config, workdir, init_from, optimizer, mesh,
-                                              last)
+                                              last, best)
+  # Only now that the run has resumed (or begun) does it record its settings.
+  checkpoints.record_workdir_model(workdir, config.model)
+  if jax.process_index() == 0:
+    checkpoints.write_atomically(workdir / 'config.json', config.to_json(indent=2))
+    checkpoints.save_class_names(workdir, labels.names_by_head)
+    if start and model_changes:
+      print('resuming with other training-only model settings: '
+            + ', '.join(model_changes), flush=True)
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, model=model, optimizer=optimizer, training=training,
@@ -272,24 +325,38 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   batches = sharding.prefetch(
       pipeline.train_batches(config.dataset, training.batch_size, config.seed, start),
       batch_sharding)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start)
   divergence = DivergenceCheck(training, lambda: (
       'none yet' if last.latest_step() is None
       else f'{workdir}/checkpoints/{last.latest_step()}'))
+
+  def is_eval_step(step):
+    return step % training.eval_every == 0 or step == total_steps
 
   # Loop: a step, then the periodic actions due at it.
   step, val_top1, stopping, run_start = start, None, False, time.time()
   train_log = TrainLog(writer, total_steps)
   with StopRequest() as stop_request:
     try:
-      while step < total_steps:
+      # A stop during the validation of the step resumed from cut it short: redone.
+      if start and is_eval_step(start) and multihost_utils.broadcast_one_to_all(
+          np.int32(not writer.logged(start, 'validation'))):
+        val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, start,
+                             stop_request)
+        if val_top1 is not None:
+          _save(best, start, state.params, metrics={'top1': val_top1})
+        stopping = val_top1 is None
+        if stopping:
+          print(f'{stop_request.name}: validation of step {start} cut short again '
+                f'(checkpoint {start} is on disk); exiting', flush=True)
+      while step < total_steps and not stopping:
         state, metrics = step_fn(state, next(batches))
         step += 1
         train_log.add(metrics)
         divergence.add(step, metrics['loss'])
         last_step = step == total_steps
         logged = step % training.log_every == 0 or last_step
-        evaluated = step % training.eval_every == 0 or last_step
+        evaluated = is_eval_step(step)
         saved = step % training.checkpoint_every == 0 or last_step
         stopping = stop_request.agreed(step, logged or evaluated or saved)
         if logged or evaluated or saved or stopping:
@@ -298,12 +365,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
           train_log.write(step, float(schedule(step - 1)), None if divergence.enabled
                           else skipped_steps(state.opt_state))
         if evaluated:
-          val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, step)
-          _save(best, step, state.params, metrics={'top1': val_top1})
+          val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, step,
+                               stop_request)
+          if val_top1 is None:
+            stopping = True
+          else:
+            _save(best, step, state.params, metrics={'top1': val_top1})
         if saved or stopping:
           _save(last, step, state, force=stopping)
         if stopping:
-          print(f'SIGTERM: saved checkpoint at step {step}; exiting', flush=True)
+          print(f'{stop_request.name}: saved checkpoint at step {step}'
+                + (' (its validation was cut short; redone on resume)'
+                   if evaluated and val_top1 is None else '') + '; exiting', flush=True)
           break
     finally:
       writer.close()
