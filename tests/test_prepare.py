@@ -5,6 +5,8 @@ mp4 and VP9 webm, odd sizes, portrait and landscape, 25 and 29.97 fps, some shor
 than a clip, some broken)."""
 import io
 import os
+import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +21,9 @@ from PIL import Image
 
 import video_files as vf
 from vivit import evaluate
-from vivit.datasets import releases as builders
+from vivit.datasets import builder as video_builder, releases as builders
 from vivit.input import dmvr, pipeline
-from vivit.errors import AnnotationError
+from vivit.errors import AnnotationError, DataError
 from vivit.train import train_and_evaluate
 from helpers import ROOT, tiny_run_config
 
@@ -217,7 +219,7 @@ def test_workers_and_beam_give_the_same_examples(kinetics, tmp_path):
 
 def decoded(work_dir):
   """Videos with a finished work file (not counting one being written)."""
-  return sum(f.endswith('.pkl') for _, _, files in os.walk(work_dir) for f in files)
+  return sum(f.endswith('.npz') for _, _, files in os.walk(work_dir) for f in files)
 
 
 def prepare_command(videos, data_dir):
@@ -256,6 +258,109 @@ def test_sigkill_midway_then_restart_completes_the_same_dataset(tmp_path):
   assert sorted(resumed) == sorted(reference) and len(reference) == 24
   for key, example in reference.items():
     np.testing.assert_array_equal(resumed[key]['video'], example['video'])
+
+
+class Trap:
+  """Unpickling this makes a directory: a work file that holds it must not be loaded."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return os.mkdir, (self.path,)
+
+
+@pytest.fixture(scope='module')
+def died(tmp_path_factory):
+  """video_folder prepared with 2 workers (work files kept) where d.mp4 kills its
+  worker (SIGKILL, as the OOM killer does), after runs killed as a whole left: a
+  marker of b.mp4, decoded alone then; one of c.mp4, decoded with others; a pickle
+  as a.mp4's work file; a stale partial file. Returns (root, work dir, report)."""
+  root = tmp_path_factory.mktemp('died')
+  videos = str(root / 'clips')
+  for name in 'abcde':
+    vf.write_video(os.path.join(videos, f'{name}.mp4'), 8, 25, (48, 64))
+  listing = vf.write_csv(str(root / 'list.csv'), None,
+                         [[f'{name}.mp4', 'jump', 'train'] for name in 'abcde'])
+  work = str(root / 'tfds' / 'video_folder' / '_prepare')
+  path = lambda name, suffix: video_builder._work_file(
+      work, video_builder.Entry(f'{name}.mp4', 'train', (), None), suffix)
+  vf.write_json(path('b', video_builder.RUNNING), {'pid': 1, 'alone': True})
+  vf.write_json(path('c', video_builder.RUNNING), {'pid': 1, 'alone': False})
+  for where, data in ((path('a', video_builder.DECODED), pickle.dumps(Trap(str(root / 'trap')))),
+                      (path('e', video_builder.DECODED) + '.123.partial', b'half')):
+    os.makedirs(os.path.dirname(where), exist_ok=True)
+    with open(where, 'wb') as f:
+      f.write(data)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(video_builder.KILL_WORKER_ON, 'd.mp4')
+    report = vf.run_prepare('video_folder', videos, listing, root / 'tfds', '--workers', '2',
+                            '--keep_work')
+  return root, work, report
+
+
+def test_a_video_that_kills_its_worker_is_named_and_the_rest_finished(died):
+  root, _, report = died
+  skipped = {s['id']: s['reason'] for s in report['skipped']}
+  assert skipped['d.mp4'] == 'worker died: signal 9 (SIGKILL, out of memory?)'
+  _, examples = load('video_folder', root / 'tfds')
+  assert sorted(examples) == ['a.mp4', 'c.mp4', 'e.mp4']
+  assert all(len(e['video']) == 8 for e in examples.values())
+
+
+def test_a_video_decoded_alone_when_prepare_was_killed_is_skipped(died):
+  """b.mp4 was being decoded alone when a run died: it is failed, not tried a third
+  time; c.mp4 was in flight with others: decoded again."""
+  _, work, report = died
+  skipped = {s['id']: s['reason'] for s in report['skipped']}
+  assert set(skipped) == {'b.mp4', 'd.mp4'}
+  assert skipped['b.mp4'].startswith('worker died: prepare was killed twice')
+  left = [f for _, _, files in os.walk(work) for f in files]
+  assert not [f for f in left if f.endswith(video_builder.RUNNING)]
+
+
+def test_work_files_are_npz_and_stale_or_pickled_ones_go(died):
+  root, work, _ = died
+  assert not os.path.exists(root / 'trap')  # the pickle was never loaded
+  files = [os.path.join(d, f) for d, _, names in os.walk(work) for f in names]
+  assert not [f for f in files if f.endswith('.partial')]
+  npz = [f for f in files if f.endswith('.npz')]
+  assert len(npz) == 3
+  for path in npz:
+    with np.load(path, allow_pickle=False) as data:
+      assert data['offsets'][-1] == len(data['jpeg']) and data['fps'] == 25
+
+
+def test_video_folder_split_names_cannot_leave_the_data_dir(tmp_path):
+  videos = str(tmp_path / 'clips')
+  vf.write_video(os.path.join(videos, 'a.mp4'), 4, 25, (48, 64))
+  tree = lambda: {os.path.join(d, n) for d, dirs, files in os.walk(tmp_path)
+                  for n in dirs + files}
+  before = tree()
+  for line, split in ((2, '../x'), (1, '../../../x'), (2, str(tmp_path / 'abs'))):
+    rows = [['a.mp4', 'run', 'train']] * (line - 1) + [['a.mp4', 'run', split]]
+    listing = vf.write_csv(str(tmp_path / 'list.csv'), None, rows)
+    with pytest.raises(AnnotationError, match=rf"list.csv:{line}: split '{re.escape(split)}' "
+                                              r'is not a name of letters'):
+      vf.run_prepare('video_folder', videos, listing, tmp_path / 'tfds')
+  outside = tree() - before - {listing}
+  assert not [p for p in outside if not p.startswith(str(tmp_path / 'tfds'))]
+  vf.write_video(os.path.join(tmp_path, 'tree', 'my split', 'cat', 'a.mp4'), 4, 25, (48, 64))
+  with pytest.raises(AnnotationError, match=r"tree/my split: split 'my split' is not"):
+    vf.run_prepare('video_folder', str(tmp_path / 'tree'), None, tmp_path / 'tfds')
+
+
+def test_a_work_dir_linked_elsewhere_is_not_written(tmp_path):
+  videos = str(tmp_path / 'clips')
+  vf.write_video(os.path.join(videos, 'a.mp4'), 4, 25, (48, 64))
+  listing = vf.write_csv(str(tmp_path / 'list.csv'), None, [['a.mp4', 'run', 'train']])
+  work = tmp_path / 'tfds' / 'video_folder' / '_prepare'
+  os.makedirs(work)
+  os.makedirs(tmp_path / 'elsewhere')
+  os.symlink(tmp_path / 'elsewhere', work / 'train')
+  with pytest.raises(DataError, match='outside the work directory'):
+    vf.run_prepare('video_folder', videos, listing, tmp_path / 'tfds')
+  assert os.listdir(tmp_path / 'elsewhere') == []
 
 
 def train_and_test(data_dir, name, tmp_path, **extra):

@@ -2,13 +2,15 @@
 `VIDEOS/<split>/<class>/<video>`.
 
 CSV paths are relative to the videos directory (or absolute); a header row
-`path,label[,split]` is optional; rows without a split are `train`. Classes are the
-labels in alphabetical order.
+`path,label[,split]` is optional; rows without a split are `train`. A split is a name
+of letters, digits, _ and - (it names files). Classes are the labels in alphabetical
+order.
 """
 import os
 
 from vivit.errors import AnnotationError
-from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, read_csv
+from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, check_split, \
+    read_csv
 HEADER = ['path', 'label', 'split']
 
 
@@ -21,7 +23,8 @@ def read_listing(csv_path):
     if len(row) not in (2, 3) or not all(row):
       raise AnnotationError(f'{csv_path}:{line}: expected "path,label[,split]", got '
                             f'{",".join(row)!r:.80}')
-    rows.append((row[0], row[1], row[2] if len(row) == 3 else 'train'))
+    split = check_split(row[2], f'{csv_path}:{line}') if len(row) == 3 else 'train'
+    rows.append((row[0], row[1], split))
   if not rows:
     raise AnnotationError(f'{csv_path}: no videos listed')
   return rows
@@ -31,6 +34,7 @@ def read_tree(videos):
   rows = []
   splits = [d for d in sorted(os.listdir(videos)) if os.path.isdir(os.path.join(videos, d))]
   for split in splits:
+    before = len(rows)
     for label in sorted(os.listdir(os.path.join(videos, split))):
       class_dir = os.path.join(videos, split, label)
       if not os.path.isdir(class_dir):
@@ -38,6 +42,8 @@ def read_tree(videos):
       for name in sorted(os.listdir(class_dir)):
         if name.lower().endswith(VIDEO_EXTENSIONS):
           rows.append((os.path.join(split, label, name), label, split))
+    if len(rows) > before:
+      check_split(split, os.path.join(videos, split))
   if not rows:
     raise AnnotationError(f'{videos}: no <split>/<class>/<video> files found')
   return rows
