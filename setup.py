@@ -1,4 +1,5 @@
 """vivit-jax: ViViT (Arnab et al., ICCV 2021) in JAX/Flax."""
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -26,6 +27,10 @@ class BuildFusedAttention(build_ext):
       # -isystem: no warnings from XLA's headers.
       extension.extra_compile_args += ['-isystem', include]
       extension.define_macros.append(('VIVIT_JAXLIB_VERSION', f'"{version}"'))
+      # fused_attention.py compares it with the .cc beside it: a stale library is not used.
+      with open(extension.sources[0], 'rb') as f:
+        source_hash = hashlib.sha256(f.read()).hexdigest()
+      extension.define_macros.append(('VIVIT_SOURCE_HASH', f'"{source_hash}"'))
     super().build_extensions()
 
   def build_extension(self, extension):
@@ -79,10 +84,12 @@ setup(
     },
     extras_require={
         # Reading/writing HuggingFace ViViT checkpoints.
-        "hf": ["transformers", "safetensors"],
+        # torch only for pytorch_model.bin: torch.load(weights_only=True) is safe from 2.6.
+        "hf": ["transformers", "safetensors", "torch>=2.6"],
         # `prepare --beam`: TFDS's Apache Beam generation (Dataflow, Flink, Spark).
         "beam": ["apache-beam"],
-        # torch==2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build.
+        # torch==2.13.0 (>= 2.6, for torch.load(weights_only=True)) is the CPU build; an
+        # unpinned torch pulls a multi-GB CUDA build.
         "test": ["pytest", "pytest-xdist", "hypothesis", "psutil", "transformers",
                  "safetensors", "torch==2.13.0", "apache-beam"],
     },

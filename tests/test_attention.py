@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -125,6 +126,104 @@ print('ok')
   result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]
+
+
+# Non-finite inputs, [batch, length, heads, head_dim] = (2, 150, 2, 16): three query
+# blocks and two key blocks. Each case changes a few elements of random q, k, v.
+def _one(operand, value):
+  def change(qkv):
+    qkv[operand][1, 70, 1, 3] = value
+  return change
+
+
+def _first_key_block_minus_inf(qkv):
+  """Logits of -inf in the whole first key block, finite in the second: finite rows."""
+  query, key, _ = qkv
+  key[:, :128, :, 0] = -np.inf
+  query[..., 0] = np.abs(query[..., 0]) + 0.1
+
+
+def _row_of_minus_inf(qkv):
+  """One query whose every logit is -inf: a NaN row."""
+  query, key, _ = qkv
+  query[0, 5, 0] = 0.0
+  query[0, 5, 0, 0] = np.inf
+  key[..., 0] = -np.abs(key[..., 0]) - 0.1
+
+
+NON_FINITE = {f'{name}-{value}': _one(operand, value)
+              for operand, name in enumerate(('query', 'key', 'value'))
+              for value in (np.nan, np.inf, -np.inf)}
+NON_FINITE.update({'first-key-block-minus-inf': _first_key_block_minus_inf,
+                   'row-of-minus-inf': _row_of_minus_inf})
+_REFERENCE = lambda q, k, v: attention.attend(q, k, v, implementation='xla')
+_WEIGHTS = np.random.RandomState(1).normal(size=(2, 150, 2, 16)).astype(np.float32)
+# Module level, so that every case reuses one compilation.
+_VALUES = {name: jax.jit(fn) for name, fn in
+           (('fused', fused_attention.fused_attention), ('reference', _REFERENCE))}
+_GRADS = {name: jax.jit(jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) * _WEIGHTS),
+                                 argnums=(0, 1, 2)))
+          for name, fn in (('fused', fused_attention.fused_attention),
+                           ('reference', _REFERENCE))}
+
+
+@needs_fused
+@pytest.mark.parametrize('case', NON_FINITE)
+def test_fused_attention_non_finite_as_reference(case):
+  """NaN and +-inf in the values and gradients exactly where the pure-JAX attention
+  has them (a NaN key makes its head NaN, a NaN query its row, a NaN value its
+  column; -inf logits weigh 0), the rest as close as for finite inputs."""
+  rng = np.random.RandomState(0)
+  qkv = [rng.normal(size=(2, 150, 2, 16)).astype(np.float32) for _ in range(3)]
+  NON_FINITE[case](qkv)
+  for kind in (_VALUES, _GRADS):
+    got, want = kind['fused'](*qkv), kind['reference'](*qkv)
+    for g, w in zip(*((got, want) if kind is _GRADS else ([got], [want]))):
+      g, w = np.asarray(g), np.asarray(w)
+      np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+      finite = ~np.isnan(w)
+      np.testing.assert_allclose(g[finite], w[finite], atol=1e-4, rtol=1e-4)
+  if case == 'key-nan':  # the review's case: all-finite output where XLA's was NaN
+    assert np.isnan(np.asarray(_VALUES['fused'](*qkv))[1, :, 1]).all()
+
+
+@needs_fused
+@pytest.mark.parametrize('shape', [(0, 5, 2, 16), (2, 0, 2, 16), (2, 5, 0, 16)])
+def test_fused_attention_empty(shape):
+  """No examples, tokens or heads: empty values and gradients, through the kernel."""
+  x = jnp.zeros(shape, jnp.float32)
+  assert fused_attention.supports(x, x, x)
+  assert jax.jit(fused_attention.fused_attention)(x, x, x).shape == shape
+  grads = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fused_attention.fused_attention(q, k, v)),
+                           argnums=(0, 1, 2)))(x, x, x)
+  assert [g.shape for g in grads] == [shape] * 3
+
+
+@needs_fused
+def test_stale_fused_library_falls_back(monkeypatch):
+  """A library built from another fused_attention.cc (a `git pull` since the build)
+  is not used: 'auto' takes the pure-JAX attention, 'fused' refuses, and the reason
+  is given (a warning, once)."""
+  monkeypatch.setattr(fused_attention, '_source_hash', lambda: '0' * 64)
+  fused_attention.unavailable_reason.cache_clear()
+  try:
+    with pytest.warns(UserWarning, match='built from another fused_attention.cc'):
+      reason = fused_attention.unavailable_reason()
+    assert 'built from another fused_attention.cc' in reason and 'rebuild' in reason
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')
+      assert fused_attention.unavailable_reason() == reason
+      x = jnp.zeros((1, 5, 2, 16))
+      assert not fused_attention.supports(x, x, x)
+      # A new function: jax caches the jaxprs of attention.attend without the choice.
+      auto = lambda *qkv: attention.attend(*qkv)
+      assert 'custom_partitioning' not in str(jax.make_jaxpr(auto)(x, x, x))
+      with pytest.raises(ValueError, match="'fused' needs .*built from another"):
+        attention.attend(x, x, x, implementation='fused')
+  finally:
+    monkeypatch.undo()
+    fused_attention.unavailable_reason.cache_clear()
+  assert fused_attention.unavailable_reason() == ''
 
 
 def test_fused_refuses_what_it_cannot_run():

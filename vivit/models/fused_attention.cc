@@ -14,6 +14,10 @@
 //
 // `scale` is the forward's logit scale in base 2 (log2(e) / sqrt(head_dim)) and
 // `grad_scale` the backward's d(natural logit) / d(q.k).
+//
+// NaN and infinities come out where `jax.nn.softmax` attention gives them: a NaN or
+// +inf logit makes its query's row NaN, a -inf logit has probability 0, a row of only
+// -inf logits is NaN.
 
 #include <algorithm>
 #include <atomic>
@@ -35,9 +39,16 @@ namespace ffi = xla::ffi;
 #ifndef VIVIT_JAXLIB_VERSION
 #define VIVIT_JAXLIB_VERSION "unknown"
 #endif
+#ifndef VIVIT_SOURCE_HASH
+#define VIVIT_SOURCE_HASH "unknown"
+#endif
 
 // The jaxlib whose FFI headers this was built against.
 extern "C" const char* vivit_fused_attention_jaxlib() { return VIVIT_JAXLIB_VERSION; }
+
+// The sha256 of the fused_attention.cc this was built from (setup.py defines it), so
+// that a library left from an older source is not used.
+extern "C" const char* vivit_fused_attention_source() { return VIVIT_SOURCE_HASH; }
 
 extern "C" int vivit_fused_attention_supported() {
   __builtin_cpu_init();
@@ -59,10 +70,12 @@ constexpr int kQueryBlock = 64;
 constexpr int kKeyBlock = 128;
 constexpr int kRows = 8;  // register tile of the logits kernel: kRows x 32
 
-// 2^x for x <= 0 (clamped at 2^-126 ~ 1e-38 below): 2^round(x) * p(x - round(x)), p the
-// degree-6 Taylor polynomial of 2^f on [-0.5, 0.5] (relative error < 2e-7).
+// 2^x for x <= 0, 0 below -126 (no denormals; 2^-inf = 0), NaN for NaN:
+// 2^round(x) * p(x - round(x)), p the degree-6 Taylor polynomial of 2^f on [-0.5, 0.5]
+// (relative error < 2e-7).
 inline __m512 Exp2(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-126.0f));
+  // True for NaN, which the arithmetic below carries through.
+  const __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-126.0f), _CMP_NLT_UQ);
   const __m512 whole = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, whole);
   __m512 p = _mm512_set1_ps(1.5403530e-4f);
@@ -72,7 +85,7 @@ inline __m512 Exp2(__m512 x) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, whole);
+  return _mm512_maskz_scalef_ps(kept, p, whole);
 }
 
 inline __mmask16 Tail(int n) {
@@ -240,7 +253,6 @@ ffi::Error CheckShapes(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F3
   *shape = {dims[0], dims[1], dims[2], dims[3]};
   if (shape->depth % 16 || shape->depth < 16 || shape->depth > 128)
     return ffi::Error::InvalidArgument("head_dim must be a multiple of 16 from 16 to 128");
-  if (shape->length < 1) return ffi::Error::InvalidArgument("no tokens");
   return ffi::Error::Success();
 }
 
@@ -249,6 +261,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query, ffi::Buffe
                    ffi::ResultBuffer<ffi::F32> log2_sum_exp) {
   Shape s;
   if (auto error = CheckShapes(query, key, value, &s); error.failure()) return error;
+  // Nothing to do (and no tasks to divide among); XLA skips empty calls today anyway.
+  if (s.batch == 0 || s.heads == 0 || s.length == 0) return ffi::Error::Success();
   const int64_t query_blocks = (s.length + kQueryBlock - 1) / kQueryBlock;
   // Tasks: (batch, head, run of query blocks), enough of them to balance the threads.
   const int64_t heads = s.batch * s.heads;
@@ -277,7 +291,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query, ffi::Buffe
       for (int r = 0; r < rows; ++r)
         for (int64_t d = 0; d < depth; ++d) scaled[r * depth + d] = qh.row(q0 + r)[d] * scale;
       std::fill(total.begin(), total.end(), 0.0f);
-      std::fill(running_max, running_max + kQueryBlock, -1e30f);
+      std::fill(running_max, running_max + kQueryBlock, -INFINITY);
       std::fill(normaliser, normaliser + kQueryBlock, 0.0f);
       for (int64_t k0 = 0; k0 < s.length; k0 += kKeyBlock) {
         const int cols = static_cast<int>(std::min<int64_t>(kKeyBlock, s.length - k0));
@@ -286,11 +300,13 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query, ffi::Buffe
                logits.data(), kKeyBlock);
         for (int r = 0; r < rows; ++r) {
           float* row = logits.data() + r * kKeyBlock;
-          __m512 m = _mm512_set1_ps(-1e30f);
+          // A NaN logit may be missed here; through Exp2 it makes the row's sum NaN.
+          __m512 m = _mm512_set1_ps(-INFINITY);
           for (int c = 0; c < cols; c += 16)
             m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, Tail(cols - c), row + c));
           const float new_max = std::max(running_max[r], _mm512_reduce_max_ps(m));
-          const __m512 shift = _mm512_set1_ps(new_max);
+          // Only -inf so far: shifting by 0 keeps their probabilities 0, not -inf - -inf.
+          const __m512 shift = _mm512_set1_ps(new_max == -INFINITY ? 0.0f : new_max);
           __m512 sum = _mm512_setzero_ps();
           for (int c = 0; c < cols; c += 16) {
             const __mmask16 mask = Tail(cols - c);
@@ -299,7 +315,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query, ffi::Buffe
             _mm512_mask_storeu_ps(row + c, mask, p);
             sum = _mm512_add_ps(sum, p);
           }
-          const float rescale = std::exp2(running_max[r] - new_max);
+          const float rescale =
+              running_max[r] == new_max ? 1.0f : std::exp2(running_max[r] - new_max);
           normaliser[r] = normaliser[r] * rescale + _mm512_reduce_add_ps(sum);
           running_max[r] = new_max;
           if (rescale != 1.0f) {
@@ -332,6 +349,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> query,
                     ffi::ResultBuffer<ffi::F32> grad_value) {
   Shape s;
   if (auto error = CheckShapes(query, key, value, &s); error.failure()) return error;
+  if (s.batch == 0 || s.heads == 0 || s.length == 0) return ffi::Error::Success();
   const int vectors = static_cast<int>(s.depth / 16);
   const float* q = query.typed_data();
   const float* k = key.typed_data();

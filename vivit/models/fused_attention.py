@@ -8,8 +8,10 @@ reference the tests compare it with).
 """
 import ctypes
 import functools
+import hashlib
 import importlib.machinery
 import os
+import warnings
 
 import jax
 import jaxlib
@@ -21,17 +23,30 @@ from jax.sharding import NamedSharding, PartitionSpec
 _LIBRARY_STEM = '_fused_attention'
 _FORWARD = 'vivit_fused_attention_forward'
 _BACKWARD = 'vivit_fused_attention_backward'
+_NO_AVX512 = 'this CPU has no AVX-512'
 
 
 def _version(text: str):
   return tuple(int(part) for part in text.split('.')[:3] if part.isdigit())
 
 
+def _source_hash():
+  """The sha256 of the `fused_attention.cc` beside this file, or None where it is not
+  there (a wheel ships the library without it: both come from one build)."""
+  path = os.path.join(os.path.dirname(__file__), 'fused_attention.cc')
+  if not os.path.exists(path):
+    return None
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
 @functools.lru_cache(maxsize=None)
 def unavailable_reason() -> str:
-  """Why the kernel cannot run here ('' when it can): not built, built against a
-  newer jaxlib than the one running, a library that does not load, or a CPU without
-  AVX-512. Registers the FFI targets on first success."""
+  """Why the kernel cannot run here ('' when it can): not built, built from another
+  `fused_attention.cc` than the one beside it (a `git pull` since the build) or
+  against a newer jaxlib than the one running, a library that does not load, or a CPU
+  without AVX-512. A library that is there but not used also warns, once. Registers
+  the FFI targets on first success."""
   directory = os.path.dirname(__file__)
   paths = [os.path.join(directory, _LIBRARY_STEM + suffix)
            for suffix in importlib.machinery.EXTENSION_SUFFIXES]
@@ -39,15 +54,33 @@ def unavailable_reason() -> str:
   if path is None:
     return (f'{_LIBRARY_STEM} was not built (reinstall with a C++ compiler: '
             f'pip install -e .)')
+  reason = _load(path)
+  if reason and reason != _NO_AVX512:  # built here, yet this process cannot use it
+    warnings.warn(f'vivit: attention runs in plain JAX, not the fused kernel: {reason}',
+                  stacklevel=2)
+  return reason
+
+
+def _load(path: str) -> str:
+  """Loads the library and registers its FFI targets; else why not."""
+  rebuild = 'rebuild: pip install --no-build-isolation -e .'
   try:
     library = ctypes.cdll.LoadLibrary(path)
+    built_from = getattr(library, 'vivit_fused_attention_source', None)
+    if built_from is not None:
+      built_from.restype = ctypes.c_char_p
+      built_from = built_from().decode()
+    expected = _source_hash()
+    if expected is not None and built_from != expected:
+      return (f'{path} was built from another fused_attention.cc than the one beside '
+              f'it ({rebuild})')
     library.vivit_fused_attention_jaxlib.restype = ctypes.c_char_p
     built_for = library.vivit_fused_attention_jaxlib().decode()
     if _version(built_for) > _version(jaxlib.__version__):
       return (f'{path} was built against jaxlib {built_for}, newer than the running '
-              f'{jaxlib.__version__} (reinstall: pip install --no-build-isolation -e .)')
+              f'{jaxlib.__version__} ({rebuild})')
     if not library.vivit_fused_attention_supported():
-      return 'this CPU has no AVX-512'
+      return _NO_AVX512
     for name, symbol in ((_FORWARD, library.VivitFusedAttentionForward),
                          (_BACKWARD, library.VivitFusedAttentionBackward)):
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform='cpu')
@@ -64,7 +97,7 @@ def supports(query, key, value) -> bool:
           and query.shape == key.shape == value.shape and query.ndim == 4
           and all(x.dtype == jnp.float32 for x in (query, key, value))
           and query.shape[-1] % 16 == 0 and 16 <= query.shape[-1] <= 128
-          and query.shape[1] >= 1 and not unavailable_reason())
+          and not unavailable_reason())
 
 
 def _scales(depth: int):
