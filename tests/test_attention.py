@@ -159,32 +159,35 @@ NON_FINITE.update({'first-key-block-minus-inf': _first_key_block_minus_inf,
 _REFERENCE = lambda q, k, v: attention.attend(q, k, v, implementation='xla')
 _WEIGHTS = np.random.RandomState(1).normal(size=(2, 150, 2, 16)).astype(np.float32)
 # Module level, so that every case reuses one compilation.
-_VALUES = {name: jax.jit(fn) for name, fn in
-           (('fused', fused_attention.fused_attention), ('reference', _REFERENCE))}
+_IMPLEMENTATIONS = {
+    'fused': fused_attention.fused_attention, 'reference': _REFERENCE,
+    'blocked': lambda q, k, v: attention.attend(q, k, v, implementation='blocked')}
+_VALUES = {name: jax.jit(fn) for name, fn in _IMPLEMENTATIONS.items()}
 _GRADS = {name: jax.jit(jax.grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) * _WEIGHTS),
                                  argnums=(0, 1, 2)))
-          for name, fn in (('fused', fused_attention.fused_attention),
-                           ('reference', _REFERENCE))}
+          for name, fn in _IMPLEMENTATIONS.items()}
 
 
-@needs_fused
+@pytest.mark.parametrize('implementation', [pytest.param('fused', marks=needs_fused),
+                                            'blocked'])
 @pytest.mark.parametrize('case', NON_FINITE)
-def test_fused_attention_non_finite_as_reference(case):
-  """NaN and +-inf in the values and gradients exactly where the pure-JAX attention
-  has them (a NaN key makes its head NaN, a NaN query its row, a NaN value its
-  column; -inf logits weigh 0), the rest as close as for finite inputs."""
+def test_attention_non_finite_as_reference(case, implementation):
+  """NaN and +-inf in the values and gradients exactly where XLA's attention has
+  them (a NaN key makes its head NaN, a NaN query its row, a NaN value its column;
+  -inf logits weigh 0), the rest as close as for finite inputs: the fused kernel,
+  and the key-blocked attention (KEY_BLOCK 128: two blocks here)."""
   rng = np.random.RandomState(0)
   qkv = [rng.normal(size=(2, 150, 2, 16)).astype(np.float32) for _ in range(3)]
   NON_FINITE[case](qkv)
   for kind in (_VALUES, _GRADS):
-    got, want = kind['fused'](*qkv), kind['reference'](*qkv)
+    got, want = kind[implementation](*qkv), kind['reference'](*qkv)
     for g, w in zip(*((got, want) if kind is _GRADS else ([got], [want]))):
       g, w = np.asarray(g), np.asarray(w)
       np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
       finite = ~np.isnan(w)
       np.testing.assert_allclose(g[finite], w[finite], atol=1e-4, rtol=1e-4)
   if case == 'key-nan':  # the review's case: all-finite output where XLA's was NaN
-    assert np.isnan(np.asarray(_VALUES['fused'](*qkv))[1, :, 1]).all()
+    assert np.isnan(np.asarray(_VALUES[implementation](*qkv))[1, :, 1]).all()
 
 
 @needs_fused

@@ -126,8 +126,10 @@ def _blocked_forward(query, key, value, block):
     key_block, value_block = chunk
     logits = jnp.einsum('bhqd,bhkd->bhqk', scaled, key_block, preferred_element_type=f32)
     new_max = jnp.maximum(running_max, logits.max(-1))
-    probabilities = jnp.exp2(logits - new_max[..., None])
-    rescale = jnp.exp2(running_max - new_max)
+    # While a row has seen only -inf logits, shift by 0: -inf - -inf would be NaN.
+    shift = jnp.where(new_max == -jnp.inf, 0.0, new_max)
+    probabilities = jnp.exp2(logits - shift[..., None])
+    rescale = jnp.exp2(running_max - shift)
     normaliser = normaliser * rescale + probabilities.sum(-1)
     total = total * rescale[..., None] + jnp.einsum(
         'bhqk,bhkd->bhqd', probabilities.astype(value.dtype), value_block,
