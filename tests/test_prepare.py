@@ -21,7 +21,10 @@ from PIL import Image
 
 import video_files as vf
 from vivit import evaluate
-from vivit.datasets import builder as video_builder, releases as builders
+from vivit.datasets import releases as builders
+from vivit.datasets.decoders import KILL_WORKER_ON
+from vivit.datasets.entries import Entry
+from vivit.datasets.work_files import DECODED, RUNNING, work_file
 from vivit.input import dmvr, pipeline
 from vivit.errors import AnnotationError, DataError
 from vivit.train import train_and_evaluate
@@ -283,17 +286,16 @@ def died(tmp_path_factory):
   listing = vf.write_csv(str(root / 'list.csv'), None,
                          [[f'{name}.mp4', 'jump', 'train'] for name in 'abcde'])
   work = str(root / 'tfds' / 'video_folder' / '_prepare')
-  path = lambda name, suffix: video_builder._work_file(
-      work, video_builder.Entry(f'{name}.mp4', 'train', (), None), suffix)
-  vf.write_json(path('b', video_builder.RUNNING), {'pid': 1, 'alone': True})
-  vf.write_json(path('c', video_builder.RUNNING), {'pid': 1, 'alone': False})
-  for where, data in ((path('a', video_builder.DECODED), pickle.dumps(Trap(str(root / 'trap')))),
-                      (path('e', video_builder.DECODED) + '.123.partial', b'half')):
+  path = lambda name, suffix: work_file(work, Entry(f'{name}.mp4', 'train', (), None), suffix)
+  vf.write_json(path('b', RUNNING), {'pid': 1, 'alone': True})
+  vf.write_json(path('c', RUNNING), {'pid': 1, 'alone': False})
+  for where, data in ((path('a', DECODED), pickle.dumps(Trap(str(root / 'trap')))),
+                      (path('e', DECODED) + '.123.partial', b'half')):
     os.makedirs(os.path.dirname(where), exist_ok=True)
     with open(where, 'wb') as f:
       f.write(data)
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(video_builder.KILL_WORKER_ON, 'd.mp4')
+    patch.setenv(KILL_WORKER_ON, 'd.mp4')
     report = vf.run_prepare('video_folder', videos, listing, root / 'tfds', '--workers', '2',
                             '--keep_work')
   return root, work, report
@@ -316,7 +318,7 @@ def test_a_video_decoded_alone_when_prepare_was_killed_is_skipped(died):
   assert set(skipped) == {'b.mp4', 'd.mp4'}
   assert skipped['b.mp4'].startswith('worker died: prepare was killed twice')
   left = [f for _, _, files in os.walk(work) for f in files]
-  assert not [f for f in left if f.endswith(video_builder.RUNNING)]
+  assert not [f for f in left if f.endswith(RUNNING)]
 
 
 def test_work_files_are_npz_and_stale_or_pickled_ones_go(died):

@@ -1,426 +1,45 @@
 """The TFDS builder every real video dataset shares, and `prepare_dataset`, which runs it.
 
 A dataset module (kinetics.py, ssv2.py, ...) only reads its official annotation
-files into `Entry`s (one per clip: split, labels, where the video is); this builder
-turns them into a TFDS dataset of JPEG frames at a fixed fps and short side, stored
-as ArrayRecord so that training can read any example by index.
+files into `Entry`s (entries.py), one per clip: split, labels, where the video is;
+this builder turns them into a TFDS dataset of JPEG frames at a fixed fps and short
+side, stored as ArrayRecord so that training can read any example by index.
 
 Preparation runs in two stages so that it survives being killed:
-1. decode: every video is decoded by `--workers` processes into a per-video work
-   file in `DATA_DIR/<name>/_prepare/` (an .npz of the JPEG bytes: data, never
-   code), written atomically and synced to disk; a bad video leaves a failure file
-   instead, and a video that kills its worker (out of memory, decoder crash) is
-   recorded as failed while the others go on (see `_decode_all`). A restarted run
-   decodes only the videos without a work file.
+1. decode: every video is decoded by `--workers` processes (decoders.py) into a
+   per-video work file in `DATA_DIR/<name>/_prepare/` (work_files.py: an .npz of
+   the JPEG bytes, data, never code), written atomically and synced to disk; a bad
+   video leaves a failure file instead, and a video that kills its worker (out of
+   memory, decoder crash) is recorded as failed while the others go on (see
+   `_decode_all`). A restarted run decodes only the videos without a work file.
 2. write: TFDS writes the dataset from those files, then the work files go.
 With `beam=True` both stages are one Apache Beam pipeline (TFDS's Beam support),
 for preparing Kinetics-700-sized datasets on Dataflow, Flink or Spark.
 """
-import contextlib
-import dataclasses
-import functools
-import hashlib
 import json
-import multiprocessing
 import os
-import re
 import shutil
-import signal
 import sys
-import traceback
-import zipfile
 from collections import Counter
-from multiprocessing import connection
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vivit.errors import AnnotationError, ConfigError, DataError, VideoError
+from vivit.errors import ConfigError, DataError
 from vivit.datasets import decode
+from vivit.datasets.decoders import WORKER_DIED, Decoders, death_reason, decode_entry
+from vivit.datasets.entries import Entry, check_split
+from vivit.datasets.work_files import FAILED, RUNNING, inside, is_work_file, load_clip, \
+    read_json, record_failure, remove, work_file, write_json
 
 WORK_DIR = '_prepare'
 REPORT = 'prepare_report.json'
-VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.mpg', '.mpeg')
-# Split names become directory and file names.
-SPLIT_NAME = re.compile(r'[A-Za-z0-9_-]+')
-# What the work dir holds per entry: its decoded frames, why it failed, or (while a
-# worker decodes it) which worker.
-DECODED, FAILED, RUNNING = '.npz', '.error.json', '.running.json'
-WORK_ARRAYS = ('jpeg', 'offsets', 'fps')
-WORKER_DIED = 'worker died'
-# For tests only: a decoding worker kills itself (SIGKILL, as the OOM killer does)
-# when it starts on the entry with this key.
-KILL_WORKER_ON = 'VIVIT_TEST_KILL_WORKER_ON'
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-  """One clip of the dataset, as its annotation file describes it.
-
-  `labels` maps each label feature ('label', or 'verb' and 'noun') to its class
-  name. The frames come from `path` (the whole file, or [start, stop) seconds of
-  it) or, for pre-extracted frames, from `frame_files` at `frame_fps`. `path` is
-  None when no video file was found for the entry."""
-  key: str
-  split: str
-  labels: Tuple[Tuple[str, str], ...]
-  path: Optional[str]
-  start: Optional[float] = None
-  stop: Optional[float] = None
-  frame_files: Optional[Tuple[str, ...]] = None
-  frame_fps: Optional[float] = None
-  # Cut [start, stop) only from a file longer than that (see decode.read_video).
-  only_if_longer: bool = False
-
-  def read(self, resample: decode.Resample, threads: bool = False) -> decode.Clip:
-    if self.frame_files is not None:
-      return decode.read_frame_files(self.frame_files, self.frame_fps, resample)
-    if self.path is None:
-      raise VideoError('video file not found')
-    return decode.read_video(self.path, resample, start=self.start, stop=self.stop,
-                             only_if_longer=self.only_if_longer, threads=threads)
-
-
-def index_files(root: str, extensions: Sequence[str]) -> Dict[str, str]:
-  """File stem -> path for every file under `root` with one of `extensions`
-  (case-insensitive); the first in sorted order wins when a stem repeats."""
-  found = {}
-  extensions = tuple(e.lower() for e in extensions)
-  for directory, subdirs, files in os.walk(root):
-    subdirs.sort()
-    for name in sorted(files):
-      stem, ext = os.path.splitext(name)
-      if ext.lower() in extensions:
-        found.setdefault(stem, os.path.join(directory, name))
-  return found
-
-
-def check_split(split: str, where: str) -> str:
-  """`split`, if it can name a directory: letters, digits, _ and - only."""
-  if not SPLIT_NAME.fullmatch(split):
-    raise AnnotationError(f'{where}: split {split!r} is not a name of letters, digits, '
-                          f'_ and -')
-  return split
-
-
-def inside(root: str, path: str) -> str:
-  """`path`, after checking that it resolves (symbolic links followed) to a place
-  under `root`: nothing the builder writes may land elsewhere."""
-  real_root, real = os.path.realpath(root), os.path.realpath(path)
-  if os.path.commonpath([real_root, real]) != real_root:
-    raise DataError(f'{path}: resolves to {real}, outside the work directory '
-                    f'{real_root}; not writing there')
-  return path
-
-
-def _work_file(work_dir: str, entry: Entry, suffix: str = DECODED) -> str:
-  """Where the entry's decoded frames, failure or running marker (`suffix`) is kept."""
-  digest = hashlib.sha1(f'{entry.split}/{entry.key}'.encode()).hexdigest()
-  return os.path.join(work_dir, entry.split, digest[:2], digest + suffix)
-
-
-def _remove(path: str) -> None:
-  with contextlib.suppress(FileNotFoundError):
-    os.remove(path)
-
-
-def _sync_directory(path: str) -> None:
-  """Makes a rename in `path` survive a power loss, where the OS allows it."""
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:  # Windows cannot open a directory
-    return
-  try:
-    os.fsync(fd)
-  except OSError:  # nor can some filesystems sync one
-    pass
-  finally:
-    os.close(fd)
-
-
-def _write_atomic(work_dir: str, path: str, write: Callable, durable: bool = True) -> None:
-  """Writes `path`, under `work_dir`, whole or not at all: `write(file)` fills a
-  partial file that is synced to disk (if `durable`) before it is renamed into place,
-  so that a power loss cannot leave an empty file that counts as written."""
-  directory = inside(work_dir, os.path.dirname(path))
-  os.makedirs(directory, exist_ok=True)
-  partial = f'{path}.{os.getpid()}.partial'
-  _remove(partial)
-  # O_EXCL: never through a file or link that someone else put there.
-  fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  try:
-    with open(fd, 'wb') as f:
-      write(f)
-      if durable:
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
-  except BaseException:
-    _remove(partial)
-    raise
-  if durable:
-    _sync_directory(directory)
-
-
-def _write_json(work_dir: str, path: str, value: dict, durable: bool = True) -> None:
-  _write_atomic(work_dir, path, lambda f: f.write(json.dumps(value).encode()), durable)
-
-
-def _read_json(path: str) -> Optional[dict]:
-  """The JSON object in `path`; None if there is none (missing, cut short, not JSON)."""
-  try:
-    with open(path, 'rb') as f:
-      value = json.load(f)
-  except (OSError, ValueError):
-    return None
-  return value if isinstance(value, dict) else None
-
-
-def _save_clip(f, frames: Sequence[bytes], fps: float) -> None:
-  offsets = np.cumsum([0] + [len(frame) for frame in frames], dtype=np.int64)
-  np.savez(f, jpeg=np.frombuffer(b''.join(frames), np.uint8), offsets=offsets,
-           fps=np.float64(fps))
-
-
-def _is_work_file(path: str) -> bool:
-  """Whether `path` is an archive of the work file's arrays (only its index is read)."""
-  try:
-    with zipfile.ZipFile(path) as archive:
-      return sorted(archive.namelist()) == sorted(f'{n}.npy' for n in WORK_ARRAYS)
-  except (OSError, zipfile.BadZipFile):
-    return False
-
-
-def _load_clip(path: str) -> dict:
-  """{'frames', 'fps'} of a work file; DataError if it is not one. Loads arrays only:
-  nothing in the file can make this run code."""
-  try:
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-      raise ValueError('not an .npz archive')
-    with data:
-      jpeg, offsets, fps = (data[name] for name in WORK_ARRAYS)
-    if (jpeg.dtype != np.uint8 or jpeg.ndim != 1 or offsets.dtype != np.int64
-        or offsets.ndim != 1 or not offsets.size or offsets[0] != 0
-        or offsets[-1] != jpeg.size or np.any(np.diff(offsets) < 0) or fps.shape != ()):
-      raise ValueError('arrays of the wrong type or size')
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-    raise DataError(f'{path}: not a work file ({e})') from None
-  frames = [jpeg[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
-  return {'frames': frames, 'fps': float(fps)}
-
-
-def _record_failure(work_dir: str, entry: Entry, reason: str) -> None:
-  failure = {'split': entry.split, 'id': entry.key, 'path': entry.path, 'reason': reason}
-  _write_json(work_dir, _work_file(work_dir, entry, FAILED), failure)
-
-
-def decode_entry(entry: Entry, resample: decode.Resample, work_dir: str,
-                 threads: bool = False) -> Optional[dict]:
-  """{'frames', 'fps'} of the entry, or None once the reason it failed is saved in
-  `work_dir` for the report: nothing a video file can contain stops preparation."""
-  try:
-    clip = entry.read(resample, threads=threads)
-  except VideoError as e:
-    reason = str(e)
-  except Exception as e:  # pylint: disable=broad-except
-    reason = f'{type(e).__name__}: {" ".join(str(e).split())}'
-  else:
-    return {'frames': clip.frames, 'fps': clip.fps}
-  _record_failure(work_dir, entry, reason)
-  return None
-
-
-def _decode_to_work_file(entry: Entry, resample: decode.Resample, work_dir: str,
-                         threads: bool, alone: bool) -> bool:
-  """Decodes one entry into its work file; False if it failed. A marker names the
-  process while it decodes (`alone`: with no other video in flight; see `_decode_all`)."""
-  running = _work_file(work_dir, entry, RUNNING)
-  _remove(_work_file(work_dir, entry, FAILED))  # an earlier attempt's
-  _write_json(work_dir, running, {'split': entry.split, 'id': entry.key,
-                                  'pid': os.getpid(), 'alone': alone}, durable=False)
-  if os.environ.get(KILL_WORKER_ON) == entry.key:
-    os.kill(os.getpid(), signal.SIGKILL)
-  record = decode_entry(entry, resample, work_dir, threads)
-  if record is not None:
-    _write_atomic(work_dir, _work_file(work_dir, entry),
-                  functools.partial(_save_clip, **record))
-  _remove(running)
-  return record is not None
-
-
-def _die_with(owner: int) -> None:
-  """Linux: this process is killed when `owner` dies, so that no worker of a killed
-  run goes on decoding (and writing) on its own."""
-  with contextlib.suppress(Exception):
-    import ctypes
-    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-  if os.getppid() != owner:
-    os._exit(0)
-
-
-READY = 'ready'
-
-
-def _worker(conn, owner: int, resample: decode.Resample, work_dir: str, threads: bool,
-            alone: bool) -> None:
-  """A decoding process: says READY, then answers each entry it is sent with
-  `_decode_to_work_file`'s result, or (a bug, a full disk) the exception and its
-  traceback; stops at None."""
-  _die_with(owner)
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # on Ctrl-C the owner stops its workers
-  conn.send(READY)
-  while True:
-    try:
-      entry = conn.recv()
-    except EOFError:  # the owner is gone
-      return
-    if entry is None:
-      return
-    try:
-      conn.send(_decode_to_work_file(entry, resample, work_dir, threads, alone))
-    except Exception as e:  # pylint: disable=broad-except
-      try:
-        conn.send((e, traceback.format_exc()))
-      except Exception:  # pylint: disable=broad-except  # it does not pickle
-        conn.send((RuntimeError(f'{type(e).__name__}: {e}'), traceback.format_exc()))
-
-
-class _WorkerTraceback(Exception):
-  """Where an exception raised in a decoding worker came from."""
-
-
-def _how(exitcode: int) -> str:
-  """How a process with `exitcode` ended: 'exit code 1', 'signal 9 (SIGKILL, ...)'."""
-  if exitcode >= 0:
-    return f'exit code {exitcode}'
-  try:
-    name = signal.Signals(-exitcode).name
-  except ValueError:
-    name = 'unknown signal'
-  hint = ', out of memory?' if -exitcode == getattr(signal, 'SIGKILL', None) else ''
-  return f'signal {-exitcode} ({name}{hint})'
-
-
-def death_reason(exitcode: Optional[int]) -> str:
-  """The failure of a video whose worker ended with `exitcode` (None: not known)."""
-  if exitcode is None:
-    return (f'{WORKER_DIED}: prepare was killed twice while decoding it, the second '
-            f'time alone (out of memory?)')
-  return f'{WORKER_DIED}: {_how(exitcode)}'
-
-
-@dataclasses.dataclass
-class _Worker:
-  """A decoding process, as its owner sees it."""
-  process: multiprocessing.Process
-  ready: bool = False  # it said READY
-  entry: Optional[Entry] = None  # sent to it and not answered yet
-  gone: bool = False  # its end of the pipe is closed
-
-
-def _forget(work_dir: str, entry: Entry, pid: int) -> None:
-  """Removes the marker and the partial files that process `pid` left for `entry`."""
-  _remove(_work_file(work_dir, entry, RUNNING))
-  for suffix in (DECODED, FAILED, RUNNING):
-    _remove(f'{_work_file(work_dir, entry, suffix)}.{pid}.partial')
-
-
-class _Decoders:
-  """`count` worker processes that decode entries into work files, each sent one
-  entry at a time; a worker that dies fails its entry and is replaced (see
-  `VideoDatasetBuilder._decode_all`). `finished(ok)` is called once per entry."""
-
-  def __init__(self, count: int, resample: decode.Resample, work_dir: str, alone: bool,
-               finished: Callable[[bool], None]):
-    self.count, self.resample, self.work_dir, self.alone = count, resample, work_dir, alone
-    self.finished = finished
-    self.todo: List[Entry] = []
-    self.workers: Dict[connection.Connection, _Worker] = {}
-
-  def run(self, entries: List[Entry]) -> None:
-    self.todo = entries[::-1]
-    try:
-      for _ in range(min(self.count, len(self.todo))):
-        self._start()
-      while self.workers:
-        self._wait()
-    finally:
-      self._stop()
-
-  def _start(self) -> None:
-    context = multiprocessing.get_context('spawn')
-    ours, theirs = context.Pipe()
-    process = context.Process(target=_worker, daemon=True, args=(
-        theirs, os.getpid(), self.resample, self.work_dir, self.count == 1, self.alone))
-    process.start()
-    theirs.close()
-    self.workers[ours] = _Worker(process)
-
-  def _wait(self) -> None:
-    workers = self.workers
-    ready = connection.wait([c for c, w in workers.items() if not w.gone]
-                            + [w.process.sentinel for w in workers.values()])
-    for conn in [c for c in workers if c in ready]:
-      self._receive(conn)
-    for conn in [c for c, w in workers.items() if w.process.sentinel in ready]:
-      self._bury(conn)
-
-  def _give(self, conn: connection.Connection) -> None:
-    """Sends the worker the next entry, or None: stop."""
-    worker = self.workers[conn]
-    worker.entry = self.todo.pop() if self.todo else None
-    try:
-      conn.send(worker.entry)
-    except OSError:  # it is dead and never got it
-      if worker.entry is not None:
-        self.todo.append(worker.entry)
-      worker.entry = None
-
-  def _receive(self, conn: connection.Connection) -> None:
-    worker = self.workers[conn]
-    try:
-      message = conn.recv()
-    except (EOFError, OSError):
-      worker.gone = True
-      return
-    if isinstance(message, tuple):
-      error, trace = message
-      raise error from _WorkerTraceback(trace)
-    if message != READY:
-      self.finished(message)
-    worker.ready = True
-    self._give(conn)
-
-  def _bury(self, conn: connection.Connection) -> None:
-    """A worker has ended: fails the entry it was decoding, if any, and replaces it."""
-    worker = self.workers[conn]
-    while not worker.gone and conn.poll():  # what it sent before it died
-      self._receive(conn)
-    del self.workers[conn]
-    conn.close()
-    process = worker.process
-    process.join()
-    if worker.entry is not None:
-      _record_failure(self.work_dir, worker.entry, death_reason(process.exitcode))
-      _forget(self.work_dir, worker.entry, process.pid)
-      self.finished(False)
-    elif not worker.ready:
-      raise DataError(f'{self.work_dir}: a decoding worker could not start '
-                      f'({_how(process.exitcode)}); see its error above')
-    if self.todo:
-      self._start()
-
-  def _stop(self) -> None:
-    """Ends the workers still running (this run stops early: not for their videos)."""
-    for conn, worker in self.workers.items():
-      worker.process.kill()
-      worker.process.join()
-      conn.close()
-      if worker.entry is not None:
-        _forget(self.work_dir, worker.entry, worker.process.pid)
-    self.workers.clear()
+def _example(entry: Entry, record: dict) -> dict:
+  return {'video': record['frames'], 'fps': np.float32(record['fps']), 'id': entry.key,
+          **dict(entry.labels)}
 
 
 def _beam_examples(entry: Entry, resample: decode.Resample, work_dir: str):
@@ -520,12 +139,12 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def _examples_from_work_files(self, entries: Iterable[Entry]):
     for entry in entries:
-      path = _work_file(self.work_dir, entry)
+      path = work_file(self.work_dir, entry)
       if os.path.exists(path):
         try:
-          record = _load_clip(path)
+          record = load_clip(path)
         except DataError as e:
-          _remove(path)
+          remove(path)
           raise DataError(f'{e}; removed it: run prepare again to decode {entry.key} '
                           f'again') from None
         yield entry.key, _example(entry, record)
@@ -570,8 +189,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       bar.update()
       bar.set_postfix(skipped=failures, refresh=False)
     with bar:
-      _Decoders(1, self._resample, self.work_dir, True, finished).run(suspects)
-      _Decoders(self._workers, self._resample, self.work_dir, False, finished).run(pending)
+      Decoders(1, self._resample, self.work_dir, True, finished).run(suspects)
+      Decoders(self._workers, self._resample, self.work_dir, False, finished).run(pending)
 
   def _take_stock(self, entries: List[Entry]) -> Tuple[List[Entry], List[Entry], int]:
     """What earlier runs left: (entries a killed run was decoding, entries to decode,
@@ -581,27 +200,27 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     for directory, _, names in os.walk(self.work_dir):
       for name in names:
         if name.endswith('.partial'):
-          _remove(os.path.join(directory, name))
+          remove(os.path.join(directory, name))
     suspects, pending, done, checked = [], [], 0, set()
     for entry in entries:
-      path = _work_file(self.work_dir, entry)
+      path = work_file(self.work_dir, entry)
       if os.path.dirname(path) not in checked:
         checked.add(inside(self.work_dir, os.path.dirname(path)))
-      running = _work_file(self.work_dir, entry, RUNNING)
+      running = work_file(self.work_dir, entry, RUNNING)
       if os.path.exists(path):
-        if _is_work_file(path):
+        if is_work_file(path):
           done += 1
-          _remove(running)
+          remove(running)
           continue
-        _remove(path)
-      failure = _read_json(_work_file(self.work_dir, entry, FAILED))
+        remove(path)
+      failure = read_json(work_file(self.work_dir, entry, FAILED))
       if os.path.exists(running) and failure is None:
-        if not (_read_json(running) or {}).get('alone'):
+        if not (read_json(running) or {}).get('alone'):
           suspects.append(entry)
           continue
         failure = {'reason': death_reason(None)}
-        _record_failure(self.work_dir, entry, failure['reason'])
-      _remove(running)
+        record_failure(self.work_dir, entry, failure['reason'])
+      remove(running)
       if failure is None or not str(failure.get('reason')).startswith(WORKER_DIED):
         pending.append(entry)
     return suspects, pending, done
@@ -619,14 +238,14 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             f'{self.work_dir} holds an unfinished preparation with {earlier}, not '
             f'{settings}: run prepare again with those settings, or delete it')
     else:
-      _write_json(self.work_dir, path, settings)
+      write_json(self.work_dir, path, settings)
 
   def failures(self) -> List[dict]:
     """The entries that were skipped: [{'split', 'id', 'path', 'reason'}]."""
     skipped = []
     for entry in self.entries():
-      failure = _read_json(_work_file(self.work_dir, entry, FAILED))
-      if failure is not None and not os.path.exists(_work_file(self.work_dir, entry)):
+      failure = read_json(work_file(self.work_dir, entry, FAILED))
+      if failure is not None and not os.path.exists(work_file(self.work_dir, entry)):
         skipped.append(failure)
     return skipped
 
@@ -638,29 +257,6 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         if name.startswith('incomplete.'):
           shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
-
-def _example(entry: Entry, record: dict) -> dict:
-  return {'video': record['frames'], 'fps': np.float32(record['fps']), 'id': entry.key,
-          **dict(entry.labels)}
-
-
-def read_csv(path: str, required: Sequence[str], header: bool = True):
-  """Rows of a CSV as (line number, dict by column) with a header, or (line number,
-  list) without; AnnotationError naming the file when required columns are missing."""
-  import csv
-  if not os.path.exists(path):
-    raise AnnotationError(f'{path}: file not found')
-  with open(path, newline='', encoding='utf-8') as f:
-    reader = csv.reader(f)
-    if not header:
-      return [(i, row) for i, row in enumerate(reader, 1) if row]
-    columns = [c.strip() for c in next(reader, [])]
-    missing = [c for c in required if c not in columns]
-    if missing:
-      raise AnnotationError(f'{path}:1: expected a header with columns '
-                            f'{",".join(required)}; got {",".join(columns) or "nothing"}')
-    return [(i, dict(zip(columns, (v.strip() for v in row))))
-            for i, row in enumerate(reader, 2) if row]
 
 
 def prepare_dataset(builder_cls: type, *, data_dir: str, videos: str,

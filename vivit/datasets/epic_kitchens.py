@@ -15,7 +15,8 @@ the original Epic-Kitchens-55 videos and 50 fps for the 2020 extension
 import os
 
 from vivit.errors import AnnotationError
-from vivit.datasets.builder import Entry, VideoDatasetBuilder, index_files, read_csv
+from vivit.datasets.builder import VideoDatasetBuilder
+from vivit.datasets.entries import Entry, index_files, read_csv
 
 SPLITS = {'train': 'EPIC_100_train.csv', 'validation': 'EPIC_100_validation.csv'}
 COLUMNS = ('narration_id', 'video_id', 'start_timestamp', 'stop_timestamp',

@@ -16,8 +16,8 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from vivit.errors import AnnotationError
-from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, \
-    VideoDatasetBuilder, index_files, read_csv
+from vivit.datasets.builder import VideoDatasetBuilder
+from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, index_files, read_csv
 
 SPLIT_WORDS = {'train': 'train', 'training': 'train', 'val': 'validation',
                'validate': 'validation', 'validation': 'validation', 'test': 'test'}

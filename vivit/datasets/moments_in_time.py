@@ -7,7 +7,8 @@ looked up as `VIDEOS/training/<file>` (or `validation/`), then `VIDEOS/<file>`.
 import os
 
 from vivit.errors import AnnotationError
-from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, read_csv
+from vivit.datasets.builder import VideoDatasetBuilder
+from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, read_csv
 
 SPLITS = {'train': ('trainingSet.csv', 'training'),
           'validation': ('validationSet.csv', 'validation')}

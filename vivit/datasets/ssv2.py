@@ -13,7 +13,8 @@ import os
 import sys
 
 from vivit.errors import AnnotationError
-from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, index_files
+from vivit.datasets.builder import VideoDatasetBuilder
+from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, index_files
 
 PREFIX = 'something-something-v2-'
 

@@ -9,8 +9,8 @@ order.
 import os
 
 from vivit.errors import AnnotationError
-from vivit.datasets.builder import VIDEO_EXTENSIONS, Entry, VideoDatasetBuilder, check_split, \
-    read_csv
+from vivit.datasets.builder import VideoDatasetBuilder
+from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, check_split, read_csv
 HEADER = ['path', 'label', 'split']
 
 
