@@ -173,9 +173,11 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """
     suspects, pending, done = self._take_stock(entries)
     todo = len(suspects) + len(pending)
-    if (done or suspects) and self._progress:
+    killers = len(entries) - done - todo  # failed earlier with "worker died"
+    if (done or suspects or killers) and self._progress:
       print(f'{self.name}: {done} of {len(entries)} videos were decoded by an earlier '
-            f'run; decoding the other {todo}'
+            f'run' + (f', {killers} killed their worker (skipped)' if killers else '')
+            + f'; decoding the other {todo}'
             + (f', first, one at a time, the {len(suspects)} it was decoding when it '
                f'was killed' if suspects else ''), file=sys.stderr, flush=True)
     from tqdm import tqdm

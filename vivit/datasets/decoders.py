@@ -108,7 +108,8 @@ def _how(exitcode: int) -> str:
 
 
 def death_reason(exitcode: Optional[int]) -> str:
-  """The failure of a video whose worker ended with `exitcode` (None: not known)."""
+  """The failure of a video whose worker ended with `exitcode`; None: whole runs were
+  killed while decoding it, the last time alone (see builder.py's `_decode_all`)."""
   if exitcode is None:
     return (f'{WORKER_DIED}: prepare was killed twice while decoding it, the second '
             f'time alone (out of memory?)')
