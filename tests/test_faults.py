@@ -237,7 +237,7 @@ def test_stop_signal_during_validation_saves_and_validates_again_on_resume(
   def slow_batches(*args, **kwargs):
     for batch in eval_batches(*args, **kwargs):
       if not signalled:
-        signalled.append(time.time())
+        signalled.append(True)
         os.kill(os.getpid(), signal.SIGINT)
       time.sleep(0.5)  # ten batches: a 5 s validation
       read.append(1)
@@ -248,7 +248,7 @@ def test_stop_signal_during_validation_saves_and_validates_again_on_resume(
                                                 'training.checkpoint_every': 100,
                                                 'eval.batch_size': 2})
   result = train.train_and_evaluate(config(), workdir)
-  assert time.time() - signalled[0] < 4 and len(read) <= 4  # the batches prefetched
+  assert len(read) <= 4  # of 10: the batch asked after, and those prefetched
   assert result['step'] == 6
   assert 'SIGINT: saved checkpoint at step 6 (its validation was cut short' in (
       capsys.readouterr().out)
