@@ -163,3 +163,28 @@ def write_epic(root):
   write_csv(os.path.join(annotations, 'EPIC_100_train.csv'), header, train)
   write_csv(os.path.join(annotations, 'EPIC_100_validation.csv'), header, validation)
   return videos, annotations
+
+
+def write_timed(path, times, fps=25, size=(240, 320), noise=True,
+                time_base=Fraction(1, 1000)):
+  """An MPEG-4 mp4 with one frame at each of `times` (seconds), declaring `fps`
+  (the muxer may replace it by the frames' average rate); frames are random noise
+  (hard to compress) or frame_level(i) grey."""
+  import av
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rng = np.random.RandomState(0)
+  with av.open(path, 'w') as container:
+    stream = container.add_stream('mpeg4', rate=Fraction(fps))
+    stream.height, stream.width = size
+    stream.pix_fmt = 'yuv420p'
+    stream.codec_context.time_base = time_base
+    for i, time in enumerate(times):
+      image = (rng.randint(0, 256, (*size, 3), np.uint8) if noise
+               else np.full((*size, 3), frame_level(i), np.uint8))
+      frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+      frame.pts, frame.time_base = round(time / time_base), time_base
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path

@@ -38,12 +38,20 @@ def parse_views(text: str) -> Tuple[int, int]:
 def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resize: int,
                 crop_size: int, num_clips: int, num_crops: int) -> np.ndarray:
   """`[views, num_frames, crop, crop, 3]` uint8: the evaluation's views of the
-  video file at `path` (VideoError if it cannot be decoded)."""
+  video file at `path` (VideoError if it cannot be decoded). Only the frames the
+  views use are converted and kept."""
   import tensorflow as tf
   from vivit.datasets import decode
   from vivit.input import transforms
+  resample = decode.Resample(fps=fps, short_side=min_resize)
   try:
-    clip = decode.read_video(path, decode.Resample(fps=fps, short_side=min_resize))
+    # The clips' places depend on the exact frame count, which the declared duration
+    # does not give: a first pass counts the frames without converting any.
+    count = len(decode.read_video(path, resample, keep=()).frames)
+    needed = transforms.test_clip_indices(count, num_frames, stride, num_clips)
+    clip = decode.read_video(path, resample, keep={int(i) for i in needed.numpy().flat})
+    if len(clip.frames) != count:
+      raise VideoError(f'{len(clip.frames)} frames decoded, {count} on a first read')
   except VideoError as e:
     raise VideoError(f'{path}: {e}') from None
   return transforms.test_views(

@@ -4,16 +4,19 @@
 only the frames of one segment), resample to `fps` by nearest timestamp, resize so
 the short side is `short_side`, and JPEG-encode the frames as they stream past, so
 memory holds JPEGs, not decoded video. Anything wrong with a file (missing, empty,
-truncated, undecodable, no video stream) raises `VideoError` with a one-line reason,
-so preparation can skip the video and report it.
+truncated, undecodable, no video stream, a frame rate or timestamp gap that is not
+video, more frames than the ceilings below) raises `VideoError` with a one-line
+reason, so preparation can skip the video and report it.
 
 No TensorFlow here: this module runs in the decoding worker processes.
 """
 import dataclasses
 import io
+import math
 import os
 from fractions import Fraction
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import (AbstractSet, Callable, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -21,8 +24,22 @@ from vivit.errors import VideoError
 
 JPEG_QUALITY = 90
 # A file (or segment) whose frames end more than this, or 10 % of its length,
-# before its declared end is truncated.
+# before its declared end is truncated; frames that far after it are not read.
 TRUNCATION_TOLERANCE_S = 1.0
+# Declared source rates outside this range are not video (a slide show, a broken
+# time base): resampling them to 25 fps would invent thousands of frames.
+MIN_SOURCE_FPS = 1.0
+MAX_SOURCE_FPS = 1000.0
+# A longer pause between two frames is refused rather than filled with repeats of
+# the frame before it. Variable-rate recordings (phones, screen captures) hold a
+# still frame for a second or two, so the limit is in seconds, not frame periods.
+MAX_GAP_S = 5.0
+# Per-video ceilings on the output, checked before a frame is encoded or repeated.
+# Preparation holds about 7.5x a video's JPEG bytes while it writes its example
+# (measured), so MAX_JPEG_BYTES keeps a worker under ~2.7 GB whatever the file.
+MAX_FRAMES = 18_000  # 12 minutes at 25 fps
+MAX_PIXELS = 2_000_000_000  # frames x height x width: 17,000 frames at 256x455
+MAX_JPEG_BYTES = 256 << 20  # every repeat counted; e.g. 13,000 frames of 20 KB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +52,8 @@ class Resample:
 
 @dataclasses.dataclass
 class Clip:
-  """JPEG frames of one video or segment, and the rate they are stored at."""
+  """JPEG frames of one video or segment, and the rate they are stored at (frames
+  that the reader was told not to keep are empty, b'')."""
   frames: List[bytes]
   fps: float
 
@@ -59,48 +77,104 @@ def _reason(error: Exception) -> str:
   return ' '.join(str(error).split()) or type(error).__name__
 
 
-def resample(frames: Iterable[Tuple[float, object]], source_fps: float, fps: float,
-             to_rgb) -> List[bytes]:
-  """JPEG frames at `fps` from `(time, frame)` pairs in time order: output frame k
-  (time k / fps after the first frame) is the source frame nearest in time (the
-  earlier one on a tie), for k < floor(duration * fps), duration running to one
-  source frame after the last. `to_rgb(frame)` gives `[height, width, 3]` uint8;
-  each source frame is converted and encoded at most once. `fps` 0, or the source's
-  own rate, keeps them all."""
-  if abs(fps - source_fps) < 1e-3:
-    fps = 0
-  out: List[bytes] = []
-  held, held_time, held_jpeg, start = None, 0.0, None, None
+def _slots_until(emitted: int, time: float, fps: float) -> int:
+  """How many output frames from index `emitted` on are at or before `time`
+  seconds: `k / fps <= time` (plus 1e-9), counted without a loop over them."""
+  bound = time + 1e-9
+  end = max(emitted, int(math.floor(bound * fps)))
+  while end / fps <= bound:  # corrects the guess's rounding: a step or two at most
+    end += 1
+  while end > emitted and (end - 1) / fps > bound:
+    end -= 1
+  return end - emitted
 
-  def emit():
-    nonlocal held_jpeg
-    if held_jpeg is None:
-      held_jpeg = encode_jpeg(to_rgb(held))
-    out.append(held_jpeg)
 
+def _repeats(frames: Iterable[Tuple[float, object]], source_fps: float, fps: float
+             ) -> Iterator[Tuple[object, int]]:
+  """(frame, n) for each `(time, frame)` in time order: the frame fills the next n
+  output frames (0: dropped). Output frame k (time k / fps after the first frame)
+  is the source frame nearest in time (the earlier one on a tie), for
+  k < floor(duration * fps), duration running to one source frame after the last.
+  `fps` 0 keeps every frame once. A gap over MAX_GAP_S raises VideoError."""
+  emitted, held, held_time, start = 0, None, 0.0, None
   for time, frame in frames:
     if start is None:
       start = time
     time -= start
     if held is not None:
       if not fps:
-        emit()
+        n = 1
       else:
-        midpoint = (held_time + time) / 2
-        while len(out) / fps <= midpoint + 1e-9:
-          emit()
-    held, held_time, held_jpeg = frame, time, None
+        if time - held_time > MAX_GAP_S:
+          raise VideoError(f'timestamp gap: no frame for {time - held_time:.2f}s after '
+                           f'the one at {start + held_time:.2f}s (limit {MAX_GAP_S:g}s, '
+                           f'decode.MAX_GAP_S)')
+        n = _slots_until(emitted, (held_time + time) / 2, fps)
+      yield held, n
+      emitted += n
+    held, held_time = frame, time
   if held is None:
     raise VideoError('no frames decoded')
   if not fps:
-    emit()
-    return out
+    yield held, 1
+    return
   duration = held_time + 1.0 / source_fps
   # The tolerance absorbs timestamps rounded to the container's time base.
   count = max(1, int(np.floor(duration * fps + 0.05)))
-  while len(out) < count:
-    emit()
+  yield held, max(0, count - emitted)
+
+
+def frame_ceiling(size: Optional[Tuple[int, int]]) -> Tuple[int, str]:
+  """The most output frames a video may have at output `size` (height, width; None:
+  unknown), and the VideoError message past it."""
+  by_frames = MAX_FRAMES, f'too long: over {MAX_FRAMES} frames (decode.MAX_FRAMES)'
+  if size is None or MAX_PIXELS // (size[0] * size[1]) >= MAX_FRAMES:
+    return by_frames
+  by_pixels = MAX_PIXELS // (size[0] * size[1])
+  return by_pixels, (f'too large: over {MAX_PIXELS} pixels, {by_pixels} frames of '
+                     f'{size[0]}x{size[1]} (decode.MAX_PIXELS)')
+
+
+def resample(frames: Iterable[Tuple[float, object]], source_fps: float, fps: float,
+             to_rgb, *, size_of: Optional[Callable[[object], Tuple[int, int]]] = None,
+             keep: Optional[AbstractSet[int]] = None) -> List[bytes]:
+  """JPEG frames at `fps` from `(time, frame)` pairs in time order, each output frame
+  the source frame nearest in time (see `_repeats`). `to_rgb(frame)` gives `[height,
+  width, 3]` uint8; each source frame is converted and encoded at most once. `fps`
+  0, or the source's own rate, keeps them all.
+
+  `size_of(frame)`: the output (height, width), asked of the first frame for the
+  MAX_PIXELS ceiling. `keep`: the output indices to encode; the others are b''.
+  More frames or bytes than the ceilings raise VideoError before they are made."""
+  if abs(fps - source_fps) < 1e-3:
+    fps = 0
+  out: List[bytes] = []
+  ceiling, jpeg_bytes = None, 0
+  for frame, n in _repeats(frames, source_fps, fps):
+    if ceiling is None:
+      ceiling = frame_ceiling(size_of(frame) if size_of else None)
+    if not n:
+      continue
+    if len(out) + n > ceiling[0]:
+      raise VideoError(ceiling[1])
+    jpeg = b''
+    if keep is None or any(i in keep for i in range(len(out), len(out) + n)):
+      jpeg = encode_jpeg(to_rgb(frame))
+    jpeg_bytes += n * len(jpeg)
+    if jpeg_bytes > MAX_JPEG_BYTES:
+      raise VideoError(f'too large: over {MAX_JPEG_BYTES} bytes of JPEG frames '
+                       f'(decode.MAX_JPEG_BYTES)')
+    out.extend([jpeg] * n)
   return out
+
+
+def _source_rate(stream) -> float:
+  """The declared frames per second of `stream`; VideoError outside the bounds."""
+  rate = float(stream.average_rate or stream.guessed_rate or Fraction(25))
+  if not MIN_SOURCE_FPS <= rate <= MAX_SOURCE_FPS:
+    raise VideoError(f'frame rate: {rate:.6g} fps declared, not within '
+                     f'{MIN_SOURCE_FPS:g}..{MAX_SOURCE_FPS:g} fps')
+  return rate
 
 
 def _open_stream(path: str):
@@ -153,32 +227,51 @@ def _frames(container, stream, rate: float, seek_to: Optional[float]
     yield time, frame
 
 
+def _expected_end(declared: Optional[float], start: Optional[float],
+                  stop: Optional[float]) -> Optional[Tuple[float, float]]:
+  """(seconds, tolerance) where the frames read should end by the file's declared
+  duration; None if it declares none."""
+  if declared is None:
+    return None
+  end = declared if stop is None else min(stop, declared)
+  return end, max(TRUNCATION_TOLERANCE_S, 0.1 * (end - (start or 0.0)))
+
+
 def read_video(path: str, resample_to: Resample, *, start: Optional[float] = None,
                stop: Optional[float] = None, only_if_longer: bool = False,
-               threads: bool = False) -> Clip:
+               threads: bool = False, keep: Optional[AbstractSet[int]] = None) -> Clip:
   """The frames of `path` (or of its segment [start, stop) seconds) at
   `resample_to.fps`, short side `resample_to.short_side`, JPEG-encoded.
 
   `only_if_longer`: cut the segment only from a file longer than it (a file named
   for a whole YouTube video may hold the whole video or just the clip).
+  `keep`: encode only these output frame indices, the others are b'' (`keep=()`
+  counts the frames without converting any).
+  Frames past the declared end (plus the truncation tolerance) are not read.
   Raises VideoError naming what is wrong with the file."""
   import av
   container, stream = _open_stream(path)
   with container:
     if threads:
       stream.thread_type = 'AUTO'
-    rate = float(stream.average_rate or stream.guessed_rate or Fraction(25))
+    rate = _source_rate(stream)
     declared = _declared_duration(container, stream)
     if only_if_longer and declared is not None and start is not None and stop is not None \
         and declared <= stop - start + TRUNCATION_TOLERANCE_S:
       start = stop = None
+    expected = _expected_end(declared, start, stop)
+    read_until = sum(expected) if expected else math.inf
     size = None
 
-    def to_rgb(frame):
+    def size_of(frame):
       nonlocal size
       if size is None:
         size = output_size(frame.height, frame.width, resample_to.short_side)
-      return frame.to_ndarray(format='rgb24', width=size[1], height=size[0],
+      return size
+
+    def to_rgb(frame):
+      height, width = size_of(frame)
+      return frame.to_ndarray(format='rgb24', width=width, height=height,
                               interpolation='AREA')
 
     last_time = [0.0]
@@ -192,6 +285,8 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
           continue
         if stop is not None and time >= stop - 1e-6:
           break
+        if time > read_until:
+          break
         if first and seek and time > start + 1.5 / rate:
           raise _SeekMissed  # landed after the segment's first frame
         first = False
@@ -200,21 +295,23 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
       if first and seek:
         raise _SeekMissed  # landed nowhere
 
+    def frames_of(source, seek: bool):
+      return resample(selected(source, seek), rate, resample_to.fps, to_rgb,
+                      size_of=size_of, keep=keep)
+
     try:
       try:
-        frames = resample(selected(container, seek=bool(start)), rate, resample_to.fps,
-                          to_rgb)
+        frames = frames_of(container, seek=bool(start))
       except _SeekMissed:
         # Some containers (raw streams, MPEG-TS) seek badly: read from the start.
         with _open_stream(path)[0] as again:
-          frames = resample(selected(again, seek=False), rate, resample_to.fps, to_rgb)
+          frames = frames_of(again, seek=False)
     except av.error.FFmpegError as e:
       raise VideoError(f'decoding failed: {_reason(e)}') from None
-    if declared is not None:
-      expected_end = declared if stop is None else min(stop, declared)
+    if expected is not None:
+      expected_end, tolerance = expected
       decoded_end = last_time[0] + 1.0 / rate
-      length = expected_end - (start or 0.0)
-      if decoded_end < expected_end - max(TRUNCATION_TOLERANCE_S, 0.1 * length):
+      if decoded_end < expected_end - tolerance:
         raise VideoError(f'truncated: frames end at {decoded_end:.2f}s of '
                          f'{expected_end:.2f}s')
   return Clip(frames, resample_to.fps or rate)

@@ -344,15 +344,22 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
   return to_pixels(video * 255.0)
 
 
+def test_clip_indices(num_video_frames, num_frames: int, stride: int, num_clips: int):
+  """The frame indices of the multi-view test's clips: `[num_clips, num_frames]`
+  int32 (what `test_views` gathers; `vivit.predict` decodes only these)."""
+  offsets = test_offsets(num_video_frames, num_frames, stride, num_clips)
+  return tf.stack([clip_indices(num_video_frames, num_frames, stride, offsets[i])
+                   for i in range(num_clips)])
+
+
 def test_views(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
                num_clips: int, num_crops: int):
   """Every view of the multi-view test: `[clips * crops, num_frames, crop, crop, 3]`,
   clip-major, uint8."""
-  count = tf.shape(video)[0]
+  indices = test_clip_indices(tf.shape(video)[0], num_frames, stride, num_clips)
   views = []
-  offsets = test_offsets(count, num_frames, stride, num_clips)
   for i in range(num_clips):
-    clip = gather_frames(video, clip_indices(count, num_frames, stride, offsets[i]))
+    clip = gather_frames(video, indices[i])
     clip = resize_short_side(tf.cast(clip, tf.float32), min_resize)
     views.append(spatial_crops(clip, crop_size, num_crops))
   return to_pixels(tf.concat(views, axis=0))

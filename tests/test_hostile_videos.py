@@ -1,0 +1,274 @@
+"""Hostile video files: two frames an hour apart, a stream at 0.001 fps, a long pause,
+rates outside 1..1000 fps. Decoding names the problem (or gives bounded frames),
+and `prepare` and `predict` on them finish in bounded memory; `predict` decodes only
+the frames of its views."""
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import video_files as vf
+from helpers import ROOT, tiny_model_config
+from vivit import predict
+from vivit.datasets import decode
+from vivit.errors import VideoError
+from vivit.input import transforms
+
+# Peak resident memory (measured): `prepare` of two small videos ~0.7 GB, of two
+# 1000-frame 320x240 ones 1.2 GB; `predict` with a tiny model ~0.9 GB; this module's
+# prepare-then-predict run ~0.9 GB. The hostile files made `prepare` pass 8 GB
+# before the decoding ceilings.
+PEAK_RSS_MB = 2000
+# A run past this is killed (the test then fails) before it can fill the machine.
+KILL_RSS_MB = 3000
+
+# name -> (frame times in seconds, declared fps, size, noise, what read_video says)
+HOSTILE = {
+    'hour_gap': ([0, 3600], 25, (240, 320), True, r'frame rate: 0\.000555549 fps'),
+    'slow': ([0, 1000, 2000], Fraction(1, 1000), (240, 320), True, r'frame rate: 0\.001 fps'),
+    # 25 fps on each side of a 30 s pause: the average rate is a sane 3 fps.
+    'pause': ([i / 25 for i in range(50)] + [32 + i / 25 for i in range(50)], 25, (48, 64),
+              False, r'timestamp gap: no frame for 30\.04s after the one at 1\.96s'),
+}
+
+
+def write_hostile(directory, name):
+  times, fps, size, noise, _ = HOSTILE[name]
+  return vf.write_timed(os.path.join(directory, f'{name}.mp4'), times, fps, size, noise)
+
+
+@pytest.fixture(scope='module')
+def hostile(tmp_path_factory):
+  """{name: path} of the HOSTILE files and a normal 'ok' one (1 s at 25 fps)."""
+  root = str(tmp_path_factory.mktemp('hostile'))
+  paths = {name: write_hostile(root, name) for name in HOSTILE}
+  paths['ok'] = vf.write_video(os.path.join(root, 'ok.mp4'), 25, 25, (48, 64))
+  return paths
+
+
+def rss_mb(pid):
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
+  except (OSError, StopIteration):
+    return 0.0
+
+
+def run_measured(args, timeout=300):
+  """(exit status, stdout, stderr, peak RSS in MB) of a subprocess (its
+  `getrusage` maximum, from wait4); killed past KILL_RSS_MB or `timeout`."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  deadline = time.time() + timeout
+  # Pipes are read at the end: the commands here print a few lines only.
+  while True:
+    pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+    if pid:
+      break
+    if rss_mb(process.pid) > KILL_RSS_MB or time.time() > deadline:
+      process.kill()
+    time.sleep(0.02)
+  process.returncode = os.waitstatus_to_exitcode(status)
+  peak = usage.ru_maxrss / 1024
+  print(f'peak RSS {peak:.0f} MB')
+  return process.returncode, process.stdout.read(), process.stderr.read(), peak
+
+
+def grey_frames(n, size=(2, 2)):
+  return [(i / 25, np.full((*size, 3), i, np.uint8)) for i in range(n)]
+
+
+def counting_jpegs(monkeypatch):
+  """A list that grows by one for each JPEG that decode encodes."""
+  made = []
+  encode = decode.encode_jpeg
+  monkeypatch.setattr(decode, 'encode_jpeg', lambda frame: made.append(1) or encode(frame))
+  return made
+
+
+def test_declared_rates_outside_1_to_1000_fps_are_named(tmp_path):
+  grey = dict(size=(48, 64), noise=False)
+  slow = vf.write_timed(str(tmp_path / 'slow.mp4'), [0, 2, 4, 6], 0.5, **grey)
+  fast = vf.write_timed(str(tmp_path / 'fast.mp4'), [i / 5000 for i in range(20)], 5000,
+                        time_base=Fraction(1, 5000), **grey)
+  for path, rate in ((slow, '0.5'), (fast, '5000')):
+    with pytest.raises(VideoError, match=rf'^frame rate: {rate} fps declared, not within '
+                                         r'1\.\.1000 fps$'):
+      decode.read_video(path, decode.Resample(25, 32))
+  fine = vf.write_timed(str(tmp_path / 'fine.mp4'), [0, 0.5, 1, 1.5], 2, **grey)
+  assert len(decode.read_video(fine, decode.Resample(25, 32)).frames) == 50
+
+
+def test_gaps_up_to_the_limit_repeat_the_frame_longer_ones_are_named(monkeypatch):
+  made = counting_jpegs(monkeypatch)
+  frames = grey_frames(2) + [(4.08, np.full((2, 2, 3), 9, np.uint8))]
+  # 0, 0.04 and a 4.04 s gap (from 30 fps to 25): frame 1 until the midpoint,
+  # then the last frame.
+  out = decode.resample(frames, 30, 25.0, lambda f: f)
+  assert len(out) == 102 and len(made) == 3
+  assert out[1:52] == [out[1]] * 51 and out[52] != out[1]
+  with pytest.raises(VideoError, match=r'^timestamp gap: no frame for 6\.00s after the one '
+                                       r'at 0\.04s \(limit 5s, decode\.MAX_GAP_S\)$'):
+    decode.resample(grey_frames(2) + [(6.04, None)], 30, 25.0, lambda f: f)
+  # Kept at the source rate (fps 0) nothing is invented: no limit.
+  assert len(decode.resample(grey_frames(2) + [(60.0, np.zeros((2, 2, 3), np.uint8))],
+                             25, 0, lambda f: f)) == 3
+
+
+def frame_by_frame(frames, source_fps, fps):
+  """Source frame indices of `decode.resample`'s output, one output frame per step."""
+  out, held, held_time = [], None, 0.0
+  for time, frame in frames:
+    if held is not None:
+      while len(out) / fps <= (held_time + time) / 2 + 1e-9:
+        out.append(held)
+    held, held_time = frame, time
+  while len(out) < max(1, int(np.floor((held_time + 1 / source_fps) * fps + 0.05))):
+    out.append(held)
+  return out
+
+
+def test_resample_repeats_frames_as_a_frame_by_frame_loop(monkeypatch):
+  """The repeat counts, computed in one step per source frame, are those of the loop
+  that appended one output frame at a time (the resampling before the ceilings)."""
+  monkeypatch.setattr(decode, 'encode_jpeg', lambda i: bytes([i]))
+  rng = np.random.RandomState(0)
+  for _ in range(300):
+    source_fps = rng.choice([23.976, 25, 29.97, 50, 59.94, 8])
+    fps = rng.choice([24, 12, 7.5])
+    steps = rng.uniform(0.2, 3, rng.randint(1, 40)) / source_fps
+    times = np.round(np.cumsum(steps) - steps[0], rng.choice([3, 9]))
+    frames = [(float(t), i) for i, t in enumerate(times)]
+    got = decode.resample(frames, source_fps, fps, lambda i: i)
+    assert [b[0] for b in got] == frame_by_frame(frames, source_fps, fps)
+
+
+@pytest.mark.parametrize('name', sorted(HOSTILE))
+def test_hostile_files_are_named_video_errors(hostile, name, monkeypatch):
+  made = counting_jpegs(monkeypatch)
+  for keep in (None, ()):  # prepare's read, predict's counting pass
+    with pytest.raises(VideoError, match='^' + HOSTILE[name][-1]):
+      decode.read_video(hostile[name], decode.Resample(25, 32), keep=keep)
+  assert len(made) <= 49  # the pause file's frames before the gap, by prepare's read
+
+
+def test_ceilings_on_frames_pixels_and_bytes_are_named(hostile, monkeypatch):
+  ok = hostile['ok']  # 25 frames of 32x43 at short side 32
+  resample = decode.Resample(25, 32)
+  assert len(decode.read_video(ok, resample).frames) == 25
+  for name, value, message in (
+      ('MAX_FRAMES', 24, r'too long: over 24 frames \(decode\.MAX_FRAMES\)'),
+      ('MAX_PIXELS', 24 * 32 * 43, r'too large: over 33024 pixels, 24 frames of 32x43 '
+                                   r'\(decode\.MAX_PIXELS\)'),
+      ('MAX_JPEG_BYTES', 5000, r'too large: over 5000 bytes of JPEG frames')):
+    with monkeypatch.context() as patch:
+      patch.setattr(decode, name, value)
+      with pytest.raises(VideoError, match='^' + message):
+        decode.read_video(ok, resample)
+  # Repeats past a ceiling are refused before the frame is even encoded.
+  made = counting_jpegs(monkeypatch)
+  monkeypatch.setattr(decode, 'MAX_GAP_S', 1e9)
+  with pytest.raises(VideoError, match=r'^too long: over 18000 frames'):
+    decode.resample(grey_frames(1) + [(3600.0, None)], 30, 25.0, lambda f: f)
+  assert not made
+
+
+def test_frames_past_the_declared_end_are_not_read(tmp_path, monkeypatch):
+  path = vf.write_video(str(tmp_path / 'two_seconds.mp4'), 50, 25, (48, 64))
+  monkeypatch.setattr(decode, '_declared_duration', lambda container, stream: 0.5)
+  clip = decode.read_video(path, decode.Resample(25, 32))
+  # Source frames up to 0.5 s + the 1 s tolerance: 38 at 25 fps, not 50.
+  assert len(clip.frames) == 38
+
+
+def test_predict_views_equal_the_full_decode_from_their_frames_only(tmp_path, monkeypatch):
+  rng = np.random.RandomState(1)
+  frames = (rng.randint(0, 256, (36, 44, 3), np.uint8) for _ in range(45))
+  path = vf.write_frames(str(tmp_path / 'noise.mp4'), frames, fps=vf.NTSC)
+  made = counting_jpegs(monkeypatch)
+  for fps, num_frames, stride, clips, crops in ((25, 4, 2, 1, 1), (25, 4, 2, 4, 3),
+                                                (12, 8, 3, 2, 3), (25, 32, 2, 3, 1)):
+    view = dict(num_frames=num_frames, stride=stride, min_resize=24, crop_size=16,
+                num_clips=clips, num_crops=crops)
+    clip = decode.read_video(path, decode.Resample(fps=fps, short_side=24))
+    expected = transforms.test_views(tf.constant(clip.frames), **view).numpy()
+    needed = np.unique(transforms.test_clip_indices(len(clip.frames), num_frames, stride,
+                                                    clips))
+    del made[:]
+    np.testing.assert_array_equal(predict.video_views(path, fps=fps, **view), expected)
+    assert len(made) <= len(needed)  # 1x1: 4 of 37 frames
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+  """A params directory of a tiny random model (4 frames of 16x16)."""
+  import jax
+  from vivit import checkpoints
+  from vivit.models import init_params
+  config = tiny_model_config()
+  rng = np.random.RandomState(0)
+  shapes = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
+  params = jax.tree_util.tree_map(
+      lambda s: 0.3 * rng.standard_normal(s.shape).astype(s.dtype), shapes)
+  path = str(tmp_path_factory.mktemp('checkpoint') / 'params')
+  checkpoints.save_params(path, config, params)
+  return path
+
+
+# Prepare, then predict on each video, in one process (TensorFlow loads once).
+PREPARE_THEN_PREDICT = '''
+import contextlib, io, json, resource, sys
+from vivit import predict, prepare
+
+def run(main, argv):
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    status = main(argv)
+  return [status, out.getvalue(), err.getvalue()]
+
+videos, data_dir, checkpoint = sys.argv[1:4]
+result = {'prepare': run(prepare.main, ['video_folder', '--videos', videos, '--data_dir',
+                                        data_dir, '--short_side', '240'])}
+result['prepare_peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+for path in sys.argv[4:]:
+  result[path] = run(predict.main, ['--checkpoint', checkpoint, '--video', path,
+                                    '--views', '4x3'])
+print(json.dumps(result))
+'''
+
+
+def test_prepare_and_predict_on_hostile_videos_in_bounded_memory(tmp_path, checkpoint):
+  videos = tmp_path / 'videos'
+  paths = {name: write_hostile(str(videos / 'train' / 'bad'), name) for name in HOSTILE}
+  # The source size (240x320): every repeated frame would be a 60 KB noise JPEG.
+  paths['ok'] = vf.write_video(str(videos / 'train' / 'fine' / 'ok.mp4'), 25, 25, (240, 320))
+  vf.write_video(str(videos / 'validation' / 'fine' / 'ok.mp4'), 25, 25, (240, 320))
+  status, out, err, peak = run_measured(
+      [sys.executable, '-c', PREPARE_THEN_PREDICT, str(videos), str(tmp_path / 'tfds'),
+       checkpoint] + list(paths.values()))
+  assert status == 0, err[-3000:]
+  result = json.loads(out.strip().split('\n')[-1])
+  print(f'prepare: peak RSS {result["prepare_peak_mb"]:.0f} MB')
+  assert result['prepare'][0] == 0, result['prepare'][2][-3000:]
+  with open(tmp_path / 'tfds' / 'video_folder' / 'prepare_report.json') as f:
+    report = json.load(f)
+  assert report['examples'] == {'train': 1, 'validation': 1}
+  skipped = {os.path.basename(s['id']): s['reason'] for s in report['skipped']}
+  assert sorted(skipped) == sorted(f'{name}.mp4' for name in HOSTILE)
+  status, lines, errors = result[paths['ok']]
+  assert status == 0 and len(lines.strip().split('\n')) == 5, errors
+  for name in HOSTILE:
+    assert re.match(HOSTILE[name][-1], skipped[f'{name}.mp4'])
+    status, lines, errors = result[paths[name]]
+    assert status == 2 and not lines
+    assert errors.startswith(f'error: {paths[name]}: ') and errors.count('\n') == 1
+    assert re.search(HOSTILE[name][-1], errors)
+  assert peak < PEAK_RSS_MB
