@@ -2,6 +2,7 @@
 rates outside 1..1000 fps. Decoding names the problem (or gives bounded frames),
 and `prepare` and `predict` on them finish in bounded memory; `predict` decodes only
 the frames of its views."""
+import contextlib
 import json
 import os
 import re
@@ -53,31 +54,40 @@ def hostile(tmp_path_factory):
   return paths
 
 
-def rss_mb(pid):
+def memory_mb(pid, field):
+  """`field` of /proc/PID/status ('VmRSS' now, 'VmHWM' the peak) in MB; 0 if gone."""
   try:
     with open(f'/proc/{pid}/status') as f:
-      return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
+      return next(int(l.split()[1]) for l in f if l.startswith(field + ':')) / 1024
   except (OSError, StopIteration):
     return 0.0
 
 
 def run_measured(args, timeout=300):
-  """(exit status, stdout, stderr, peak RSS in MB) of a subprocess (its
-  `getrusage` maximum, from wait4); killed past KILL_RSS_MB or `timeout`."""
+  """(exit status, stdout, stderr, peak RSS in MB) of a subprocess: the largest peak
+  (VmHWM) of it and its descendants (the decoding workers), polled while they run;
+  all killed past KILL_RSS_MB or `timeout`. (Not `getrusage`: Linux counts into
+  ru_maxrss the memory of the forking parent, here a pytest worker of several GB.)"""
+  import psutil
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
   process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
   deadline = time.time() + timeout
+  peaks = {}
   # Pipes are read at the end: the commands here print a few lines only.
-  while True:
-    pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-    if pid:
-      break
-    if rss_mb(process.pid) > KILL_RSS_MB or time.time() > deadline:
-      process.kill()
+  while process.poll() is None:
+    try:
+      tree = [process.pid] + [p.pid for p in psutil.Process(process.pid).children(True)]
+    except psutil.NoSuchProcess:
+      continue
+    for pid in tree:
+      peaks[pid] = max(peaks.get(pid, 0.0), memory_mb(pid, 'VmHWM'))
+    if sum(memory_mb(pid, 'VmRSS') for pid in tree) > KILL_RSS_MB or time.time() > deadline:
+      for pid in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+          psutil.Process(pid).kill()
     time.sleep(0.02)
-  process.returncode = os.waitstatus_to_exitcode(status)
-  peak = usage.ru_maxrss / 1024
+  peak = max(peaks.values(), default=0.0)
   print(f'peak RSS {peak:.0f} MB')
   return process.returncode, process.stdout.read(), process.stderr.read(), peak
 
@@ -126,11 +136,11 @@ def test_gaps_up_to_the_limit_repeat_the_frame_longer_ones_are_named(monkeypatch
 def frame_by_frame(frames, source_fps, fps):
   """Source frame indices of `decode.resample`'s output, one output frame per step."""
   out, held, held_time = [], None, 0.0
-  for time, frame in frames:
+  for seconds, frame in frames:
     if held is not None:
-      while len(out) / fps <= (held_time + time) / 2 + 1e-9:
+      while len(out) / fps <= (held_time + seconds) / 2 + 1e-9:
         out.append(held)
-    held, held_time = frame, time
+    held, held_time = frame, seconds
   while len(out) < max(1, int(np.floor((held_time + 1 / source_fps) * fps + 0.05))):
     out.append(held)
   return out
@@ -225,7 +235,7 @@ def checkpoint(tmp_path_factory):
 
 # Prepare, then predict on each video, in one process (TensorFlow loads once).
 PREPARE_THEN_PREDICT = '''
-import contextlib, io, json, resource, sys
+import contextlib, io, json, sys
 from vivit import predict, prepare
 
 def run(main, argv):
@@ -237,7 +247,7 @@ def run(main, argv):
 videos, data_dir, checkpoint = sys.argv[1:4]
 result = {'prepare': run(prepare.main, ['video_folder', '--videos', videos, '--data_dir',
                                         data_dir, '--short_side', '240'])}
-result['prepare_peak_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+result['prepare_peak_mb'] = int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024
 for path in sys.argv[4:]:
   result[path] = run(predict.main, ['--checkpoint', checkpoint, '--video', path,
                                     '--views', '4x3'])
