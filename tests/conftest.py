@@ -22,17 +22,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import VARIANT_CASES, VIT_CLASSES  # noqa: E402
 
-# The longest modules (pytest --durations=0, summed per file) first: pytest-xdist's
-# `--dist loadfile` hands files out in collection order, and a long one handed out
-# last leaves the other worker idle (a minute of the suite's 12 on two workers).
-LONGEST_FIRST = ('test_multiprocess.py', 'test_models.py', 'test_attention.py',
-                 'test_prepare.py', 'test_train.py')
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable otherwise
-
 
 @pytest.fixture(scope='module')
 def vit(tmp_path_factory):
