@@ -4,6 +4,9 @@ Measures, for 32-frame 224x224 training clips (stride 2, short side 256, scale
 jitter, flip, colour jitter: the Kinetics recipe):
 - input pipeline clips/s (read + JPEG decode of the clip's frames + augment +
   batch) with 1 thread and with one per core, and clips/s per core;
+- its limit: the same stream of clips (read, parse, pick the clip's frames, batch)
+  with nothing done but JPEG-decoding exactly the frames each clip uses at their
+  stored size, and the pipeline as a fraction of that;
 - peak host memory of the pipeline, and the time to the first batch at the start
   of an epoch vs at its end (a resumed run);
 - the train step time of `--model` for the same batch (forward, backward, SGD).
@@ -75,7 +78,7 @@ def dataset_config(name: str, data_dir: str, threads: int):
       name=name, format='tfds', data_dir=data_dir, label_key=('label',), train_split='train',
       num_frames=32, stride=2, min_resize=256, crop_size=224, scale_jitter=(0.9, 1.33),
       flip=True, colour_augment=0.8, colour_drop=0.1, randaugment=None,
-      num_threads=threads, shuffle_buffer=1024))
+      num_threads=threads, shuffle_buffer=1024, shuffle_frames=False))
 
 
 def input_rate(config, batch_size: int, steps: int, start_step: int = 0):
@@ -89,6 +92,33 @@ def input_rate(config, batch_size: int, steps: int, start_step: int = 0):
   for _ in range(steps):
     next(batches)
   return first, steps * batch_size / (time.perf_counter() - start)
+
+
+def decode_limit_rate(config, batch_size: int, steps: int):
+  """clips/s of the limit: `input_rate`'s stream, reading and JPEG-decoding (whole,
+  at the stored size) the frames of each clip, nothing else."""
+  import tensorflow as tf
+  from vivit.input import pipeline, sources, transforms
+  source = pipeline.open_source(config, config.train_split)
+
+  def decode(position, serialized):
+    video, label = source.parse(serialized)
+    seed = tf.stack([tf.constant(sources.stream_seed(0), tf.int64), position])
+    offset_seed = transforms.split_seed(seed, 4)[0]
+    count = tf.shape(video)[0]
+    indices = transforms.clip_indices(count, config.num_frames, config.stride,
+                                      transforms.random_offset(
+                                          count, config.num_frames, config.stride,
+                                          offset_seed))
+    return {'video': transforms.gather_frames(video, indices), 'label': label}
+
+  batches = pipeline._batches(config, source.train_stream(0, batch_size, 0), decode,
+                              batch_size, drop_remainder=True)
+  next(batches)
+  start = time.perf_counter()
+  for _ in range(steps):
+    next(batches)
+  return steps * batch_size / (time.perf_counter() - start)
 
 
 def train_step_seconds(model_name: str, batch_size: int, num_classes: int = 400,
@@ -133,6 +163,8 @@ def main():
                       help='length of each synthesised video')
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=6, help='batches timed per setting')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='timings per setting (medians are reported)')
   parser.add_argument('--model', default='B/16x2',
                       help="model for the train-step time ('none' to skip)")
   parser.add_argument('--dtype', default='float32', help='model compute dtype')
@@ -166,15 +198,23 @@ def main():
   print(f'dataset: {split.num_examples} train videos, {split.num_bytes / 2**20:.0f} MiB '
         f'({split.num_bytes / split.num_examples / 2**20:.2f} MiB per video)')
 
-  print(f'\ninput pipeline, batches of {args.batch_size} x 32 x 224 x 224:')
+  print(f'\ninput pipeline, batches of {args.batch_size} x 32 x 224 x 224 (medians of '
+        f'{args.repeats}, pipeline and limit alternating):')
   rows = []
   for threads in sorted({1, cores}):
     config = dataset_config(args.dataset, args.data_dir, threads)
-    with PeakMemory() as memory:
-      first, rate = input_rate(config, args.batch_size, args.steps)
+    rates, limits, peaks = [], [], []
+    for _ in range(args.repeats):
+      with PeakMemory() as memory:
+        rates.append(input_rate(config, args.batch_size, args.steps)[1])
+      peaks.append(memory.peak - memory.start)
+      limits.append(decode_limit_rate(config, args.batch_size, args.steps))
+    rate, limit = float(np.median(rates)), float(np.median(limits))
     rows.append((threads, rate))
-    print(f'  {threads:2d} threads: {rate:6.1f} clips/s ({rate / threads:.1f} per core); '
-          f'peak RSS +{(memory.peak - memory.start) / 2**20:.0f} MiB over '
+    print(f'  {threads:2d} threads: pipeline {rate:6.1f} clips/s ({rate / threads:.1f} per '
+          f'core; runs {", ".join(f"{r:.1f}" for r in rates)}); decode-only limit '
+          f'{limit:6.1f} clips/s ({limit / threads:.1f} per core); pipeline / limit '
+          f'{rate / limit:.0%}; peak RSS +{max(peaks) / 2**20:.0f} MiB over '
           f'{memory.start / 2**20:.0f} MiB')
   steps_per_epoch = split.num_examples // args.batch_size
   config = dataset_config(args.dataset, args.data_dir, cores)

@@ -192,17 +192,19 @@ def _train_view_by_hand(video, seed, randaugment):
   offset_seed, crop_seed, flip_seed, colour_seed = transforms.split_seed(seed, 4)
   count = tf.shape(video)[0]
   offset = transforms.random_offset(count, 4, 2, offset_seed)
-  video = transforms.gather_frames(video, transforms.clip_indices(count, 4, 2, offset))
-  video = transforms.resize_short_side(tf.cast(video, tf.float32), 16)
-  jitter_seed, crop_seed = transforms.split_seed(crop_seed, 2)
-  video = transforms.scale_jitter(video, (1.0, 1.25), 16, jitter_seed)
-  video = transforms.random_crop(video, 16, crop_seed)
-  video = transforms.random_flip(video, flip_seed)
+  stored = tf.shape(video)[1:3]
+  y, x = transforms.train_crop_positions(stored, min_resize=16, crop_size=16,
+                                         scale_range=(1.0, 1.25), seed=crop_seed)
+  x = transforms.flip_positions(x, flip_seed)
+  top, size = transforms.crop_window(stored, y, x)
+  window = transforms.gather_window(video, transforms.clip_indices(count, 4, 2, offset),
+                                    top, size)
+  top = tf.cast(top, tf.float32)
+  video = transforms.resample(window, y - top[0], x - top[1])
   if randaugment:
     video = transforms.randaugment(video, *randaugment,
                                    seed=tf.random.experimental.stateless_fold_in(seed, 4))
-  return transforms.to_pixels(
-      transforms.colour_augment(video / 255.0, 0.8, 0.1, colour_seed) * 255.0)
+  return transforms.colour_to_pixels(video, 0.8, 0.1, colour_seed)
 
 
 def _uint8_video(seed, frames=10, height=24, width=30):
@@ -213,7 +215,10 @@ def test_train_view_applies_randaugment_between_flip_and_colour():
   for i, seed in enumerate(SEEDS[:4]):
     video = _uint8_video(i)
     plain = _train_view(video, seed)
-    np.testing.assert_array_equal(plain, _train_view_by_hand(video, seed, None))
+    # Without RandAugment, resampling and colour are one compiled computation:
+    # float rounding differs from the two, by at most a level.
+    by_hand = _train_view_by_hand(video, seed, None).numpy().astype(int)
+    assert np.abs(plain.numpy().astype(int) - by_hand).max() <= 1
     augmented = _train_view(video, seed, randaugment=(2, 20))
     np.testing.assert_array_equal(augmented, _train_view_by_hand(video, seed, (2, 20)))
 

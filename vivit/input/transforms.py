@@ -108,6 +108,31 @@ CONTRAST_RANGE = (0.6, 1.4)
 HUE_DELTA = 0.2
 
 
+def colour_draws(probability: float, drop_probability: float, seed):
+  """The random choices of `colour_augment`: (jitter?, drop?, brightness delta,
+  saturation factor, contrast factor, hue delta), scalars."""
+  apply_seed, drop_seed, b_seed, s_seed, c_seed, h_seed = split_seed(seed, 6)
+  return (tf.random.stateless_uniform([], apply_seed) < probability,
+          tf.random.stateless_uniform([], drop_seed) < drop_probability,
+          tf.random.stateless_uniform([], b_seed, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA),
+          tf.random.stateless_uniform([], s_seed, *SATURATION_RANGE),
+          tf.random.stateless_uniform([], c_seed, *CONTRAST_RANGE),
+          tf.random.stateless_uniform([], h_seed, -HUE_DELTA, HUE_DELTA))
+
+
+def apply_colour(video, jitter, drop, brightness, saturation, contrast, hue):
+  """`colour_augment` with its draws made (`colour_draws`)."""
+  def jittered():
+    x = tf.image.adjust_brightness(video, brightness)
+    x = tf.image.adjust_saturation(x, saturation)
+    x = tf.image.adjust_contrast(x, contrast)
+    x = tf.image.adjust_hue(x, hue)
+    return tf.clip_by_value(x, 0.0, 1.0)
+  video = tf.cond(jitter, jittered, lambda: video)
+  return tf.cond(drop, lambda: tf.tile(tf.image.rgb_to_grayscale(video), [1, 1, 1, 3]),
+                 lambda: video)
+
+
 def colour_augment(video, probability: float, drop_probability: float, seed):
   """Scenic's colour augmentation of a clip in [0, 1], one draw for every frame:
   with `probability`, brightness +-32/255, saturation and contrast x U(0.6, 1.4) and
@@ -115,28 +140,25 @@ def colour_augment(video, probability: float, drop_probability: float, seed):
   grey (colour drop)."""
   if probability <= 0 and drop_probability <= 0:
     return video
-  apply_seed, drop_seed, b_seed, s_seed, c_seed, h_seed = split_seed(seed, 6)
-
-  def jitter():
-    x = tf.image.stateless_random_brightness(video, BRIGHTNESS_DELTA, b_seed)
-    x = tf.image.stateless_random_saturation(x, *SATURATION_RANGE, s_seed)
-    x = tf.image.stateless_random_contrast(x, *CONTRAST_RANGE, c_seed)
-    x = tf.image.stateless_random_hue(x, HUE_DELTA, h_seed)
-    return tf.clip_by_value(x, 0.0, 1.0)
-  if probability > 0:
-    video = tf.cond(tf.random.stateless_uniform([], apply_seed) < probability, jitter,
-                    lambda: video)
-  if drop_probability > 0:
-    video = tf.cond(tf.random.stateless_uniform([], drop_seed) < drop_probability,
-                    lambda: tf.tile(tf.image.rgb_to_grayscale(video), [1, 1, 1, 3]),
-                    lambda: video)
-  return video
+  return apply_colour(video, *colour_draws(probability, drop_probability, seed))
 
 
 def to_pixels(video):
   """Float pixels in [0, 255] -> uint8, rounded: what crosses to the device, where
   `vivit.models.pixels_to_unit_range` maps it to scenic's [-1, 1]."""
   return tf.cast(tf.round(tf.clip_by_value(video, 0.0, 255.0)), tf.uint8)
+
+
+@tf.function(jit_compile=True)
+def _colour_to_pixels(video, jitter, drop, brightness, saturation, contrast, hue):
+  video = apply_colour(video / 255.0, jitter, drop, brightness, saturation, contrast, hue)
+  return to_pixels(video * 255.0)
+
+
+def colour_to_pixels(video, probability: float, drop_probability: float, seed):
+  """`to_pixels(colour_augment(video / 255) * 255)` of float `[time, h, w, 3]` in
+  [0, 255], compiled: uint8 `[time, h, w, 3]`."""
+  return _colour_to_pixels(video, *colour_draws(probability, drop_probability, seed))
 
 
 # RandAugment (Cubuk et al., 2020) as the ViViT recipes use it through scenic
@@ -316,32 +338,196 @@ def randaugment(video, num_layers: int, magnitude: float, seed,
 _randaugment = randaugment  # train_view's keyword of the same name hides it
 
 
+def jittered_size(stored_size, min_resize: int, crop_size: int,
+                  scale_range: Tuple[float, float], seed):
+  """The `[2]` (height, width) a stored frame of `stored_size` `[2]` reaches through
+  `resize_short_side(min_resize)` then `scale_jitter(scale_range, crop_size, seed)`,
+  with the same draws and integer rounding."""
+  height, width = stored_size[0], stored_size[1]
+  resized = tf.stack([tf.maximum(min_resize, height * min_resize // width),
+                      tf.maximum(min_resize, width * min_resize // height)])
+  factors = tf.random.stateless_uniform([2], seed, *scale_range)
+  size = tf.cast(tf.cast(resized, tf.float32) * factors, tf.int32)
+  return tf.maximum(size, crop_size)
+
+
+def crop_offset(size, crop_size: int, seed):
+  """The `[2]` top-left corner `random_crop(crop_size, seed)` takes from frames of
+  `size` `[2]`: the same draw as `tf.image.stateless_random_crop` on a clip."""
+  limit = tf.concat([[1], size - crop_size + 1, [1]], axis=0)
+  draw = tf.random.stateless_uniform([4], seed, maxval=tf.int32.max, dtype=tf.int32)
+  return (draw % limit)[1:3]
+
+
+def crop_positions(stored_size, size, offset, crop_size: int):
+  """Where, in stored-frame pixels, the rows and columns of a `crop_size` crop at
+  `offset` of the frame resized to `size` sample: `[crop]` y and `[crop]` x,
+  float32. Bilinear resizes with half-pixel centres compose to one scale, `stored /
+  size`, however many there are."""
+  scale = tf.cast(stored_size, tf.float32) / tf.cast(size, tf.float32)
+  steps = tf.range(crop_size, dtype=tf.float32)
+  offset = tf.cast(offset, tf.float32)
+  return ((offset[0] + steps + 0.5) * scale[0] - 0.5,
+          (offset[1] + steps + 0.5) * scale[1] - 0.5)
+
+
+def flip_positions(x, seed):
+  """`x` reversed with probability 1/2: sampling that way is `random_flip(seed)`."""
+  flip = tf.random.stateless_uniform([], seed) < 0.5
+  return tf.cond(flip, lambda: tf.reverse(x, axis=[0]), lambda: x)
+
+
+def crop_window(stored_size, y, x):
+  """The stored pixels that samples at `y` and `x` interpolate from: (top-left
+  `[2]`, size `[2]`) int32, inside the frame."""
+  first = tf.stack([tf.reduce_min(y), tf.reduce_min(x)])
+  last = tf.stack([tf.reduce_max(y), tf.reduce_max(x)])
+  top = tf.clip_by_value(tf.cast(tf.floor(first), tf.int32), 0, stored_size - 1)
+  bottom = tf.clip_by_value(tf.cast(tf.math.ceil(last), tf.int32), 0, stored_size - 1)
+  return top, bottom - top + 1
+
+
+def bilinear_taps(positions, size):
+  """Bilinear taps of `[n]` float positions in a line of `size` pixels: lower and
+  upper `[n]` int32 indices and the upper's `[n]` weight; outside the edge pixels'
+  centres both are the edge, as in tf.image.resize."""
+  lower = tf.floor(positions)
+  index = tf.cast(lower, tf.int32)
+  return (tf.clip_by_value(index, 0, size - 1), tf.clip_by_value(index + 1, 0, size - 1),
+          positions - lower)
+
+
+def _interpolate(window, rows, cols):
+  """`window` `[time, h, w, 3]` at the taps `rows` and `cols` (`bilinear_taps`):
+  float32 `[time, n, m, 3]`."""
+  (y_low, y_high, y_weight), (x_low, x_high, x_weight) = rows, cols
+  x_weight = x_weight[:, None]
+
+  def along_x(lines):
+    left = tf.gather(lines, x_low, axis=2)
+    return left + (tf.gather(lines, x_high, axis=2) - left) * x_weight
+  window = tf.cast(window, tf.float32)
+  top = along_x(tf.gather(window, y_low, axis=1))
+  bottom = along_x(tf.gather(window, y_high, axis=1))
+  return top + (bottom - top) * y_weight[:, None, None]
+
+
+# One XLA computation each: the gathers, interpolation, colour ops and rounding fuse
+# into a few passes over the clip instead of a pass per op.
+@tf.function(jit_compile=True)
+def _resample(window, rows, cols):
+  return _interpolate(window, rows, cols)
+
+
+@tf.function(jit_compile=True)
+def _resample_colour_to_pixels(window, rows, cols, colour):
+  return _colour_to_pixels.python_function(_interpolate(window, rows, cols), *colour)
+
+
+def padded_size(size):
+  """`size` rounded up to a power of two (at least 16): the few shapes the compiled
+  resampling sees (each is compiled once per process, in about a second)."""
+  exponent = tf.math.ceil(tf.math.log(tf.cast(size, tf.float32)) / math.log(2.0) - 1e-4)
+  return tf.maximum(tf.bitwise.left_shift(1, tf.cast(exponent, tf.int32)), 16)
+
+
+def pad_window(window):
+  """`window` `[time, h, w, 3]` zero-padded at the bottom and right to `padded_size`."""
+  shape = tf.shape(window)
+  extra = padded_size(shape[1:3]) - shape[1:3]
+  return tf.pad(window, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]])
+
+
+def resample(window, y, x):
+  """`window` `[time, h, w, 3]` (uint8 or float) sampled bilinearly at rows `y`
+  `[n]` and columns `x` `[m]` (window pixels): float32 `[time, n, m, 3]`."""
+  shape = tf.shape(window)
+  return _resample(pad_window(window), bilinear_taps(tf.cast(y, tf.float32), shape[1]),
+                   bilinear_taps(tf.cast(x, tf.float32), shape[2]))
+
+
+def resample_colour_to_pixels(window, y, x, probability: float, drop_probability: float,
+                              seed):
+  """`colour_to_pixels(resample(window, y, x), ...)` as one compiled computation:
+  uint8 `[time, n, m, 3]`."""
+  shape = tf.shape(window)
+  return _resample_colour_to_pixels(
+      pad_window(window), bilinear_taps(tf.cast(y, tf.float32), shape[1]),
+      bilinear_taps(tf.cast(x, tf.float32), shape[2]),
+      colour_draws(probability, drop_probability, seed))
+
+
+# Columns decoded either side of a window and cut off: libjpeg's fancy chroma
+# upsampling needs its neighbours to give a window's edge columns the pixels of the
+# whole frame (without them, edge pixels can be tens of levels off).
+JPEG_MARGIN = 2
+
+
+def gather_window(video, indices, top, size):
+  """`video[indices]` cut to the window (`top` `[2]`, `size` `[2]`): uint8 `[len(indices),
+  size[0], size[1], 3]`; JPEG frames are decoded within the window only, pixel for
+  pixel as whole frames."""
+  frames = tf.gather(video, indices)
+  if video.dtype != tf.string:
+    return frames[:, top[0]:top[0] + size[0], top[1]:top[1] + size[1]]
+  width = tf.io.extract_jpeg_shape(frames[0])[1]
+  left = tf.maximum(top[1] - JPEG_MARGIN, 0)
+  right = tf.minimum(top[1] + size[1] + JPEG_MARGIN, width)
+  window = tf.stack([top[0], left, size[0], right - left])
+  decoded = tf.map_fn(lambda jpeg: tf.io.decode_and_crop_jpeg(jpeg, window, channels=3),
+                      frames, fn_output_signature=tf.uint8)
+  return decoded[:, :, top[1] - left:top[1] - left + size[1]]
+
+
+def stored_size(video):
+  """(height, width) `[2]` int32 of the frames, read from the first JPEG's header
+  for JPEG strings."""
+  if video.dtype != tf.string:
+    return tf.shape(video)[1:3]
+  return tf.io.extract_jpeg_shape(video[0])[:2]
+
+
+def train_crop_positions(stored_size, *, min_resize: int, crop_size: int,
+                         scale_range: Tuple[float, float], seed):
+  """The stored-frame rows `[crop]` and columns `[crop]` (float32) that
+  `random_crop(scale_jitter(resize_short_side(frames)))` samples, with its draws."""
+  jitter_seed, crop_seed = split_seed(seed, 2)
+  size = jittered_size(stored_size, min_resize, crop_size, scale_range, jitter_seed)
+  return crop_positions(stored_size, size, crop_offset(size, crop_size, crop_seed),
+                        crop_size)
+
+
 def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
                scale_range: Sequence[float], flip: bool, seed,
                randaugment: Optional[Tuple[int, float]] = None,
                colour_probability: float = 0.0, colour_drop: float = 0.0):
   """One augmented training clip `[num_frames, crop, crop, 3]`, uint8, in
   scenic's order: random clip, short side to `min_resize`, scale jitter, random
-  crop, flip, RandAugment (`(num_layers, magnitude)`, on [0, 255]), colour
-  augmentation (`colour_augment`, on [0, 1])."""
+  crop, flip (these four as one bilinear sampling of the crop's window of the
+  stored frames, the only pixels decoded: `train_crop_positions`), RandAugment (`(num_layers, magnitude)`, on [0, 255]), colour augmentation
+  (`colour_augment`, on [0, 1])."""
   if randaugment is not None and (not isinstance(randaugment, Sequence)
                                   or isinstance(randaugment, str) or len(randaugment) != 2):
     raise ConfigError(f'randaugment must be None or (num_layers, magnitude), got {randaugment!r}')
   offset_seed, crop_seed, flip_seed, colour_seed = split_seed(seed, 4)
   count = tf.shape(video)[0]
-  video = gather_frames(video, clip_indices(
-      count, num_frames, stride, random_offset(count, num_frames, stride, offset_seed)))
-  video = resize_short_side(tf.cast(video, tf.float32), min_resize)
-  jitter_seed, crop_seed = split_seed(crop_seed, 2)
-  video = scale_jitter(video, tuple(scale_range), crop_size, jitter_seed)
-  video = random_crop(video, crop_size, crop_seed)
+  indices = clip_indices(count, num_frames, stride,
+                         random_offset(count, num_frames, stride, offset_seed))
+  y, x = train_crop_positions(stored_size(video), min_resize=min_resize,
+                              crop_size=crop_size, scale_range=tuple(scale_range),
+                              seed=crop_seed)
   if flip:
-    video = random_flip(video, flip_seed)
-  if randaugment is not None:
-    video = _randaugment(video, *randaugment,
-                         seed=tf.random.experimental.stateless_fold_in(seed, 4))
-  video = colour_augment(video / 255.0, colour_probability, colour_drop, colour_seed)
-  return to_pixels(video * 255.0)
+    x = flip_positions(x, flip_seed)
+  top, size = crop_window(stored_size(video), y, x)
+  window = gather_window(video, indices, top, size)
+  top = tf.cast(top, tf.float32)
+  y, x = y - top[0], x - top[1]
+  if randaugment is None:
+    return resample_colour_to_pixels(window, y, x, colour_probability, colour_drop,
+                                     colour_seed)
+  video = _randaugment(resample(window, y, x), *randaugment,
+                       seed=tf.random.experimental.stateless_fold_in(seed, 4))
+  return colour_to_pixels(video, colour_probability, colour_drop, colour_seed)
 
 
 def test_clip_indices(num_video_frames, num_frames: int, stride: int, num_clips: int):
