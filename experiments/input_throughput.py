@@ -14,6 +14,7 @@ jitter, flip, colour jitter: the Kinetics recipe):
   python experiments/input_throughput.py                    # synthesised dataset
   python experiments/input_throughput.py --dataset kinetics400 --data_dir /data/tfds
   python experiments/input_throughput.py --input_clips_per_core 8 --model B/16x2  # GPU host
+  PYTHONPATH=/path/to/other/checkout python experiments/input_throughput.py  # its pipeline
 
 Without --data_dir it writes `--videos` 340x256 mp4s of moving texture (`--seconds`
 long) and prepares them with `vivit.prepare video_folder` first (also timed).
@@ -81,21 +82,33 @@ def dataset_config(name: str, data_dir: str, threads: int):
       num_threads=threads, shuffle_buffer=1024, shuffle_frames=False))
 
 
+def timed(batches, batch_size: int, steps: int):
+  """(clips/s, clips per CPU second of this process) over `steps` batches, after
+  one more batch of warm-up (one-off compilation). On a shared machine the second
+  is the per-core rate: it does not count the time other processes hold the cores."""
+  next(batches)
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(steps):
+    next(batches)
+  clips = steps * batch_size
+  return clips / (time.perf_counter() - wall), clips / (time.process_time() - cpu)
+
+
 def input_rate(config, batch_size: int, steps: int, start_step: int = 0):
-  """(seconds to the first batch, clips/s over the next `steps` batches)."""
+  """(seconds to the first batch, clips/s and clips per CPU second over `steps`
+  batches after a second one)."""
   from vivit.input import pipeline
   start = time.perf_counter()
   batches = pipeline.train_batches(config, batch_size, seed=0, start_step=start_step)
   next(batches)
   first = time.perf_counter() - start
-  start = time.perf_counter()
-  for _ in range(steps):
-    next(batches)
-  return first, steps * batch_size / (time.perf_counter() - start)
+  if not steps:
+    return first, None
+  return first, timed(batches, batch_size, steps)
 
 
 def decode_limit_rate(config, batch_size: int, steps: int):
-  """clips/s of the limit: `input_rate`'s stream, reading and JPEG-decoding (whole,
+  """(clips/s, clips per CPU second) of the limit: `input_rate`'s stream, reading and JPEG-decoding (whole,
   at the stored size) the frames of each clip, nothing else."""
   import tensorflow as tf
   from vivit.input import pipeline, sources, transforms
@@ -115,10 +128,7 @@ def decode_limit_rate(config, batch_size: int, steps: int):
   batches = pipeline._batches(config, source.train_stream(0, batch_size, 0), decode,
                               batch_size, drop_remainder=True)
   next(batches)
-  start = time.perf_counter()
-  for _ in range(steps):
-    next(batches)
-  return steps * batch_size / (time.perf_counter() - start)
+  return timed(batches, batch_size, steps)
 
 
 def train_step_seconds(model_name: str, batch_size: int, num_classes: int = 400,
@@ -162,7 +172,10 @@ def main():
   parser.add_argument('--seconds', type=float, default=10.0,
                       help='length of each synthesised video')
   parser.add_argument('--batch_size', type=int, default=8)
-  parser.add_argument('--steps', type=int, default=6, help='batches timed per setting')
+  parser.add_argument('--steps', type=int, default=12, help='batches timed per run')
+  parser.add_argument('--from_disk', action='store_true',
+                      help='read records through the feeder thread even if the split '
+                      'would be held in memory')
   parser.add_argument('--repeats', type=int, default=3,
                       help='timings per setting (medians are reported)')
   parser.add_argument('--model', default='B/16x2',
@@ -192,6 +205,9 @@ def main():
     seconds = time.perf_counter() - start
     print(f'prepare: {args.videos / seconds:.2f} videos/s with {cores} workers '
           f'({args.videos / seconds / cores:.2f} videos/s per core)')
+  if args.from_disk:
+    from vivit.input import sources
+    sources.IN_MEMORY_BYTES = 0
   import tensorflow_datasets as tfds
   builder = tfds.builder(args.dataset, data_dir=args.data_dir)
   split = builder.info.splits['train']
@@ -199,32 +215,35 @@ def main():
         f'({split.num_bytes / split.num_examples / 2**20:.2f} MiB per video)')
 
   print(f'\ninput pipeline, batches of {args.batch_size} x 32 x 224 x 224 (medians of '
-        f'{args.repeats}, pipeline and limit alternating):')
+        f'{args.repeats} runs, pipeline and limit alternating):')
   rows = []
   for threads in sorted({1, cores}):
     config = dataset_config(args.dataset, args.data_dir, threads)
-    rates, limits, peaks = [], [], []
+    runs, limits, peaks = [], [], []
     for _ in range(args.repeats):
       with PeakMemory() as memory:
-        rates.append(input_rate(config, args.batch_size, args.steps)[1])
+        runs.append(input_rate(config, args.batch_size, args.steps)[1])
       peaks.append(memory.peak - memory.start)
       limits.append(decode_limit_rate(config, args.batch_size, args.steps))
-    rate, limit = float(np.median(rates)), float(np.median(limits))
-    rows.append((threads, rate))
-    print(f'  {threads:2d} threads: pipeline {rate:6.1f} clips/s ({rate / threads:.1f} per '
-          f'core; runs {", ".join(f"{r:.1f}" for r in rates)}); decode-only limit '
-          f'{limit:6.1f} clips/s ({limit / threads:.1f} per core); pipeline / limit '
-          f'{rate / limit:.0%}; peak RSS +{max(peaks) / 2**20:.0f} MiB over '
-          f'{memory.start / 2**20:.0f} MiB')
+    (rate, per_cpu), (limit, limit_per_cpu) = np.median(runs, 0), np.median(limits, 0)
+    rows.append((threads, rate, per_cpu))
+    print(f'  {threads:2d} threads: pipeline {rate:5.1f} clips/s ({rate / threads:.1f} per '
+          f'core), {per_cpu:5.1f} clips per CPU second (runs: '
+          f'{", ".join(f"{r[1]:.1f}" for r in runs)}); peak RSS '
+          f'+{max(peaks) / 2**20:.0f} MiB over {memory.start / 2**20:.0f} MiB')
+    print(f'      decode-only limit {limit:5.1f} clips/s ({limit / threads:.1f} per core), '
+          f'{limit_per_cpu:5.1f} clips per CPU second (runs: '
+          f'{", ".join(f"{r[1]:.1f}" for r in limits)}); pipeline / limit: '
+          f'{per_cpu / limit_per_cpu:.0%} per CPU second, {rate / limit:.0%} per second')
   steps_per_epoch = split.num_examples // args.batch_size
   config = dataset_config(args.dataset, args.data_dir, cores)
-  at_start = input_rate(config, args.batch_size, 1)[0]
-  at_end = input_rate(config, args.batch_size, 1, start_step=steps_per_epoch - 1)[0]
+  at_start = input_rate(config, args.batch_size, 0)[0]
+  at_end = input_rate(config, args.batch_size, 0, start_step=steps_per_epoch - 1)[0]
   print(f'  first batch: {at_start:.2f} s at step 0, {at_end:.2f} s when resuming at step '
         f'{steps_per_epoch - 1} (the end of epoch 0)')
 
   if args.model != 'none':
-    report_model(args, rows[-1][1] / rows[-1][0], rows[-1])
+    report_model(args, rows[-1][2], rows[-1][:2])
 
 
 def report_model(args, input_per_core: float, input_row) -> None:

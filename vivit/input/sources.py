@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from vivit.errors import DataError
 
-READ_CHUNK = 4  # examples a feeder thread reads and enqueues at once
+READ_CHUNK = 8  # examples a feeder thread reads (in parallel, outside Python) and enqueues at once
 IN_MEMORY_BYTES = 512 * 2 ** 20  # a host's share of a split up to this is kept in memory
 
 
@@ -143,7 +143,9 @@ class TfdsSource(Source):
     if whole.num_bytes * len(records) / max(whole.num_examples, 1) <= IN_MEMORY_BYTES:
       in_memory = tf.constant([records[i] for i in range(len(records))])
       return Stream(keyed_indices.map(lambda key, index: (key, tf.gather(in_memory, index))))
-    chunks = ((keys, [records[int(i)] for i in indices])
+    # One batched read per chunk: ArrayRecord reads its records in parallel threads
+    # without the GIL, where indexing one at a time reads them in turn.
+    chunks = ((keys, records.__getitems__([int(i) for i in indices]))
               for keys, indices in keyed_indices.batch(READ_CHUNK).as_numpy_iterator())
     return _fed_by_thread(chunks, count, self._queue_capacity)
 
