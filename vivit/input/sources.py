@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from vivit.errors import DataError
 
-READ_CHUNK = 8  # examples a feeder thread reads (in parallel, outside Python) and enqueues at once
+READ_CHUNK = 4  # examples a feeder thread reads (in one batched read) and enqueues at once
 IN_MEMORY_BYTES = 512 * 2 ** 20  # a host's share of a split up to this is kept in memory
 
 
