@@ -5,6 +5,7 @@ datasets), of which only the frames a clip uses are decoded. Randomness is
 stateless: every random op takes a `seed` tensor of shape [2], so a pipeline is
 reproducible from its seeds and can resume mid-epoch.
 """
+import functools
 import math
 import numbers
 from typing import Optional, Sequence, Tuple
@@ -186,36 +187,35 @@ def _contrast(planes, factor):
   return [(c - mean) * factor + mean for c, mean in zip(planes, means)]
 
 
-def _planar_colour(planes, jitter, drop, brightness, saturation, contrast, hue):
-  """`apply_colour` of (r, g, b) planes `[time, h, w]` in [0, 1]."""
-  def jittered():
-    r, g, b = _saturate(*[c + brightness for c in planes], saturation)
-    r, g, b = _rotate_hue(*_contrast([r, g, b], contrast), hue)
-    return [tf.clip_by_value(c, 0.0, 1.0) for c in (r, g, b)]
-  planes = tf.cond(jitter, jittered, lambda: list(planes))
-
-  def grey():
-    r, g, b = planes
-    return [0.2989 * r + 0.587 * g + 0.114 * b] * 3
-  return tf.cond(drop, grey, lambda: list(planes))
-
-
-def _planes_to_pixels(planes, jitter, drop, brightness, saturation, contrast, hue):
-  """(r, g, b) `[time, h, w]` in [0, 255], colour-augmented: uint8 `[time, h, w, 3]`."""
-  planes = _planar_colour([c / 255.0 for c in planes], jitter, drop, brightness,
-                          saturation, contrast, hue)
-  return to_pixels(tf.stack(planes, axis=-1) * 255.0)
+def _jitter_planes(planes, brightness, saturation, contrast, hue):
+  """Brightness, saturation, contrast, hue, clip of (r, g, b) `[time, h, w]` in [0, 1]."""
+  r, g, b = _saturate(*[c + brightness for c in planes], saturation)
+  r, g, b = _rotate_hue(*_contrast([r, g, b], contrast), hue)
+  return [tf.clip_by_value(c, 0.0, 1.0) for c in (r, g, b)]
 
 
 @tf.function(jit_compile=True)
-def _colour_to_pixels(video, colour):
-  return _planes_to_pixels(tf.unstack(video, axis=-1), *colour)
+def _colour_variant(video, factors, jitter: bool, drop: bool):
+  # One compiled computation per (jitter, drop), chosen outside: without conditionals
+  # inside, XLA fuses the whole of each into a pass or two.
+  if not (jitter or drop):
+    return to_pixels(video)
+  planes = [c / 255.0 for c in tf.unstack(video, axis=-1)]
+  if jitter:
+    planes = _jitter_planes(planes, *factors)
+  if drop:
+    r, g, b = planes
+    planes = [0.2989 * r + 0.587 * g + 0.114 * b] * 3
+  return to_pixels(tf.stack(planes, axis=-1) * 255.0)
 
 
 def colour_to_pixels(video, probability: float, drop_probability: float, seed):
   """`to_pixels(colour_augment(video / 255) * 255)` of float `[time, h, w, 3]` in
   [0, 255], compiled: uint8 `[time, h, w, 3]`."""
-  return _colour_to_pixels(video, colour_draws(probability, drop_probability, seed))
+  jitter, drop, *factors = colour_draws(probability, drop_probability, seed)
+  branches = [functools.partial(_colour_variant, video, factors, j, d)
+              for j in (False, True) for d in (False, True)]
+  return tf.switch_case(2 * tf.cast(jitter, tf.int32) + tf.cast(drop, tf.int32), branches)
 
 
 # RandAugment (Cubuk et al., 2020) as the ViViT recipes use it through scenic
