@@ -126,12 +126,18 @@ class StopRequest:
     return signal.Signals(self.caught).name
 
   def agreed(self, step: int, due: bool) -> bool:
-    """Whether any host got SIGTERM."""
+    """Whether any host got a stop signal (then `caught` names one on every host)."""
     if jax.process_count() == 1:
       return self.caught is not None
     if not due and step % STOP_CHECK_EVERY:
       return False
-    return bool(multihost_utils.process_allgather(np.int32(self.caught is not None)).any())
+    # What the hosts sent, not `self.caught`: a signal arriving after the gather
+    # would make this host stop a step before the others.
+    caught = multihost_utils.process_allgather(np.int32(self.caught or 0))
+    if not caught.any():
+      return False
+    self.caught = self.caught or int(caught.max())
+    return True
 
   def during_validation(self) -> bool:
     """Whether any host got a stop signal: asked after every validation batch."""
