@@ -372,6 +372,29 @@ def test_gpu_fallback_warns_once_and_cudnn_refuses_with_the_reason(monkeypatch):
     attention.attend(x, x, x, implementation='cudnn')
 
 
+def test_jax_traces_cudnn_where_the_reason_is_empty(monkeypatch):
+  """jax's own checks, which run while tracing (no GPU needed once its cuDNN and
+  device queries are answered as on an H100), take what `cudnn_unavailable_reason`
+  passes, differentiated too, and refuse the odd length it keeps from them."""
+  stablehlo = pytest.importorskip('jax._src.cudnn.fused_attention_stablehlo')
+  monkeypatch.setattr(stablehlo, 'check_cudnn_version', lambda: H100.cudnn_version)
+  monkeypatch.setattr(stablehlo, 'check_compute_capability', lambda capability: True)
+  monkeypatch.setattr(stablehlo, 'is_cuda_compute_capability_equal', lambda c: False)
+  monkeypatch.setattr(attention, 'accelerator', lambda: H100)
+
+  def gradient_jaxpr(shape, attend=attention.attend):
+    loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32))
+    x = jnp.zeros(shape, jnp.bfloat16)
+    return str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, x, x))
+  for shape in [(2, 16, 4, 64), (1, 2, 1, 8), (2, 196, 2, 256)]:
+    assert 'dot_product_attention_bwd' in gradient_jaxpr(shape), shape
+  odd = (1, 9, 2, 8)
+  assert attention.auto_implementation(*arrays(odd)) == 'blocked'
+  cudnn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  with pytest.raises(NotImplementedError, match='Unsupported sequence length Q 9'):
+    gradient_jaxpr(odd, cudnn)
+
+
 # Every variant, with and without a CLS token, both embeddings.
 CASES = [('spatio_temporal', 'tubelet', 'token'), ('spatio_temporal', 'frame', 'gap'),
          ('factorised_encoder', 'tubelet', 'token'),
