@@ -82,7 +82,8 @@ def nvidia_gpu_present() -> bool:
   if os.path.isdir(gpus) and os.listdir(gpus):
     return True
   try:
-    listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True, timeout=20)
+    listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True,
+                             timeout=20)
   except (OSError, subprocess.SubprocessError):
     return False
   return listing.returncode == 0 and 'GPU' in listing.stdout

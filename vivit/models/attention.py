@@ -63,9 +63,11 @@ def cudnn_unavailable_reason(query, key, value,
     return 'JAX finds no cuDNN'
   capability = '.'.join(map(str, where.compute_capability))
   if where.compute_capability < (8, 0):
-    return f'cuDNN flash attention needs compute capability 8.0 or newer (this GPU: {capability})'
+    return (f'cuDNN flash attention needs compute capability 8.0 or newer (this GPU: '
+            f'{capability})')
   if where.compute_capability == (10, 3) and where.cudnn_version < 91100:
-    return f'compute capability 10.3 needs cuDNN 9.11 or newer (have {where.cudnn_version})'
+    return (f'compute capability 10.3 needs cuDNN 9.11 or newer (have '
+            f'{where.cudnn_version})')
   dtypes = {jnp.dtype(x.dtype) for x in (query, key, value)}
   if len(dtypes) > 1 or dtypes - {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)}:
     return (f'cuDNN flash attention takes bfloat16 or float16, not '
