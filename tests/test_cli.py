@@ -10,9 +10,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import types
 
-
-import pytest
 
 from helpers import CONFIG, cli_args, run_env
 from vivit import cli
@@ -115,9 +114,11 @@ def test_warning_for_jax_on_the_cpu_beside_an_nvidia_gpu(monkeypatch, capsys):
 
 
 def test_tensorflow_is_kept_off_the_gpus_before_the_command(monkeypatch):
-  tf = pytest.importorskip('tensorflow')
   calls = []
-  monkeypatch.setattr(tf.config, 'set_visible_devices', lambda *a: calls.append(a))
+  tf = types.SimpleNamespace(config=types.SimpleNamespace(
+      set_visible_devices=lambda *a: calls.append(a)))
+  monkeypatch.setitem(sys.modules, 'tensorflow', tf)  # (the real one takes 4 s to load)
+  monkeypatch.setattr(cli, 'quiet_libraries', lambda: None)
   monkeypatch.setattr(cli, 'nvidia_gpu_present', lambda: True)
   cli.hide_gpus_from_tensorflow.cache_clear()
   try:
