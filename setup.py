@@ -54,6 +54,8 @@ setup(
     version="0.1.0",
     description="ViViT video transformers in JAX/Flax: all four variants, "
                 "scenic and HuggingFace checkpoint conversion, training and evaluation.",
+    license="Apache-2.0",
+    classifiers=["License :: OSI Approved :: Apache Software License"],
     packages=find_packages(include=["vivit", "vivit.*"]),
     python_requires=">=3.11",
     ext_modules=[fused_attention],
