@@ -75,7 +75,7 @@ def dataset_config(name: str, data_dir: str, threads: int):
       name=name, format='tfds', data_dir=data_dir, label_key=('label',), train_split='train',
       num_frames=32, stride=2, min_resize=256, crop_size=224, scale_jitter=(0.9, 1.33),
       flip=True, colour_augment=0.8, colour_drop=0.1, randaugment=None,
-      num_threads=threads, shuffle_buffer=1024))
+      num_threads=threads, shuffle_buffer=1024, shuffle_frames=False))
 
 
 def input_rate(config, batch_size: int, steps: int, start_step: int = 0):
