@@ -56,7 +56,8 @@ def run(variant: str, dtype: str, workdir: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--variant', default='spatio_temporal')
+  from vivit.models import variants
+  parser.add_argument('--variant', default=variants.SPATIO_TEMPORAL)
   parser.add_argument('--workdir', help='where the two runs go (default: a temporary '
                       'directory)')
   args = parser.parse_args()
