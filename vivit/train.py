@@ -51,11 +51,13 @@ class MetricWriter:
       self._tb = tf.summary.create_file_writer(os.fspath(workdir / 'tensorboard'))
       self._path = workdir / 'metrics.jsonl'
       written = self._path.read_text() if self._path.exists() else ''
-      self._lines = _records_until(written, start)
-      if ''.join(self._lines) != written:
-        checkpoints.write_atomically(self._path, ''.join(self._lines))
-      self._logged = {(r['step'], r['split']) for r in map(json.loads, self._lines)}
-      self._jsonl = self._path.open('a') if checkpoints.is_local(self._path) else None
+      lines = _records_until(written, start)
+      if ''.join(lines) != written:
+        checkpoints.write_atomically(self._path, ''.join(lines))
+      self._logged = {(r['step'], r['split']) for r in map(json.loads, lines)}
+      local = checkpoints.is_local(self._path)
+      # Only a store that cannot append keeps the lines, to rewrite them whole.
+      self._jsonl, self._lines = (self._path.open('a'), None) if local else (None, lines)
 
   def logged(self, step: int, split: str) -> bool:
     """Whether metrics.jsonl holds `split`'s record of `step` (host 0; False elsewhere)."""

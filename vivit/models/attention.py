@@ -160,9 +160,10 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
     heads_first = lambda x: x.transpose(0, 2, 1, 3)
     out = blocked_attention(*map(heads_first, (query, key, value)), KEY_BLOCK)
     return heads_first(out)
-  if implementation == 'cudnn' and cudnn_unavailable_reason(query, key, value):
-    raise ConfigError(f"attention implementation 'cudnn' cannot run here: "
-                      f'{cudnn_unavailable_reason(query, key, value)}')
+  if implementation == 'cudnn':
+    reason = cudnn_unavailable_reason(query, key, value)
+    if reason:
+      raise ConfigError(f"attention implementation 'cudnn' cannot run here: {reason}")
   return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
 
 
