@@ -54,6 +54,8 @@ setup(
     version="0.1.0",
     description="ViViT video transformers in JAX/Flax: all four variants, "
                 "scenic and HuggingFace checkpoint conversion, training and evaluation.",
+    license="Apache-2.0",
+    classifiers=["License :: OSI Approved :: Apache Software License"],
     packages=find_packages(include=["vivit", "vivit.*"]),
     python_requires=">=3.11",
     ext_modules=[fused_attention],
@@ -83,6 +85,11 @@ setup(
         ],
     },
     extras_require={
+        # JAX's accelerator builds (plain `jax` runs on the CPU only): NVIDIA GPUs with
+        # CUDA 12 or CUDA 13 (wheels that bundle CUDA and cuDNN), or Cloud TPU.
+        "cuda12": ["jax[cuda12]"],
+        "cuda13": ["jax[cuda13]"],
+        "tpu": ["jax[tpu]"],
         # Reading/writing HuggingFace ViViT checkpoints.
         # torch only for pytorch_model.bin: torch.load(weights_only=True) is safe from 2.6.
         "hf": ["transformers", "safetensors", "torch>=2.6"],

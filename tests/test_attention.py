@@ -1,6 +1,6 @@
 """The key-blocked attention and the fused CPU kernel against the plain one: values
 and gradients, every variant, with and without CLS, lengths that are not a multiple
-of the blocks."""
+of the blocks; what 'auto' picks on CPU, NVIDIA GPUs and TPUs (device facts given)."""
 import os
 import platform
 import subprocess
@@ -284,6 +284,115 @@ def test_auto_blocks_long_sequences_only():
   with pytest.raises(ValueError, match="unknown attention implementation 'flash'"):
     attention.attend(jnp.zeros((1, 4, 2, 4)), jnp.zeros((1, 4, 2, 4)),
                      jnp.zeros((1, 4, 2, 4)), implementation='flash')
+
+
+H100 = attention.Accelerator('gpu', nvidia=True, compute_capability=(9, 0),
+                             cudnn_version=92800)
+A100 = H100._replace(compute_capability=(8, 0))
+
+
+def arrays(shape=(2, 1568, 12, 64), dtype=jnp.bfloat16, key_length=None):
+  """(query, key, value) shapes `[batch, length, heads, head_dim]`; keys of
+  `key_length`."""
+  query = jax.ShapeDtypeStruct(shape, dtype)
+  key = jax.ShapeDtypeStruct((shape[0], key_length or shape[1]) + shape[2:], dtype)
+  return query, key, key
+
+
+@pytest.mark.parametrize('where,shape', [
+    (H100, (2, 1568, 12, 64)), (A100, (2, 1568, 12, 64)), (H100, (8, 16, 6, 256)),
+    (A100, (1, 2, 1, 8)), (H100, (2, 196, 16, 80))])
+def test_auto_picks_cudnn_on_nvidia_gpus_in_half_precision(where, shape):
+  for dtype in (jnp.bfloat16, jnp.float16):
+    assert attention.cudnn_unavailable_reason(*arrays(shape, dtype), where) == ''
+    assert attention.auto_implementation(*arrays(shape, dtype), where) == 'cudnn'
+
+
+V100 = H100._replace(compute_capability=(7, 0))
+FALLBACKS = [  # (where, query/key/value, what the reason says)
+    (H100, arrays(dtype=jnp.float32), 'takes bfloat16 or float16, not float32'),
+    (H100, arrays(dtype=jnp.float8_e4m3fn), 'not float8_e4m3fn'),
+    (H100, arrays((2, 1568, 12, 60)), 'head_dim 60: cuDNN flash attention takes '
+                                      'multiples of 8 up to 256'),
+    (H100, arrays((2, 1568, 2, 264)), 'multiples of 8 up to 256'),
+    (A100, arrays((2, 1568, 4, 256)), 'multiples of 8 up to 128 on compute capability 8.0'),
+    (H100._replace(cudnn_version=90400), arrays((2, 16, 4, 256)), 'needs cuDNN 9.5'),
+    (V100, arrays(), 'needs compute capability 8.0 or newer (this GPU: 7.0)'),
+    (H100._replace(compute_capability=(10, 3), cudnn_version=91000), arrays(),
+     'compute capability 10.3 needs cuDNN 9.11'),
+    (H100, arrays((2, 1569, 12, 64)), 'lengths 1569 and 1569'),  # CLS + 1568 patches
+    (H100, arrays(key_length=9), 'lengths 1568 and 9'),
+    (H100, arrays((2, 0, 12, 64)), 'empty arrays'),
+    (H100._replace(nvidia=False), arrays(), 'needs an NVIDIA GPU (JAX runs on gpu)'),
+    (H100._replace(cudnn_version=None), arrays(), 'JAX finds no cuDNN'),
+]
+
+
+@pytest.mark.parametrize('where,qkv,reason', FALLBACKS, ids=[r for *_, r in FALLBACKS])
+def test_auto_falls_back_to_blocked_on_gpus_with_the_reason(where, qkv, reason):
+  assert reason in attention.cudnn_unavailable_reason(*qkv, where)
+  assert attention.auto_implementation(*qkv, where) == 'blocked'
+
+
+CPU_CASES = [  # (query/key/value): float32 at every head dim and length, half precision
+    arrays((2, 1568, 12, 64), jnp.float32), arrays((2, 1569, 3, 16), jnp.float32),
+    arrays((2, 1568, 12, 8), jnp.float32), arrays((2, 1023, 2, 8), jnp.float32),
+    arrays((2, 1568, 12, 64), jnp.bfloat16), arrays((2, 16, 12, 64), jnp.bfloat16),
+    arrays((2, 16, 12, 64), jnp.float16), arrays((2, 16, 2, 16), jnp.float32, 2048)]
+
+
+@pytest.mark.parametrize('qkv', CPU_CASES, ids=lambda c: f'{c[0].shape}-{c[0].dtype}')
+def test_cuda_facts_never_change_the_cpu_choice(qkv):
+  """On CPU 'auto' is what it was before cuDNN: 'fused' where the kernel takes the
+  arrays, else 'blocked' from BLOCKED_MIN_LENGTH keys, else 'xla'; on TPU XLA's."""
+  query, key, value = qkv
+  before = ('fused' if fused_attention.supports(query, key, value) else
+            'blocked' if key.shape[1] >= attention.BLOCKED_MIN_LENGTH else 'xla')
+  for where in (attention.Accelerator('cpu'), H100._replace(backend='cpu')):
+    assert attention.auto_implementation(query, key, value, where) == before
+  assert attention.auto_implementation(query, key, value) == before  # here: a CPU
+  assert attention.auto_implementation(query, key, value,
+                                       attention.Accelerator('tpu')) == 'xla'
+
+
+def test_gpu_fallback_warns_once_and_cudnn_refuses_with_the_reason(monkeypatch):
+  monkeypatch.setattr(attention, 'accelerator', lambda: H100)
+  attention._warn_not_cudnn.cache_clear()
+  x = jnp.zeros((1, 6, 2, 8))
+  with pytest.warns(UserWarning, match='runs blocked, not in cuDNN: cuDNN flash '
+                    'attention takes bfloat16 or float16, not float32'):
+    jaxpr = str(jax.make_jaxpr(attention.attend)(x, x, x))
+  assert 'custom_vjp' in jaxpr  # blocked_attention
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    jax.make_jaxpr(attention.attend)(x, x, x)  # the same reason: said once
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="'cudnn' cannot run here: cuDNN attention "
+                     r'needs an NVIDIA GPU \(JAX runs on cpu\)'):
+    attention.attend(x, x, x, implementation='cudnn')
+
+
+def test_jax_traces_cudnn_where_the_reason_is_empty(monkeypatch):
+  """jax's own checks, which run while tracing (no GPU needed once its cuDNN and
+  device queries are answered as on an H100), take what `cudnn_unavailable_reason`
+  passes, differentiated too, and refuse the odd length it keeps from them."""
+  stablehlo = pytest.importorskip('jax._src.cudnn.fused_attention_stablehlo')
+  monkeypatch.setattr(stablehlo, 'check_cudnn_version', lambda: H100.cudnn_version)
+  monkeypatch.setattr(stablehlo, 'check_compute_capability', lambda capability: True)
+  monkeypatch.setattr(stablehlo, 'is_cuda_compute_capability_equal', lambda c: False)
+  monkeypatch.setattr(attention, 'accelerator', lambda: H100)
+
+  def gradient_jaxpr(shape, attend=attention.attend):
+    loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32))
+    x = jnp.zeros(shape, jnp.bfloat16)
+    return str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, x, x))
+  for shape in [(2, 16, 4, 64), (1, 2, 1, 8), (2, 196, 2, 256)]:
+    assert 'dot_product_attention_bwd' in gradient_jaxpr(shape), shape
+  odd = (1, 9, 2, 8)
+  assert attention.auto_implementation(*arrays(odd)) == 'blocked'
+  cudnn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
+  with pytest.raises(NotImplementedError, match='Unsupported sequence length Q 9'):
+    gradient_jaxpr(odd, cudnn)
 
 
 # Every variant, with and without a CLS token, both embeddings.

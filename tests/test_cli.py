@@ -1,6 +1,8 @@
 """The commands as a user meets them: a typical mistake gives one `error: ...` line on
 stderr naming the problem and exit status 2 (the traceback only with --verbose); the
-console entry points answer --help with what they do and an example. (That training
+console entry points answer --help with what they do and an example; the start-up
+line names the devices, with a warning for JAX on the CPU beside an NVIDIA GPU, and
+TensorFlow is kept off the GPUs. (That training
 prints no TensorFlow/oneDNN start-up lines: tests/test_train.py's kill-and-resume
 test, on the README's first command with tiny overrides.)"""
 import os
@@ -8,9 +10,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import types
 
 
 from helpers import CONFIG, cli_args, run_env
+from vivit import cli
 
 ENTRY_POINTS = ('vivit-train', 'vivit-evaluate', 'vivit-convert', 'vivit-predict',
                 'vivit-prepare', 'vivit-launch')
@@ -82,3 +86,46 @@ def test_entry_points_answer_help():
     head = out.strip().splitlines()[:15]
     # What it does, then an example of it.
     assert any(line.startswith(f'  {name} ') for line in head), (name, head)
+
+
+def test_devices_line():
+  assert (cli.devices_line('gpu', ['NVIDIA H100 80GB HBM3'] * 8, 1)
+          == 'devices: 8 x NVIDIA H100 80GB HBM3 (gpu)')
+  assert (cli.devices_line('tpu', ['TPU v5 lite'] * 16, 4)
+          == 'devices: 16 x TPU v5 lite (tpu), 4 processes')
+  assert cli.devices_line('cpu', ['cpu'], 1) == 'devices: 1 x cpu (cpu)'
+
+
+def test_warning_for_jax_on_the_cpu_beside_an_nvidia_gpu(monkeypatch, capsys):
+  monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+  warning = cli.cpu_warning('cpu', lambda: True)
+  assert warning.startswith('warning: ') and '\n' not in warning
+  assert 'NVIDIA GPU' in warning and warning.endswith('pip install -e ".[cuda12]"')
+  assert cli.cpu_warning('gpu', lambda: True) is None
+  assert cli.cpu_warning('cpu', lambda: False) is None
+  cli.print_devices(nvidia_present=lambda: True)  # this process: JAX on the CPU
+  out, err = capsys.readouterr()
+  assert out.startswith('devices: ') and out.endswith(' x cpu (cpu)\n'), out
+  assert err == warning + '\n'
+  cli.print_devices(line=False, nvidia_present=lambda: False)
+  assert capsys.readouterr() == ('', '')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')  # CPU by choice
+  assert cli.cpu_warning('cpu', lambda: True) is None
+
+
+def test_tensorflow_is_kept_off_the_gpus_before_the_command(monkeypatch):
+  calls = []
+  tf = types.SimpleNamespace(config=types.SimpleNamespace(
+      set_visible_devices=lambda *a: calls.append(a)))
+  monkeypatch.setitem(sys.modules, 'tensorflow', tf)  # (the real one takes 4 s to load)
+  monkeypatch.setattr(cli, 'quiet_libraries', lambda: None)
+  monkeypatch.setattr(cli, 'nvidia_gpu_present', lambda: True)
+  cli.hide_gpus_from_tensorflow.cache_clear()
+  try:
+    assert cli.run(lambda argv: 0 if calls == [([], 'GPU')] else 1, []) == 0
+    monkeypatch.setattr(cli, 'nvidia_gpu_present', lambda: False)
+    cli.hide_gpus_from_tensorflow.cache_clear()
+    cli.hide_gpus_from_tensorflow()
+    assert len(calls) == 1  # no NVIDIA GPU: TensorFlow is not even imported for it
+  finally:
+    cli.hide_gpus_from_tensorflow.cache_clear()

@@ -1,8 +1,13 @@
 """What every command shares: one-line errors for the mistakes a user can make, quiet
-logs, and `--verbose` (or `VIVIT_VERBOSE=1`) for tracebacks and library logs."""
+logs, `--verbose` (or `VIVIT_VERBOSE=1`) for tracebacks and library logs, TensorFlow
+kept off the GPUs, and the start-up line naming the devices JAX runs on."""
 import argparse
+import collections
+import functools
+import os
+import subprocess
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from ml_collections import ConfigDict
 
@@ -33,6 +38,7 @@ def run(main: Callable[[Optional[List[str]]], Optional[int]],
   """`main(argv)`'s exit status; a user error becomes `error: ...` on stderr and
   status 2 (its traceback only with --verbose)."""
   quiet_libraries()
+  hide_gpus_from_tensorflow()
   try:
     return main(argv) or 0
   except KeyboardInterrupt:
@@ -55,6 +61,65 @@ def quiet_libraries() -> None:
   logging.set_verbosity(logging.ERROR)
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
+
+
+@functools.lru_cache(maxsize=None)
+def hide_gpus_from_tensorflow() -> None:
+  """TensorFlow only feeds data: where it could see an NVIDIA GPU (a full `tensorflow`
+  install), it must not take the GPU memory JAX needs. Before any TensorFlow op."""
+  if nvidia_gpu_present():
+    import tensorflow as tf
+    try:
+      tf.config.set_visible_devices([], 'GPU')
+    except RuntimeError:  # TensorFlow already started: not a command's first call
+      pass
+
+
+@functools.lru_cache(maxsize=None)
+def nvidia_gpu_present() -> bool:
+  """Whether this machine has an NVIDIA GPU (its driver lists one), whatever JAX uses."""
+  gpus = '/proc/driver/nvidia/gpus'
+  if os.path.isdir(gpus) and os.listdir(gpus):
+    return True
+  try:
+    listing = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True,
+                             timeout=20)
+  except (OSError, subprocess.SubprocessError):
+    return False
+  return listing.returncode == 0 and 'GPU' in listing.stdout
+
+
+def devices_line(backend: str, device_kinds: Sequence[str], process_count: int) -> str:
+  """E.g. `devices: 8 x NVIDIA H100 80GB HBM3 (gpu), 2 processes`."""
+  kinds = ', '.join(f'{count} x {kind}'
+                    for kind, count in collections.Counter(device_kinds).items())
+  processes = f', {process_count} processes' if process_count > 1 else ''
+  return f'devices: {kinds} ({backend}){processes}'
+
+
+def cpu_warning(backend: str, nvidia_present: Callable[[], bool]) -> Optional[str]:
+  """The warning for JAX on the CPU of a machine with an NVIDIA GPU, else None (also
+  where JAX_PLATFORMS chose the platform)."""
+  if backend != 'cpu' or os.environ.get('JAX_PLATFORMS') or not nvidia_present():
+    return None
+  return ('warning: this machine has an NVIDIA GPU but JAX runs on the CPU; for the GPU: '
+          'pip install -e ".[cuda12]"')
+
+
+def print_devices(line: bool = True,
+                  nvidia_present: Callable[[], bool] = nvidia_gpu_present) -> None:
+  """On host 0: the `devices_line` on stdout (if `line`) and the `cpu_warning`, if
+  any, on stderr."""
+  import jax
+  if jax.process_index() != 0:
+    return
+  backend = jax.default_backend()
+  if line:
+    print(devices_line(backend, [d.device_kind for d in jax.devices()],
+                       jax.process_count()), flush=True)
+  warning = cpu_warning(backend, nvidia_present)
+  if warning:
+    print(warning, file=sys.stderr, flush=True)
 
 
 def absl_flags_parser(argv: List[str]):
@@ -99,6 +164,7 @@ def run_config_command(prog: str, doc: str, workdir_help: str,
                         f'configs/synthetic_motion.py --workdir runs/demo')
     if flags.FLAGS.distributed:
       sharding.initialize_distributed()
+    print_devices()
     config = flags.FLAGS.config
     config.unlock()
     command(config, flags.FLAGS.workdir)

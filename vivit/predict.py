@@ -107,6 +107,7 @@ def _main(argv=None) -> int:
   parser.add_argument('--stride', type=int, help='frame stride of a clip (default: the '
                       f"training config's, else {DEFAULT_STRIDE})")
   args = parser.parse_args(argv)
+  cli.print_devices(line=sys.stdout.isatty())  # piped, stdout holds only the classes
   result = predict(args.checkpoint, args.video, views=args.views, top=args.top,
                    fps=args.fps, stride=args.stride)
   for head, classes in result.items():

@@ -51,11 +51,13 @@ class MetricWriter:
       self._tb = tf.summary.create_file_writer(os.fspath(workdir / 'tensorboard'))
       self._path = workdir / 'metrics.jsonl'
       written = self._path.read_text() if self._path.exists() else ''
-      self._lines = _records_until(written, start)
-      if ''.join(self._lines) != written:
-        checkpoints.write_atomically(self._path, ''.join(self._lines))
-      self._logged = {(r['step'], r['split']) for r in map(json.loads, self._lines)}
-      self._jsonl = self._path.open('a') if checkpoints.is_local(self._path) else None
+      lines = _records_until(written, start)
+      if ''.join(lines) != written:
+        checkpoints.write_atomically(self._path, ''.join(lines))
+      self._logged = {(r['step'], r['split']) for r in map(json.loads, lines)}
+      local = checkpoints.is_local(self._path)
+      # Only a store that cannot append keeps the lines, to rewrite them whole.
+      self._jsonl, self._lines = (self._path.open('a'), None) if local else (None, lines)
 
   def logged(self, step: int, split: str) -> bool:
     """Whether metrics.jsonl holds `split`'s record of `step` (host 0; False elsewhere)."""
@@ -126,12 +128,18 @@ class StopRequest:
     return signal.Signals(self.caught).name
 
   def agreed(self, step: int, due: bool) -> bool:
-    """Whether any host got SIGTERM."""
+    """Whether any host got a stop signal (then `caught` names one on every host)."""
     if jax.process_count() == 1:
       return self.caught is not None
     if not due and step % STOP_CHECK_EVERY:
       return False
-    return bool(multihost_utils.process_allgather(np.int32(self.caught is not None)).any())
+    # What the hosts sent, not `self.caught`: a signal arriving after the gather
+    # would make this host stop a step before the others.
+    caught = multihost_utils.process_allgather(np.int32(self.caught or 0))
+    if not caught.any():
+      return False
+    self.caught = self.caught or int(caught.max())
+    return True
 
   def during_validation(self) -> bool:
     """Whether any host got a stop signal: asked after every validation batch."""

@@ -3,7 +3,8 @@ key-blocked online softmax, the fused CPU kernel (`fused_attention`), cuDNN; and
 model 4's split of the heads between time and space (`factorised_attend`).
 """
 import functools
-from typing import Optional, Tuple
+import warnings
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -12,12 +13,103 @@ import numpy as np
 from vivit.errors import ConfigError
 from vivit.models import fused_attention as fused
 
-# Attention implementations (`model.attention`): 'auto' = 'fused' where it runs (CPU,
-# float32), else 'blocked' from this many tokens on (where the full [heads, N, N]
-# matrix costs hundreds of MB), else 'xla'.
+# Attention implementations (`model.attention`): 'auto' = on CPU 'fused' where it runs
+# (float32), else 'blocked' from this many tokens on (where the full [heads, N, N]
+# matrix costs hundreds of MB), else 'xla'; on NVIDIA GPUs 'cudnn' where cuDNN takes
+# the arrays, else 'blocked'; on TPU 'xla'.
 ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'xla', 'blocked', 'cudnn')
 BLOCKED_MIN_LENGTH = 1024
 KEY_BLOCK = 128  # fastest of 32..1024 on this CPU (3137 tokens, 12 heads)
+
+
+class Accelerator(NamedTuple):
+  """What the choice of attention depends on besides the arrays (`accelerator()`
+  reads it here; tests pass their own)."""
+  backend: str  # jax.default_backend(): 'cpu', 'gpu' or 'tpu'
+  nvidia: bool = False  # a CUDA GPU (not ROCm)
+  compute_capability: Optional[Tuple[int, int]] = None
+  cudnn_version: Optional[int] = None  # as cuDNN counts it: 91000 is 9.10.0
+
+
+@functools.lru_cache(maxsize=None)
+def accelerator() -> Accelerator:
+  """This process's `Accelerator` (its first local device)."""
+  backend = jax.default_backend()
+  if backend != 'gpu':
+    return Accelerator(backend)
+  device = jax.local_devices()[0]
+  if 'cuda' not in device.client.platform_version.lower():
+    return Accelerator(backend)
+  capability = tuple(int(part) for part in device.compute_capability.split('.')[:2])
+  try:
+    from jax._src.lib import cuda_versions  # what jax's own cuDNN attention asks
+    cudnn = cuda_versions.cudnn_get_version() if cuda_versions is not None else None
+  except (ImportError, AttributeError, RuntimeError):
+    cudnn = None
+  return Accelerator(backend, True, capability, cudnn)
+
+
+def cudnn_unavailable_reason(query, key, value,
+                             where: Optional[Accelerator] = None) -> str:
+  """Why `jax.nn.dot_product_attention(implementation='cudnn')` (cuDNN flash
+  attention) cannot take these `[batch, length, heads, head_dim]` arrays on `where`
+  (default: here); '' when it can. The limits: compute capability 8.0 or newer (10.3
+  from cuDNN 9.11), float16 or bfloat16, head dims a multiple of 8 up to 128, or 256
+  from compute capability 9.0 and cuDNN 9.5, and even lengths."""
+  where = where or accelerator()
+  if not where.nvidia:
+    return f'cuDNN attention needs an NVIDIA GPU (JAX runs on {where.backend})'
+  if where.cudnn_version is None:
+    return 'JAX finds no cuDNN'
+  capability = '.'.join(map(str, where.compute_capability))
+  if where.compute_capability < (8, 0):
+    return (f'cuDNN flash attention needs compute capability 8.0 or newer (this GPU: '
+            f'{capability})')
+  if where.compute_capability == (10, 3) and where.cudnn_version < 91100:
+    return (f'compute capability 10.3 needs cuDNN 9.11 or newer (have '
+            f'{where.cudnn_version})')
+  dtypes = {jnp.dtype(x.dtype) for x in (query, key, value)}
+  if len(dtypes) > 1 or dtypes - {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)}:
+    return (f'cuDNN flash attention takes bfloat16 or float16, not '
+            f'{"/".join(sorted(d.name for d in dtypes))} (model.dtype)')
+  if (query.ndim != 4 or key.shape != value.shape
+      or (query.shape[0], *query.shape[2:]) != (key.shape[0], *key.shape[2:])):
+    return (f'cuDNN attention here needs [batch, length, heads, head_dim] arrays that '
+            f'differ only in length (got {query.shape}, {key.shape}, {value.shape})')
+  if 0 in query.shape or 0 in key.shape:
+    return f'empty arrays ({query.shape}, {key.shape})'
+  depth = query.shape[-1]
+  most = 256 if where.compute_capability >= (9, 0) else 128
+  if depth % 8 or depth > most:
+    return (f'head_dim {depth}: cuDNN flash attention takes multiples of 8 up to {most} '
+            f'on compute capability {capability}')
+  if depth > 128 and where.cudnn_version < 90500:
+    return f'head_dim {depth} needs cuDNN 9.5 or newer (have {where.cudnn_version})'
+  if query.shape[1] % 2 or key.shape[1] % 2:
+    # jax (0.10) refuses odd lengths under differentiation: its check for a bias
+    # (seqlen divisible by 2) also counts the empty placeholder it passes for none.
+    return (f'lengths {query.shape[1]} and {key.shape[1]}: jax differentiates cuDNN '
+            f'attention over even lengths only')
+  return ''
+
+
+def auto_implementation(query, key, value, where: Optional[Accelerator] = None) -> str:
+  """What `implementation='auto'` runs for these arrays on `where` (default: here)."""
+  where = where or accelerator()
+  if where.backend == 'tpu':
+    # XLA:TPU fuses the plain softmax attention around its matrix-unit dots, which is
+    # the fastest of these there; the blocked scan only serialises it.
+    return 'xla'
+  if where.backend == 'gpu':
+    return 'blocked' if cudnn_unavailable_reason(query, key, value, where) else 'cudnn'
+  if fused.supports(query, key, value):
+    return 'fused'
+  return 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_not_cudnn(reason: str) -> None:
+  warnings.warn(f'vivit: attention on this GPU runs blocked, not in cuDNN: {reason}')
 
 
 def attend(query, key, value, *, dropout_rate: float = 0.0,
@@ -33,9 +125,10 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
       dims a multiple of 16 up to 128), 'xla' (`jax.nn.dot_product_attention`'s XLA
       path: the full probability matrix), 'blocked' (`blocked_attention`: key blocks
       with an online softmax, never the full matrix), 'cudnn' (cuDNN flash attention
-      on NVIDIA GPUs, where cuDNN supports the dtype and shape) or 'auto' ('fused'
-      where `fused.supports` the arrays, else 'blocked' for `BLOCKED_MIN_LENGTH` tokens
-      or more, else 'xla').
+      on NVIDIA GPUs, where `cudnn_unavailable_reason` is '') or 'auto'
+      (`auto_implementation`: on CPU 'fused' where `fused.supports` the arrays, else
+      'blocked' for `BLOCKED_MIN_LENGTH` tokens or more, else 'xla'; on NVIDIA GPUs
+      'cudnn' where it runs, else 'blocked', with a warning naming why; on TPU 'xla').
 
   Returns:
     `[batch, length, heads, head_dim]`.
@@ -50,14 +143,12 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ConfigError(f'unknown attention implementation {implementation!r}; expected '
                      f'one of {", ".join(ATTENTION_IMPLEMENTATIONS)}')
-  fused_runs = fused.supports(query, key, value)
   if implementation == 'auto':
-    if fused_runs:
-      implementation = 'fused'
-    else:
-      implementation = 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
+    implementation = auto_implementation(query, key, value)
+    if accelerator().backend == 'gpu' and implementation != 'cudnn':
+      _warn_not_cudnn(cudnn_unavailable_reason(query, key, value))
   if implementation == 'fused':
-    if not fused_runs:
+    if not fused.supports(query, key, value):
       raise ConfigError(
           'attention implementation \'fused\' needs the CPU backend, float32 query, '
           'key and value of one shape and a head_dim that is a multiple of 16 up to 128 '
@@ -69,6 +160,10 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
     heads_first = lambda x: x.transpose(0, 2, 1, 3)
     out = blocked_attention(*map(heads_first, (query, key, value)), KEY_BLOCK)
     return heads_first(out)
+  if implementation == 'cudnn':
+    reason = cudnn_unavailable_reason(query, key, value)
+    if reason:
+      raise ConfigError(f"attention implementation 'cudnn' cannot run here: {reason}")
   return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
 
 

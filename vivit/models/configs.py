@@ -50,9 +50,10 @@ def default_model_config() -> ml_collections.ConfigDict:
   config.attention_dropout_rate = 0.0
   config.stochastic_depth = 0.0
   config.dtype = 'float32'           # compute dtype; params stay float32
-  # Attention: 'auto' (the fused C++ kernel on CPU in float32; elsewhere key-blocked
-  # online softmax from 1024 tokens on, else XLA's), 'fused', 'xla', 'blocked', or
-  # 'cudnn' (flash attention on NVIDIA GPUs).
+  # Attention: 'auto' (on CPU the fused C++ kernel in float32, else key-blocked online
+  # softmax from 1024 tokens on, else XLA's; on NVIDIA GPUs cuDNN flash attention in
+  # bfloat16/float16 where it takes the shapes, else blocked; on TPU XLA's), 'fused',
+  # 'xla', 'blocked', or 'cudnn'.
   config.attention = 'auto'
   config.remat = False
   return config
