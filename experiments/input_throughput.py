@@ -2,8 +2,10 @@
 
 Measures, for 32-frame 224x224 training clips (stride 2, short side 256, scale
 jitter, flip, colour jitter: the Kinetics recipe):
-- input pipeline clips/s (read + JPEG decode of the clip's frames + augment +
-  batch) with 1 thread and with one per core, and clips/s per core;
+- input pipeline clips/s (read + JPEG decode of the crop's window of the clip's
+  frames + augment + batch) with 1 thread and with one per core, and clips/s per
+  core; the colour jitter's arithmetic runs in the train step on the device, and is
+  timed apart (on this machine's JAX backend);
 - its limit: the same stream of clips (read, parse, pick the clip's frames, batch)
   with nothing done but JPEG-decoding exactly the frames each clip uses at their
   stored size, and the pipeline as a fraction of that;
@@ -117,7 +119,7 @@ def decode_limit_rate(config, batch_size: int, steps: int):
   def decode(position, serialized):
     video, label = source.parse(serialized)
     seed = tf.stack([tf.constant(sources.stream_seed(0), tf.int64), position])
-    offset_seed = transforms.split_seed(seed, 4)[0]
+    offset_seed = transforms.split_seed(transforms.split_seed(seed, 2)[0], 4)[0]
     count = tf.shape(video)[0]
     indices = transforms.clip_indices(count, config.num_frames, config.stride,
                                       transforms.random_offset(
@@ -129,6 +131,28 @@ def decode_limit_rate(config, batch_size: int, steps: int):
                               batch_size, drop_remainder=True)
   next(batches)
   return timed(batches, batch_size, steps)
+
+
+def colour_seconds(batch_size: int):
+  """(seconds, device kind) of `vivit.colour.augment_colour` on a batch of 32x224x224
+  clips, jitted, on JAX's default device: the device's share of the augmentation."""
+  import jax
+  import jax.numpy as jnp
+  try:
+    from vivit.colour import augment_colour
+  except ImportError:  # a checkout whose pipeline does the colour (PYTHONPATH=...)
+    return None
+  pixels = jax.random.randint(jax.random.PRNGKey(0), (batch_size, 32, 224, 224, 3), 0, 256
+                              ).astype(jnp.uint8)
+  draws = jnp.tile(jnp.array([1, 0, 0.1, 1.2, 0.8, 0.1]), (batch_size, 1))
+  colour = jax.jit(augment_colour)
+  colour(pixels, draws).block_until_ready()
+  times = []
+  for _ in range(3):
+    start = time.perf_counter()
+    colour(pixels, draws).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return min(times), jax.devices()[0].device_kind
 
 
 def train_step_seconds(model_name: str, batch_size: int, num_classes: int = 400,
@@ -151,8 +175,10 @@ def train_step_seconds(model_name: str, batch_size: int, num_classes: int = 400,
   step = jax.jit(lambda s, b: train_step(s, b, model=model, optimizer=optimizer,
                                          training=training, num_classes=num_classes,
                                          seed=0), donate_argnums=0)
-  batch = {'video': jnp.zeros((batch_size, 32, 224, 224, 3), jnp.float32),
-           'label': jnp.zeros((batch_size,), jnp.int32)}
+  # uint8 pixels and colour draws (jitter all): the device's share of the augmentation
+  batch = {'video': jnp.zeros((batch_size, 32, 224, 224, 3), jnp.uint8),
+           'label': jnp.zeros((batch_size,), jnp.int32),
+           'colour': jnp.tile(jnp.array([1, 0, 0.1, 1.2, 0.8, 0.1]), (batch_size, 1))}
   state, metrics = step(state, batch)  # compile
   jax.block_until_ready(metrics)
   times = []
@@ -241,6 +267,10 @@ def main():
   at_end = input_rate(config, args.batch_size, 0, start_step=steps_per_epoch - 1)[0]
   print(f'  first batch: {at_start:.2f} s at step 0, {at_end:.2f} s when resuming at step '
         f'{steps_per_epoch - 1} (the end of epoch 0)')
+  colour = colour_seconds(args.batch_size)
+  if colour:
+    print(f'  colour augmentation in the train step on {colour[1]}: {colour[0] * 1e3:.1f} '
+          f'ms per batch of {args.batch_size} ({args.batch_size / colour[0]:.0f} clips/s)')
 
   if args.model != 'none':
     report_model(args, rows[-1][2], rows[-1][:2])

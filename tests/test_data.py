@@ -81,41 +81,66 @@ def test_scale_jitter_draws_height_and_width_apart():
   assert sum(h != w for h, w in shapes) >= 15  # the aspect ratio changes
 
 
-def test_colour_augment_ranges_and_probabilities():
-  """Scenic's ranges: brightness +-32/255 (one shift for the clip), saturation and
-  contrast x 0.6..1.4, hue +-0.2; applied with probability 0.8; grey with 0.1."""
-  grey = tf.fill((2, 4, 4, 3), 0.5)
-  shifts = [float(tf.reduce_mean(transforms.colour_augment(grey, 1.0, 0.0,
-                                                           tf.constant([s, 2])) - 0.5))
-            for s in range(40)]
-  assert max(abs(x) for x in shifts) <= 32 / 255 + 1e-6
-  assert max(shifts) > 20 / 255 and min(shifts) < -20 / 255
+def _tf_image_colour(video, draws):
+  """Scenic's colour augmentation of float `[time, h, w, 3]` in [0, 1] with the
+  `tf.image` ops it calls, given one clip's `[6]` draws: the reference."""
+  jitter, drop, brightness, saturation, contrast, hue = (float(d) for d in draws)
+  if jitter:
+    video = tf.image.adjust_brightness(video, brightness)
+    video = tf.image.adjust_saturation(video, saturation)
+    video = tf.image.adjust_contrast(video, contrast)
+    video = tf.clip_by_value(tf.image.adjust_hue(video, hue), 0.0, 1.0)
+  if drop:
+    video = tf.tile(tf.image.rgb_to_grayscale(video), [1, 1, 1, 3])
+  return video
+
+
+def test_colour_draws_follow_scenics_ranges_and_probabilities():
+  """Brightness +-32/255, saturation and contrast x 0.6..1.4, hue +-0.2; jitter with
+  probability 0.8, grey with 0.1."""
+  draws = np.stack([transforms.colour_draws(0.8, 0.1, tf.constant([s, 5])).numpy()
+                    for s in range(400)])
+  jitter, drop, brightness, saturation, contrast, hue = draws.T
+  assert set(np.unique(jitter)) == {0, 1} and set(np.unique(drop)) == {0, 1}
+  assert 0.75 < jitter.mean() < 0.85 and 0.06 < drop.mean() < 0.14
+  for values, low, high in ((brightness, -32 / 255, 32 / 255), (saturation, 0.6, 1.4),
+                            (contrast, 0.6, 1.4), (hue, -0.2, 0.2)):
+    assert low <= values.min() < low + 0.05 * (high - low)
+    assert high - 0.05 * (high - low) < values.max() <= high
+
+
+def test_colour_on_the_device_is_tf_images_and_the_same_for_every_frame():
+  """`vivit.colour.augment_colour` (jax, on the batch) against the tf.image ops scenic
+  runs, with black, white and grey pixels among random ones; a still clip stays still."""
+  from vivit.colour import augment_colour
   rng = np.random.RandomState(0)
-  colourful = tf.constant(rng.uniform(0.2, 0.8, (2, 4, 4, 3)), tf.float32)
-  changed = dropped = 0
-  for s in range(300):
-    out = transforms.colour_augment(colourful, 0.8, 0.1, tf.constant([s, 5])).numpy()
-    changed += not np.array_equal(out, colourful.numpy())
-    dropped += np.allclose(out[..., 0], out[..., 1]) and np.allclose(out[..., 1], out[..., 2])
-  assert 0.75 < changed / 300 < 0.9 and 0.05 < dropped / 300 < 0.16
-  # The same change for every frame: a still clip stays still.
-  still = tf.tile(colourful[:1], [3, 1, 1, 1])
-  out = transforms.colour_augment(still, 1.0, 0.0, tf.constant([1, 1])).numpy()
-  np.testing.assert_allclose(out[0], out[2], atol=1e-6)
+  pixels = rng.randint(0, 256, (5, 3, 6, 6, 3)).astype(np.uint8)
+  pixels[0, :, :2] = 0
+  pixels[1, :, :2] = 255
+  pixels[2, :, :2] = pixels[2, :, :2, :, :1]
+  pixels[4] = pixels[4, :1]
+  for s in range(8):
+    draws = np.stack([transforms.colour_draws(0.8, 0.3, tf.constant([s, i])).numpy()
+                      for i in range(5)])
+    out = np.asarray(augment_colour(pixels, draws))
+    for clip, clip_draws, new in zip(pixels, draws, out):
+      reference = _tf_image_colour(tf.constant(clip / 255.0, tf.float32), clip_draws)
+      np.testing.assert_allclose(new, reference.numpy() * 2 - 1, atol=2e-5)
+    np.testing.assert_allclose(out[4, 0], out[4, 2], atol=1e-6)
+  assert np.abs(augment_colour(pixels, np.zeros((5, 6))) * 127.5 + 127.5 - pixels).max() < 1e-3
 
 
-def _train_view(video, seed, flip=False, colour=0.0):
+def _train_view(video, seed, flip=False):
   return transforms.train_view(video, num_frames=4, stride=2, min_resize=16, crop_size=16,
-                               scale_range=(1.0, 1.3), flip=flip, colour_probability=colour,
-                               seed=seed).numpy()
+                               scale_range=(1.0, 1.3), flip=flip, seed=seed).numpy()
 
 
 def test_train_view_shapes_range_and_determinism():
   video = tf.constant(synthetic.render_clip(0, np.random.default_rng(0)))
-  view = _train_view(video, SEED, colour=0.3)
+  view = _train_view(video, SEED)
   assert view.shape == (4, 16, 16, 3) and view.dtype == np.uint8 and view.std() > 10
-  np.testing.assert_array_equal(view, _train_view(video, SEED, colour=0.3))
-  other = _train_view(video, SEED + 1, colour=0.3).astype(int)
+  np.testing.assert_array_equal(view, _train_view(video, SEED))
+  other = _train_view(video, SEED + 1).astype(int)
   assert np.abs(view.astype(int) - other).max() > 2
 
 
@@ -227,36 +252,42 @@ def test_decoding_only_the_window_gives_the_pixels_of_whole_frames():
   indices = tf.constant([1, 3, 5])
   for top, size in (([0, 0], [60, 80]), ([7, 13], [41, 50]), ([59, 79], [1, 1])):
     top, size = tf.constant(top), tf.constant(size)
-    np.testing.assert_array_equal(transforms.gather_window(jpegs, indices, top, size),
-                                  transforms.gather_window(decoded, indices, top, size))
+    padded, origin, got = transforms.decode_window(jpegs, indices, top, size)
+    assert origin[0] == top[0] and top[1] - 2 <= origin[1] <= top[1] and got[0] == size[0]
+    assert origin[1] + got[1] == min(top[1] + size[1] + 2, 80)
+    np.testing.assert_array_equal(padded.shape[1:3], transforms.padded_size(got))
+    np.testing.assert_array_equal(padded[:, :got[0], :got[1]],
+                                  tf.gather(decoded, indices)[:, origin[0]:origin[0] + got[0],
+                                                              origin[1]:origin[1] + got[1]])
+    assert not np.any(padded[:, got[0]:]) and not np.any(padded[:, :, got[1]:])
   for s in range(4):
     kwargs = dict(num_frames=4, stride=2, min_resize=48, crop_size=40,
-                  scale_range=(0.9, 1.33), flip=True, colour_probability=0.8,
-                  colour_drop=0.1, seed=tf.constant([s, 2], tf.int64))
+                  scale_range=(0.9, 1.33), flip=True, seed=tf.constant([s, 2], tf.int64))
     np.testing.assert_array_equal(transforms.train_view(jpegs, **kwargs),
                                   transforms.train_view(decoded, **kwargs))
 
 
 def test_train_view_is_the_old_path_up_to_resize_rounding():
   """Same draws, same sampled positions; one bilinear resize of the window instead
-  of two of whole frames: the pixels differ a little (the old path blurred once more),
+  of two of whole frames, and the colour after rounding to uint8 (on the device)
+  instead of before: the pixels differ a little (the old path blurred once more),
   the statistics hardly."""
+  from vivit.colour import augment_colour
   _, video = _jpeg_clip(frames=12)
-  kwargs = dict(num_frames=4, stride=2, min_resize=48, crop_size=40,
-                scale_range=(0.9, 1.33), flip=True, colour_probability=0.8,
-                colour_drop=0.1)
   differences, old_moments, new_moments = [], [], []
   for s in range(24):
     seed = tf.constant([s, 9], tf.int64)
-    offset_seed, crop_seed, flip_seed, colour_seed = transforms.split_seed(seed, 4)
+    offset_seed, crop_seed, flip_seed, _ = transforms.split_seed(seed, 4)
+    draws = transforms.colour_draws(0.8, 0.1, seed + 1).numpy()
     indices = transforms.clip_indices(12, 4, 2, transforms.random_offset(12, 4, 2,
                                                                          offset_seed))
     old = _old_crop(tf.gather(video, indices), crop_seed, 48, 40, (0.9, 1.33))
     old = transforms.random_flip(old, flip_seed)
-    old = transforms.to_pixels(
-        transforms.colour_augment(old / 255.0, 0.8, 0.1, colour_seed) * 255.0).numpy()
-    new = transforms.train_view(video, seed=seed, **kwargs).numpy()
-    differences.append(np.abs(old.astype(int) - new).mean())
+    old = transforms.to_pixels(_tf_image_colour(old / 255.0, draws) * 255.0).numpy()
+    new = transforms.train_view(video, num_frames=4, stride=2, min_resize=48, crop_size=40,
+                                scale_range=(0.9, 1.33), flip=True, seed=seed)
+    new = np.asarray(augment_colour(new.numpy()[None], draws[None])[0]) * 127.5 + 127.5
+    differences.append(np.abs(old - new).mean())
     old_moments.append((old.mean(), old.std()))
     new_moments.append((new.mean(), new.std()))
   assert np.median(differences) < 4 and max(differences) < 8
@@ -264,17 +295,6 @@ def test_train_view_is_the_old_path_up_to_resize_rounding():
   assert abs(new_mean - old_mean) < 0.01 * old_mean
   # The old path's second resize blurred: on this fine texture, 3 % less contrast.
   assert old_std <= new_std < 1.06 * old_std
-
-
-def test_compiled_colour_is_colour_augment_to_a_level():
-  rng = np.random.RandomState(1)
-  video = tf.constant(rng.uniform(0, 255, (3, 8, 8, 3)), tf.float32)
-  for s in range(30):
-    seed = tf.constant([s, 4], tf.int64)
-    reference = transforms.to_pixels(
-        transforms.colour_augment(video / 255.0, 0.8, 0.1, seed) * 255.0).numpy()
-    compiled = transforms.colour_to_pixels(video, 0.8, 0.1, seed).numpy()
-    assert np.abs(reference.astype(int) - compiled).max() <= 1
 
 
 def test_padded_sizes_are_powers_of_two():

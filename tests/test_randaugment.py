@@ -183,13 +183,13 @@ def test_bad_ops_are_refused():
 
 def _train_view(video, seed, **kwargs):
   return transforms.train_view(video, num_frames=4, stride=2, min_resize=16, crop_size=16,
-                               scale_range=(1.0, 1.25), flip=True, colour_probability=0.8,
-                               colour_drop=0.1, seed=seed, **kwargs)
+                               scale_range=(1.0, 1.25), flip=True, seed=seed, **kwargs)
 
 
 def _train_view_by_hand(video, seed, randaugment):
-  """`_train_view` from its parts: RandAugment after the flip, before the colour."""
-  offset_seed, crop_seed, flip_seed, colour_seed = transforms.split_seed(seed, 4)
+  """`_train_view` from its parts: RandAugment after the flip (the colour, after it,
+  is the device's)."""
+  offset_seed, crop_seed, flip_seed, randaugment_seed = transforms.split_seed(seed, 4)
   count = tf.shape(video)[0]
   offset = transforms.random_offset(count, 4, 2, offset_seed)
   stored = tf.shape(video)[1:3]
@@ -197,21 +197,20 @@ def _train_view_by_hand(video, seed, randaugment):
                                          scale_range=(1.0, 1.25), seed=crop_seed)
   x = transforms.flip_positions(x, flip_seed)
   top, size = transforms.crop_window(stored, y, x)
-  window = transforms.gather_window(video, transforms.clip_indices(count, 4, 2, offset),
-                                    top, size)
+  window = tf.gather(video, transforms.clip_indices(count, 4, 2, offset))
+  window = window[:, top[0]:top[0] + size[0], top[1]:top[1] + size[1]]
   top = tf.cast(top, tf.float32)
   video = transforms.resample(window, y - top[0], x - top[1])
   if randaugment:
-    video = transforms.randaugment(video, *randaugment,
-                                   seed=tf.random.experimental.stateless_fold_in(seed, 4))
-  return transforms.colour_to_pixels(video, 0.8, 0.1, colour_seed)
+    video = transforms.randaugment(video, *randaugment, seed=randaugment_seed)
+  return transforms.to_pixels(video)
 
 
 def _uint8_video(seed, frames=10, height=24, width=30):
   return np.random.RandomState(seed).randint(0, 256, (frames, height, width, 3)).astype(np.uint8)
 
 
-def test_train_view_applies_randaugment_between_flip_and_colour():
+def test_train_view_applies_randaugment_after_the_flip():
   for i, seed in enumerate(SEEDS[:4]):
     video = _uint8_video(i)
     plain = _train_view(video, seed)

@@ -260,6 +260,36 @@ def test_train_step_applies_mixup_and_label_smoothing():
   assert abs(loss_of(0.0, 0.0) - expected) > 1e-3
 
 
+def test_train_step_applies_the_pipelines_colour_draws_before_mixup():
+  """A batch with `colour` draws (one clip jittered, one greyed, one left): the loss
+  is that of `augment_colour`'s clips, mixed; without the draws it differs."""
+  from vivit.colour import augment_colour
+  from vivit.step import TrainState, train_step
+  model = LinearProbe(3)
+  rng = np.random.RandomState(4)
+  batch = {'video': rng.randint(0, 256, (3, 2, 3, 3, 3)).astype(np.uint8),
+           'label': np.array([0, 1, 2]),
+           'colour': np.array([[1, 0, 0.1, 1.3, 0.7, 0.15], [0, 1, 0, 1, 1, 0],
+                               [0, 0, 0.1, 1.3, 0.7, 0.15]], np.float32)}
+  video = np.asarray(augment_colour(batch['video'], batch['colour']))
+  assert np.allclose(video[1, ..., 0], video[1, ..., 2])  # greyed
+  np.testing.assert_allclose(video[2], batch['video'][2] / 127.5 - 1, atol=1e-6)  # left
+  params = model.init(jax.random.PRNGKey(0), video)['params']
+  optimizer = optax.sgd(0.1)
+  state = TrainState(jax.numpy.asarray(2), params, optimizer.init(params))
+  training = training_config(mixup=0.5, label_smoothing=0.0, grad_clip_group=None)
+  loss = lambda b: float(train_step(state, b, model=model, optimizer=optimizer,
+                                    training=training, num_classes=3, seed=0)[1]['loss'])
+  weight = float(jax.random.beta(jax.random.split(jax.random.fold_in(
+      jax.random.PRNGKey(0), 2))[0], 0.5, 0.5))
+  mix = lambda x: weight * x + (1 - weight) * np.roll(x, 1, axis=0)
+  logits = np.asarray(model.apply({'params': params}, mix(video)), np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  expected = -np.mean(np.sum(mix(np.eye(3)[batch['label']]) * log_probs, -1))
+  assert loss(batch) == pytest.approx(expected, rel=1e-5)
+  assert abs(loss({k: v for k, v in batch.items() if k != 'colour'}) - expected) > 1e-3
+
+
 def test_gradient_clipped_per_group_of_examples_as_scenic_per_device():
   """`grad_clip_group`: each group's gradient clipped to `grad_clip`, then averaged
   (scenic's per-device clipping), checked by hand; it differs from clipping the

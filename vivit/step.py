@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from vivit.colour import augment_colour
 from vivit.errors import ConfigError
 from vivit.models import pixels_to_unit_range
 
@@ -69,10 +70,14 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
                training: ml_collections.ConfigDict, num_classes: int, seed: int,
                label_heads=None):
   """One SGD step: `(state, batch) -> (state, metrics)`. Pure; RNG from the step.
-  `label_heads`: ((name, classes), ...) for a model with several label heads."""
+  `batch`: video, label and, with colour augmentation, each clip's `colour` draws
+  (`vivit.input.pipeline`). `label_heads`: ((name, classes), ...) for a model with
+  several label heads."""
   rng = jax.random.fold_in(jax.random.PRNGKey(seed), state.step)
   mix_rng, dropout_rng = jax.random.split(rng)
   video, targets = batch['video'], one_hot_labels(batch['label'], num_classes, label_heads)
+  if 'colour' in batch:  # the pipeline's draws of colour augmentation
+    video = augment_colour(video, batch['colour'])
   if training.label_smoothing:
     if label_heads is None:
       targets = optax.smooth_labels(targets, training.label_smoothing)

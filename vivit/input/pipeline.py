@@ -2,7 +2,9 @@
 
 Batches are host-local numpy dicts:
   train: video `[batch, time, height, width, 3]` uint8 pixels, label `[batch]`
-         (`[batch, heads]` with several label keys)
+         (`[batch, heads]` with several label keys), and with colour augmentation
+         on, colour `[batch, 6]`: each clip's draws, applied on the device by the
+         train step (`vivit.colour.augment_colour`)
   eval:  video `[batch, views, time, height, width, 3]`, label, mask `[batch]`
          (mask 0 marks padding in the last batch).
 """
@@ -76,17 +78,20 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
       transforms.train_view, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
-      flip=dataset_config.flip, colour_probability=dataset_config.colour_augment,
-      colour_drop=dataset_config.colour_drop,
-      randaugment=optional_tuple(dataset_config.randaugment))
+      flip=dataset_config.flip, randaugment=optional_tuple(dataset_config.randaugment))
+  colour = dataset_config.colour_augment > 0 or dataset_config.colour_drop > 0
 
   def augment(position, serialized):
     video, label = source.parse(serialized)
     example_seed = tf.stack([tf.constant(sources.stream_seed(seed), tf.int64), position])
-    video = view(video, seed=example_seed)
+    view_seed, colour_seed = transforms.split_seed(example_seed, 2)
+    example = {'video': view(video, seed=view_seed), 'label': tf.cast(label, tf.int32)}
     if dataset_config.shuffle_frames:
-      video = _shuffle_time(video, example_seed, axis=0)
-    return {'video': video, 'label': tf.cast(label, tf.int32)}
+      example['video'] = _shuffle_time(example['video'], example_seed, axis=0)
+    if colour:
+      example['colour'] = transforms.colour_draws(
+          dataset_config.colour_augment, dataset_config.colour_drop, colour_seed)
+    return example
 
   return _batches(dataset_config, source.train_stream(seed, batch_size, start_step),
                   augment, batch_size, drop_remainder=True)

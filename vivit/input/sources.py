@@ -100,6 +100,15 @@ class Source(abc.ABC):
     marks padding, so that every host runs the same number of batches."""
 
 
+class _JpegFrames(tfds.decode.SkipDecoding):
+  """A Video feature's frames as their stored JPEG strings, `[time]`: SkipDecoding
+  without the identity it maps over every frame (`tf.map_fn`, 250 steps of graph
+  loop for a 10 s clip: 60 % of parsing a record)."""
+
+  def decode_batch_example(self, serialized_example):
+    return serialized_example
+
+
 class TfdsSource(Source):
   """One split of a TFDS ArrayRecord dataset, read by index. A small split is held
   in memory; a large one is read by a thread as the pipeline goes."""
@@ -129,7 +138,7 @@ class TfdsSource(Source):
 
   def parse(self, serialized):
     features = self._builder.info.features
-    decoders = ({'video': tfds.decode.SkipDecoding()}
+    decoders = ({'video': _JpegFrames()}
                 if isinstance(features['video'], tfds.features.Video) else None)
     example = features.deserialize_example(serialized, decoders=decoders)
     labels = [example[key] for key in self.label_keys]

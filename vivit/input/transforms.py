@@ -5,7 +5,6 @@ datasets), of which only the frames a clip uses are decoded. Randomness is
 stateless: every random op takes a `seed` tensor of shape [2], so a pipeline is
 reproducible from its seeds and can resume mid-epoch.
 """
-import functools
 import math
 import numbers
 from typing import Optional, Sequence, Tuple
@@ -102,7 +101,8 @@ def random_flip(video, seed):
   return tf.cond(flip, lambda: tf.reverse(video, axis=[2]), lambda: video)
 
 
-# Scenic's colour augmentation (DMVR's `color_default_augm`): its ranges.
+# Scenic's colour augmentation (DMVR's `color_default_augm`): its ranges. The pipeline
+# draws; `vivit.colour.augment_colour` applies the draws on the device.
 BRIGHTNESS_DELTA = 32 / 255
 SATURATION_RANGE = (0.6, 1.4)
 CONTRAST_RANGE = (0.6, 1.4)
@@ -110,112 +110,24 @@ HUE_DELTA = 0.2
 
 
 def colour_draws(probability: float, drop_probability: float, seed):
-  """The random choices of `colour_augment`: (jitter?, drop?, brightness delta,
-  saturation factor, contrast factor, hue delta), scalars."""
+  """One clip's draws of scenic's colour augmentation, float32 `[6]` (the columns of
+  `vivit.colour.augment_colour`): jitter? (1 with `probability`), drop? (1 with
+  `drop_probability`), brightness delta +-32/255, saturation and contrast factors
+  U(0.6, 1.4), hue delta +-0.2 turns."""
   apply_seed, drop_seed, b_seed, s_seed, c_seed, h_seed = split_seed(seed, 6)
-  return (tf.random.stateless_uniform([], apply_seed) < probability,
-          tf.random.stateless_uniform([], drop_seed) < drop_probability,
-          tf.random.stateless_uniform([], b_seed, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA),
-          tf.random.stateless_uniform([], s_seed, *SATURATION_RANGE),
-          tf.random.stateless_uniform([], c_seed, *CONTRAST_RANGE),
-          tf.random.stateless_uniform([], h_seed, -HUE_DELTA, HUE_DELTA))
-
-
-def apply_colour(video, jitter, drop, brightness, saturation, contrast, hue):
-  """`colour_augment` with its draws made (`colour_draws`)."""
-  def jittered():
-    x = tf.image.adjust_brightness(video, brightness)
-    x = tf.image.adjust_saturation(x, saturation)
-    x = tf.image.adjust_contrast(x, contrast)
-    x = tf.image.adjust_hue(x, hue)
-    return tf.clip_by_value(x, 0.0, 1.0)
-  video = tf.cond(jitter, jittered, lambda: video)
-  return tf.cond(drop, lambda: tf.tile(tf.image.rgb_to_grayscale(video), [1, 1, 1, 3]),
-                 lambda: video)
-
-
-def colour_augment(video, probability: float, drop_probability: float, seed):
-  """Scenic's colour augmentation of a clip in [0, 1], one draw for every frame:
-  with `probability`, brightness +-32/255, saturation and contrast x U(0.6, 1.4) and
-  hue +-0.2 (in that order, then clipped to [0, 1]); then, with `drop_probability`,
-  grey (colour drop)."""
-  if probability <= 0 and drop_probability <= 0:
-    return video
-  return apply_colour(video, *colour_draws(probability, drop_probability, seed))
+  return tf.stack([
+      tf.cast(tf.random.stateless_uniform([], apply_seed) < probability, tf.float32),
+      tf.cast(tf.random.stateless_uniform([], drop_seed) < drop_probability, tf.float32),
+      tf.random.stateless_uniform([], b_seed, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA),
+      tf.random.stateless_uniform([], s_seed, *SATURATION_RANGE),
+      tf.random.stateless_uniform([], c_seed, *CONTRAST_RANGE),
+      tf.random.stateless_uniform([], h_seed, -HUE_DELTA, HUE_DELTA)])
 
 
 def to_pixels(video):
   """Float pixels in [0, 255] -> uint8, rounded: what crosses to the device, where
   `vivit.models.pixels_to_unit_range` maps it to scenic's [-1, 1]."""
   return tf.cast(tf.round(tf.clip_by_value(video, 0.0, 255.0)), tf.uint8)
-
-
-# The compiled colour augmentation works on the three channels as separate planes
-# `[time, h, w]`: XLA vectorises along the width there, not across 3 interleaved
-# channels (half the time of the tf.image ops compiled). The same formulas as those
-# ops' kernels (RGB -> HSV -> RGB), to float rounding.
-def _saturate(r, g, b, factor):
-  """HSV saturation x `factor` (clipped to 1): each channel moves from the value (the
-  largest) by the new saturation over the old; hue and value stay."""
-  value = tf.maximum(tf.maximum(r, g), b)
-  saturation = tf.math.divide_no_nan(value - tf.minimum(tf.minimum(r, g), b), value)
-  ratio = tf.math.divide_no_nan(tf.clip_by_value(saturation * factor, 0.0, 1.0), saturation)
-  return [tf.where(value > 0, value - (value - c) * ratio, value) for c in (r, g, b)]
-
-
-def _rotate_hue(r, g, b, delta):
-  """HSV hue + `delta` turns (value and chroma stay)."""
-  value = tf.maximum(tf.maximum(r, g), b)
-  chroma = value - tf.minimum(tf.minimum(r, g), b)
-  norm = tf.math.divide_no_nan(1.0, 6.0 * chroma)
-  hue = tf.where(r == value, norm * (g - b),
-                 tf.where(g == value, 2 / 6 + norm * (b - r), 4 / 6 + norm * (r - g)))
-  hue = tf.where(chroma > 0, hue, 0.0) + delta
-  sextant = (hue - tf.floor(hue)) * 6.0
-  chroma = tf.where(value > 0, chroma, 0.0)
-
-  def channel(phase):
-    k = phase + sextant
-    k = tf.where(k >= 6.0, k - 6.0, k)
-    return value - chroma * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
-  return [channel(5.0), channel(3.0), channel(1.0)]
-
-
-def _contrast(planes, factor):
-  """Each channel of each frame scaled by `factor` about its mean."""
-  means = [tf.reduce_mean(c, axis=[1, 2], keepdims=True) for c in planes]
-  return [(c - mean) * factor + mean for c, mean in zip(planes, means)]
-
-
-def _jitter_planes(planes, brightness, saturation, contrast, hue):
-  """Brightness, saturation, contrast, hue, clip of (r, g, b) `[time, h, w]` in [0, 1]."""
-  r, g, b = _saturate(*[c + brightness for c in planes], saturation)
-  r, g, b = _rotate_hue(*_contrast([r, g, b], contrast), hue)
-  return [tf.clip_by_value(c, 0.0, 1.0) for c in (r, g, b)]
-
-
-@tf.function(jit_compile=True)
-def _colour_variant(video, factors, jitter: bool, drop: bool):
-  # One compiled computation per (jitter, drop), chosen outside: without conditionals
-  # inside, XLA fuses the whole of each into a pass or two.
-  if not (jitter or drop):
-    return to_pixels(video)
-  planes = [c / 255.0 for c in tf.unstack(video, axis=-1)]
-  if jitter:
-    planes = _jitter_planes(planes, *factors)
-  if drop:
-    r, g, b = planes
-    planes = [0.2989 * r + 0.587 * g + 0.114 * b] * 3
-  return to_pixels(tf.stack(planes, axis=-1) * 255.0)
-
-
-def colour_to_pixels(video, probability: float, drop_probability: float, seed):
-  """`to_pixels(colour_augment(video / 255) * 255)` of float `[time, h, w, 3]` in
-  [0, 255], compiled: uint8 `[time, h, w, 3]`."""
-  jitter, drop, *factors = colour_draws(probability, drop_probability, seed)
-  branches = [functools.partial(_colour_variant, video, factors, j, d)
-              for j in (False, True) for d in (False, True)]
-  return tf.switch_case(2 * tf.cast(jitter, tf.int32) + tf.cast(drop, tf.int32), branches)
 
 
 # RandAugment (Cubuk et al., 2020) as the ViViT recipes use it through scenic
@@ -469,11 +381,11 @@ def _interpolate(window, rows, cols):
   return top + (bottom - top) * y_weight[:, None, None]
 
 
-# The gathers and the interpolation fuse into a pass or two. Resampling and colour
-# are two computations: fused, XLA recomputes the gathers for each colour plane.
+# The gathers, the interpolation and the rounding fuse into a pass or two.
 @tf.function(jit_compile=True)
-def _resample(window, rows, cols):
-  return _interpolate(window, rows, cols)
+def _resample(window, rows, cols, rounded: bool):
+  video = _interpolate(window, rows, cols)
+  return to_pixels(video) if rounded else video
 
 
 def padded_size(size):
@@ -490,40 +402,46 @@ def pad_window(window):
   return tf.pad(window, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]])
 
 
-def resample(window, y, x):
+def resample_padded(padded, size, y, x, rounded: bool = False):
+  """`resample` of a window of `size` `[2]` held zero-padded (`pad_window`) in
+  `padded`."""
+  return _resample(padded, bilinear_taps(tf.cast(y, tf.float32), size[0]),
+                   bilinear_taps(tf.cast(x, tf.float32), size[1]), rounded)
+
+
+def resample(window, y, x, rounded: bool = False):
   """`window` `[time, h, w, 3]` (uint8 or float) sampled bilinearly at rows `y`
-  `[n]` and columns `x` `[m]` (window pixels): float32 `[time, n, m, 3]`."""
-  shape = tf.shape(window)
-  return _resample(pad_window(window), bilinear_taps(tf.cast(y, tf.float32), shape[1]),
-                   bilinear_taps(tf.cast(x, tf.float32), shape[2]))
+  `[n]` and columns `x` `[m]` (window pixels): float32 `[time, n, m, 3]`, or uint8
+  pixels when `rounded` (`to_pixels`)."""
+  return resample_padded(pad_window(window), tf.shape(window)[1:3], y, x, rounded)
 
 
-def resample_colour_to_pixels(window, y, x, probability: float, drop_probability: float,
-                              seed):
-  """`colour_to_pixels(resample(window, y, x), ...)`: uint8 `[time, n, m, 3]`."""
-  return colour_to_pixels(resample(window, y, x), probability, drop_probability, seed)
-
-
-# Columns decoded either side of a window and cut off: libjpeg's fancy chroma
-# upsampling needs its neighbours to give a window's edge columns the pixels of the
-# whole frame (without them, edge pixels can be tens of levels off).
+# Columns decoded either side of a window (and left in, unsampled): libjpeg's fancy
+# chroma upsampling needs its neighbours to give a window's edge columns the pixels of
+# the whole frame (without them, edge pixels can be tens of levels off).
 JPEG_MARGIN = 2
 
 
-def gather_window(video, indices, top, size):
-  """`video[indices]` cut to the window (`top` `[2]`, `size` `[2]`): uint8 `[len(indices),
-  size[0], size[1], 3]`; JPEG frames are decoded within the window only, pixel for
-  pixel as whole frames."""
-  frames = tf.gather(video, indices)
+def decode_window(video, indices, top, size):
+  """The frames `indices` of `video` over the window (`top` `[2]`, `size` `[2]`) and
+  at most `JPEG_MARGIN` columns either side, zero-padded (`pad_window`): (uint8
+  `[len(indices), H, W, 3]`, the top-left `[2]` and size `[2]` of the pixels in it).
+  JPEG frames are decoded there only, pixel for pixel as whole frames, and padded
+  one by one: one copy of the clip fewer than padding it whole."""
   if video.dtype != tf.string:
-    return frames[:, top[0]:top[0] + size[0], top[1]:top[1] + size[1]]
-  width = tf.io.extract_jpeg_shape(frames[0])[1]
+    window = tf.gather(video, indices)[:, top[0]:top[0] + size[0], top[1]:top[1] + size[1]]
+    return pad_window(window), top, size
+  width = tf.io.extract_jpeg_shape(video[0])[1]
   left = tf.maximum(top[1] - JPEG_MARGIN, 0)
   right = tf.minimum(top[1] + size[1] + JPEG_MARGIN, width)
-  window = tf.stack([top[0], left, size[0], right - left])
-  decoded = tf.map_fn(lambda jpeg: tf.io.decode_and_crop_jpeg(jpeg, window, channels=3),
-                      frames, fn_output_signature=tf.uint8)
-  return decoded[:, :, top[1] - left:top[1] - left + size[1]]
+  origin, size = tf.stack([top[0], left]), tf.stack([size[0], right - left])
+  extra = padded_size(size) - size
+
+  def decode(index):
+    frame = tf.io.decode_and_crop_jpeg(video[index], tf.concat([origin, size], 0),
+                                       channels=3)
+    return tf.pad(frame, [[0, extra[0]], [0, extra[1]], [0, 0]])
+  return tf.map_fn(decode, indices, fn_output_signature=tf.uint8), origin, size
 
 
 def stored_size(video):
@@ -546,17 +464,17 @@ def train_crop_positions(stored_size, *, min_resize: int, crop_size: int,
 
 def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
                scale_range: Sequence[float], flip: bool, seed,
-               randaugment: Optional[Tuple[int, float]] = None,
-               colour_probability: float = 0.0, colour_drop: float = 0.0):
+               randaugment: Optional[Tuple[int, float]] = None):
   """One augmented training clip `[num_frames, crop, crop, 3]`, uint8, in
   scenic's order: random clip, short side to `min_resize`, scale jitter, random
   crop, flip (these four as one bilinear sampling of the crop's window of the
-  stored frames, the only pixels decoded: `train_crop_positions`), RandAugment (`(num_layers, magnitude)`, on [0, 255]), colour augmentation
-  (`colour_augment`, on [0, 1])."""
+  stored frames, the only pixels decoded: `train_crop_positions`), RandAugment
+  (`(num_layers, magnitude)`, on [0, 255]). Colour augmentation, which comes after,
+  runs on the device (`colour_draws`)."""
   if randaugment is not None and (not isinstance(randaugment, Sequence)
                                   or isinstance(randaugment, str) or len(randaugment) != 2):
     raise ConfigError(f'randaugment must be None or (num_layers, magnitude), got {randaugment!r}')
-  offset_seed, crop_seed, flip_seed, colour_seed = split_seed(seed, 4)
+  offset_seed, crop_seed, flip_seed, randaugment_seed = split_seed(seed, 4)
   count = tf.shape(video)[0]
   indices = clip_indices(count, num_frames, stride,
                          random_offset(count, num_frames, stride, offset_seed))
@@ -565,16 +483,13 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
                               seed=crop_seed)
   if flip:
     x = flip_positions(x, flip_seed)
-  top, size = crop_window(stored_size(video), y, x)
-  window = gather_window(video, indices, top, size)
-  top = tf.cast(top, tf.float32)
-  y, x = y - top[0], x - top[1]
+  padded, origin, size = decode_window(video, indices, *crop_window(stored_size(video), y, x))
+  origin = tf.cast(origin, tf.float32)
+  y, x = y - origin[0], x - origin[1]
   if randaugment is None:
-    return resample_colour_to_pixels(window, y, x, colour_probability, colour_drop,
-                                     colour_seed)
-  video = _randaugment(resample(window, y, x), *randaugment,
-                       seed=tf.random.experimental.stateless_fold_in(seed, 4))
-  return colour_to_pixels(video, colour_probability, colour_drop, colour_seed)
+    return resample_padded(padded, size, y, x, rounded=True)
+  return to_pixels(_randaugment(resample_padded(padded, size, y, x), *randaugment,
+                                seed=randaugment_seed))
 
 
 def test_clip_indices(num_video_frames, num_frames: int, stride: int, num_clips: int):
