@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -54,6 +55,17 @@ def test_view_averaging_against_hand_computation():
   assert metrics['top5'] == 1.0
   assert metrics['per_class_accuracy'] == [1.0, 0.0, 0.0]
   assert metrics['confusion_matrix'] == [[1, 0, 0], [0, 0, 0], [0, 1, 0]]
+
+
+def test_evaluation_progress_bar_on_a_terminal_and_durations(capsys):
+  progress = evaluate.Progress('test', 20, 6, every=1, terminal=True)
+  progress.update(8)
+  progress.update(12)
+  progress.close()
+  out, err = capsys.readouterr()
+  assert not out and 'test: evaluating' in err and '20/20' in err and 'views/s' in err
+  from vivit.cli import duration
+  assert [duration(s) for s in (42, 187, 3725)] == ['42s', '3m07s', '1h02m']
 
 
 def test_fsdp_splits_the_largest_divisible_axis_of_large_enough_params():
@@ -122,7 +134,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
       jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(initial))) > 1e-4
 
 
-def test_train_in_process_then_evaluate(data_dir, tmp_path):
+def test_train_in_process_then_evaluate(data_dir, tmp_path, capsys):
   config = tiny_run_config(data_dir, **{'training.mixup': 0.2, 'training.label_smoothing': 0.1})
   result = train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 12 and 0 <= result['val_top1'] <= 1
@@ -131,6 +143,12 @@ def test_train_in_process_then_evaluate(data_dir, tmp_path):
 
   out = evaluate.run(tiny_run_config(data_dir, **{'training.mixup': 0.2,
                                               'training.label_smoothing': 0.1}), str(tmp_path))
+  # Not on a terminal: a progress line every `log_every` (1) batches of 8 but the last.
+  progress = [line for line in capsys.readouterr().out.splitlines() if 'views/s' in line]
+  assert [line.split(' | ')[0] for line in progress] == ['test: 8/20 videos',
+                                                         'test: 16/20 videos']
+  assert all(re.fullmatch(r'test: \d+/20 videos \| [\d.]+ views/s \| ETA \d+s', line)
+             for line in progress), progress
   saved = json.loads((tmp_path / 'eval_results.json').read_text())
   for key in ('top1', 'top5', 'num_videos', 'views', 'per_class_accuracy'):
     assert saved[key] == out[key]

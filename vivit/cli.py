@@ -23,6 +23,15 @@ def user_errors() -> tuple:
   return UserError, DatasetNotFoundError, PermissionError
 
 
+def duration(seconds: float) -> str:
+  """`1h02m`, `3m07s` or `42s`: an elapsed time or an ETA in a progress line."""
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
+
+
 def one_line(error: BaseException) -> str:
   """The error's message on one line (unwrapping errors that only wrap another)."""
   while error.args and isinstance(error.args[0], BaseException):

@@ -10,6 +10,8 @@ W/eval_results.json, W/confusion_matrix.png and W/training_curve.png. W (and
 --checkpoint) may be a local directory or a URL `etils.epath` supports (gs://...).
 """
 import json
+import sys
+import time
 from typing import Any, Dict, Optional
 
 import jax
@@ -80,12 +82,48 @@ def scalar_metrics(result: Dict[str, Any]) -> Dict[str, float]:
   return {k: v for k, v in result.items() if k.endswith(('top1', 'top5', 'num_videos'))}
 
 
+class Progress:
+  """Videos done, views per second and ETA of a pass over a split, shown by process
+  0: a tqdm bar when stderr is a terminal, else a line every `every` batches (as
+  often as training logs its steps)."""
+
+  def __init__(self, split: str, num_videos: int, views: int, every: int,
+               terminal: Optional[bool] = None):
+    self._split, self._total, self._views, self._every = split, num_videos, views, every
+    self._active = jax.process_index() == 0
+    terminal = sys.stderr.isatty() if terminal is None else terminal
+    self._bar = None
+    if self._active and terminal:
+      from tqdm import tqdm
+      self._bar = tqdm(total=num_videos, desc=f'{split}: evaluating', unit='video',
+                       file=sys.stderr, smoothing=0.1)
+    self._done, self._batches, self._start = 0, 0, time.time()
+
+  def update(self, videos: int) -> None:
+    """`videos` more done (a batch's, all hosts')."""
+    self._done, self._batches = self._done + videos, self._batches + 1
+    views_per_second = self._done * self._views / max(time.time() - self._start, 1e-9)
+    if self._bar is not None:
+      self._bar.set_postfix_str(f'{views_per_second:.1f} views/s', refresh=False)
+      self._bar.update(videos)
+    elif self._active and self._batches % self._every == 0 and self._done < self._total:
+      eta = (self._total - self._done) * self._views / views_per_second
+      print(f'{self._split}: {self._done}/{self._total} videos | {views_per_second:.1f} '
+            f'views/s | ETA {cli_lib.duration(eta)}', flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
 def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict, split: str,
                    batch_size: int, labels_info, mesh, num_clips: int = 1,
-                   num_crops: int = 1, stop=None) -> Optional[Dict[str, Any]]:
+                   num_crops: int = 1, stop=None, progress: Optional[Progress] = None
+                   ) -> Optional[Dict[str, Any]]:
   """Multi-view evaluation of `split` (every host its shard, metrics over all).
   `labels_info`: the dataset's `task.Labels`. `stop()`, asked after every batch
-  (on every host alike), abandons the pass: the result is then None."""
+  (on every host alike), abandons the pass: the result is then None. `progress` is
+  told each batch's videos."""
   sharding.check_batch_size(batch_size, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   all_logits, all_labels = [], []
@@ -97,6 +135,8 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
     keep = mask > 0
     all_logits.append(logits[keep])
     all_labels.append(labels[keep])
+    if progress is not None:
+      progress.update(int(keep.sum()))
     if stop is not None and stop():
       return None
   all_logits, all_labels = np.concatenate(all_logits), np.concatenate(all_labels)
@@ -176,7 +216,8 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     task.resolve_model(config, None, lambda: model_config)
   else:  # the model training recorded (a fine-tuning config may take it elsewhere)
     task.resolve_model(config, workdir)
-  labels_info, _ = task.open_dataset(config, split)  # fits the clip size to the data
+  # (open_dataset fits the clip size to the data)
+  labels_info, (num_videos,) = task.open_dataset(config, split)
   mesh = sharding.make_mesh(config.mesh)
   if not checkpoint:
     model_config = config.model
@@ -188,9 +229,15 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     print(f'resizing the position embeddings of {checkpoint} from clips '
           f'{tuple(model_config.input_size)} to {tuple(config.model.input_size)}')
     params, model_config = resize_params(params, model_config, config.model), config.model
-  result = evaluate_split(make_logits_fn(build_model(model_config), mesh), params,
-                          config.dataset, split, config.eval.batch_size, labels_info,
-                          mesh, config.eval.num_clips, config.eval.num_crops)
+  views = config.eval.num_clips * config.eval.num_crops
+  progress = Progress(split, num_videos, views, config.training.log_every)
+  try:
+    result = evaluate_split(make_logits_fn(build_model(model_config), mesh), params,
+                            config.dataset, split, config.eval.batch_size, labels_info,
+                            mesh, config.eval.num_clips, config.eval.num_crops,
+                            progress=progress)
+  finally:
+    progress.close()
   result.update(split=split, checkpoint=source, class_names=labels_info.class_names)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)

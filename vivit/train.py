@@ -178,11 +178,6 @@ class DivergenceCheck:
           f'skip such steps')
 
 
-def _duration(seconds: float) -> str:
-  minutes, seconds = divmod(int(seconds), 60)
-  return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
-
-
 def _save(manager, step: int, item, **kwargs) -> None:
   """`manager.save`, with a failure (disk full, no permission) reported as what it is."""
   try:
@@ -257,7 +252,7 @@ class TrainLog:
     if self._writer.active:
       print(f"step {step}/{self._total_steps} | loss {summary['loss']:.4f} | "
             f"acc {summary['accuracy']:.3f} | lr {learning_rate:.2e} | "
-            f"{summary['steps_per_second']:.1f} steps/s | ETA {_duration(eta)}"
+            f"{summary['steps_per_second']:.1f} steps/s | ETA {cli_lib.duration(eta)}"
             f"{skipped}", flush=True)
     self._window, self._start = [], time.time()
 
@@ -393,7 +388,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       print(f'{workdir} already holds the final checkpoint (step {step}); nothing to '
             f'train', flush=True)
     else:
-      print(f'trained {step - start} steps in {_duration(time.time() - run_start)}; '
+      print(f'trained {step - start} steps in {cli_lib.duration(time.time() - run_start)}; '
             f'final validation top-1 {val_top1:.4f}', flush=True)
   return {'step': step, 'params': state.params, 'val_top1': val_top1}
 
