@@ -38,12 +38,15 @@ def add_snapshot(cache, repo, commit, source, refs=()):
   os.makedirs(os.path.join(model, 'blobs'), exist_ok=True)
   os.makedirs(os.path.join(model, 'refs'), exist_ok=True)
   os.makedirs(snapshot)
-  for name in os.listdir(source):
-    data = open(os.path.join(source, name), 'rb').read()
-    blob = os.path.join(model, 'blobs', hashlib.sha256(data).hexdigest())
-    with open(blob, 'wb') as f:
-      f.write(data)
-    os.symlink(os.path.relpath(blob, snapshot), os.path.join(snapshot, name))
+  for directory, _, names in os.walk(source):
+    for name in names:
+      data = open(os.path.join(directory, name), 'rb').read()
+      blob = os.path.join(model, 'blobs', hashlib.sha256(data).hexdigest())
+      with open(blob, 'wb') as f:
+        f.write(data)
+      link = os.path.join(snapshot, os.path.relpath(directory, source), name)
+      os.makedirs(os.path.dirname(link), exist_ok=True)
+      os.symlink(os.path.relpath(blob, os.path.dirname(link)), link)
   for ref in refs:
     with open(os.path.join(model, 'refs', ref), 'w') as f:
       f.write(commit)
@@ -100,6 +103,13 @@ def test_convert_from_an_id(offline, hub_cache, tmp_path, capsys):
   np.testing.assert_array_equal(params['output_projection']['kernel'],
                                 expected['output_projection']['kernel'])
   assert load_class_names(str(tmp_path / 'ours')) == NAMES
+  # Converted and uploaded, as `vivit-evaluate --checkpoint` reads it.
+  home, _ = hub_cache
+  add_snapshot(os.path.join(home, 'hub'), 'org/converted', MAIN, str(tmp_path / 'ours'),
+               refs=['main'])
+  config, params = load_params(hub.resolve('org/converted'))
+  np.testing.assert_array_equal(params['output_projection']['kernel'],
+                                expected['output_projection']['kernel'])
 
 
 def test_init_from_an_id(offline):
