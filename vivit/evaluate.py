@@ -24,6 +24,7 @@ from etils import epath
 from vivit import checkpoints, sharding, task
 from vivit import cli as cli_lib
 from vivit.convert import resize_params
+from vivit.hub import resolve
 from vivit.input import pipeline
 from vivit.models import build_model, param_shapes
 from vivit.step import head_slices
@@ -211,7 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
   split = split or config.dataset.test_split
   workdir = checkpoints.as_path(workdir)
   if checkpoint:
-    model_config, params = checkpoints.load_params(checkpoint)
+    model_config, params = checkpoints.load_params(resolve(checkpoint))
     source = checkpoint
     task.resolve_model(config, None, lambda: model_config)
   else:  # the model training recorded (a fine-tuning config may take it elsewhere)
@@ -263,7 +264,7 @@ def cli() -> None:
   """`vivit-evaluate`."""
   flags.DEFINE_string('checkpoint', None, 'A params directory (python -m vivit.convert) '
                       'or another training workdir to evaluate instead of the workdir '
-                      'best.')
+                      'best; or a Hub id of one, org/name[@revision].')
   flags.DEFINE_string('split', None, 'Split to evaluate (default config.dataset.test_split).')
   cli_lib.run_config_command(
       'vivit-evaluate', __doc__, 'Training directory (reads best/, writes results).',

@@ -16,6 +16,7 @@ from vivit.convert.read import checkpoint_format, read_checkpoint, read_model_co
 from vivit.convert.resize import SIZE_FIELDS, resize_params
 from vivit.convert.vit import vit_init
 from vivit.errors import CheckpointError, ConfigError
+from vivit.hub import resolve
 from vivit.models import init_params, variants
 
 Params = Dict[str, Any]
@@ -122,12 +123,13 @@ def initial_params(init_from: ml_collections.ConfigDict,
                    model_config: ml_collections.ConfigDict, seed: int = 0
                    ) -> Tuple[Params, Dict[str, Tuple[str, str]]]:
   """(params for `model_config`, per-parameter report) from `init_from`."""
-  if checkpoint_format(init_from.path, init_from.format) == 'vit':
-    return vit_init(init_from.path, model_config, kernel_init=init_from.kernel_init,
+  path = resolve(init_from.path)  # a Hub id's snapshot, fetched once for both readers
+  if checkpoint_format(path, init_from.format) == 'vit':
+    return vit_init(path, model_config, kernel_init=init_from.kernel_init,
                     posemb=init_from.posemb,
                     temporal_attention_init=init_from.temporal_attention_init,
                     restore_head=init_from.restore_head, seed=seed)
-  source_config, source, _ = read_checkpoint(init_from.path, init_from.format,
+  source_config, source, _ = read_checkpoint(path, init_from.format,
                                              init_from.scenic_config)
   return fit_params(source_config, source, model_config,
                     restore_head=init_from.restore_head, seed=seed)

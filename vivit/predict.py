@@ -69,9 +69,11 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   from vivit import task
   from vivit.convert import read_checkpoint
   from vivit.evaluate import average_views
+  from vivit.hub import resolve
   from vivit.models import build_model
   from vivit.step import head_slices
   num_clips, num_crops = parse_views(views)
+  checkpoint = resolve(checkpoint)  # a Hub id: its snapshot, for both readers below
   config, params, names = read_checkpoint(checkpoint)
   dataset = task.workdir_dataset(checkpoint)  # a training workdir's data settings
   frames, crop, _ = config.input_size
@@ -97,7 +99,8 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
 def _main(argv=None) -> int:
   parser = cli.ArgumentParser(prog='vivit-predict', description=__doc__)
   parser.add_argument('--checkpoint', required=True,
-                      help='training workdir, params directory or HF ViViT directory')
+                      help='training workdir, params directory, HF ViViT directory or '
+                           'Hub id (org/name[@revision])')
   parser.add_argument('--video', required=True, help='a video file (mp4, webm, ...)')
   parser.add_argument('--views', default='1x1', help='CLIPSxCROPS (default 1x1; the '
                       "paper's test: 4x3)")

@@ -4,6 +4,9 @@
   vivit-convert --from scenic --src checkpoint_dir --scenic-config vivit_base_k400.py \\
       --dst k400_b
 
+`--src` is a local path or a Hugging Face Hub id, `org/name` or `org/name@revision`
+(fetched into the Hub cache; HF_HOME, HF_HUB_OFFLINE and HF_TOKEN apply).
+
 Writes a vivit-jax params checkpoint (see `vivit.checkpoints`) that training,
 fine-tuning and evaluation load. Scenic checkpoints also need the scenic config
 file they were trained with (`--scenic-config`, a Python file with `get_config()`).
@@ -14,6 +17,7 @@ from vivit import cli
 from vivit.checkpoints import save_params
 from vivit.convert import from_scenic, from_transformers
 from vivit.convert.transformers import hf_class_names
+from vivit.hub import resolve
 from vivit.recipes import load_config
 
 
@@ -22,7 +26,9 @@ def _main(argv=None) -> int:
   parser.add_argument('--from', dest='source', required=True,
                       choices=('transformers', 'scenic'))
   parser.add_argument('--src', required=True,
-                      help='HF save_pretrained directory, or scenic checkpoint file/dir')
+                      help='HF save_pretrained directory or Hub id (org/name[@revision], '
+                           'e.g. google/vivit-b-16x2-kinetics400), or scenic checkpoint '
+                           'file/dir')
   parser.add_argument('--dst', required=True, help='output directory')
   parser.add_argument('--scenic-config', help='scenic config file (with --from scenic)')
   parser.add_argument('--num-classes', type=int, help='scenic: override the head width')
@@ -33,13 +39,14 @@ def _main(argv=None) -> int:
                       help='scenic: clip size the checkpoint was trained on, where neither '
                            'its config nor its shapes tell')
   args = parser.parse_args(argv)
+  if args.source == 'scenic' and not args.scenic_config:
+    parser.error('--from scenic needs --scenic-config')
+  src = resolve(args.src)
   if args.source == 'transformers':
-    config, params = from_transformers(args.src, input_size=args.input_size)
-    class_names = hf_class_names(args.src)
+    config, params = from_transformers(src, input_size=args.input_size)
+    class_names = hf_class_names(src)
   else:
-    if not args.scenic_config:
-      parser.error('--from scenic needs --scenic-config')
-    config, params = from_scenic(args.src, load_config(args.scenic_config),
+    config, params = from_scenic(src, load_config(args.scenic_config),
                                  num_classes=args.num_classes, input_size=args.input_size,
                                  trained_input_size=args.trained_input_size)
     class_names = None

@@ -5,6 +5,7 @@
   transformers  an HF `VivitForVideoClassification` / `VivitModel` directory
   vivit         ours: a params directory (`python -m vivit.convert`) or a training
                 workdir (its best params, else its latest state)
+Each path may also be a Hugging Face Hub id, `org/name[@revision]` (`vivit.hub`).
 """
 import json
 import re
@@ -17,6 +18,7 @@ from vivit import checkpoints
 from vivit.convert.scenic import from_scenic
 from vivit.convert.transformers import from_transformers, hf_class_names
 from vivit.errors import CheckpointError, ConfigError, MissingError
+from vivit.hub import resolve
 from vivit.recipes import load_config
 
 FORMATS = ('vit', 'scenic', 'transformers', 'vivit')
@@ -30,6 +32,7 @@ def _existing(path: str) -> epath.Path:
 
 def guess_format(path: str) -> str:
   """The format that `path` looks like; CheckpointError if none."""
+  path = resolve(path)
   directory = _existing(path)
   scenic_name = re.compile(r'checkpoint_\d+')
   if not directory.is_dir():
@@ -53,6 +56,7 @@ def guess_format(path: str) -> str:
 
 def checkpoint_format(path: str, fmt: Optional[str] = None) -> str:
   """`fmt` (checked), or when None the format guessed from `path`."""
+  path = resolve(path)
   _existing(path)
   fmt = fmt or guess_format(path)
   if fmt not in FORMATS:
@@ -67,6 +71,7 @@ def read_checkpoint(path: str, fmt: Optional[str] = None,
   """(model config, params, class names or None) of a ViViT checkpoint in format
   scenic (with its config file), transformers or vivit (`fmt` None: guessed). Class
   names are a list, or {head: names} for a multi-head model."""
+  path = resolve(path)
   fmt = checkpoint_format(path, fmt)
   if fmt == 'transformers':
     return (*from_transformers(path), hf_class_names(path))
@@ -88,6 +93,7 @@ def read_model_config(path: str, fmt: Optional[str] = None,
                       ) -> Optional[ml_collections.ConfigDict]:
   """The model config of the checkpoint at `path` (a vivit checkpoint's without
   reading its params), or None for a 2-D ViT, which has none."""
+  path = resolve(path)
   fmt = checkpoint_format(path, fmt)
   if fmt == 'vit':
     return None
