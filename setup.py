@@ -51,9 +51,9 @@ fused_attention = Extension(
 
 # configs/ stays at the top of a clone and ships as the package `vivit.configs`, so that
 # `--config synthetic_motion` also works from an installed package (vivit/cli.py).
-config_packages = ["vivit.configs"] + [
-    f"vivit.configs.{name}" for name in sorted(os.listdir("configs"))
-    if os.path.isdir(os.path.join("configs", name)) and not name.startswith(("_", "."))]
+config_packages = [
+    "vivit." + directory.replace(os.sep, ".") for directory, _, _ in sorted(os.walk("configs"))
+    if not any(part.startswith(("_", ".")) for part in directory.split(os.sep))]
 
 setup(
     name="vivit-jax",

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from packaging.requirements import Requirement  # pytest requires packaging
 
 from helpers import read_metrics, run_env, tiny_overrides
 from vivit import cli
@@ -148,3 +149,30 @@ def test_a_wheel_install_trains_on_a_config_named_from_any_directory(tmp_path):
       env=env, cwd=tmp_path, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-3000:]
   assert [r['step'] for r in read_metrics(workdir)] == [1, 2]
+
+
+def test_constraints_pin_each_declared_requirement_within_its_bounds():
+  """constraints.txt (what CI installs with) pins every requirement of the base
+  install and the test extra, at a version setup.py allows."""
+  install_requires, extras = setup_requirements()
+  pins = {}
+  for line in open(os.path.join(ROOT, 'constraints.txt')):
+    if line.strip() and not line.startswith('#'):
+      name, _, version = line.strip().partition('==')
+      pins[distribution(name)] = version
+  problems = []
+  for text in install_requires + extras['test']:
+    requirement = Requirement(text)
+    if requirement.marker is not None and not requirement.marker.evaluate():
+      continue
+    version = pins.get(distribution(text))
+    if version is None or not requirement.specifier.contains(version, prereleases=True):
+      problems.append(f'{text}: constraints.txt has {version}')
+  assert not problems, '\n'.join(problems)
+
+
+def test_ci_runs_the_readme_test_command():
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  block = readme.split('**2. Run the tests**', 1)[1].split('```bash\n', 1)[1].split('\n```')[0]
+  ci = open(os.path.join(ROOT, '.ci', 'run')).read().strip().splitlines()[-1]
+  assert block.strip() == ci == 'pip install -c constraints.txt -e ".[test]" && python -m pytest -q'
