@@ -49,6 +49,12 @@ fused_attention = Extension(
     extra_compile_args=['-O3', '-std=c++17', '-g0'],
 )
 
+# configs/ stays at the top of a clone and ships as the package `vivit.configs`, so that
+# `--config synthetic_motion` also works from an installed package (vivit/cli.py).
+config_packages = [
+    "vivit." + directory.replace(os.sep, ".") for directory, _, _ in sorted(os.walk("configs"))
+    if not any(part.startswith(("_", ".")) for part in directory.split(os.sep))]
+
 setup(
     name="vivit-jax",
     version="0.1.0",
@@ -56,23 +62,34 @@ setup(
                 "scenic and HuggingFace checkpoint conversion, training and evaluation.",
     license="Apache-2.0",
     classifiers=["License :: OSI Approved :: Apache Software License"],
-    packages=find_packages(include=["vivit", "vivit.*"]),
+    packages=find_packages(include=["vivit", "vivit.*"]) + config_packages,
+    package_dir={"vivit.configs": "configs"},
     python_requires=">=3.11",
     ext_modules=[fused_attention],
     cmdclass={"build_ext": BuildFusedAttention},
+    # Lower bounds: the versions CI tests (constraints.txt pins them all).
     install_requires=[
-        "jax>=0.10",
-        "flax",
-        "optax",
-        "orbax-checkpoint",
-        "ml_collections",
-        "numpy",
-        "tensorflow-cpu",
-        "tensorflow-datasets",
-        "importlib_resources",  # needed by tfds (etils.epath) but not declared by it
-        "matplotlib",
-        "tensorboard",
-        "av",  # PyAV: decoding videos in `python -m vivit.prepare`
+        "jax>=0.10.2",
+        "jaxlib>=0.10.2",  # vivit/models/fused_attention.py loads the kernel with it
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml_collections>=1.1.0",
+        "numpy>=2.4.6",
+        "absl-py>=2.5.1",
+        "etils[epath]>=1.15.0",
+        "tensorflow-cpu>=2.21.0",
+        "tensorflow-datasets>=4.9.10",
+        # The dataset builders write ArrayRecord (tfds requires it on Linux only); its
+        # wheels exist for Linux and Apple-silicon macOS only.
+        'array_record>=0.8.6; sys_platform == "linux" or (sys_platform == "darwin" and '
+        'platform_machine == "arm64")',
+        "importlib_resources>=7.1.0",  # needed by tfds (etils.epath) but not declared by it
+        "matplotlib>=3.11.2",
+        "tensorboard>=2.21.0",
+        "av>=18.1.0",  # PyAV: decoding videos in `python -m vivit.prepare`
+        "Pillow>=12.3.0",
+        "tqdm>=4.70.1",
     ],
     entry_points={
         "console_scripts": [
@@ -90,14 +107,18 @@ setup(
         "cuda12": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
-        # Reading/writing HuggingFace ViViT checkpoints.
+        # Reading/writing HuggingFace ViViT checkpoints and Hub ids. Each extra's modules
+        # are imported inside functions only, and `vivit.cli.EXTRAS` names the extra
+        # when one is missing (tests/test_packaging.py checks both).
         # torch only for pytorch_model.bin: torch.load(weights_only=True) is safe from 2.6.
-        "hf": ["transformers", "safetensors", "torch>=2.6"],
+        "hf": ["transformers>=5.24.0", "safetensors>=0.8.0", "huggingface_hub>=2.4.0",
+               "torch>=2.6"],
         # `prepare --beam`: TFDS's Apache Beam generation (Dataflow, Flink, Spark).
-        "beam": ["apache-beam"],
+        "beam": ["apache-beam>=2.77.0"],
         # torch==2.13.0 (>= 2.6, for torch.load(weights_only=True)) is the CPU build; an
         # unpinned torch pulls a multi-GB CUDA build.
-        "test": ["pytest", "pytest-xdist", "hypothesis", "psutil", "transformers",
-                 "safetensors", "torch==2.13.0", "apache-beam"],
+        "test": ["pytest>=9.0.3", "pytest-xdist>=3.8.0", "hypothesis>=6.155.2",
+                 "psutil>=7.2.2", "transformers>=5.24.0", "safetensors>=0.8.0",
+                 "huggingface_hub>=2.4.0", "torch==2.13.0", "apache-beam>=2.77.0"],
     },
 )

@@ -14,6 +14,11 @@ from ml_collections import ConfigDict
 from vivit import verbose
 from vivit.errors import ConfigError, UserError
 
+# The modules of setup.py's extras, by extra: imported inside functions only, so a base
+# install runs everything else; without one, `run` says which extra brings it.
+EXTRAS = {'transformers': 'hf', 'safetensors': 'hf', 'torch': 'hf', 'huggingface_hub': 'hf',
+          'apache_beam': 'beam'}
+
 
 def user_errors() -> tuple:
   """What a user's mistake raises: our `UserError`s, and the library errors that
@@ -53,11 +58,23 @@ def run(main: Callable[[Optional[List[str]]], Optional[int]],
   except KeyboardInterrupt:
     print('interrupted', file=sys.stderr)
     return 130  # a shell's status for SIGINT
-  except user_errors() as e:  # pylint: disable=catching-non-exception
-    if verbose() or '--verbose' in (argv or []):
+  except (ModuleNotFoundError,) + user_errors() as e:  # pylint: disable=catching-non-exception
+    message = missing_extra(e) if isinstance(e, ModuleNotFoundError) else one_line(e)
+    if message is None or verbose() or '--verbose' in (argv or []):
       raise
-    print(f'error: {one_line(e)}', file=sys.stderr)
+    print(f'error: {message}', file=sys.stderr)
     return 2
+
+
+def missing_extra(error: ModuleNotFoundError) -> Optional[str]:
+  """The line for a module of one of setup.py's extras that is not installed (None for
+  any other module: a broken install, kept with its traceback)."""
+  module = (error.name or '').partition('.')[0]
+  if module not in EXTRAS:
+    return None
+  extra = EXTRAS[module]
+  return (f'this needs {module}, which comes with the {extra!r} extra: pip install -e '
+          f'".[{extra}]" in a clone, or pip install "vivit-jax[{extra}]"')
 
 
 def quiet_libraries() -> None:
@@ -131,9 +148,63 @@ def print_devices(line: bool = True,
     print(warning, file=sys.stderr, flush=True)
 
 
+def configs_dir() -> str:
+  """The shipped configs: `vivit/configs` of an installed package, else `configs/`
+  beside `vivit/` in a clone (also under `pip install -e .`)."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  installed = os.path.join(package, 'configs')
+  return installed if os.path.isdir(installed) else os.path.join(os.path.dirname(package),
+                                                                   'configs')
+
+
+def config_names() -> List[str]:
+  """The shipped configs' names: their paths under `configs_dir()`, without `.py`."""
+  root, names = configs_dir(), []
+  for directory, subdirectories, files in os.walk(root):
+    subdirectories[:] = sorted(d for d in subdirectories if not d.startswith(('_', '.')))
+    names += [os.path.relpath(os.path.join(directory, f[:-3]), root).replace(os.sep, '/')
+              for f in sorted(files) if f.endswith('.py') and not f.startswith('_')]
+  return names
+
+
+def config_file(value: str) -> str:
+  """`--config`'s value with a shipped config's name (`synthetic_motion`,
+  `kinetics400/vivit_b_16x2`, `synthetic_motion:factorised_encoder`) replaced by its
+  file; a path that exists is kept as it is."""
+  name, colon, arg = value.partition(':')
+  if os.path.exists(name):
+    return value
+  if name not in config_names():
+    raise ConfigError(f'--config {value}: no such file, nor a shipped config (shipped: '
+                      f'{", ".join(config_names())})')
+  return os.path.join(configs_dir(), *name.split('/')) + '.py' + colon + arg
+
+
+def with_config_files(argv: List[str]) -> List[str]:
+  """`argv` with the value of each `--config` (`--config X`, `--config=X`) passed
+  through `config_file`; `--config.FIELD` overrides are left alone."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg == '--':
+      break
+    flag, equals, value = arg.partition('=')
+    if flag in ('--config', '-config'):
+      if equals:
+        argv[i] = f'{flag}={config_file(value)}'
+      elif i + 1 < len(argv):
+        argv[i + 1] = config_file(argv[i + 1])
+  return argv
+
+
 def absl_flags_parser(argv: List[str]):
-  """absl's flag parsing, with a bad flag or config override as a one-line error."""
+  """absl's flag parsing, with a bad flag, config name or config override as a
+  one-line error."""
   from absl import flags
+  try:
+    argv = with_config_files(argv)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError) as e:
@@ -147,13 +218,16 @@ def absl_flags_parser(argv: List[str]):
 
 def run_config_command(prog: str, doc: str, workdir_help: str,
                        command: Callable[[ConfigDict, str], object]) -> None:
-  """`prog --config FILE[:ARG] --workdir DIR [--distributed]` (train, evaluate): absl
+  """`prog --config FILE|NAME[:ARG] --workdir DIR [--distributed]` (train, evaluate): absl
   flags (parsed by `absl_flags_parser`, errors by `run`), then `command(config,
   workdir)`; `doc` is what `--help` prints first."""
   from absl import app, flags
   from ml_collections import config_flags
   from vivit import sharding
-  config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+  config_flags.DEFINE_config_file(
+      'config', None, 'A config file, or the name of a shipped one (e.g. synthetic_motion, '
+      'kinetics400/vivit_b_16x2), with an optional :ARG (synthetic_motion:factorised_encoder).',
+      lock_config=True)
   flags.DEFINE_string('workdir', None, workdir_help)
   flags.DEFINE_bool('distributed', False,
                     'Call jax.distributed.initialize() (one process per host).')
@@ -170,7 +244,7 @@ def run_config_command(prog: str, doc: str, workdir_help: str,
     del argv
     if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
       raise ConfigError(f'--config and --workdir are required, e.g. {prog} --config '
-                        f'configs/synthetic_motion.py --workdir runs/demo')
+                        f'synthetic_motion --workdir runs/demo')
     if flags.FLAGS.distributed:
       sharding.initialize_distributed()
     print_devices()
