@@ -215,6 +215,12 @@ def test_predict_views_equal_the_full_decode_from_their_frames_only(tmp_path, mo
     del made[:]
     np.testing.assert_array_equal(predict.video_views(path, fps=fps, **view), expected)
     assert len(made) <= len(needed)  # 1x1: 4 of 37 frames
+  # Progress: every source frame's time, in order, and the declared end (45 / 29.97 s).
+  told = []
+  decode.read_video(path, decode.Resample(fps=25, short_side=24), keep=(),
+                    progress=lambda seconds, end: told.append((seconds, end)))
+  assert len(told) == 45 and [t for t, _ in told] == sorted(t for t, _ in told)
+  assert [end for _, end in told] == [pytest.approx(float(45 / vf.NTSC), abs=0.05)] * 45
 
 
 @pytest.fixture(scope='module')

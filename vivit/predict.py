@@ -35,11 +35,39 @@ def parse_views(text: str) -> Tuple[int, int]:
   return clips, crops
 
 
+def _decoding_bar(description: str):
+  """(`read_video` progress callback, closer): a tqdm bar of the seconds of video
+  read, on stderr, shown only after 2 s (short videos show none)."""
+  from tqdm import tqdm
+  bar = tqdm(desc=description, unit='s', file=sys.stderr, delay=2.0,
+             bar_format='{desc}: {n:.0f}/{total_fmt} s of video [{elapsed}<{remaining}]')
+
+  def update(seconds: float, end: Optional[float]) -> None:
+    if end and bar.total is None:
+      bar.total = round(end)
+    bar.update(seconds - bar.n)
+  return update, bar.close
+
+
+def _read(path: str, resample, keep, bar: Optional[str]):
+  """`decode.read_video(path, resample, keep=keep)`, with a bar named `bar` if any."""
+  from vivit.datasets import decode
+  if not bar:
+    return decode.read_video(path, resample, keep=keep)
+  update, close = _decoding_bar(bar)
+  try:
+    return decode.read_video(path, resample, keep=keep, progress=update)
+  finally:
+    close()
+
+
 def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resize: int,
-                crop_size: int, num_clips: int, num_crops: int) -> np.ndarray:
+                crop_size: int, num_clips: int, num_crops: int, progress: bool = False
+                ) -> np.ndarray:
   """`[views, num_frames, crop, crop, 3]` uint8: the evaluation's views of the
   video file at `path` (VideoError if it cannot be decoded). Only the frames the
-  views use are converted and kept."""
+  views use are converted and kept. `progress`: bars of the two passes over the
+  file on stderr."""
   import tensorflow as tf
   from vivit.datasets import decode
   from vivit.input import transforms
@@ -47,9 +75,10 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
   try:
     # The clips' places depend on the exact frame count, which the declared duration
     # does not give: a first pass counts the frames without converting any.
-    count = len(decode.read_video(path, resample, keep=()).frames)
+    count = len(_read(path, resample, (), progress and 'counting frames').frames)
     needed = transforms.test_clip_indices(count, num_frames, stride, num_clips)
-    clip = decode.read_video(path, resample, keep={int(i) for i in needed.numpy().flat})
+    clip = _read(path, resample, {int(i) for i in needed.numpy().flat},
+                 progress and 'decoding the views')
     if len(clip.frames) != count:
       raise VideoError(f'{len(clip.frames)} frames decoded, {count} on a first read')
   except VideoError as e:
@@ -61,10 +90,11 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
 
 
 def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
-            fps: Optional[float] = None, stride: Optional[int] = None
-            ) -> Dict[str, List[Tuple[str, float]]]:
+            fps: Optional[float] = None, stride: Optional[int] = None,
+            progress: bool = False) -> Dict[str, List[Tuple[str, float]]]:
   """{head: [(class name, probability), ...] best first}; the head is 'label' for a
-  one-head model."""
+  one-head model. `progress`: bars of the decoding on stderr (a long video takes a
+  while)."""
   import jax
   from vivit import task
   from vivit.convert import read_checkpoint
@@ -82,7 +112,7 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
       stride=stride or (dataset.stride if dataset else DEFAULT_STRIDE),
       min_resize=(dataset and dataset.min_resize) or task.min_resize(crop),
       fps=fps or (dataset and task.prepared_fps(dataset)) or DEFAULT_FPS,
-      num_clips=num_clips, num_crops=num_crops)
+      num_clips=num_clips, num_crops=num_crops, progress=progress)
   logits = build_model(config).apply({'params': params}, clips)
   logits = np.asarray(average_views(logits[None]))[0]
   if not isinstance(names, dict):  # one head
@@ -112,7 +142,7 @@ def _main(argv=None) -> int:
   args = parser.parse_args(argv)
   cli.print_devices(line=sys.stdout.isatty())  # piped, stdout holds only the classes
   result = predict(args.checkpoint, args.video, views=args.views, top=args.top,
-                   fps=args.fps, stride=args.stride)
+                   fps=args.fps, stride=args.stride, progress=sys.stderr.isatty())
   for head, classes in result.items():
     if len(result) > 1:
       print(f'{head}:')

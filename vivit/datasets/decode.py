@@ -239,7 +239,8 @@ def _expected_end(declared: Optional[float], start: Optional[float],
 
 def read_video(path: str, resample_to: Resample, *, start: Optional[float] = None,
                stop: Optional[float] = None, only_if_longer: bool = False,
-               threads: bool = False, keep: Optional[AbstractSet[int]] = None) -> Clip:
+               threads: bool = False, keep: Optional[AbstractSet[int]] = None,
+               progress: Optional[Callable[[float, Optional[float]], None]] = None) -> Clip:
   """The frames of `path` (or of its segment [start, stop) seconds) at
   `resample_to.fps`, short side `resample_to.short_side`, JPEG-encoded.
 
@@ -247,6 +248,8 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
   for a whole YouTube video may hold the whole video or just the clip).
   `keep`: encode only these output frame indices, the others are b'' (`keep=()`
   counts the frames without converting any).
+  `progress(seconds, end)` is told each source frame's time, and the declared end
+  of what is read (None if the file declares none).
   Frames past the declared end (plus the truncation tolerance) are not read.
   Raises VideoError naming what is wrong with the file."""
   import av
@@ -291,6 +294,8 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
           raise _SeekMissed  # landed after the segment's first frame
         first = False
         last_time[0] = time
+        if progress is not None:
+          progress(time, expected and expected[0])
         yield time, frame
       if first and seek:
         raise _SeekMissed  # landed nowhere
