@@ -214,8 +214,9 @@ def _timeline_main(args) -> int:
   setup = load(args.checkpoint, fps=args.fps, stride=args.stride)
   cli.print_devices(line=sys.stdout.isatty())
   result = timeline.timeline(
-      setup, args.video, hop=args.hop, batch=args.batch or timeline.DEFAULT_BATCH,
-      smooth=args.smooth or 1, progress=sys.stderr.isatty())
+      setup, args.video, hop=args.hop,
+      batch=timeline.DEFAULT_BATCH if args.batch is None else args.batch,
+      smooth=1 if args.smooth is None else args.smooth, progress=sys.stderr.isatty())
   for path in timeline.write(args.timeline, result, args.top):
     print(path)
   return 0
