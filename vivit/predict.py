@@ -10,13 +10,18 @@ every view is cut as the evaluation cuts it: `CLIPSxCROPS` evenly spaced clips o
 model's frame count x 1 or 3 square crops after resizing the short side; the
 class probabilities are the softmax of the logits averaged over views (for a
 multi-head model, e.g. Epic-Kitchens' noun and verb, each head's own).
+
+  vivit-predict --checkpoint runs/demo --video match.mp4 --timeline match [--hop 1]
+
+writes the top classes of windows over the whole video instead (`vivit.timeline`).
 """
+import dataclasses
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vivit import cli
+from vivit import cli, timeline
 from vivit.errors import ConfigError, VideoError
 
 # The preprocessing of a checkpoint without a training config: `prepare`'s default
@@ -89,39 +94,72 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
       num_crops=num_crops).numpy()
 
 
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A checkpoint's model and how its clips are cut: `params`, `names` {head:
+  [class names]} ('label' for a one-head model), and the decoding (`fps`) and view
+  settings (`num_frames`, `stride`, `min_resize`, `crop_size`)."""
+  model_config: object
+  params: object
+  names: Dict[str, List[str]]
+  fps: float
+  num_frames: int
+  stride: int
+  min_resize: int
+  crop_size: int
+
+  def view(self) -> Dict[str, int]:
+    """The `video_views` / `transforms.test_views` settings of a clip."""
+    return dict(num_frames=self.num_frames, stride=self.stride,
+                min_resize=self.min_resize, crop_size=self.crop_size)
+
+
+def load(checkpoint: str, *, fps: Optional[float] = None, stride: Optional[int] = None
+         ) -> Setup:
+  """The `Setup` of `checkpoint` (workdir, params directory, HF directory or Hub id);
+  `fps` and `stride` override the training dataset's."""
+  from vivit import task
+  from vivit.convert import read_checkpoint
+  from vivit.hub import resolve
+  checkpoint = resolve(checkpoint)  # a Hub id: its snapshot, for both readers below
+  config, params, names = read_checkpoint(checkpoint)
+  dataset = task.workdir_dataset(checkpoint)  # a training workdir's data settings
+  frames, crop, _ = config.input_size
+  if not isinstance(names, dict):  # one head
+    names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
+  return Setup(config, params, names,
+               fps=fps or (dataset and task.prepared_fps(dataset)) or DEFAULT_FPS,
+               num_frames=frames, crop_size=crop,
+               stride=stride or (dataset.stride if dataset else DEFAULT_STRIDE),
+               min_resize=(dataset and dataset.min_resize) or task.min_resize(crop))
+
+
+def head_probabilities(logits, names: Dict[str, List[str]]) -> Dict[str, np.ndarray]:
+  """{head: softmax of its slice of `logits` `[..., classes]`} (`[..., head classes]`)."""
+  import jax
+  from vivit.step import head_slices
+  label_heads = [(head, len(head_names)) for head, head_names in names.items()]
+  return {head: np.asarray(jax.nn.softmax(logits[..., part], axis=-1))
+          for head, part in head_slices(label_heads)}
+
+
 def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
             fps: Optional[float] = None, stride: Optional[int] = None,
             progress: bool = False) -> Dict[str, List[Tuple[str, float]]]:
   """{head: [(class name, probability), ...] best first}; the head is 'label' for a
   one-head model. `progress`: bars of the decoding on stderr (a long video takes a
   while)."""
-  import jax
-  from vivit import task
-  from vivit.convert import read_checkpoint
   from vivit.evaluate import average_views
-  from vivit.hub import resolve
   from vivit.models import build_model
-  from vivit.step import head_slices
   num_clips, num_crops = parse_views(views)
-  checkpoint = resolve(checkpoint)  # a Hub id: its snapshot, for both readers below
-  config, params, names = read_checkpoint(checkpoint)
-  dataset = task.workdir_dataset(checkpoint)  # a training workdir's data settings
-  frames, crop, _ = config.input_size
-  clips = video_views(
-      video, num_frames=frames, crop_size=crop,
-      stride=stride or (dataset.stride if dataset else DEFAULT_STRIDE),
-      min_resize=(dataset and dataset.min_resize) or task.min_resize(crop),
-      fps=fps or (dataset and task.prepared_fps(dataset)) or DEFAULT_FPS,
-      num_clips=num_clips, num_crops=num_crops, progress=progress)
-  logits = build_model(config).apply({'params': params}, clips)
+  setup = load(checkpoint, fps=fps, stride=stride)
+  clips = video_views(video, fps=setup.fps, num_clips=num_clips, num_crops=num_crops,
+                      progress=progress, **setup.view())
+  logits = build_model(setup.model_config).apply({'params': setup.params}, clips)
   logits = np.asarray(average_views(logits[None]))[0]
-  if not isinstance(names, dict):  # one head
-    names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
-  label_heads = [(head, len(head_names)) for head, head_names in names.items()]
   result = {}
-  for (head, part), head_names in zip(head_slices(label_heads), names.values()):
-    probabilities = np.asarray(jax.nn.softmax(logits[part]))
-    result[head] = [(head_names[i], float(probabilities[i]))
+  for head, probabilities in head_probabilities(logits, setup.names).items():
+    result[head] = [(setup.names[head][i], float(probabilities[i]))
                     for i in np.argsort(-probabilities)[:top]]
   return result
 
@@ -132,16 +170,32 @@ def _main(argv=None) -> int:
                       help='training workdir, params directory, HF ViViT directory or '
                            'Hub id (org/name[@revision])')
   parser.add_argument('--video', required=True, help='a video file (mp4, webm, ...)')
-  parser.add_argument('--views', default='1x1', help='CLIPSxCROPS (default 1x1; the '
+  parser.add_argument('--views', help='CLIPSxCROPS (default 1x1; the '
                       "paper's test: 4x3)")
   parser.add_argument('--top', type=int, default=5, help='classes to print per head')
   parser.add_argument('--fps', type=float, help=f'decode at this rate (default: the '
                       f"training dataset's, else {DEFAULT_FPS:g})")
   parser.add_argument('--stride', type=int, help='frame stride of a clip (default: the '
                       f"training config's, else {DEFAULT_STRIDE})")
+  parser.add_argument('--timeline', metavar='OUT',
+                      help='instead: top classes of windows over the whole video, '
+                           'written to OUT.csv, OUT.json and OUT.png')
+  parser.add_argument('--hop', type=float, help='--timeline: seconds between window '
+                      "starts (default: one clip's duration, frames x stride / fps)")
+  parser.add_argument('--batch', type=int, help='--timeline: windows per model call '
+                      f'(default {timeline.DEFAULT_BATCH})')
+  parser.add_argument('--smooth', type=int, help='--timeline: average the '
+                      'probabilities over this many neighbouring windows (default: off)')
   args = parser.parse_args(argv)
+  if args.fps is not None and args.fps <= 0:
+    raise ConfigError(f'--fps {args.fps:g}: a frame rate > 0')
+  if args.timeline:
+    return _timeline_main(args)
+  given = [f'--{name}' for name in ('hop', 'batch', 'smooth') if getattr(args, name) is not None]
+  if given:
+    raise ConfigError(f'{", ".join(given)}: only with --timeline')
   cli.print_devices(line=sys.stdout.isatty())  # piped, stdout holds only the classes
-  result = predict(args.checkpoint, args.video, views=args.views, top=args.top,
+  result = predict(args.checkpoint, args.video, views=args.views or '1x1', top=args.top,
                    fps=args.fps, stride=args.stride, progress=sys.stderr.isatty())
   for head, classes in result.items():
     if len(result) > 1:
@@ -149,6 +203,22 @@ def _main(argv=None) -> int:
     width = max(len(name) for name, _ in classes)
     for name, probability in classes:
       print(f'  {name:<{width}}  {probability:.3f}')
+  return 0
+
+
+def _timeline_main(args) -> int:
+  """`--timeline OUT`: writes the files, prints their paths."""
+  if args.views:
+    raise ConfigError('--timeline with --views: a timeline takes one centre view per '
+                      'window (leave out --views)')
+  setup = load(args.checkpoint, fps=args.fps, stride=args.stride)
+  cli.print_devices(line=sys.stdout.isatty())
+  result = timeline.timeline(
+      setup, args.video, hop=args.hop,
+      batch=timeline.DEFAULT_BATCH if args.batch is None else args.batch,
+      smooth=1 if args.smooth is None else args.smooth, progress=sys.stderr.isatty())
+  for path in timeline.write(args.timeline, result, args.top):
+    print(path)
   return 0
 
 

@@ -6,7 +6,8 @@ the short side is `short_side`, and JPEG-encode the frames as they stream past, 
 memory holds JPEGs, not decoded video. Anything wrong with a file (missing, empty,
 truncated, undecodable, no video stream, a frame rate or timestamp gap that is not
 video, more frames than the ceilings below) raises `VideoError` with a one-line
-reason, so preparation can skip the video and report it.
+reason, so preparation can skip the video and report it. `stream_video` yields the
+same frames one at a time (for a timeline over a video of any length).
 
 No TensorFlow here: this module runs in the decoding worker processes.
 """
@@ -15,7 +16,7 @@ import io
 import math
 import os
 from fractions import Fraction
-from typing import (AbstractSet, Callable, Iterable, Iterator, List, Optional, Sequence,
+from typing import (Callable, Container, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
 
 import numpy as np
@@ -135,9 +136,37 @@ def frame_ceiling(size: Optional[Tuple[int, int]]) -> Tuple[int, str]:
                      f'{size[0]}x{size[1]} (decode.MAX_PIXELS)')
 
 
+def _jpeg_runs(frames: Iterable[Tuple[float, object]], source_fps: float, fps: float,
+               to_rgb, *, size_of: Optional[Callable[[object], Tuple[int, int]]] = None,
+               keep: Optional[Container[int]] = None, ceilings: bool = True
+               ) -> Iterator[Tuple[bytes, int]]:
+  """`resample`'s output as (JPEG, n) runs: the next n output frames are that JPEG
+  (b'' when none of them is kept). `ceilings` False: no limit on the total frames or
+  bytes (a stream that holds only a few frames at a time)."""
+  if abs(fps - source_fps) < 1e-3:
+    fps = 0
+  emitted, ceiling, jpeg_bytes = 0, None, 0
+  for frame, n in _repeats(frames, source_fps, fps):
+    if ceilings and ceiling is None:
+      ceiling = frame_ceiling(size_of(frame) if size_of else None)
+    if not n:
+      continue
+    if ceilings and emitted + n > ceiling[0]:
+      raise VideoError(ceiling[1])
+    jpeg = b''
+    if keep is None or any(i in keep for i in range(emitted, emitted + n)):
+      jpeg = encode_jpeg(to_rgb(frame))
+    jpeg_bytes += n * len(jpeg)
+    if ceilings and jpeg_bytes > MAX_JPEG_BYTES:
+      raise VideoError(f'too large: over {MAX_JPEG_BYTES} bytes of JPEG frames '
+                       f'(decode.MAX_JPEG_BYTES)')
+    emitted += n
+    yield jpeg, n
+
+
 def resample(frames: Iterable[Tuple[float, object]], source_fps: float, fps: float,
              to_rgb, *, size_of: Optional[Callable[[object], Tuple[int, int]]] = None,
-             keep: Optional[AbstractSet[int]] = None) -> List[bytes]:
+             keep: Optional[Container[int]] = None) -> List[bytes]:
   """JPEG frames at `fps` from `(time, frame)` pairs in time order, each output frame
   the source frame nearest in time (see `_repeats`). `to_rgb(frame)` gives `[height,
   width, 3]` uint8; each source frame is converted and encoded at most once. `fps`
@@ -146,24 +175,8 @@ def resample(frames: Iterable[Tuple[float, object]], source_fps: float, fps: flo
   `size_of(frame)`: the output (height, width), asked of the first frame for the
   MAX_PIXELS ceiling. `keep`: the output indices to encode; the others are b''.
   More frames or bytes than the ceilings raise VideoError before they are made."""
-  if abs(fps - source_fps) < 1e-3:
-    fps = 0
   out: List[bytes] = []
-  ceiling, jpeg_bytes = None, 0
-  for frame, n in _repeats(frames, source_fps, fps):
-    if ceiling is None:
-      ceiling = frame_ceiling(size_of(frame) if size_of else None)
-    if not n:
-      continue
-    if len(out) + n > ceiling[0]:
-      raise VideoError(ceiling[1])
-    jpeg = b''
-    if keep is None or any(i in keep for i in range(len(out), len(out) + n)):
-      jpeg = encode_jpeg(to_rgb(frame))
-    jpeg_bytes += n * len(jpeg)
-    if jpeg_bytes > MAX_JPEG_BYTES:
-      raise VideoError(f'too large: over {MAX_JPEG_BYTES} bytes of JPEG frames '
-                       f'(decode.MAX_JPEG_BYTES)')
+  for jpeg, n in _jpeg_runs(frames, source_fps, fps, to_rgb, size_of=size_of, keep=keep):
     out.extend([jpeg] * n)
   return out
 
@@ -237,9 +250,99 @@ def _expected_end(declared: Optional[float], start: Optional[float],
   return end, max(TRUNCATION_TOLERANCE_S, 0.1 * (end - (start or 0.0)))
 
 
+def _converter(short_side: int):
+  """(size_of, to_rgb) of PyAV frames: every frame is converted to the output size
+  of the first one asked about."""
+  size = None
+
+  def size_of(frame) -> Tuple[int, int]:
+    nonlocal size
+    if size is None:
+      size = output_size(frame.height, frame.width, short_side)
+    return size
+
+  def to_rgb(frame) -> np.ndarray:
+    height, width = size_of(frame)
+    return frame.to_ndarray(format='rgb24', width=width, height=height,
+                            interpolation='AREA')
+  return size_of, to_rgb
+
+
+def _file_runs(path: str, resample_to: Resample, *, start: Optional[float] = None,
+               stop: Optional[float] = None, only_if_longer: bool = False,
+               threads: bool = False, keep: Optional[Container[int]] = None,
+               progress: Optional[Callable[[float, Optional[float]], None]] = None,
+               ceilings: bool = True) -> Tuple[float, Iterator[Tuple[bytes, int]]]:
+  """(source rate, `_jpeg_runs` of the file) for `read_video` and `stream_video`
+  (their arguments). The file is opened and its rate checked now; the runs decode
+  as they are read, and end with the truncation check."""
+  container, stream = _open_stream(path)
+  try:
+    if threads:
+      stream.thread_type = 'AUTO'
+    rate = _source_rate(stream)
+    declared = _declared_duration(container, stream)
+  except BaseException:
+    container.close()
+    raise
+  if only_if_longer and declared is not None and start is not None and stop is not None \
+      and declared <= stop - start + TRUNCATION_TOLERANCE_S:
+    start = stop = None
+  expected = _expected_end(declared, start, stop)
+  read_until = sum(expected) if expected else math.inf
+  size_of, to_rgb = _converter(resample_to.short_side)
+  last_time = [0.0]
+
+  def selected(source, seek: bool):
+    """The segment's frames, noting the last one's time."""
+    first = True
+    for time, frame in _frames(source, source.streams.video[0], rate,
+                               start if seek else None):
+      if start is not None and time < start - 1e-6:
+        continue
+      if stop is not None and time >= stop - 1e-6:
+        break
+      if time > read_until:
+        break
+      if first and seek and time > start + 1.5 / rate:
+        raise _SeekMissed  # landed after the segment's first frame
+      first = False
+      last_time[0] = time
+      if progress is not None:
+        progress(time, expected and expected[0])
+      yield time, frame
+    if first and seek:
+      raise _SeekMissed  # landed nowhere
+
+  def runs_of(source, seek: bool):
+    return _jpeg_runs(selected(source, seek), rate, resample_to.fps, to_rgb,
+                      size_of=size_of, keep=keep, ceilings=ceilings)
+
+  def runs():
+    import av
+    with container:
+      try:
+        try:
+          # _SeekMissed comes before the first run: nothing is yielded twice.
+          yield from runs_of(container, seek=bool(start))
+        except _SeekMissed:
+          # Some containers (raw streams, MPEG-TS) seek badly: read from the start.
+          with _open_stream(path)[0] as again:
+            yield from runs_of(again, seek=False)
+      except av.error.FFmpegError as e:
+        raise VideoError(f'decoding failed: {_reason(e)}') from None
+    if expected is not None:
+      expected_end, tolerance = expected
+      decoded_end = last_time[0] + 1.0 / rate
+      if decoded_end < expected_end - tolerance:
+        raise VideoError(f'truncated: frames end at {decoded_end:.2f}s of '
+                         f'{expected_end:.2f}s')
+  return rate, runs()
+
+
 def read_video(path: str, resample_to: Resample, *, start: Optional[float] = None,
                stop: Optional[float] = None, only_if_longer: bool = False,
-               threads: bool = False, keep: Optional[AbstractSet[int]] = None,
+               threads: bool = False, keep: Optional[Container[int]] = None,
                progress: Optional[Callable[[float, Optional[float]], None]] = None) -> Clip:
   """The frames of `path` (or of its segment [start, stop) seconds) at
   `resample_to.fps`, short side `resample_to.short_side`, JPEG-encoded.
@@ -252,74 +355,28 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
   of what is read (None if the file declares none).
   Frames past the declared end (plus the truncation tolerance) are not read.
   Raises VideoError naming what is wrong with the file."""
-  import av
-  container, stream = _open_stream(path)
-  with container:
-    if threads:
-      stream.thread_type = 'AUTO'
-    rate = _source_rate(stream)
-    declared = _declared_duration(container, stream)
-    if only_if_longer and declared is not None and start is not None and stop is not None \
-        and declared <= stop - start + TRUNCATION_TOLERANCE_S:
-      start = stop = None
-    expected = _expected_end(declared, start, stop)
-    read_until = sum(expected) if expected else math.inf
-    size = None
-
-    def size_of(frame):
-      nonlocal size
-      if size is None:
-        size = output_size(frame.height, frame.width, resample_to.short_side)
-      return size
-
-    def to_rgb(frame):
-      height, width = size_of(frame)
-      return frame.to_ndarray(format='rgb24', width=width, height=height,
-                              interpolation='AREA')
-
-    last_time = [0.0]
-
-    def selected(source, seek: bool):
-      """The segment's frames, noting the last one's time."""
-      first = True
-      for time, frame in _frames(source, source.streams.video[0], rate,
-                                 start if seek else None):
-        if start is not None and time < start - 1e-6:
-          continue
-        if stop is not None and time >= stop - 1e-6:
-          break
-        if time > read_until:
-          break
-        if first and seek and time > start + 1.5 / rate:
-          raise _SeekMissed  # landed after the segment's first frame
-        first = False
-        last_time[0] = time
-        if progress is not None:
-          progress(time, expected and expected[0])
-        yield time, frame
-      if first and seek:
-        raise _SeekMissed  # landed nowhere
-
-    def frames_of(source, seek: bool):
-      return resample(selected(source, seek), rate, resample_to.fps, to_rgb,
-                      size_of=size_of, keep=keep)
-
-    try:
-      try:
-        frames = frames_of(container, seek=bool(start))
-      except _SeekMissed:
-        # Some containers (raw streams, MPEG-TS) seek badly: read from the start.
-        with _open_stream(path)[0] as again:
-          frames = frames_of(again, seek=False)
-    except av.error.FFmpegError as e:
-      raise VideoError(f'decoding failed: {_reason(e)}') from None
-    if expected is not None:
-      expected_end, tolerance = expected
-      decoded_end = last_time[0] + 1.0 / rate
-      if decoded_end < expected_end - tolerance:
-        raise VideoError(f'truncated: frames end at {decoded_end:.2f}s of '
-                         f'{expected_end:.2f}s')
+  rate, runs = _file_runs(path, resample_to, start=start, stop=stop,
+                          only_if_longer=only_if_longer, threads=threads, keep=keep,
+                          progress=progress)
+  frames: List[bytes] = []
+  for jpeg, n in runs:
+    frames.extend([jpeg] * n)
   return Clip(frames, resample_to.fps or rate)
+
+
+def stream_video(path: str, resample_to: Resample, *, keep: Optional[Container[int]] = None,
+                 progress: Optional[Callable[[float, Optional[float]], None]] = None
+                 ) -> Iterator[bytes]:
+  """`read_video(path, resample_to, keep=keep, progress=progress).frames` one at a
+  time, as they are decoded: the same frames and the same checks (VideoError when
+  the iteration reaches the problem), but no ceiling on the total, which only a
+  reader that holds every frame needs. `resample_to.fps` > 0 (the frames' rate)."""
+  if resample_to.fps <= 0:
+    raise ValueError(f'stream_video needs a frame rate, not {resample_to.fps}')
+  _, runs = _file_runs(path, resample_to, keep=keep, progress=progress, ceilings=False)
+  for jpeg, n in runs:
+    for _ in range(n):
+      yield jpeg
 
 
 def read_frame_files(paths: Sequence[str], source_fps: float, resample_to: Resample
