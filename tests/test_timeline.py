@@ -181,7 +181,9 @@ sys.exit(predict.main(sys.argv[1:]))
 '''
 
 
-@pytest.mark.parametrize('seconds', [150, pytest.param(LONG_S, marks=pytest.mark.slow)])
+# Slow (both): generating and decoding minutes of video takes 40 s or more.
+@pytest.mark.slow
+@pytest.mark.parametrize('seconds', [150, LONG_S])
 def test_a_long_video_in_bounded_memory(checkpoint, tmp_path, seconds):
   """Peak RSS of a timeline over `seconds` (10 minutes in the slow run) against one
   over 30 s: the stream holds one window and one batch, whatever the length."""
