@@ -126,3 +126,16 @@ VARIANT_CASES = [
     for embedding in ('tubelet', 'frame')
     for classifier in (('token', 'gap') if variant.has_cls else ('gap',))
 ]
+
+
+def train_small_synthetic(root, steps: int):
+  """A small ViViT (hidden 32, 2 layers) trained `steps` steps on synthetic_motion
+  (8 frames, stride 2) in `root`/run, the dataset in `root`/tfds: (workdir, result)."""
+  from vivit.train import train_and_evaluate
+  config = load_config(CONFIG)
+  config.dataset.data_dir = os.path.join(str(root), 'tfds')
+  config.model.update(hidden_size=32, num_heads=2, num_layers=2, mlp_dim=64)
+  config.training.update(num_steps=steps, learning_rate=3e-3, warmup_epochs=0.1,
+                         eval_every=steps, log_every=max(steps // 3, 1))
+  workdir = os.path.join(str(root), 'run')
+  return workdir, train_and_evaluate(config, workdir)

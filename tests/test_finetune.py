@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import video_files as vf
+from helpers import train_small_synthetic
 from vivit import checkpoints, evaluate, prepare
 from vivit.convert import to_transformers
 from vivit.datasets import synthetic
@@ -28,15 +29,9 @@ def axis(label: int) -> str:
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
   """A small ViViT trained on synthetic_motion (8 frames, stride 2)."""
-  root = tmp_path_factory.mktemp('pretrained')
-  config = load_config(os.path.join(ROOT, 'configs', 'synthetic_motion.py'))
-  config.dataset.data_dir = str(root / 'tfds')
-  config.model.update(hidden_size=32, num_heads=2, num_layers=2, mlp_dim=64)
-  config.training.update(num_steps=1000, learning_rate=3e-3, warmup_epochs=0.1,
-                         eval_every=1000, log_every=500)
-  result = train_and_evaluate(config, str(root / 'run'))
+  workdir, result = train_small_synthetic(tmp_path_factory.mktemp('pretrained'), 1000)
   assert result['val_top1'] > 0.5
-  return str(root / 'run')
+  return workdir
 
 
 def write_clips(directory, split, count, seed, codec='libx264', extension='mp4'):

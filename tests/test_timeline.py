@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import video_files as vf
-from helpers import ROOT, random_params, tiny_model_config
+from helpers import random_params, tiny_model_config, train_small_synthetic
 from test_hostile_videos import run_measured
 from vivit import predict, timeline
 from vivit.datasets import decode, synthetic
@@ -215,16 +215,7 @@ SEGMENT_FPS = 8  # a 16-frame clip: 2 s segments, the model's 8 x stride 2 windo
 def trained(tmp_path_factory):
   """A small ViViT trained on synthetic_motion (8 frames, stride 2; 3000 steps: 93 %
   validation top-1, 8 min on 2 shared cores)."""
-  from vivit.recipes import load_config
-  from vivit.train import train_and_evaluate
-  root = tmp_path_factory.mktemp('trained')
-  config = load_config(os.path.join(ROOT, 'configs', 'synthetic_motion.py'))
-  config.dataset.data_dir = str(root / 'tfds')
-  config.model.update(hidden_size=32, num_heads=2, num_layers=2, mlp_dim=64)
-  config.training.update(num_steps=3000, learning_rate=3e-3, warmup_epochs=0.1,
-                         eval_every=3000, log_every=1000)
-  train_and_evaluate(config, str(root / 'run'))
-  return str(root / 'run')
+  return train_small_synthetic(tmp_path_factory.mktemp('trained'), 3000)[0]
 
 
 @pytest.mark.slow
