@@ -74,9 +74,8 @@ def test_clip_indices_offsets_and_crops_as_scenic():
 
 
 def test_scale_jitter_draws_height_and_width_apart():
-  video = tf.zeros((2, 100, 100, 3))
-  shapes = {tuple(transforms.scale_jitter(video, (0.9, 1.33), 16, tf.constant([s, 1]))
-                  .shape[1:3]) for s in range(20)}
+  shapes = {tuple(transforms.jittered_size(tf.constant([100, 100]), 100, 16, (0.9, 1.33),
+                                           tf.constant([s, 1])).numpy()) for s in range(20)}
   assert all(90 <= h < 133 and 90 <= w < 133 for h, w in shapes)
   assert sum(h != w for h, w in shapes) >= 15  # the aspect ratio changes
 
@@ -156,12 +155,20 @@ def test_flip_only_where_configured():
   assert sum(f > 242 for f in flipped) >= 3 and sum(f < 13 for f in flipped) >= 3
 
 
+def _scale_jitter(video, scale_range, min_size, seed):
+  """Scenic's scale jitter of whole frames: height and width x U(scale_range)."""
+  factors = tf.random.stateless_uniform([2], seed, *scale_range)
+  size = tf.cast(tf.cast(tf.shape(video)[1:3], tf.float32) * factors, tf.int32)
+  return tf.image.resize(video, tf.maximum(size, min_size), method='bilinear')
+
+
 def _old_crop(video, seed, min_resize, crop_size, scale_range):
   """The three steps the crop window replaces: whole frames resized twice, cropped."""
   jitter_seed, crop_seed = transforms.split_seed(seed, 2)
   video = transforms.resize_short_side(tf.cast(video, tf.float32), min_resize)
-  video = transforms.scale_jitter(video, scale_range, crop_size, jitter_seed)
-  return transforms.random_crop(video, crop_size, crop_seed)
+  video = _scale_jitter(video, scale_range, crop_size, jitter_seed)
+  return tf.image.stateless_random_crop(
+      video, tf.stack([tf.shape(video)[0], crop_size, crop_size, 3]), crop_seed)
 
 
 def _ramps(height, width):
@@ -195,7 +202,7 @@ def test_crop_window_is_the_window_the_old_path_cropped(height, width, min_resiz
     size = transforms.jittered_size(stored, min_resize, crop, scale_range, jitter_seed)
     resized = transforms.resize_short_side(video, min_resize)
     np.testing.assert_array_equal(
-        size, transforms.scale_jitter(resized, scale_range, crop, jitter_seed).shape[1:3])
+        size, _scale_jitter(resized, scale_range, crop, jitter_seed).shape[1:3])
     y, x = (p.numpy() for p in transforms.train_crop_positions(
         stored, min_resize=min_resize, crop_size=crop, scale_range=scale_range, seed=seed))
     for positions, sampled, extent in ((y, old[0, :, crop // 2, 0], height),
@@ -282,7 +289,8 @@ def test_train_view_is_the_old_path_up_to_resize_rounding():
     indices = transforms.clip_indices(12, 4, 2, transforms.random_offset(12, 4, 2,
                                                                          offset_seed))
     old = _old_crop(tf.gather(video, indices), crop_seed, 48, 40, (0.9, 1.33))
-    old = transforms.random_flip(old, flip_seed)
+    if tf.random.stateless_uniform([], flip_seed) < 0.5:  # the whole clip's flip
+      old = tf.reverse(old, axis=[2])
     old = transforms.to_pixels(_tf_image_colour(old / 255.0, draws) * 255.0).numpy()
     new = transforms.train_view(video, num_frames=4, stride=2, min_resize=48, crop_size=40,
                                 scale_range=(0.9, 1.33), flip=True, seed=seed)

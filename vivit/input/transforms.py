@@ -61,20 +61,6 @@ def resize_short_side(video, size):
   return tf.image.resize(video, new, method='bilinear')
 
 
-def scale_jitter(video, scale_range: Tuple[float, float], min_size: int, seed):
-  """Height and width scaled by independent factors `U(scale_range)` (so the aspect
-  ratio jitters too; scenic's `scale_jitter_augm`), each side at least `min_size`."""
-  factors = tf.random.stateless_uniform([2], seed, *scale_range)
-  size = tf.cast(tf.cast(tf.shape(video)[1:3], tf.float32) * factors, tf.int32)
-  return tf.image.resize(video, tf.maximum(size, min_size), method='bilinear')
-
-
-def random_crop(video, crop_size: int, seed):
-  """The same random `crop_size` square of every frame."""
-  return tf.image.stateless_random_crop(
-      video, tf.stack([tf.shape(video)[0], crop_size, crop_size, 3]), seed)
-
-
 def spatial_crops(video, crop_size: int, num_crops: int):
   """`num_crops` squares as scenic's test: 1, the centre (offsets rounded down); 3,
   both ends and the centre (rounded up) of the long side (width if square).
@@ -93,12 +79,6 @@ def spatial_crops(video, crop_size: int, num_crops: int):
     starts = [(tf.where(tall, 0, dy), tf.where(tall, dx, 0)), (dy, dx),
               (tf.where(tall, height - crop_size, dy), tf.where(tall, dx, width - crop_size))]
   return tf.stack([video[:, y:y + crop_size, x:x + crop_size] for y, x in starts])
-
-
-def random_flip(video, seed):
-  """Horizontal flip of the whole clip with probability 1/2."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(video, axis=[2]), lambda: video)
 
 
 # Scenic's colour augmentation (DMVR's `color_default_augm`): its ranges. The pipeline
@@ -310,8 +290,9 @@ _randaugment = randaugment  # train_view's keyword of the same name hides it
 def jittered_size(stored_size, min_resize: int, crop_size: int,
                   scale_range: Tuple[float, float], seed):
   """The `[2]` (height, width) a stored frame of `stored_size` `[2]` reaches through
-  `resize_short_side(min_resize)` then `scale_jitter(scale_range, crop_size, seed)`,
-  with the same draws and integer rounding."""
+  `resize_short_side(min_resize)` then scenic's scale jitter (`scale_jitter_augm`):
+  height and width scaled by independent factors `U(scale_range)` (so the aspect
+  ratio jitters too), truncated, each at least `crop_size`."""
   height, width = stored_size[0], stored_size[1]
   resized = tf.stack([tf.maximum(min_resize, height * min_resize // width),
                       tf.maximum(min_resize, width * min_resize // height)])
@@ -321,8 +302,8 @@ def jittered_size(stored_size, min_resize: int, crop_size: int,
 
 
 def crop_offset(size, crop_size: int, seed):
-  """The `[2]` top-left corner `random_crop(crop_size, seed)` takes from frames of
-  `size` `[2]`: the same draw as `tf.image.stateless_random_crop` on a clip."""
+  """The `[2]` top-left corner of a random `crop_size` square of frames of `size`
+  `[2]`: the draw `tf.image.stateless_random_crop(seed)` makes on a clip."""
   limit = tf.concat([[1], size - crop_size + 1, [1]], axis=0)
   draw = tf.random.stateless_uniform([4], seed, maxval=tf.int32.max, dtype=tf.int32)
   return (draw % limit)[1:3]
@@ -341,7 +322,8 @@ def crop_positions(stored_size, size, offset, crop_size: int):
 
 
 def flip_positions(x, seed):
-  """`x` reversed with probability 1/2: sampling that way is `random_flip(seed)`."""
+  """`x` reversed with probability 1/2: sampling that way flips the clip
+  horizontally."""
   flip = tf.random.stateless_uniform([], seed) < 0.5
   return tf.cond(flip, lambda: tf.reverse(x, axis=[0]), lambda: x)
 
@@ -455,7 +437,8 @@ def stored_size(video):
 def train_crop_positions(stored_size, *, min_resize: int, crop_size: int,
                          scale_range: Tuple[float, float], seed):
   """The stored-frame rows `[crop]` and columns `[crop]` (float32) that
-  `random_crop(scale_jitter(resize_short_side(frames)))` samples, with its draws."""
+  short side to `min_resize`, scale jitter and a random crop sample (`jittered_size`,
+  `crop_offset`), with their draws."""
   jitter_seed, crop_seed = split_seed(seed, 2)
   size = jittered_size(stored_size, min_resize, crop_size, scale_range, jitter_seed)
   return crop_positions(stored_size, size, crop_offset(size, crop_size, crop_seed),
