@@ -15,7 +15,7 @@ from PIL import Image
 import video_files as vf
 from helpers import random_params, tiny_model_config, train_small_synthetic
 from test_hostile_videos import run_measured
-from vivit import predict, timeline
+from vivit import predict, step, timeline
 from vivit.datasets import decode, synthetic
 
 HEADS = {'verb': ['take', 'put'], 'noun': ['cup', 'knife', 'tap']}  # 5 classes
@@ -102,7 +102,7 @@ def test_timeline_equals_windows_cut_from_the_full_decode(checkpoint, noise_vide
   np.testing.assert_allclose(result.ends, result.starts + 0.8)
   views = np.stack([timeline.window_view(frames[s:s + 8], setup) for s in range(0, 22, 3)])
   logits = build_model(setup.model_config).apply({'params': setup.params}, views)
-  expected = predict.head_probabilities(np.asarray(logits), setup.names)
+  expected = step.head_probabilities(np.asarray(logits), setup.names)
   for head in HEADS:
     np.testing.assert_allclose(result.probabilities[head], expected[head], atol=1e-5)
   assert len(result.thumbnails) == 8

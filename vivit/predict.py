@@ -40,26 +40,12 @@ def parse_views(text: str) -> Tuple[int, int]:
   return clips, crops
 
 
-def _decoding_bar(description: str):
-  """(`read_video` progress callback, closer): a tqdm bar of the seconds of video
-  read, on stderr, shown only after 2 s (short videos show none)."""
-  from tqdm import tqdm
-  bar = tqdm(desc=description, unit='s', file=sys.stderr, delay=2.0,
-             bar_format='{desc}: {n:.0f}/{total_fmt} s of video [{elapsed}<{remaining}]')
-
-  def update(seconds: float, end: Optional[float]) -> None:
-    if end and bar.total is None:
-      bar.total = round(end)
-    bar.update(seconds - bar.n)
-  return update, bar.close
-
-
 def _read(path: str, resample, keep, bar: Optional[str]):
   """`decode.read_video(path, resample, keep=keep)`, with a bar named `bar` if any."""
   from vivit.datasets import decode
   if not bar:
     return decode.read_video(path, resample, keep=keep)
-  update, close = _decoding_bar(bar)
+  update, close = decode.progress_bar(bar)
   try:
     return decode.read_video(path, resample, keep=keep, progress=update)
   finally:
@@ -134,15 +120,6 @@ def load(checkpoint: str, *, fps: Optional[float] = None, stride: Optional[int] 
                min_resize=(dataset and dataset.min_resize) or task.min_resize(crop))
 
 
-def head_probabilities(logits, names: Dict[str, List[str]]) -> Dict[str, np.ndarray]:
-  """{head: softmax of its slice of `logits` `[..., classes]`} (`[..., head classes]`)."""
-  import jax
-  from vivit.step import head_slices
-  label_heads = [(head, len(head_names)) for head, head_names in names.items()]
-  return {head: np.asarray(jax.nn.softmax(logits[..., part], axis=-1))
-          for head, part in head_slices(label_heads)}
-
-
 def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
             fps: Optional[float] = None, stride: Optional[int] = None,
             progress: bool = False) -> Dict[str, List[Tuple[str, float]]]:
@@ -151,6 +128,7 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   while)."""
   from vivit.evaluate import average_views
   from vivit.models import build_model
+  from vivit.step import head_probabilities
   num_clips, num_crops = parse_views(views)
   setup = load(checkpoint, fps=fps, stride=stride)
   clips = video_views(video, fps=setup.fps, num_clips=num_clips, num_crops=num_crops,

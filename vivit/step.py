@@ -3,7 +3,7 @@
 Apart from `vivit.train` so that benchmarks can run it where the data stack
 (TensorFlow, TFDS) is not installed.
 """
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import flax
 import jax
@@ -46,6 +46,14 @@ def head_slices(label_heads):
   starts = np.cumsum([0] + [size for _, size in label_heads])
   return [(name, slice(start, start + size))
           for (name, size), start in zip(label_heads, starts)]
+
+
+def head_probabilities(logits, names: Dict[str, List[str]]) -> Dict[str, np.ndarray]:
+  """{head: softmax of its slice of `logits` `[..., classes]`, `[..., head classes]`}
+  for `names` {head: [class names]} in the logits' order."""
+  label_heads = [(head, len(head_names)) for head, head_names in names.items()]
+  return {head: np.asarray(jax.nn.softmax(logits[..., part], axis=-1))
+          for head, part in head_slices(label_heads)}
 
 
 def loss_and_metrics(logits, targets, labels, label_heads=None):

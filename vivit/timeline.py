@@ -165,8 +165,7 @@ def _decoded(video: str, setup, windows: Windows, progress: bool) -> Iterator[by
   """`decode.stream_video` of the windows' frames, with a bar on stderr if
   `progress`; VideoError messages name the file."""
   from vivit.datasets import decode
-  from vivit.predict import _decoding_bar
-  update, close = _decoding_bar('timeline') if progress else (None, lambda: None)
+  update, close = decode.progress_bar('timeline') if progress else (None, lambda: None)
   try:
     yield from decode.stream_video(video, decode.Resample(setup.fps, setup.min_resize),
                                    keep=windows, progress=update)
@@ -180,7 +179,7 @@ def timeline(setup, video: str, *, hop: Optional[float] = None,
              batch: int = DEFAULT_BATCH, smooth: int = 1, progress: bool = False
              ) -> Timeline:
   """The `Timeline` of `video` under `setup` (a `predict.Setup`): see the module."""
-  from vivit.predict import head_probabilities
+  from vivit.step import head_probabilities
   if batch < 1 or smooth < 1:
     raise ConfigError(f'--batch {batch}, --smooth {smooth}: both at least 1')
   windows = windows_of(setup.num_frames, setup.stride, hop, setup.fps)

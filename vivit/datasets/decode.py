@@ -15,6 +15,7 @@ import dataclasses
 import io
 import math
 import os
+import sys
 from fractions import Fraction
 from typing import (Callable, Container, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
@@ -338,6 +339,20 @@ def _file_runs(path: str, resample_to: Resample, *, start: Optional[float] = Non
         raise VideoError(f'truncated: frames end at {decoded_end:.2f}s of '
                          f'{expected_end:.2f}s')
   return rate, runs()
+
+
+def progress_bar(description: str):
+  """(`read_video` / `stream_video` progress callback, closer): a tqdm bar of the
+  seconds of video read, on stderr, shown only after 2 s (short videos show none)."""
+  from tqdm import tqdm
+  bar = tqdm(desc=description, unit='s', file=sys.stderr, delay=2.0,
+             bar_format='{desc}: {n:.0f}/{total_fmt} s of video [{elapsed}<{remaining}]')
+
+  def update(seconds: float, end: Optional[float]) -> None:
+    if end and bar.total is None:
+      bar.total = round(end)
+    bar.update(seconds - bar.n)
+  return update, bar.close
 
 
 def read_video(path: str, resample_to: Resample, *, start: Optional[float] = None,
