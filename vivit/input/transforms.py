@@ -51,14 +51,19 @@ def test_offsets(num_video_frames, num_frames: int, stride: int, num_clips: int)
   return tf.cast(tf.linspace(0.0, tf.cast(last, tf.float32), num_clips), tf.int32)
 
 
+def short_side_size(height_width, size):
+  """`[2]` (height, width) with the short side `size` and the long one `long * size //
+  short` (at least `size`): scenic's `resize_smallest` of a frame of `height_width`."""
+  height, width = height_width[0], height_width[1]
+  return tf.stack([tf.maximum(size, height * size // width),
+                   tf.maximum(size, width * size // height)])
+
+
 def resize_short_side(video, size):
   """Resizes so that the short side is `size` and the long one `long * size // short`
   (scenic's `resize_smallest`), bilinearly."""
-  shape = tf.shape(video)
-  height, width = shape[1], shape[2]
-  new = tf.stack([tf.maximum(size, height * size // width),
-                  tf.maximum(size, width * size // height)])
-  return tf.image.resize(video, new, method='bilinear')
+  return tf.image.resize(video, short_side_size(tf.shape(video)[1:3], size),
+                         method='bilinear')
 
 
 def spatial_crops(video, crop_size: int, num_crops: int):
@@ -293,9 +298,7 @@ def jittered_size(stored_size, min_resize: int, crop_size: int,
   `resize_short_side(min_resize)` then scenic's scale jitter (`scale_jitter_augm`):
   height and width scaled by independent factors `U(scale_range)` (so the aspect
   ratio jitters too), truncated, each at least `crop_size`."""
-  height, width = stored_size[0], stored_size[1]
-  resized = tf.stack([tf.maximum(min_resize, height * min_resize // width),
-                      tf.maximum(min_resize, width * min_resize // height)])
+  resized = short_side_size(stored_size, min_resize)
   factors = tf.random.stateless_uniform([2], seed, *scale_range)
   size = tf.cast(tf.cast(resized, tf.float32) * factors, tf.int32)
   return tf.maximum(size, crop_size)
@@ -461,12 +464,12 @@ def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_siz
   count = tf.shape(video)[0]
   indices = clip_indices(count, num_frames, stride,
                          random_offset(count, num_frames, stride, offset_seed))
-  y, x = train_crop_positions(stored_size(video), min_resize=min_resize,
-                              crop_size=crop_size, scale_range=tuple(scale_range),
-                              seed=crop_seed)
+  stored = stored_size(video)
+  y, x = train_crop_positions(stored, min_resize=min_resize, crop_size=crop_size,
+                              scale_range=tuple(scale_range), seed=crop_seed)
   if flip:
     x = flip_positions(x, flip_seed)
-  padded, origin, size = decode_window(video, indices, *crop_window(stored_size(video), y, x))
+  padded, origin, size = decode_window(video, indices, *crop_window(stored, y, x))
   origin = tf.cast(origin, tf.float32)
   y, x = y - origin[0], x - origin[1]
   if randaugment is None:
