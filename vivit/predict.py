@@ -43,8 +43,6 @@ def parse_views(text: str) -> Tuple[int, int]:
 def _read(path: str, resample, keep, bar: Optional[str]):
   """`decode.read_video(path, resample, keep=keep)`, with a bar named `bar` if any."""
   from vivit.datasets import decode
-  if not bar:
-    return decode.read_video(path, resample, keep=keep)
   update, close = decode.progress_bar(bar)
   try:
     return decode.read_video(path, resample, keep=keep, progress=update)

@@ -165,7 +165,7 @@ def _decoded(video: str, setup, windows: Windows, progress: bool) -> Iterator[by
   """`decode.stream_video` of the windows' frames, with a bar on stderr if
   `progress`; VideoError messages name the file."""
   from vivit.datasets import decode
-  update, close = decode.progress_bar('timeline') if progress else (None, lambda: None)
+  update, close = decode.progress_bar('timeline' if progress else None)
   try:
     yield from decode.stream_video(video, decode.Resample(setup.fps, setup.min_resize),
                                    keep=windows, progress=update)

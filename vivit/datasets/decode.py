@@ -13,6 +13,7 @@ No TensorFlow here: this module runs in the decoding worker processes.
 """
 import dataclasses
 import io
+import itertools
 import math
 import os
 import sys
@@ -176,10 +177,14 @@ def resample(frames: Iterable[Tuple[float, object]], source_fps: float, fps: flo
   `size_of(frame)`: the output (height, width), asked of the first frame for the
   MAX_PIXELS ceiling. `keep`: the output indices to encode; the others are b''.
   More frames or bytes than the ceilings raise VideoError before they are made."""
-  out: List[bytes] = []
-  for jpeg, n in _jpeg_runs(frames, source_fps, fps, to_rgb, size_of=size_of, keep=keep):
-    out.extend([jpeg] * n)
-  return out
+  return list(_expanded(_jpeg_runs(frames, source_fps, fps, to_rgb, size_of=size_of,
+                                   keep=keep)))
+
+
+def _expanded(runs: Iterable[Tuple[bytes, int]]) -> Iterator[bytes]:
+  """The frames of `_jpeg_runs`' (JPEG, n) runs: each JPEG n times."""
+  for jpeg, n in runs:
+    yield from itertools.repeat(jpeg, n)
 
 
 def _source_rate(stream) -> float:
@@ -341,9 +346,12 @@ def _file_runs(path: str, resample_to: Resample, *, start: Optional[float] = Non
   return rate, runs()
 
 
-def progress_bar(description: str):
+def progress_bar(description: Optional[str]):
   """(`read_video` / `stream_video` progress callback, closer): a tqdm bar of the
-  seconds of video read, on stderr, shown only after 2 s (short videos show none)."""
+  seconds of video read, on stderr, shown only after 2 s (short videos show none);
+  no bar (None, a closer that does nothing) without a `description`."""
+  if not description:
+    return None, lambda: None
   from tqdm import tqdm
   bar = tqdm(desc=description, unit='s', file=sys.stderr, delay=2.0,
              bar_format='{desc}: {n:.0f}/{total_fmt} s of video [{elapsed}<{remaining}]')
@@ -373,10 +381,7 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
   rate, runs = _file_runs(path, resample_to, start=start, stop=stop,
                           only_if_longer=only_if_longer, threads=threads, keep=keep,
                           progress=progress)
-  frames: List[bytes] = []
-  for jpeg, n in runs:
-    frames.extend([jpeg] * n)
-  return Clip(frames, resample_to.fps or rate)
+  return Clip(list(_expanded(runs)), resample_to.fps or rate)
 
 
 def stream_video(path: str, resample_to: Resample, *, keep: Optional[Container[int]] = None,
@@ -389,9 +394,7 @@ def stream_video(path: str, resample_to: Resample, *, keep: Optional[Container[i
   if resample_to.fps <= 0:
     raise ValueError(f'stream_video needs a frame rate, not {resample_to.fps}')
   _, runs = _file_runs(path, resample_to, keep=keep, progress=progress, ceilings=False)
-  for jpeg, n in runs:
-    for _ in range(n):
-      yield jpeg
+  yield from _expanded(runs)
 
 
 def read_frame_files(paths: Sequence[str], source_fps: float, resample_to: Resample
