@@ -23,6 +23,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 from helpers import VARIANT_CASES, VIT_CLASSES  # noqa: E402
 
 
+@pytest.fixture(scope='session')
+def trained_synthetic(tmp_path_factory):
+  """The workdir of a small ViViT trained on synthetic_motion (`train_small_synthetic`:
+  8 frames, stride 2; 3000 steps: 93 % validation top-1, 8 min on 2 shared cores),
+  for the slow tests of what a trained model does (timelines, explanations)."""
+  from helpers import train_small_synthetic
+  return train_small_synthetic(tmp_path_factory.mktemp('trained'), 3000)[0]
+
+
 @pytest.fixture(scope='module')
 def vit(tmp_path_factory):
   """A random HF ViT (hidden 16, 2 layers, 16x16 images, patch 8; tanh GELU and

@@ -11,7 +11,7 @@ from vivit.recipes import base_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Commands and what only commands use: nothing below may import them.
 TOP = ('vivit.train', 'vivit.evaluate', 'vivit.predict', 'vivit.prepare', 'vivit.cli',
-       'vivit.launch')
+       'vivit.launch', 'vivit.demo_video')
 LOW_PACKAGES = ('vivit.models', 'vivit.input', 'vivit.datasets')
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import video_files as vf
-from helpers import random_params, tiny_model_config, train_small_synthetic
+from helpers import random_params, tiny_model_config
 from test_hostile_videos import run_measured
 from vivit import predict, step, timeline
 from vivit.datasets import decode, synthetic
@@ -88,6 +88,21 @@ def test_stream_video_yields_read_video_frames(noise_video):
   resample = decode.Resample(fps=10, short_side=24)
   assert list(decode.stream_video(noise_video, resample, keep=keep)) == \
       decode.read_video(noise_video, resample, keep=keep).frames
+
+
+def test_stream_video_yields_as_it_reads(tmp_path):
+  """The first window of a 60 s video comes out when only its first seconds have been
+  read: the timeline streams (and `window_frames` holds one span), so its memory does
+  not grow with the video (the slow tests measure the RSS)."""
+  video = write_long_video(str(tmp_path / 'long.mp4'), 60)
+  read = []
+  windows = timeline.Windows(span=16, stride=2, hop=16, fps=LONG_FPS)
+  stream = decode.stream_video(video, decode.Resample(LONG_FPS, 32), keep=windows,
+                               progress=lambda seconds, _: read.append(seconds))
+  first = next(timeline.window_frames(stream, windows))
+  assert first[0] == 0 and len(first[1]) == 16
+  assert 1.8 <= max(read) < 5, max(read)  # 2 s of a 60 s video, and a little more
+  assert len(list(stream)) > 0 and max(read) > 59
 
 
 def test_timeline_equals_windows_cut_from_the_full_decode(checkpoint, noise_video):
@@ -211,19 +226,12 @@ SEGMENT_CLASSES = [4, 6, 2, 7, 3, 5, 9, 0, 8, 1, 7, 0, 5, 9, 1, 3, 6, 2, 8, 4]
 SEGMENT_FPS = 8  # a 16-frame clip: 2 s segments, the model's 8 x stride 2 window
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A small ViViT trained on synthetic_motion (8 frames, stride 2; 3000 steps: 93 %
-  validation top-1, 8 min on 2 shared cores)."""
-  return train_small_synthetic(tmp_path_factory.mktemp('trained'), 3000)[0]
-
-
 @pytest.mark.slow
-def test_a_trained_timeline_names_each_segment(trained, tmp_path):
+def test_a_trained_timeline_names_each_segment(trained_synthetic, tmp_path):
   rng = np.random.default_rng(7)
   frames = np.concatenate([synthetic.render_clip(c, rng) for c in SEGMENT_CLASSES])
   video = vf.write_frames(str(tmp_path / 'segments.mp4'), frames, fps=SEGMENT_FPS)
-  setup = predict.load(trained, fps=SEGMENT_FPS)
+  setup = predict.load(trained_synthetic, fps=SEGMENT_FPS)
   result = timeline.timeline(setup, video, hop=0.25)
   segment_s = synthetic.NUM_FRAMES / SEGMENT_FPS
   inside = [k for k, (start, end) in enumerate(zip(result.starts, result.ends))

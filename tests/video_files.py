@@ -3,7 +3,6 @@
 Frame i of every test video is a flat grey of level `frame_level(i)`, so a decoded
 frame tells which source frame it came from."""
 import csv
-import itertools
 import json
 import os
 from fractions import Fraction
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from vivit import prepare
+from vivit.datasets import decode
 
 NTSC = Fraction(30000, 1001)
 
@@ -39,28 +39,7 @@ def write_video(path, num_frames=12, fps=25, size=(48, 64), codec='libx264',
   return write_frames(path, frames, fps, codec, container_format)
 
 
-def write_frames(path, frames, fps=25, codec='libx264', container_format=None):
-  """A video of `frames` (uint8 `[height, width, 3]` each), losslessly encoded."""
-  import av
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  frames = iter(frames)
-  first = next(frames)
-  height, width = first.shape[:2]
-  odd = height % 2 or width % 2
-  with av.open(path, 'w', format=container_format) as container:
-    stream = container.add_stream(codec, rate=fps)
-    stream.height, stream.width = height, width
-    stream.pix_fmt = 'yuv444p' if odd else 'yuv420p'
-    # Lossless, so that every frame keeps its grey level.
-    stream.options = ({'qp': '0', 'preset': 'ultrafast'} if codec == 'libx264'
-                      else {'lossless': '1'})
-    for image in itertools.chain([first], frames):
-      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format='rgb24')
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-  return path
+write_frames = decode.write_frames  # the library's writer: lossless H.264
 
 
 def write_audio_only(path):

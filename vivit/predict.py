@@ -13,7 +13,11 @@ multi-head model, e.g. Epic-Kitchens' noun and verb, each head's own).
 
   vivit-predict --checkpoint runs/demo --video match.mp4 --timeline match [--hop 1]
 
-writes the top classes of windows over the whole video instead (`vivit.timeline`).
+writes the top classes of windows over the whole video instead (`vivit.timeline`), and
+
+  vivit-predict --checkpoint runs/demo --video clip.mp4 --explain clip [--class NAME]
+
+where and when in the 1x1 view the model looked for a class (`vivit.explain`).
 """
 import dataclasses
 import sys
@@ -21,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vivit import cli, timeline
+from vivit import cli, explain, timeline
 from vivit.errors import ConfigError, VideoError
 
 # The preprocessing of a checkpoint without a training config: `prepare`'s default
@@ -162,14 +166,32 @@ def _main(argv=None) -> int:
                       f'(default {timeline.DEFAULT_BATCH})')
   parser.add_argument('--smooth', type=int, help='--timeline: average the '
                       'probabilities over this many neighbouring windows (default: off)')
+  parser.add_argument('--explain', metavar='OUT',
+                      help='instead: space-time relevance of the 1x1 view to a class, '
+                           'written to OUT.png (frames and heat overlays), OUT.gif and '
+                           'OUT.npz')
+  parser.add_argument('--class', dest='class_name', metavar='NAME',
+                      help='--explain: the class (HEAD:NAME where heads share names; '
+                           "default: the first head's most probable)")
+  parser.add_argument('--method', choices=explain.METHODS,
+                      help="--explain: 'rollout' (attention rollout), 'gradient' "
+                           "(gradient-weighted attention) or 'auto' (default: rollout "
+                           'for a CLS-token model when no class is named, else gradient)')
   args = parser.parse_args(argv)
   if args.fps is not None and args.fps <= 0:
     raise ConfigError(f'--fps {args.fps:g}: a frame rate > 0')
+  if args.timeline and args.explain:
+    raise ConfigError('--timeline and --explain: one at a time')
+  only = {'--timeline': ('hop', 'batch', 'smooth'), '--explain': ('class_name', 'method')}
+  for option, names in only.items():
+    given = [f'--{name.replace("_name", "")}' for name in names
+             if getattr(args, name) is not None]
+    if given and not getattr(args, option[2:]):
+      raise ConfigError(f'{", ".join(given)}: only with {option}')
   if args.timeline:
     return _timeline_main(args)
-  given = [f'--{name}' for name in ('hop', 'batch', 'smooth') if getattr(args, name) is not None]
-  if given:
-    raise ConfigError(f'{", ".join(given)}: only with --timeline')
+  if args.explain:
+    return _explain_main(args)
   cli.print_devices(line=sys.stdout.isatty())  # piped, stdout holds only the classes
   result = predict(args.checkpoint, args.video, views=args.views or '1x1', top=args.top,
                    fps=args.fps, stride=args.stride, progress=sys.stderr.isatty())
@@ -194,6 +216,24 @@ def _timeline_main(args) -> int:
       batch=timeline.DEFAULT_BATCH if args.batch is None else args.batch,
       smooth=1 if args.smooth is None else args.smooth, progress=sys.stderr.isatty())
   for path in timeline.write(args.timeline, result, args.top):
+    print(path)
+  return 0
+
+
+def _explain_main(args) -> int:
+  """`--explain OUT`: writes the files, prints the class explained and their paths."""
+  if args.views:
+    raise ConfigError('--explain with --views: an explanation is of one clip, the 1x1 '
+                      'view (leave out --views)')
+  setup = load(args.checkpoint, fps=args.fps, stride=args.stride)
+  cli.print_devices(line=sys.stdout.isatty())
+  clip = video_views(args.video, fps=setup.fps, num_clips=1, num_crops=1,
+                     progress=sys.stderr.isatty(), **setup.view())[0]
+  result = explain.explain(setup, clip, class_name=args.class_name,
+                           method=args.method or 'auto')
+  print(f'{result.class_name} ({result.head}, probability {result.probability:.3f}): '
+        f'{result.method} relevance')
+  for path in explain.write(args.explain, result):
     print(path)
   return 0
 

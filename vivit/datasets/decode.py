@@ -7,7 +7,8 @@ memory holds JPEGs, not decoded video. Anything wrong with a file (missing, empt
 truncated, undecodable, no video stream, a frame rate or timestamp gap that is not
 video, more frames than the ceilings below) raises `VideoError` with a one-line
 reason, so preparation can skip the video and report it. `stream_video` yields the
-same frames one at a time (for a timeline over a video of any length).
+same frames one at a time (for a timeline over a video of any length);
+`write_frames` writes frames to a file (demo and test videos).
 
 No TensorFlow here: this module runs in the decoding worker processes.
 """
@@ -395,6 +396,32 @@ def stream_video(path: str, resample_to: Resample, *, keep: Optional[Container[i
     raise ValueError(f'stream_video needs a frame rate, not {resample_to.fps}')
   _, runs = _file_runs(path, resample_to, keep=keep, progress=progress, ceilings=False)
   yield from _expanded(runs)
+
+
+def write_frames(path, frames, fps=25, codec='libx264', container_format=None):
+  """Writes `frames` (uint8 `[height, width, 3]` each) to `path` as a video encoded
+  losslessly (H.264 at qp 0 by default; VP9 lossless for 'libvpx-vp9'); its path.
+  `container_format`: e.g. 'mpegts', or 'h264' (a raw stream, no timestamps).
+  Odd sizes are stored as yuv444p."""
+  import av
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  frames = iter(frames)
+  first = next(frames)
+  height, width = first.shape[:2]
+  odd = height % 2 or width % 2
+  with av.open(path, 'w', format=container_format) as container:
+    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+    stream.height, stream.width = height, width
+    stream.pix_fmt = 'yuv444p' if odd else 'yuv420p'
+    stream.options = ({'qp': '0', 'preset': 'ultrafast'} if codec == 'libx264'
+                      else {'lossless': '1'})
+    for image in itertools.chain([first], frames):
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format='rgb24')
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path
 
 
 def read_frame_files(paths: Sequence[str], source_fps: float, resample_to: Resample

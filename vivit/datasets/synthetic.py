@@ -11,6 +11,8 @@ Generated locally in seconds, deterministically from a seed:
 `tfds.builder('synthetic_motion', data_dir=...).download_and_prepare()` (the data
 pipeline does this on first use).
 """
+from typing import Iterator, List, Tuple
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -67,6 +69,13 @@ def _trajectory(label, rng):
 
 def render_clip(label: int, rng: np.random.Generator) -> np.ndarray:
   """One clip `[NUM_FRAMES, SIZE, SIZE, 3]` uint8 of class `label`."""
+  return render_clip_and_object(label, rng)[0]
+
+
+def render_clip_and_object(label: int, rng: np.random.Generator
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+  """`render_clip`'s clip (the same for the same `rng` state) and where its object
+  is: `[NUM_FRAMES, SIZE, SIZE]`, True on the pixels the object colours at all."""
   centre, radius, opacity = _trajectory(label, rng)
   ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
   dy = ys[None] - centre[:, 0, None, None]
@@ -83,7 +92,7 @@ def render_clip(label: int, rng: np.random.Generator) -> np.ndarray:
   alpha = (inside * opacity[:, None, None])[..., None]
   frames = alpha * texture + (1 - alpha) * _background(rng)[None]
   frames = frames + rng.normal(0, NOISE_STD, frames.shape)
-  return np.clip(frames * 255, 0, 255).astype(np.uint8)
+  return np.clip(frames * 255, 0, 255).astype(np.uint8), alpha[..., 0] > 0
 
 
 class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
@@ -114,11 +123,43 @@ class SyntheticMotion(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
-    return {split: self._generate_examples(size, SPLIT_SEEDS[split])
+    return {split: self._generate_examples(split, size)
             for split, size in SPLIT_SIZES[self.builder_config.name].items()}
 
-  def _generate_examples(self, size: int, split_seed: int):
-    rng = np.random.default_rng([SEED, split_seed])
-    labels = np.arange(size) % len(CLASS_NAMES)  # balanced
-    for index, label in enumerate(labels):
-      yield index, {'video': render_clip(int(label), rng), 'label': int(label)}
+  def _generate_examples(self, split: str, size: int):
+    for index, (clip, _, label) in enumerate(examples(split, size)):
+      yield index, {'video': clip, 'label': label}
+
+
+def examples(split: str, count: int) -> Iterator[Tuple[np.ndarray, np.ndarray, int]]:
+  """The first `count` examples of `split` as the builder generates them (classes in
+  turn, so balanced): (clip, where its object is, label), as `render_clip_and_object`
+  gives them."""
+  rng = np.random.default_rng([SEED, SPLIT_SEEDS[split]])
+  for index in range(count):
+    label = index % len(CLASS_NAMES)
+    clip, where = render_clip_and_object(label, rng)
+    yield clip, where, label
+
+
+def write_demo_video(path: str, segments: int = 12, fps: float = 25.0, seed: int = 0
+                     ) -> List[Tuple[float, float, str]]:
+  """A video of `segments` synthetic_motion clips one after another (16 frames each:
+  0.64 s at 25 fps, the rate `vivit-predict` decodes at by default), of classes
+  drawn in turn from shuffled rounds of all ten, so that neighbours differ; (start,
+  end, class name) of each segment in seconds."""
+  from vivit.datasets import decode
+  rng = np.random.default_rng(seed)
+  labels = []
+  while len(labels) < segments:
+    order = [int(c) for c in rng.permutation(len(CLASS_NAMES))]
+    if labels and order[0] == labels[-1]:
+      order.reverse()
+    labels += order
+  labels = labels[:segments]
+  clips = (render_clip(label, rng) for label in labels)
+  decode.write_frames(path, (frame for clip in clips for frame in clip), fps=fps)
+  seconds = NUM_FRAMES / fps
+  return [(i * seconds, (i + 1) * seconds, CLASS_NAMES[label])
+          for i, label in enumerate(labels)]
+

@@ -4,7 +4,7 @@ model 4's split of the heads between time and space (`factorised_attend`).
 """
 import functools
 import warnings
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,10 @@ from vivit.models import fused_attention as fused
 # Attention implementations (`model.attention`): 'auto' = on CPU 'fused' where it runs
 # (float32), else 'blocked' from this many tokens on (where the full [heads, N, N]
 # matrix costs hundreds of MB), else 'xla'; on NVIDIA GPUs 'cudnn' where cuDNN takes
-# the arrays, else 'blocked'; on TPU 'xla'.
-ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'xla', 'blocked', 'cudnn')
+# the arrays, else 'blocked'; on TPU 'xla'. 'observed' materialises the probabilities
+# and hands them to the caller's `observe` (`vivit.explain` records and differentiates
+# them): slower, for explanations only.
+ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'xla', 'blocked', 'cudnn', 'observed')
 BLOCKED_MIN_LENGTH = 1024
 KEY_BLOCK = 128  # fastest of 32..1024 on this CPU (3137 tokens, 12 heads)
 
@@ -113,7 +115,8 @@ def _warn_not_cudnn(reason: str) -> None:
 
 
 def attend(query, key, value, *, dropout_rate: float = 0.0,
-           dropout_rng: Optional[jax.Array] = None, implementation: str = 'auto'):
+           dropout_rng: Optional[jax.Array] = None, implementation: str = 'auto',
+           observe: Optional[Callable[[jax.Array], jax.Array]] = None):
   """Scaled dot-product attention.
 
   Args:
@@ -125,20 +128,27 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
       dims a multiple of 16 up to 128), 'xla' (`jax.nn.dot_product_attention`'s XLA
       path: the full probability matrix), 'blocked' (`blocked_attention`: key blocks
       with an online softmax, never the full matrix), 'cudnn' (cuDNN flash attention
-      on NVIDIA GPUs, where `cudnn_unavailable_reason` is '') or 'auto'
+      on NVIDIA GPUs, where `cudnn_unavailable_reason` is ''), 'observed' (the
+      probabilities materialised and passed through `observe`) or 'auto'
       (`auto_implementation`: on CPU 'fused' where `fused.supports` the arrays, else
       'blocked' for `BLOCKED_MIN_LENGTH` tokens or more, else 'xla'; on NVIDIA GPUs
       'cudnn' where it runs, else 'blocked', with a warning naming why; on TPU 'xla').
+    observe: for 'observed': a function of the probabilities `[batch, heads, queries,
+      keys]` returning what weighs the values (`vivit.explain` returns them
+      recorded and perturbed).
 
   Returns:
     `[batch, length, heads, head_dim]`.
   """
-  if dropout_rng is not None and dropout_rate > 0.0:
+  if implementation == 'observed' or (dropout_rng is not None and dropout_rate > 0.0):
     depth = query.shape[-1]
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(depth).astype(query.dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(query.dtype)
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(query.dtype)
+    if implementation == 'observed' and observe is not None:
+      weights = observe(weights)
+    if dropout_rng is not None and dropout_rate > 0.0:
+      keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+      weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0).astype(query.dtype)
     return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ConfigError(f'unknown attention implementation {implementation!r}; expected '
@@ -278,13 +288,17 @@ blocked_attention.defvjp(_blocked_forward, _blocked_backward)
 
 def factorised_attend(query, key, value, grid: Tuple[int, int], *,
                       dropout_rate: float = 0.0, dropout_rng: Optional[jax.Array] = None,
-                      implementation: str = 'auto'):
+                      implementation: str = 'auto',
+                      observe: Optional[Callable[[jax.Array, str], jax.Array]] = None):
   """Model 4: first half of the heads attends over time, second half over space.
 
   Args:
     query, key, value: `[batch, time*space, heads, head_dim]`, time-major tokens.
     grid: `(time, space)` token counts.
     dropout_rate, dropout_rng, implementation: as `attend`'s.
+    observe: as `attend`'s, also given the half's name: 'time' (probabilities
+      `[batch*space, heads/2, time, time]`) or 'space' (`[batch*time, heads/2, space,
+      space]`).
 
   Returns:
     `[batch, time*space, heads, head_dim]`, heads in their original order.
@@ -304,8 +318,11 @@ def factorised_attend(query, key, value, grid: Tuple[int, int], *,
   first, second = zip(*(jnp.split(x, 2, axis=2) for x in (query, key, value)))
   rngs = [None, None] if dropout_rng is None else list(jax.random.split(dropout_rng))
   options = dict(dropout_rate=dropout_rate, implementation=implementation)
-  out_t = attend(*map(over_time, first), dropout_rng=rngs[0], **options)
-  out_s = attend(*map(over_space, second), dropout_rng=rngs[1], **options)
+  observe_half = lambda part: observe and functools.partial(observe, part=part)
+  out_t = attend(*map(over_time, first), dropout_rng=rngs[0],
+                 observe=observe_half('time'), **options)
+  out_s = attend(*map(over_space, second), dropout_rng=rngs[1],
+                 observe=observe_half('space'), **options)
   out_t = out_t.reshape(batch, space, time, half, depth).transpose(0, 2, 1, 3, 4)
   return jnp.concatenate([out_t.reshape(batch, time * space, half, depth),
                           out_s.reshape(batch, time * space, half, depth)], axis=2)

@@ -5,6 +5,7 @@ Parameter layouts follow flax's `nn.MultiHeadDotProductAttention` (and therefore
 scenic): `query/key/value` kernels `[hidden, heads, head_dim]`, `out` kernel
 `[heads, head_dim, hidden]`.
 """
+import functools
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
@@ -25,7 +26,8 @@ class SelfAttention(nn.Module):
     dropout_rate: attention-probability dropout.
     factorised_grid: `(time, space)` for model 4's head-factorised attention,
       None for full attention over the sequence.
-    implementation: see `vivit.models.attention.attend`.
+    implementation: see `vivit.models.attention.attend`; 'observed' exposes the
+      attention probabilities (`observe`).
   """
   num_heads: int
   dropout_rate: float = 0.0
@@ -52,10 +54,20 @@ class SelfAttention(nn.Module):
     kwargs = dict(dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
                   implementation=self.implementation)
     if self.factorised_grid is None:
-      out = attend(query, key, value, **kwargs)
+      out = attend(query, key, value, observe=functools.partial(self.observe, part='all'),
+                   **kwargs)
     else:
-      out = factorised_attend(query, key, value, self.factorised_grid, **kwargs)
+      out = factorised_attend(query, key, value, self.factorised_grid,
+                              observe=self.observe, **kwargs)
     return dense(hidden, (-2, -1), 'out')(out)
+
+  def observe(self, probabilities, part: str):
+    """With `implementation='observed'`: records the probabilities `[batch, heads,
+    queries, keys]` of `part` ('all'; model 4: 'time', 'space') in the 'intermediates'
+    collection and adds them a zero 'perturbations' variable (so the gradient with
+    respect to them can be taken: `vivit.explain`)."""
+    self.sow('intermediates', part, probabilities)
+    return self.perturb(part, probabilities)
 
 
 class LayerNorm(nn.LayerNorm):

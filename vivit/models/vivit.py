@@ -153,8 +153,10 @@ class VideoTransformer(nn.Module):
       x = jnp.concatenate([cls, x], axis=-2)
     encoder = Encoder
     if per_frame:
+      # What 'observed' attention records is per frame: stacked along time (axis 1).
       encoder = nn.vmap(Encoder, in_axes=(1, None), out_axes=1,
-                        variable_axes={'params': None},
+                        variable_axes={'params': None, 'intermediates': 1,
+                                       'perturbations': 1},
                         split_rngs={'params': False, 'dropout': False})
     x = encoder(self.config if config is None else config, time_steps, name=name)(
         x, train)

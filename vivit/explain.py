@@ -1,0 +1,373 @@
+"""Where and when a ViViT looked: `vivit-predict --checkpoint DIR --video FILE --explain OUT`.
+
+The relevance of every space-time token of a clip to one class, for all four variants,
+from the attention probabilities (the model built with `attention='observed'`, which
+materialises them; training and plain prediction keep the paths that never do):
+
+- 'rollout' (Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020):
+  each attention layer mixes tokens by its head-averaged probabilities `A`, the
+  residual keeps them: the layers' `(I + A)` multiplied through the encoder.
+  Class-agnostic. The default for CLS-token classifiers when no class is named.
+- 'gradient' (Chefer, Gur & Wolf, "Generic Attention-model Explainability for
+  Interpreting Bi-Modal and Encoder-Decoder Transformers", ICCV 2021): the same
+  product with `A` replaced by the head average of `(dA * A)+`, the probabilities
+  weighted by the gradient of the class's logit with respect to them, negative parts
+  dropped. Class-specific; covers pooled (GAP) models. The default otherwise.
+
+What is explained is the classifier's input: the CLS token's row of the product, or
+for pooled models the mean of all rows less the identity (every token's own residual
+path, the same for all). Factorised attention is exact, not approximated: model 3's
+time and space attentions are layers of their own (each mixes tokens only along its
+axis), model 4's blocks average its time heads' and space heads' matrices (half the
+heads each), and model 2 weighs each frame's spatial relevance by that frame's
+relevance in the temporal encoder. The product is evaluated as a row vector pulled
+back through the layers, so no `[tokens, tokens]` matrix beyond attention's own is made.
+"""
+import dataclasses
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vivit.errors import ConfigError
+
+METHODS = ('auto', 'rollout', 'gradient')
+DISPLAY_SIZE = 160  # frames are shown at least this many pixels high
+GRID_FRAMES = 8  # at most, evenly spread over the clip
+
+
+def _head_mean(weights, grads, method: str):
+  """`[..., heads, q, k]` -> `[..., q, k]`: the layer's token-mixing matrix."""
+  import jax.numpy as jnp
+  if method == 'rollout':
+    return weights.mean(-3)
+  return jnp.maximum(weights * grads, 0).mean(-3)
+
+
+def _mixed(v, layer, grid):
+  """`v M` for a relevance row `v [..., tokens]` and one attention `layer`: (kind,
+  matrix `M`): 'all' `[..., q, k]`, or model 3/4's per-axis matrices 'time'
+  `[batch*space, time, time]`, 'space' `[batch*time, space, space]` and 'heads' (model
+  4: both, averaged). `grid`: (time, space) token counts."""
+  import jax.numpy as jnp
+  kind, matrix = layer
+  if kind == 'all':
+    return jnp.einsum('...q,...qk->...k', v, matrix)
+  if kind == 'heads':
+    time_matrix, space_matrix = matrix
+    return 0.5 * (_mixed(v, ('time', time_matrix), grid)
+                  + _mixed(v, ('space', space_matrix), grid))
+  time, space = grid
+  batch = v.shape[0]
+  grid_v = v.reshape(batch, time, space)
+  if kind == 'time':
+    out = jnp.einsum('bts,bstu->bus', grid_v, matrix.reshape(batch, space, time, time))
+  else:
+    out = jnp.einsum('bts,btsr->btr', grid_v, matrix.reshape(batch, time, space, space))
+  return out.reshape(batch, time * space)
+
+
+def _layers(encoder_weights, encoder_grads, block_kind: str, config, num_layers: int,
+            method: str) -> List[Tuple[str, object]]:
+  """The attention layers of one encoder in forward order, as `_mixed` takes them."""
+  from vivit.models import variants
+  mean = lambda w, g: _head_mean(w[0], g, method)  # sown values are 1-tuples
+  layers = []
+  for i in range(num_layers):
+    w, g = encoder_weights[f'encoderblock_{i}'], encoder_grads[f'encoderblock_{i}']
+    if block_kind == variants.JOINT_BLOCK:
+      attention = 'MultiHeadDotProductAttention_0'
+      layers.append(('all', mean(w[attention]['all'], g[attention]['all'])))
+    elif block_kind == variants.FACTORISED_SELF_ATTENTION_BLOCK:
+      for axis in config.attention_order.split('_'):
+        attention = f'MultiHeadDotProductAttention_{axis}'
+        layers.append((axis, mean(w[attention]['all'], g[attention]['all'])))
+    else:
+      w, g = w['MultiHeadDotProductAttention_0'], g['MultiHeadDotProductAttention_0']
+      layers.append(('heads', (mean(w['time'], g['time']), mean(w['space'], g['space']))))
+  return layers
+
+
+def _encoder_relevance(layers, tokens: int, has_cls: bool, grid=None, lead=()):
+  """Relevance `[*lead, tokens]` of an encoder's input tokens (CLS left out) to its
+  pooled output: the CLS row, or the mean row, of the layers' product less the
+  identity."""
+  import jax.numpy as jnp
+  length = tokens + has_cls
+  start = (jnp.zeros(length).at[0].set(1.0) if has_cls else jnp.full(length, 1 / length))
+  v = jnp.broadcast_to(start, (*lead, length))
+  for layer in reversed(layers):  # v (I + M_L) ... (I + M_1)
+    v = v + _mixed(v, layer, grid)
+  return (v - start)[..., int(has_cls):]
+
+
+def _normalised(x, axes):
+  import jax.numpy as jnp
+  return x / jnp.maximum(x.sum(axes, keepdims=True), 1e-30)
+
+
+def token_grid(model_config, clip_shape: Sequence[int]) -> Tuple[int, int, int]:
+  """(t', h', w'): the tokens along time, height and width of a `(time, height,
+  width)` clip."""
+  time, height, width = clip_shape
+  steps, patch_h, patch_w = model_config.tubelet
+  if model_config.embedding == 'frame':
+    time, steps = model_config.num_sampled_frames, 1
+  return time // steps, height // patch_h, width // patch_w
+
+
+def seen_frames(model_config, num_frames: int) -> List[int]:
+  """The frames of a `num_frames` clip the model embeds (frame embedding: those
+  it samples)."""
+  from vivit.models.vivit import sampled_frame_indices
+  if model_config.embedding == 'frame':
+    return sampled_frame_indices(num_frames, model_config.num_sampled_frames)
+  return list(range(num_frames))
+
+
+def pixel_relevance(tokens: np.ndarray, model_config, clip_shape: Sequence[int]
+                    ) -> np.ndarray:
+  """Token relevance `[batch, t', h', w']` spread evenly over the pixels each token
+  embeds: `[batch, time, height, width]`, mass kept (frames a frame-embedding model
+  does not sample get none)."""
+  time, height, width = clip_shape
+  steps, patch_h, patch_w = model_config.tubelet
+  frames = seen_frames(model_config, time)
+  if model_config.embedding == 'frame':
+    steps = 1
+  spread = tokens.repeat(steps, 1).repeat(patch_h, 2).repeat(patch_w, 3) / (
+      steps * patch_h * patch_w)
+  pixels = np.zeros((tokens.shape[0], time, height, width), spread.dtype)
+  pixels[:, frames] = spread
+  return pixels
+
+
+def object_mass_ratio(pixels: np.ndarray, mask: np.ndarray, frames: Sequence[int]
+                      ) -> np.ndarray:
+  """Per clip: the relevance mass on the object (`mask [batch, time, height, width]`,
+  True on its pixels) over the share of the `frames` seen that the object covers.
+  1 is what relevance spread evenly gives; 2 is twice that."""
+  mass = (pixels * mask).sum((1, 2, 3)) / pixels.sum((1, 2, 3))
+  return mass / mask[:, frames].mean((1, 2, 3))
+
+
+def object_mass_ratios(model_config, params, clips, objects, targets, method: str
+                       ) -> np.ndarray:
+  """`object_mass_ratio` per clip of the relevance of `clips` `[batch, time, height,
+  width, 3]` to the logits `targets` by `method`, `objects` `[batch, time, height,
+  width]` True where the object is (a dataset that knows, as `synthetic_motion`)."""
+  tokens, _ = token_relevance(model_config, params, clips, targets, method)
+  pixels = pixel_relevance(tokens, model_config, clips.shape[1:4])
+  return object_mass_ratio(pixels, objects, seen_frames(model_config, clips.shape[1]))
+
+
+def untrained_params(model_config, seed: int = 0):
+  """The baseline of a model that has learnt nothing: params as initialised, except
+  the head, drawn like a dense layer's (it starts at zero, which would zero every
+  gradient and leave 'gradient' relevance empty)."""
+  import jax
+  from vivit.models import init_params
+  params = init_params(model_config, jax.random.PRNGKey(seed))
+  head = params['output_projection']['kernel']
+  params['output_projection']['kernel'] = np.random.RandomState(seed).normal(
+      0, head.shape[0] ** -0.5, head.shape).astype(np.float32)
+  return params
+
+
+def observed_attention(model_config, params, clips, targets):
+  """The attention probabilities of `clips` `[batch, time, height, width, 3]`, their
+  gradients with respect to each clip's logit `targets` `[batch]`, and the logits
+  `[batch, classes]`: (weights, grads, logits), the first two as the model's
+  'intermediates' / 'perturbations' trees (`SelfAttention.observe`)."""
+  import jax
+  import jax.numpy as jnp
+  from vivit.models import build_model
+  config = model_config.copy_and_resolve_references()
+  config.update(attention='observed', remat=False, dtype='float32')
+  model = build_model(config)
+  perturbations = jax.tree_util.tree_map(
+      lambda s: jnp.zeros(s.shape, s.dtype),
+      jax.eval_shape(model.init, jax.random.PRNGKey(0), clips)['perturbations'])
+
+  def target_logits(perturbations, params, clips, targets):
+    logits, state = model.apply({'params': params, 'perturbations': perturbations},
+                                clips, mutable=['intermediates'])
+    return (jnp.take_along_axis(logits, targets[:, None], 1).sum(),
+            (state['intermediates'], logits))
+  grads, (weights, logits) = jax.jit(jax.grad(target_logits, has_aux=True))(
+      perturbations, params, jnp.asarray(clips), jnp.asarray(targets, jnp.int32))
+  return weights, grads, logits
+
+
+def relevance_from_attention(model_config, weights, grads, shape: Sequence[int],
+                             method: str) -> np.ndarray:
+  """`observed_attention`'s weights and grads -> the relevance `[batch, t', h', w']`
+  of each token (`token_relevance`) by `method` ('rollout' or 'gradient'); `shape`:
+  the clips' (batch, time, height, width)."""
+  import jax
+  from vivit.models import variants
+  variant = variants.get(model_config.variant)
+  has_cls = model_config.classifier == 'token'
+  batch, clip_shape = shape[0], shape[1:4]
+  time, height, width = token_grid(model_config, clip_shape)
+  space = height * width
+
+  def relevance(weights, grads):
+    layers = lambda encoder, count: _layers(weights[encoder], grads[encoder],
+                                            variant.block, model_config, count, method)
+    if variant.per_frame:
+      spatial = _encoder_relevance(layers('SpatialTransformer', model_config.num_layers),
+                                   space, has_cls, lead=(batch, time))
+      temporal = _encoder_relevance(
+          layers('TemporalTransformer', model_config.temporal.num_layers), time, has_cls,
+          lead=(batch,))
+      tokens = _normalised(temporal, -1)[..., None] * _normalised(spatial, -1)
+    else:
+      tokens = _encoder_relevance(layers('Transformer', model_config.num_layers),
+                                  time * space, has_cls, grid=(time, space), lead=(batch,))
+    return _normalised(tokens.reshape(batch, -1), -1).reshape(batch, time, height, width)
+  return np.asarray(jax.jit(relevance)(weights, grads))
+
+
+def token_relevance(model_config, params, clips, targets, method: str):
+  """Relevance of each token of `clips` `[batch, time, height, width, 3]` to the
+  logits `targets` `[batch]`: `[batch, t', h', w']` (the token grid; frame
+  embedding: t' = the sampled frames), each clip's summing to 1 (all 0 where nothing
+  is relevant). Also the logits `[batch, classes]`."""
+  weights, grads, logits = observed_attention(model_config, params, clips, targets)
+  return (relevance_from_attention(model_config, weights, grads, clips.shape[:4], method),
+          np.asarray(logits))
+
+
+@dataclasses.dataclass
+class Explanation:
+  """Where and when the model looked in `clip` `[time, height, width, 3]` (uint8)
+  to give `class_name` (of `head`) its `probability`: `tokens` `[t', h', w']`, the
+  relevance of each token (summing to 1) by `method`; `frames`, the clip frames the
+  tokens embed; `seconds_per_frame`, the clip's frame spacing."""
+  clip: np.ndarray
+  tokens: np.ndarray
+  frames: List[int]
+  head: str
+  class_name: str
+  probability: float
+  method: str
+  seconds_per_frame: float
+
+
+def _target(names: Dict[str, List[str]], probabilities: Dict[str, np.ndarray],
+            class_name: Optional[str]) -> Tuple[str, int, int]:
+  """(head, index in the head, index in the logits) of `class_name` (HEAD:NAME where
+  heads share names), or of the first head's most probable class."""
+  offsets = dict(zip(names, np.cumsum([0] + [len(n) for n in names.values()])))
+  if class_name is None:
+    head = next(iter(names))
+    index = int(np.argmax(probabilities[head]))
+    return head, index, int(offsets[head] + index)
+  head_name, _, name = class_name.rpartition(':')
+  found = [(head, names[head].index(name)) for head in names
+           if name in names[head] and head_name in ('', head)]
+  if len(found) != 1:
+    known = '; '.join(f'{head}: {", ".join(n[:20])}{" ..." if len(n) > 20 else ""}'
+                      for head, n in names.items())
+    raise ConfigError(
+        f'--class {class_name!r}: ' + ('in several heads, name one as HEAD:NAME'
+                                       if found else f'no such class ({known})'))
+  head, index = found[0]
+  return head, index, int(offsets[head] + index)
+
+
+def explain(setup, clip: np.ndarray, *, class_name: Optional[str] = None,
+            method: str = 'auto') -> Explanation:
+  """The `Explanation` of the model of `setup` (a `predict.Setup`) on `clip`
+  `[time, height, width, 3]` uint8, for `class_name` (default: the first head's
+  most probable class). `method`: one of `METHODS`; 'auto' is 'rollout' for a
+  CLS-token classifier when no class is named, else 'gradient'."""
+  from vivit.models import build_model
+  from vivit.step import head_probabilities
+  config = setup.model_config
+  if method not in METHODS:
+    raise ConfigError(f'--method {method!r}: one of {", ".join(METHODS)}')
+  if method == 'auto':
+    method = ('rollout' if config.classifier == 'token' and class_name is None
+              else 'gradient')
+  if method == 'rollout' and class_name is not None:
+    raise ConfigError('--method rollout is the same for every class; explain a named '
+                      '--class with --method gradient')
+  import jax
+  logits = np.asarray(jax.jit(build_model(config).apply)({'params': setup.params},
+                                                         clip[None]))[0]
+  probabilities = head_probabilities(logits, setup.names)
+  head, index, target = _target(setup.names, probabilities, class_name)
+  tokens, _ = token_relevance(config, setup.params, clip[None], [target], method)
+  return Explanation(clip, tokens[0], seen_frames(config, len(clip)), head,
+                     setup.names[head][index], float(probabilities[head][index]),
+                     method, setup.stride / setup.fps)
+
+
+def display_heat(explanation: Explanation, size: Tuple[int, int]) -> np.ndarray:
+  """`[time, height, width]` in [0, 1] at display `size` (height, width): each seen
+  frame's token relevance resized bilinearly (token centres on their patches'
+  centres), divided by the clip's largest; frames the model does not embed are 0."""
+  import jax
+  tokens = explanation.tokens
+  per_frame = len(explanation.frames) // tokens.shape[0]  # a tubelet's frames
+  heat = np.zeros((len(explanation.clip), *size), np.float32)
+  for k, frame in enumerate(explanation.frames):
+    heat[frame] = jax.image.resize(tokens[k // per_frame], size, 'linear')
+  return np.clip(heat / max(heat.max(), 1e-30), 0, 1)
+
+
+def _display(explanation: Explanation):
+  """(frames `[time, h, w, 3]`, their heat overlays) at display size (nearest-pixel
+  enlarged to at least `DISPLAY_SIZE` high), both uint8."""
+  from matplotlib import colormaps
+  clip = explanation.clip
+  scale = max(1, -(-DISPLAY_SIZE // clip.shape[1]))
+  frames = clip.repeat(scale, 1).repeat(scale, 2)
+  heat = display_heat(explanation, frames.shape[1:3])
+  # Half frame, half colour map: irrelevant places dark, relevant ones bright.
+  overlays = 0.5 * frames + 0.5 * colormaps['inferno'](heat)[..., :3] * 255
+  return frames, overlays.round().astype(np.uint8)
+
+
+def write_png(path: str, explanation: Explanation) -> None:
+  """The clip's frames (at most `GRID_FRAMES`, evenly spread over those the model
+  embeds) above their heat overlays."""
+  from matplotlib.figure import Figure
+  frames, overlays = _display(explanation)
+  shown = [explanation.frames[i] for i in np.linspace(
+      0, len(explanation.frames) - 1, min(GRID_FRAMES, len(explanation.frames))
+  ).round().astype(int)]
+  figure = Figure(figsize=(1.6 * len(shown), 3.7), layout='constrained')
+  axes = figure.subplots(2, len(shown), squeeze=False)
+  for column, frame in enumerate(shown):
+    axes[0, column].imshow(frames[frame])
+    axes[1, column].imshow(overlays[frame])
+    axes[0, column].set_title(f'{frame * explanation.seconds_per_frame:.2f} s', fontsize=8)
+    for row in axes[:, column]:
+      row.set_xticks([])
+      row.set_yticks([])
+  figure.suptitle(f'{explanation.class_name} ({explanation.probability:.0%}): '
+                  f'{explanation.method} relevance', fontsize=10)
+  figure.savefig(path, dpi=100)
+
+
+def write_gif(path: str, explanation: Explanation) -> None:
+  """Each frame beside its heat overlay, at the clip's pace."""
+  from PIL import Image
+  frames, overlays = _display(explanation)
+  images = [Image.fromarray(np.concatenate([f, o], 1)) for f, o in zip(frames, overlays)]
+  images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+                 duration=max(20, round(1000 * explanation.seconds_per_frame)))
+
+
+def write(out: str, explanation: Explanation) -> List[str]:
+  """OUT.png, OUT.gif and OUT.npz (`tokens`, `frames`, `class_name`, `probability`,
+  `method`); their paths."""
+  paths = [f'{out}.png', f'{out}.gif', f'{out}.npz']
+  write_png(paths[0], explanation)
+  write_gif(paths[1], explanation)
+  np.savez(paths[2], tokens=explanation.tokens, frames=np.asarray(explanation.frames),
+           head=explanation.head, class_name=explanation.class_name,
+           probability=explanation.probability, method=explanation.method)
+  return paths
