@@ -7,8 +7,9 @@ variant and, as the baseline, the same models as initialised (`untrained_params`
   python experiments/explanation_mass.py runs/model1 runs/model2 ... [--clips 100]
 
 Each workdir is a run of `configs/synthetic_motion.py[:VARIANT]`. The clips are the
-first of the test split, each clip's 8 frames at stride 2 (its 1x1 view) explained
-for its true class.
+first of the test split, explained for their true class, each cut as the model's
+frames at its stride from the first frame, whole frames: for those configs (8 frames
+x stride 2 of 16, crop 32 of 32) that is its 1x1 test view.
 """
 import argparse
 import os

@@ -13,7 +13,7 @@ from PIL import Image
 import video_files as vf
 from helpers import random_params, random_video, tiny_model_config
 from vivit import explain, predict
-from vivit.models import build_model, variants
+from vivit.models import build_model, embedded_frames, token_grid, variants
 from vivit.models.attention import factorised_attend
 from vivit.models.vivit import sampled_frame_indices
 
@@ -80,7 +80,7 @@ def reference_relevance(config, weights, grads, clip_shape, method, index):
   """Relevance `[t', h', w']` of clip `index` from explicit matrices and products."""
   variant = variants.get(config.variant)
   has_cls = config.classifier == 'token'
-  time, height, width = explain.token_grid(config, clip_shape)
+  time, height, width = token_grid(config, clip_shape)
   space = height * width
 
   def blocks(encoder, count):
@@ -136,14 +136,20 @@ def test_relevance_is_the_product_of_the_attention_layers(variant, classifier, m
   params = random_params(config)
   clips = random_video(2)
   targets = np.array([3, 1])
-  weights, grads, logits = explain.observed_attention(config, params, clips, targets)
+  # Rollout needs no gradients: none are taken.
+  weights, grads, logits = explain.observed_attention(
+      config, params, clips, None if method == 'rollout' else targets)
+  assert (grads is None) == (method == 'rollout')
   # The observed attention is the model's.
   np.testing.assert_allclose(
       logits, jax.jit(build_model(config).apply)({'params': params}, clips),
       rtol=1e-5, atol=1e-5)
-  weights, grads = jax.tree_util.tree_map(np.asarray, (weights, grads))
   tokens = explain.relevance_from_attention(config, weights, grads, clips.shape[:4], method)
   assert tokens.shape == (2, 2, 2, 2)
+  if grads is None:  # the reference's rollout reads no gradient: any tree of that shape
+    grads = jax.tree_util.tree_map(lambda w: w[0], weights,
+                                   is_leaf=lambda x: isinstance(x, tuple))
+  weights, grads = jax.tree_util.tree_map(np.asarray, (weights, grads))
   for index, relevance in enumerate(tokens):
     expected = reference_relevance(config, weights, grads, clips.shape[1:4], method, index)
     np.testing.assert_allclose(relevance, expected, rtol=1e-4, atol=1e-6)
@@ -160,7 +166,7 @@ def test_pixels_keep_the_mass_where_the_model_looks():
   tokens = np.full((1, 3, 2, 2), 1 / 12)
   pixels = explain.pixel_relevance(tokens, frame, (4, 16, 16))
   seen = sampled_frame_indices(4, 3)
-  assert explain.seen_frames(frame, 4) == seen
+  assert embedded_frames(frame, 4) == seen
   assert pixels[0, seen].sum() == pytest.approx(1)
   assert not pixels[0, [i for i in range(4) if i not in seen]].any()
   # An object on a quarter of every frame seen: relevance spread evenly gives 1,
@@ -216,6 +222,17 @@ def test_explain_files(checkpoint, video, tmp_path, capsys):
   assert (result.head, result.method) == ('verb', 'rollout')
 
 
+def test_a_named_class_is_found_in_its_head():
+  names = {'verb': ['take', 'open:close'], 'noun': ['take', 'tap']}
+  probabilities = {'verb': np.array([0.3, 0.7]), 'noun': np.array([0.9, 0.1])}
+  assert explain._target(names, probabilities, None) == ('verb', 1, 1)
+  assert explain._target(names, probabilities, 'tap') == ('noun', 1, 3)
+  assert explain._target(names, probabilities, 'noun:take') == ('noun', 0, 2)
+  assert explain._target(names, probabilities, 'open:close') == ('verb', 1, 1)
+  with pytest.raises(ValueError, match='in several heads, name one as HEAD:NAME'):
+    explain._target(names, probabilities, 'take')
+
+
 @pytest.mark.parametrize('args, message', [
     (['--explain', 'X', '--class', 'spoon'], r"--class 'spoon': no such class \(verb: "
                                              r'take, put; noun: cup, knife, tap\)'),
@@ -224,7 +241,10 @@ def test_explain_files(checkpoint, video, tmp_path, capsys):
     (['--explain', 'X', '--views', '2x1'], r'--explain with --views'),
     (['--explain', 'X', '--timeline', 'Y'], r'--timeline and --explain: one at a time'),
     (['--class', 'cup'], r'--class: only with --explain'),
+    (['--explain', 'X', '--top', '3'], r'--explain with --top'),
     (['--explain', 'X', '--method', 'lrp'], r"argument --method: invalid choice: 'lrp'"),
+    (['--explain', 'X', '--fps', '3'], r'1\.00s of video at 3 fps is shorter than one '
+                                       r'clip \(8 frames, 2\.67s\)'),
 ])
 def test_bad_arguments_are_one_line_errors(checkpoint, video, tmp_path, capsys, args,
                                            message):

@@ -24,6 +24,7 @@ relevance in the temporal encoder. The product is evaluated as a row vector pull
 back through the layers, so no `[tokens, tokens]` matrix beyond attention's own is made.
 """
 import dataclasses
+import functools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -33,14 +34,6 @@ from vivit.errors import ConfigError
 METHODS = ('auto', 'rollout', 'gradient')
 DISPLAY_SIZE = 160  # frames are shown at least this many pixels high
 GRID_FRAMES = 8  # at most, evenly spread over the clip
-
-
-def _head_mean(weights, grads, method: str):
-  """`[..., heads, q, k]` -> `[..., q, k]`: the layer's token-mixing matrix."""
-  import jax.numpy as jnp
-  if method == 'rollout':
-    return weights.mean(-3)
-  return jnp.maximum(weights * grads, 0).mean(-3)
 
 
 def _mixed(v, layer, grid):
@@ -66,24 +59,21 @@ def _mixed(v, layer, grid):
   return out.reshape(batch, time * space)
 
 
-def _layers(encoder_weights, encoder_grads, block_kind: str, config, num_layers: int,
-            method: str) -> List[Tuple[str, object]]:
-  """The attention layers of one encoder in forward order, as `_mixed` takes them."""
+def _layers(matrix, block_kind: str, config, num_layers: int) -> List[Tuple[str, object]]:
+  """The attention layers of one encoder in forward order, as `_mixed` takes them;
+  `matrix(block, attention, part)`: the token-mixing matrix of one attention."""
   from vivit.models import variants
-  mean = lambda w, g: _head_mean(w[0], g, method)  # sown values are 1-tuples
   layers = []
   for i in range(num_layers):
-    w, g = encoder_weights[f'encoderblock_{i}'], encoder_grads[f'encoderblock_{i}']
+    block = f'encoderblock_{i}'
     if block_kind == variants.JOINT_BLOCK:
-      attention = 'MultiHeadDotProductAttention_0'
-      layers.append(('all', mean(w[attention]['all'], g[attention]['all'])))
+      layers.append(('all', matrix(block, 'MultiHeadDotProductAttention_0', 'all')))
     elif block_kind == variants.FACTORISED_SELF_ATTENTION_BLOCK:
       for axis in config.attention_order.split('_'):
-        attention = f'MultiHeadDotProductAttention_{axis}'
-        layers.append((axis, mean(w[attention]['all'], g[attention]['all'])))
+        layers.append((axis, matrix(block, f'MultiHeadDotProductAttention_{axis}', 'all')))
     else:
-      w, g = w['MultiHeadDotProductAttention_0'], g['MultiHeadDotProductAttention_0']
-      layers.append(('heads', (mean(w['time'], g['time']), mean(w['space'], g['space']))))
+      layers.append(('heads', tuple(matrix(block, 'MultiHeadDotProductAttention_0', part)
+                                    for part in ('time', 'space'))))
   return layers
 
 
@@ -105,35 +95,16 @@ def _normalised(x, axes):
   return x / jnp.maximum(x.sum(axes, keepdims=True), 1e-30)
 
 
-def token_grid(model_config, clip_shape: Sequence[int]) -> Tuple[int, int, int]:
-  """(t', h', w'): the tokens along time, height and width of a `(time, height,
-  width)` clip."""
-  time, height, width = clip_shape
-  steps, patch_h, patch_w = model_config.tubelet
-  if model_config.embedding == 'frame':
-    time, steps = model_config.num_sampled_frames, 1
-  return time // steps, height // patch_h, width // patch_w
-
-
-def seen_frames(model_config, num_frames: int) -> List[int]:
-  """The frames of a `num_frames` clip the model embeds (frame embedding: those
-  it samples)."""
-  from vivit.models.vivit import sampled_frame_indices
-  if model_config.embedding == 'frame':
-    return sampled_frame_indices(num_frames, model_config.num_sampled_frames)
-  return list(range(num_frames))
-
-
 def pixel_relevance(tokens: np.ndarray, model_config, clip_shape: Sequence[int]
                     ) -> np.ndarray:
   """Token relevance `[batch, t', h', w']` spread evenly over the pixels each token
   embeds: `[batch, time, height, width]`, mass kept (frames a frame-embedding model
   does not sample get none)."""
+  from vivit.models import embedded_frames
   time, height, width = clip_shape
-  steps, patch_h, patch_w = model_config.tubelet
-  frames = seen_frames(model_config, time)
-  if model_config.embedding == 'frame':
-    steps = 1
+  _, patch_h, patch_w = model_config.tubelet
+  frames = embedded_frames(model_config, time)
+  steps = len(frames) // tokens.shape[1]  # frames per token step: the tubelet's, or 1
   spread = tokens.repeat(steps, 1).repeat(patch_h, 2).repeat(patch_w, 3) / (
       steps * patch_h * patch_w)
   pixels = np.zeros((tokens.shape[0], time, height, width), spread.dtype)
@@ -146,7 +117,7 @@ def object_mass_ratio(pixels: np.ndarray, mask: np.ndarray, frames: Sequence[int
   """Per clip: the relevance mass on the object (`mask [batch, time, height, width]`,
   True on its pixels) over the share of the `frames` seen that the object covers.
   1 is what relevance spread evenly gives; 2 is twice that."""
-  mass = (pixels * mask).sum((1, 2, 3)) / pixels.sum((1, 2, 3))
+  mass = (pixels * mask).sum((1, 2, 3)) / np.maximum(pixels.sum((1, 2, 3)), 1e-30)
   return mass / mask[:, frames].mean((1, 2, 3))
 
 
@@ -155,9 +126,10 @@ def object_mass_ratios(model_config, params, clips, objects, targets, method: st
   """`object_mass_ratio` per clip of the relevance of `clips` `[batch, time, height,
   width, 3]` to the logits `targets` by `method`, `objects` `[batch, time, height,
   width]` True where the object is (a dataset that knows, as `synthetic_motion`)."""
-  tokens, _ = token_relevance(model_config, params, clips, targets, method)
+  from vivit.models import embedded_frames
+  tokens = token_relevance(model_config, params, clips, targets, method)
   pixels = pixel_relevance(tokens, model_config, clips.shape[1:4])
-  return object_mass_ratio(pixels, objects, seen_frames(model_config, clips.shape[1]))
+  return object_mass_ratio(pixels, objects, embedded_frames(model_config, clips.shape[1]))
 
 
 def untrained_params(model_config, seed: int = 0):
@@ -173,17 +145,23 @@ def untrained_params(model_config, seed: int = 0):
   return params
 
 
-def observed_attention(model_config, params, clips, targets):
+def observed_attention(model_config, params, clips, targets=None):
   """The attention probabilities of `clips` `[batch, time, height, width, 3]`, their
-  gradients with respect to each clip's logit `targets` `[batch]`, and the logits
-  `[batch, classes]`: (weights, grads, logits), the first two as the model's
-  'intermediates' / 'perturbations' trees (`SelfAttention.observe`)."""
+  gradients with respect to each clip's logit `targets` `[batch]` (None: no
+  gradients, no backward pass), and the logits `[batch, classes]`: (weights, grads,
+  logits), the first two as the model's 'intermediates' / 'perturbations' trees
+  (`SelfAttention.observe`)."""
   import jax
   import jax.numpy as jnp
   from vivit.models import build_model
   config = model_config.copy_and_resolve_references()
   config.update(attention='observed', remat=False, dtype='float32')
   model = build_model(config)
+  clips = jnp.asarray(clips)
+  if targets is None:
+    logits, state = jax.jit(functools.partial(model.apply, mutable=['intermediates']))(
+        {'params': params}, clips)
+    return state['intermediates'], None, logits
   perturbations = jax.tree_util.tree_map(
       lambda s: jnp.zeros(s.shape, s.dtype),
       jax.eval_shape(model.init, jax.random.PRNGKey(0), clips)['perturbations'])
@@ -194,17 +172,21 @@ def observed_attention(model_config, params, clips, targets):
     return (jnp.take_along_axis(logits, targets[:, None], 1).sum(),
             (state['intermediates'], logits))
   grads, (weights, logits) = jax.jit(jax.grad(target_logits, has_aux=True))(
-      perturbations, params, jnp.asarray(clips), jnp.asarray(targets, jnp.int32))
+      perturbations, params, clips, jnp.asarray(targets, jnp.int32))
   return weights, grads, logits
 
 
 def relevance_from_attention(model_config, weights, grads, shape: Sequence[int],
                              method: str) -> np.ndarray:
   """`observed_attention`'s weights and grads -> the relevance `[batch, t', h', w']`
-  of each token (`token_relevance`) by `method` ('rollout' or 'gradient'); `shape`:
-  the clips' (batch, time, height, width)."""
+  of each token (`token_relevance`) by `method` ('rollout' or 'gradient': it needs
+  the grads); `shape`: the clips' (batch, time, height, width)."""
   import jax
-  from vivit.models import variants
+  import jax.numpy as jnp
+  from vivit.models import token_grid, variants
+  if method not in ('rollout', 'gradient') or (method == 'gradient' and grads is None):
+    raise ValueError(f'relevance by {method!r} from grads {type(grads).__name__}: '
+                     "'rollout', or 'gradient' with the grads of observed_attention")
   variant = variants.get(model_config.variant)
   has_cls = model_config.classifier == 'token'
   batch, clip_shape = shape[0], shape[1:4]
@@ -212,8 +194,14 @@ def relevance_from_attention(model_config, weights, grads, shape: Sequence[int],
   space = height * width
 
   def relevance(weights, grads):
-    layers = lambda encoder, count: _layers(weights[encoder], grads[encoder],
-                                            variant.block, model_config, count, method)
+    def layers(encoder, count):
+      def matrix(block, attention, part):  # [..., heads, q, k] -> [..., q, k]
+        probabilities = weights[encoder][block][attention][part][0]  # sown: 1-tuples
+        if method == 'rollout':
+          return probabilities.mean(-3)
+        gradient = grads[encoder][block][attention][part]
+        return jnp.maximum(probabilities * gradient, 0).mean(-3)
+      return _layers(matrix, variant.block, model_config, count)
     if variant.per_frame:
       spatial = _encoder_relevance(layers('SpatialTransformer', model_config.num_layers),
                                    space, has_cls, lead=(batch, time))
@@ -228,14 +216,14 @@ def relevance_from_attention(model_config, weights, grads, shape: Sequence[int],
   return np.asarray(jax.jit(relevance)(weights, grads))
 
 
-def token_relevance(model_config, params, clips, targets, method: str):
+def token_relevance(model_config, params, clips, targets, method: str) -> np.ndarray:
   """Relevance of each token of `clips` `[batch, time, height, width, 3]` to the
-  logits `targets` `[batch]`: `[batch, t', h', w']` (the token grid; frame
-  embedding: t' = the sampled frames), each clip's summing to 1 (all 0 where nothing
-  is relevant). Also the logits `[batch, classes]`."""
-  weights, grads, logits = observed_attention(model_config, params, clips, targets)
-  return (relevance_from_attention(model_config, weights, grads, clips.shape[:4], method),
-          np.asarray(logits))
+  logits `targets` `[batch]` by `method` ('rollout' or 'gradient'): `[batch, t', h',
+  w']` (the token grid; frame embedding: t' = the sampled frames), each clip's
+  summing to 1 (all 0 where nothing is relevant)."""
+  weights, grads, _ = observed_attention(
+      model_config, params, clips, None if method == 'rollout' else targets)
+  return relevance_from_attention(model_config, weights, grads, clips.shape[:4], method)
 
 
 @dataclasses.dataclass
@@ -258,14 +246,18 @@ def _target(names: Dict[str, List[str]], probabilities: Dict[str, np.ndarray],
             class_name: Optional[str]) -> Tuple[str, int, int]:
   """(head, index in the head, index in the logits) of `class_name` (HEAD:NAME where
   heads share names), or of the first head's most probable class."""
-  offsets = dict(zip(names, np.cumsum([0] + [len(n) for n in names.values()])))
+  from vivit.step import head_slices
+  offsets = {head: part.start for head, part in
+             head_slices([(head, len(head_names)) for head, head_names in names.items()])}
   if class_name is None:
     head = next(iter(names))
     index = int(np.argmax(probabilities[head]))
-    return head, index, int(offsets[head] + index)
-  head_name, _, name = class_name.rpartition(':')
-  found = [(head, names[head].index(name)) for head in names
-           if name in names[head] and head_name in ('', head)]
+    return head, index, offsets[head] + index
+  found = [(head, names[head].index(class_name)) for head in names
+           if class_name in names[head]]
+  head_name, _, name = class_name.partition(':')
+  if not found and head_name in names and name in names[head_name]:
+    found = [(head_name, names[head_name].index(name))]
   if len(found) != 1:
     known = '; '.join(f'{head}: {", ".join(n[:20])}{" ..." if len(n) > 20 else ""}'
                       for head, n in names.items())
@@ -273,7 +265,7 @@ def _target(names: Dict[str, List[str]], probabilities: Dict[str, np.ndarray],
         f'--class {class_name!r}: ' + ('in several heads, name one as HEAD:NAME'
                                        if found else f'no such class ({known})'))
   head, index = found[0]
-  return head, index, int(offsets[head] + index)
+  return head, index, offsets[head] + index
 
 
 def explain(setup, clip: np.ndarray, *, class_name: Optional[str] = None,
@@ -282,7 +274,7 @@ def explain(setup, clip: np.ndarray, *, class_name: Optional[str] = None,
   `[time, height, width, 3]` uint8, for `class_name` (default: the first head's
   most probable class). `method`: one of `METHODS`; 'auto' is 'rollout' for a
   CLS-token classifier when no class is named, else 'gradient'."""
-  from vivit.models import build_model
+  from vivit.models import embedded_frames
   from vivit.step import head_probabilities
   config = setup.model_config
   if method not in METHODS:
@@ -293,13 +285,16 @@ def explain(setup, clip: np.ndarray, *, class_name: Optional[str] = None,
   if method == 'rollout' and class_name is not None:
     raise ConfigError('--method rollout is the same for every class; explain a named '
                       '--class with --method gradient')
-  import jax
-  logits = np.asarray(jax.jit(build_model(config).apply)({'params': setup.params},
-                                                         clip[None]))[0]
-  probabilities = head_probabilities(logits, setup.names)
+  # One forward pass of the observed model (float32, whatever the checkpoint's dtype):
+  # the class to explain, and all rollout needs.
+  weights, _, logits = observed_attention(config, setup.params, clip[None])
+  probabilities = head_probabilities(np.asarray(logits)[0], setup.names)
   head, index, target = _target(setup.names, probabilities, class_name)
-  tokens, _ = token_relevance(config, setup.params, clip[None], [target], method)
-  return Explanation(clip, tokens[0], seen_frames(config, len(clip)), head,
+  if method == 'rollout':
+    tokens = relevance_from_attention(config, weights, None, (1,) + clip.shape[:3], method)
+  else:
+    tokens = token_relevance(config, setup.params, clip[None], [target], method)
+  return Explanation(clip, tokens[0], embedded_frames(config, len(clip)), head,
                      setup.names[head][index], float(probabilities[head][index]),
                      method, setup.stride / setup.fps)
 
@@ -343,7 +338,8 @@ def write_png(path: str, explanation: Explanation) -> None:
   for column, frame in enumerate(shown):
     axes[0, column].imshow(frames[frame])
     axes[1, column].imshow(overlays[frame])
-    axes[0, column].set_title(f'{frame * explanation.seconds_per_frame:.2f} s', fontsize=8)
+    axes[0, column].set_title(f'{frame * explanation.seconds_per_frame:.2f} s into the clip',
+                              fontsize=7)
     for row in axes[:, column]:
       row.set_xticks([])
       row.set_yticks([])

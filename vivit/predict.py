@@ -55,12 +55,13 @@ def _read(path: str, resample, keep, bar: Optional[str]):
 
 
 def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resize: int,
-                crop_size: int, num_clips: int, num_crops: int, progress: bool = False
-                ) -> np.ndarray:
+                crop_size: int, num_clips: int, num_crops: int, progress: bool = False,
+                whole_clips: bool = False) -> np.ndarray:
   """`[views, num_frames, crop, crop, 3]` uint8: the evaluation's views of the
   video file at `path` (VideoError if it cannot be decoded). Only the frames the
   views use are converted and kept. `progress`: bars of the two passes over the
-  file on stderr."""
+  file on stderr. `whole_clips`: VideoError for a video shorter than one clip (the
+  evaluation repeats its frames to fill one)."""
   import tensorflow as tf
   from vivit.datasets import decode
   from vivit.input import transforms
@@ -69,6 +70,8 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
     # The clips' places depend on the exact frame count, which the declared duration
     # does not give: a first pass counts the frames without converting any.
     count = len(_read(path, resample, (), progress and 'counting frames').frames)
+    if whole_clips:
+      timeline.check_holds_a_clip(count, num_frames * stride, fps)
     needed = transforms.test_clip_indices(count, num_frames, stride, num_clips)
     clip = _read(path, resample, {int(i) for i in needed.numpy().flat},
                  progress and 'decoding the views')
@@ -152,7 +155,8 @@ def _main(argv=None) -> int:
   parser.add_argument('--video', required=True, help='a video file (mp4, webm, ...)')
   parser.add_argument('--views', help='CLIPSxCROPS (default 1x1; the '
                       "paper's test: 4x3)")
-  parser.add_argument('--top', type=int, default=5, help='classes to print per head')
+  parser.add_argument('--top', type=int, help='classes per head to print, or to write '
+                      'per window with --timeline (default 5)')
   parser.add_argument('--fps', type=float, help=f'decode at this rate (default: the '
                       f"training dataset's, else {DEFAULT_FPS:g})")
   parser.add_argument('--stride', type=int, help='frame stride of a clip (default: the '
@@ -183,6 +187,9 @@ def _main(argv=None) -> int:
   if args.timeline and args.explain:
     raise ConfigError('--timeline and --explain: one at a time')
   only = {'--timeline': ('hop', 'batch', 'smooth'), '--explain': ('class_name', 'method')}
+  if args.explain and args.top is not None:
+    raise ConfigError('--explain with --top: an explanation is of one class (--class)')
+  args.top = 5 if args.top is None else args.top
   for option, names in only.items():
     given = [f'--{name.replace("_name", "")}' for name in names
              if getattr(args, name) is not None]
@@ -228,7 +235,7 @@ def _explain_main(args) -> int:
   setup = load(args.checkpoint, fps=args.fps, stride=args.stride)
   cli.print_devices(line=sys.stdout.isatty())
   clip = video_views(args.video, fps=setup.fps, num_clips=1, num_crops=1,
-                     progress=sys.stderr.isatty(), **setup.view())[0]
+                     progress=sys.stderr.isatty(), whole_clips=True, **setup.view())[0]
   result = explain.explain(setup, clip, class_name=args.class_name,
                            method=args.method or 'auto')
   print(f'{result.class_name} ({result.head}, probability {result.probability:.3f}): '

@@ -69,10 +69,14 @@ def window_frames(frames: Iterable[bytes], windows: Windows
     start = count - windows.span
     if start >= 0 and start % windows.hop == 0:
       yield start // windows.hop, list(held)
-  if count < windows.span:
-    raise VideoError(f'{count / windows.fps:.2f}s of video at {windows.fps:g} fps is '
-                     f'shorter than one clip ({windows.span} frames, '
-                     f'{windows.span / windows.fps:.2f}s)')
+  check_holds_a_clip(count, windows.span, windows.fps)
+
+
+def check_holds_a_clip(count: int, span: int, fps: float) -> None:
+  """VideoError unless `count` frames at `fps` hold one clip of `span` frames."""
+  if count < span:
+    raise VideoError(f'{count / fps:.2f}s of video at {fps:g} fps is shorter than one '
+                     f'clip ({span} frames, {span / fps:.2f}s)')
 
 
 def window_view(jpegs: Sequence[bytes], setup) -> np.ndarray:

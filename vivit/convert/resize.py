@@ -12,19 +12,11 @@ import ml_collections
 import numpy as np
 
 from vivit.errors import CheckpointError, ConfigError
-from vivit.models import check_params, variants
+from vivit.models import check_params, token_grid, variants
 
 Params = Dict[str, Any]
 # Model config fields that may differ between the two configs.
 SIZE_FIELDS = ('input_size', 'num_sampled_frames')
-
-
-def token_grid(config: ml_collections.ConfigDict) -> Tuple[int, int, int]:
-  """(time slots, height, width) of the tokens of `config.input_size` clips."""
-  frames, height, width = config.input_size
-  patch_t, patch_h, patch_w = config.tubelet
-  slots = config.num_sampled_frames if config.embedding == 'frame' else frames // patch_t
-  return slots, height // patch_h, width // patch_w
 
 
 def resize_position_embedding(posemb: np.ndarray, grid: Tuple[int, ...],

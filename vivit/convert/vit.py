@@ -30,10 +30,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from vivit.convert.resize import resize_position_embedding, token_grid
+from vivit.convert.resize import resize_position_embedding
 from vivit.convert.transformers import TO_OURS, hub_names, read_weights, renamed
 from vivit.errors import CheckpointError, ConfigError, MissingError
-from vivit.models import check_params, init_params, variants
+from vivit.models import check_params, init_params, token_grid, variants
 
 Params = Dict[str, Any]
 

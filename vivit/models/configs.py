@@ -53,7 +53,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   # Attention: 'auto' (on CPU the fused C++ kernel in float32, else key-blocked online
   # softmax from 1024 tokens on, else XLA's; on NVIDIA GPUs cuDNN flash attention in
   # bfloat16/float16 where it takes the shapes, else blocked; on TPU XLA's), 'fused',
-  # 'xla', 'blocked', or 'cudnn'.
+  # 'xla', 'blocked', 'cudnn', or 'observed' (the probabilities materialised and
+  # exposed: what `vivit.explain` builds, slow for training).
   config.attention = 'auto'
   config.remat = False
   return config

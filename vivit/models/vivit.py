@@ -53,6 +53,23 @@ def sampled_frame_indices(num_frames: int, num_sampled: int):
   return indices
 
 
+def embedded_frames(config: ml_collections.ConfigDict, num_frames: int):
+  """The frames of a `num_frames` clip that the tokeniser embeds: all for tubelets,
+  the `num_sampled_frames` sampled uniformly for frame embedding."""
+  if config.embedding == 'frame':
+    return sampled_frame_indices(num_frames, config.num_sampled_frames)
+  return list(range(num_frames))
+
+
+def token_grid(config: ml_collections.ConfigDict, clip_shape=None):
+  """(t', h', w'): tokens along time, height and width of a `(time, height, width)`
+  clip (default `config.input_size`)."""
+  time, height, width = config.input_size if clip_shape is None else clip_shape
+  patch_t, patch_h, patch_w = config.tubelet
+  slots = config.num_sampled_frames if config.embedding == 'frame' else time // patch_t
+  return slots, height // patch_h, width // patch_w
+
+
 def tokenise(video, config: ml_collections.ConfigDict):
   """Video `[batch, time, height, width, 3]` -> tokens `[batch, t', h', w', hidden]`.
 
@@ -80,7 +97,7 @@ def tokenise(video, config: ml_collections.ConfigDict):
   if not num or num > time:
     raise ConfigError(f'frame embedding samples num_sampled_frames={num} frames; '
                       f'it must be between 1 and the clip length {time}')
-  video = video[:, np.asarray(sampled_frame_indices(time, num))]
+  video = video[:, np.asarray(embedded_frames(config, time))]
   # Frames stacked along height: one 2-D conv embeds every frame (scenic's layout).
   x = nn.Conv(hidden, (h, w), strides=(h, w), padding='VALID', dtype=dtype,
               name='embedding')(video.reshape(batch, num * height, width, channels))
