@@ -233,6 +233,15 @@ def test_a_named_class_is_found_in_its_head():
     explain._target(names, probabilities, 'take')
 
 
+def test_a_clip_from_start_is_the_timeline_window_there(checkpoint, video):
+  from vivit import timeline
+  from vivit.datasets import decode
+  setup = predict.load(checkpoint)  # 4 frames x stride 2 at 25 fps: 0.32 s
+  frames = decode.read_video(video, decode.Resample(25, setup.min_resize)).frames
+  np.testing.assert_array_equal(predict.clip_at(video, setup, 0.4),
+                                timeline.window_view(frames[10:18], setup))
+
+
 @pytest.mark.parametrize('args, message', [
     (['--explain', 'X', '--class', 'spoon'], r"--class 'spoon': no such class \(verb: "
                                              r'take, put; noun: cup, knife, tap\)'),
@@ -241,6 +250,10 @@ def test_a_named_class_is_found_in_its_head():
     (['--explain', 'X', '--views', '2x1'], r'--explain with --views'),
     (['--explain', 'X', '--timeline', 'Y'], r'--timeline and --explain: one at a time'),
     (['--class', 'cup'], r'--class: only with --explain'),
+    (['--start', '0.1'], r'--start: only with --explain'),
+    (['--explain', 'X', '--start', '0.8'], r'from 0\.8s: 0\.20s of video at 25 fps is '
+                                           r'shorter than one clip \(8 frames, 0\.32s\)'),
+    (['--explain', 'X', '--start', '-1'], r'--start -1: seconds from the beginning'),
     (['--explain', 'X', '--top', '3'], r'--explain with --top'),
     (['--explain', 'X', '--method', 'lrp'], r"argument --method: invalid choice: 'lrp'"),
     (['--explain', 'X', '--fps', '3'], r'1\.00s of video at 3 fps is shorter than one '

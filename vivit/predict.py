@@ -17,7 +17,8 @@ writes the top classes of windows over the whole video instead (`vivit.timeline`
 
   vivit-predict --checkpoint runs/demo --video clip.mp4 --explain clip [--class NAME]
 
-where and when in the 1x1 view the model looked for a class (`vivit.explain`).
+where and when in the 1x1 view (or the clip from `--start` seconds) the model looked
+for a class (`vivit.explain`).
 """
 import dataclasses
 import sys
@@ -44,12 +45,13 @@ def parse_views(text: str) -> Tuple[int, int]:
   return clips, crops
 
 
-def _read(path: str, resample, keep, bar: Optional[str]):
-  """`decode.read_video(path, resample, keep=keep)`, with a bar named `bar` if any."""
+def _read(path: str, resample, keep, bar: Optional[str], **segment):
+  """`decode.read_video(path, resample, keep=keep, **segment)`, with a bar named
+  `bar` if any."""
   from vivit.datasets import decode
   update, close = decode.progress_bar(bar)
   try:
-    return decode.read_video(path, resample, keep=keep, progress=update)
+    return decode.read_video(path, resample, keep=keep, progress=update, **segment)
   finally:
     close()
 
@@ -83,6 +85,25 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
       tf.constant(clip.frames), num_frames=num_frames, stride=stride,
       min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,
       num_crops=num_crops).numpy()
+
+
+def clip_at(path: str, setup: 'Setup', start: float, progress: bool = False
+            ) -> np.ndarray:
+  """`[num_frames, crop, crop, 3]` uint8: the 1x1 view of the clip of `setup` that
+  starts `start` seconds into the video at `path` (a timeline window's), decoding only
+  that segment. VideoError if the video ends before the clip does."""
+  from vivit.datasets import decode
+  if start < 0:
+    raise ConfigError(f'--start {start:g}: seconds from the beginning, >= 0')
+  span = setup.num_frames * setup.stride
+  try:
+    frames = _read(path, decode.Resample(setup.fps, setup.min_resize), None,
+                   progress and 'decoding the clip', start=start,
+                   stop=start + (span + 0.5) / setup.fps).frames
+    timeline.check_holds_a_clip(len(frames), span, setup.fps)
+  except VideoError as e:
+    raise VideoError(f'{path} from {start:g}s: {e}') from None
+  return timeline.window_view(frames[:span], setup)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +198,9 @@ def _main(argv=None) -> int:
   parser.add_argument('--class', dest='class_name', metavar='NAME',
                       help='--explain: the class (HEAD:NAME where heads share names; '
                            "default: the first head's most probable)")
+  parser.add_argument('--start', type=float, metavar='SECONDS',
+                      help='--explain: the clip that starts here (e.g. a timeline '
+                           "window's start) instead of the video's centre clip")
   parser.add_argument('--method', choices=explain.METHODS,
                       help="--explain: 'rollout' (attention rollout), 'gradient' "
                            "(gradient-weighted attention) or 'auto' (default: rollout "
@@ -186,7 +210,8 @@ def _main(argv=None) -> int:
     raise ConfigError(f'--fps {args.fps:g}: a frame rate > 0')
   if args.timeline and args.explain:
     raise ConfigError('--timeline and --explain: one at a time')
-  only = {'--timeline': ('hop', 'batch', 'smooth'), '--explain': ('class_name', 'method')}
+  only = {'--timeline': ('hop', 'batch', 'smooth'),
+          '--explain': ('class_name', 'method', 'start')}
   if args.explain and args.top is not None:
     raise ConfigError('--explain with --top: an explanation is of one class (--class)')
   args.top = 5 if args.top is None else args.top
@@ -234,8 +259,11 @@ def _explain_main(args) -> int:
                       'view (leave out --views)')
   setup = load(args.checkpoint, fps=args.fps, stride=args.stride)
   cli.print_devices(line=sys.stdout.isatty())
-  clip = video_views(args.video, fps=setup.fps, num_clips=1, num_crops=1,
-                     progress=sys.stderr.isatty(), whole_clips=True, **setup.view())[0]
+  if args.start is None:
+    clip = video_views(args.video, fps=setup.fps, num_clips=1, num_crops=1,
+                       progress=sys.stderr.isatty(), whole_clips=True, **setup.view())[0]
+  else:
+    clip = clip_at(args.video, setup, args.start, progress=sys.stderr.isatty())
   result = explain.explain(setup, clip, class_name=args.class_name,
                            method=args.method or 'auto')
   print(f'{result.class_name} ({result.head}, probability {result.probability:.3f}): '

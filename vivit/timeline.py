@@ -13,6 +13,7 @@ probability over time per head, thumbnails of the video above it).
 import collections
 import csv
 import dataclasses
+import functools
 import io
 import json
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -83,9 +84,17 @@ def window_view(jpegs: Sequence[bytes], setup) -> np.ndarray:
   """`[num_frames, crop, crop, 3]` uint8: the 1x1 test view of one window's frames
   (`setup`: a `predict.Setup`)."""
   import tensorflow as tf
+  return _test_view(tuple(setup.view().items()))(tf.constant(list(jpegs))).numpy()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _test_view(settings):
+  """`transforms.test_views` (1 clip, 1 crop) with `settings` as a TF graph, traced
+  once per window length: eagerly, its per-frame decoding loop costs ~15 ms a window."""
+  import tensorflow as tf
   from vivit.input import transforms
-  return transforms.test_views(tf.constant(list(jpegs)), num_clips=1, num_crops=1,
-                               **setup.view()).numpy()[0]
+  return tf.function(functools.partial(transforms.test_views, num_clips=1, num_crops=1,
+                                       **dict(settings)))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
