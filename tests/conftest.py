@@ -23,6 +23,18 @@ sys.path.insert(0, os.path.dirname(__file__))
 from helpers import VARIANT_CASES, VIT_CLASSES  # noqa: E402
 
 
+@pytest.fixture(scope='module')
+def two_head_checkpoint(tmp_path_factory):
+  """A params directory of a tiny random model with two heads, `helpers.HEADS` (4
+  frames of 16x16)."""
+  from helpers import HEADS, random_params, tiny_model_config
+  from vivit import checkpoints
+  config = tiny_model_config()
+  path = str(tmp_path_factory.mktemp('checkpoint') / 'params')
+  checkpoints.save_params(path, config, random_params(config), HEADS)
+  return path
+
+
 @pytest.fixture(scope='session')
 def trained_synthetic(tmp_path_factory):
   """The workdir of a small ViViT trained on synthetic_motion (`train_small_synthetic`:

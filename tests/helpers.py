@@ -117,6 +117,8 @@ def random_video(batch=2, size=INPUT_SIZE, seed=0):
 
 
 VIT_CLASSES = 5
+# Two label heads (5 classes), as Epic-Kitchens' verb and noun.
+HEADS = {'verb': ['take', 'put'], 'noun': ['cup', 'knife', 'tap']}
 
 
 # (variant, embedding, classifier) that the paper defines.

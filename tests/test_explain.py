@@ -11,13 +11,12 @@ import pytest
 from PIL import Image
 
 import video_files as vf
-from helpers import random_params, random_video, tiny_model_config
+from helpers import HEADS, random_params, random_video, tiny_model_config
 from vivit import explain, predict
 from vivit.models import build_model, embedded_frames, token_grid, variants
 from vivit.models.attention import factorised_attend
 from vivit.models.vivit import sampled_frame_indices
 
-HEADS = {'verb': ['take', 'put'], 'noun': ['cup', 'knife', 'tap']}
 
 
 def test_factorised_attention_exposes_probabilities_in_its_documented_layout():
@@ -179,16 +178,6 @@ def test_pixels_keep_the_mass_where_the_model_looks():
 
 
 @pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  """A params directory of a tiny random two-head model (4 frames of 16x16)."""
-  from vivit import checkpoints
-  config = tiny_model_config()
-  path = str(tmp_path_factory.mktemp('checkpoint') / 'params')
-  checkpoints.save_params(path, config, random_params(config), HEADS)
-  return path
-
-
-@pytest.fixture(scope='module')
 def video(tmp_path_factory):
   """1 s of noise at 25 fps, 20x24."""
   rng = np.random.RandomState(0)
@@ -196,9 +185,10 @@ def video(tmp_path_factory):
   return vf.write_frames(str(tmp_path_factory.mktemp('noise') / 'noise.mp4'), frames)
 
 
-def test_explain_files(checkpoint, video, tmp_path, capsys):
+def test_explain_files(two_head_checkpoint, video, tmp_path, capsys):
   out = str(tmp_path / 'noise')
-  assert predict.main(['--checkpoint', checkpoint, '--video', video, '--explain', out,
+  assert predict.main(['--checkpoint', two_head_checkpoint, '--video', video,
+                       '--explain', out,
                        '--class', 'knife']) == 0
   printed = capsys.readouterr().out.splitlines()
   assert re.fullmatch(r'knife \(noun, probability 0\.\d{3}\): gradient relevance',
@@ -213,7 +203,7 @@ def test_explain_files(checkpoint, video, tmp_path, capsys):
   with Image.open(out + '.png') as png:
     assert png.width >= 400 and png.height >= 300
   # No class named: the first head's most probable class, and a CLS model's rollout.
-  setup = predict.load(checkpoint)
+  setup = predict.load(two_head_checkpoint)
   clip = predict.video_views(video, fps=25, num_clips=1, num_crops=1, **setup.view())[0]
   logits = jax.jit(build_model(setup.model_config).apply)({'params': setup.params},
                                                          clip[None])
@@ -233,10 +223,10 @@ def test_a_named_class_is_found_in_its_head():
     explain._target(names, probabilities, 'take')
 
 
-def test_a_clip_from_start_is_the_timeline_window_there(checkpoint, video):
+def test_a_clip_from_start_is_the_timeline_window_there(two_head_checkpoint, video):
   from vivit import timeline
   from vivit.datasets import decode
-  setup = predict.load(checkpoint)  # 4 frames x stride 2 at 25 fps: 0.32 s
+  setup = predict.load(two_head_checkpoint)  # 4 frames x stride 2 at 25 fps: 0.32 s
   frames = decode.read_video(video, decode.Resample(25, setup.min_resize)).frames
   np.testing.assert_array_equal(predict.clip_at(video, setup, 0.4),
                                 timeline.window_view(frames[10:18], setup))
@@ -259,11 +249,12 @@ def test_a_clip_from_start_is_the_timeline_window_there(checkpoint, video):
     (['--explain', 'X', '--fps', '3'], r'1\.00s of video at 3 fps is shorter than one '
                                        r'clip \(8 frames, 2\.67s\)'),
 ])
-def test_bad_arguments_are_one_line_errors(checkpoint, video, tmp_path, capsys, args,
+def test_bad_arguments_are_one_line_errors(two_head_checkpoint, video, tmp_path, capsys,
+                                           args,
                                            message):
   args = [str(tmp_path / a) if a in 'XY' else a for a in args]
   try:
-    status = predict.main(['--checkpoint', checkpoint, '--video', video] + args)
+    status = predict.main(['--checkpoint', two_head_checkpoint, '--video', video] + args)
   except SystemExit as exit:  # argparse's own errors
     status = exit.code
   assert status == 2

@@ -13,26 +13,15 @@ import pytest
 from PIL import Image
 
 import video_files as vf
-from helpers import random_params, tiny_model_config
+from helpers import HEADS
 from test_hostile_videos import run_measured
 from vivit import predict, step, timeline
 from vivit.datasets import decode, synthetic
 
-HEADS = {'verb': ['take', 'put'], 'noun': ['cup', 'knife', 'tap']}  # 5 classes
 # Peak RSS of a timeline run over 10 minutes of video may exceed one over 30 s by at
 # most this. Measured on 2 cores: 868 MB over 30 s, 834 MB over 10 minutes.
 GROWTH_MB = 60
 LONG_S, SHORT_S, LONG_FPS = 600, 30, 8
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  """A params directory of a tiny random two-head model (4 frames of 16x16)."""
-  from vivit import checkpoints
-  config = tiny_model_config()
-  path = str(tmp_path_factory.mktemp('checkpoint') / 'params')
-  checkpoints.save_params(path, config, random_params(config), HEADS)
-  return path
 
 
 @pytest.fixture(scope='module')
@@ -105,10 +94,10 @@ def test_stream_video_yields_as_it_reads(tmp_path):
   assert len(list(stream)) > 0 and max(read) > 59
 
 
-def test_timeline_equals_windows_cut_from_the_full_decode(checkpoint, noise_video):
-  import jax
+def test_timeline_equals_windows_cut_from_the_full_decode(two_head_checkpoint,
+                                                          noise_video):
   from vivit.models import build_model
-  setup = predict.load(checkpoint, fps=10, stride=2)
+  setup = predict.load(two_head_checkpoint, fps=10, stride=2)
   result = timeline.timeline(setup, noise_video, hop=0.3, batch=3)
   frames = decode.read_video(noise_video, decode.Resample(10, setup.min_resize)).frames
   assert len(frames) == 30
@@ -126,10 +115,11 @@ def test_timeline_equals_windows_cut_from_the_full_decode(checkpoint, noise_vide
                              timeline.smoothed(expected['noun'], 3), atol=1e-5)
 
 
-def test_timeline_files(checkpoint, noise_video, tmp_path, capsys):
+def test_timeline_files(two_head_checkpoint, noise_video, tmp_path, capsys):
   out = str(tmp_path / 'out' / 'noise')
   os.makedirs(os.path.dirname(out))
-  assert predict.main(['--checkpoint', checkpoint, '--video', noise_video, '--fps', '10',
+  assert predict.main(['--checkpoint', two_head_checkpoint, '--video', noise_video,
+                       '--fps', '10',
                        '--hop', '0.5', '--timeline', out, '--top', '2',
                        '--smooth', '2']) == 0
   assert capsys.readouterr().out.split() == [out + '.csv', out + '.json', out + '.png']
@@ -164,11 +154,13 @@ def test_timeline_files(checkpoint, noise_video, tmp_path, capsys):
                      r'\(8 frames, 4\.00s\)'),
     (['--smooth', '0'], r'--smooth 0: both at least 1'),
 ])
-def test_bad_arguments_are_one_line_errors(checkpoint, noise_video, tmp_path, capsys,
+def test_bad_arguments_are_one_line_errors(two_head_checkpoint, noise_video, tmp_path,
+                                           capsys,
                                            args, message):
   if args[0] != '--fps':  # that one: 3 s at 2 fps, a clip of 8 frames
     args = ['--fps', '10'] + args
-  assert predict.main(['--checkpoint', checkpoint, '--video', noise_video, '--timeline',
+  assert predict.main(['--checkpoint', two_head_checkpoint, '--video', noise_video,
+                       '--timeline',
                        str(tmp_path / 'out')] + args) == 2
   error = capsys.readouterr().err
   assert error.startswith('error: ') and error.count('\n') == 1
@@ -176,8 +168,8 @@ def test_bad_arguments_are_one_line_errors(checkpoint, noise_video, tmp_path, ca
   assert not os.path.exists(tmp_path / 'out.csv')
 
 
-def test_timeline_options_need_timeline(checkpoint, noise_video, capsys):
-  assert predict.main(['--checkpoint', checkpoint, '--video', noise_video,
+def test_timeline_options_need_timeline(two_head_checkpoint, noise_video, capsys):
+  assert predict.main(['--checkpoint', two_head_checkpoint, '--video', noise_video,
                        '--hop', '1']) == 2
   assert capsys.readouterr().err == 'error: --hop: only with --timeline\n'
 
@@ -199,7 +191,7 @@ sys.exit(predict.main(sys.argv[1:]))
 # Slow (both): generating and decoding minutes of video takes 40 s or more.
 @pytest.mark.slow
 @pytest.mark.parametrize('seconds', [150, LONG_S])
-def test_a_long_video_in_bounded_memory(checkpoint, tmp_path, seconds):
+def test_a_long_video_in_bounded_memory(two_head_checkpoint, tmp_path, seconds):
   """Peak RSS of a timeline over `seconds` (10 minutes in the slow run) against one
   over 30 s: the stream holds one window and one batch, whatever the length."""
   peaks = {}
@@ -207,7 +199,8 @@ def test_a_long_video_in_bounded_memory(checkpoint, tmp_path, seconds):
     video = write_long_video(str(tmp_path / f'{length}.mp4'), length)
     out = str(tmp_path / str(length))
     status, _, err, peaks[length] = run_measured(
-        [sys.executable, '-c', TIMELINE_RUN, '--checkpoint', checkpoint, '--video', video,
+        [sys.executable, '-c', TIMELINE_RUN, '--checkpoint', two_head_checkpoint,
+         '--video', video,
          '--fps', str(LONG_FPS), '--timeline', out])
     assert status == 0, err[-3000:]
     with open(out + '.json') as f:

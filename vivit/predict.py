@@ -212,6 +212,9 @@ def _main(argv=None) -> int:
     raise ConfigError('--timeline and --explain: one at a time')
   only = {'--timeline': ('hop', 'batch', 'smooth'),
           '--explain': ('class_name', 'method', 'start')}
+  if args.views and (args.timeline or args.explain):
+    raise ConfigError(f'--{"timeline" if args.timeline else "explain"} with --views: '
+                      'one view of each window or clip, the 1x1 (leave out --views)')
   if args.explain and args.top is not None:
     raise ConfigError('--explain with --top: an explanation is of one class (--class)')
   args.top = 5 if args.top is None else args.top
@@ -238,9 +241,6 @@ def _main(argv=None) -> int:
 
 def _timeline_main(args) -> int:
   """`--timeline OUT`: writes the files, prints their paths."""
-  if args.views:
-    raise ConfigError('--timeline with --views: a timeline takes one centre view per '
-                      'window (leave out --views)')
   setup = load(args.checkpoint, fps=args.fps, stride=args.stride)
   cli.print_devices(line=sys.stdout.isatty())
   result = timeline.timeline(
@@ -254,9 +254,6 @@ def _timeline_main(args) -> int:
 
 def _explain_main(args) -> int:
   """`--explain OUT`: writes the files, prints the class explained and their paths."""
-  if args.views:
-    raise ConfigError('--explain with --views: an explanation is of one clip, the 1x1 '
-                      'view (leave out --views)')
   setup = load(args.checkpoint, fps=args.fps, stride=args.stride)
   cli.print_devices(line=sys.stdout.isatty())
   if args.start is None:
