@@ -130,11 +130,12 @@ VARIANT_CASES = [
 ]
 
 
-def train_small_synthetic(root, steps: int):
-  """A small ViViT (hidden 32, 2 layers) trained `steps` steps on synthetic_motion
-  (8 frames, stride 2) in `root`/run, the dataset in `root`/tfds: (workdir, result)."""
+def train_small_synthetic(root, steps: int, variant=variants.SPATIO_TEMPORAL):
+  """A small ViViT of `variant` (hidden 32, 2 layers) trained `steps` steps on
+  synthetic_motion (8 frames, stride 2) in `root`/run, the dataset in `root`/tfds:
+  (workdir, result)."""
   from vivit.train import train_and_evaluate
-  config = load_config(CONFIG)
+  config = load_config(f'{CONFIG}:{variant}')
   config.dataset.data_dir = os.path.join(str(root), 'tfds')
   config.model.update(hidden_size=32, num_heads=2, num_layers=2, mlp_dim=64)
   config.training.update(num_steps=steps, learning_rate=3e-3, warmup_epochs=0.1,
