@@ -145,6 +145,10 @@ def test_relevance_is_the_product_of_the_attention_layers(variant, classifier, m
       rtol=1e-5, atol=1e-5)
   tokens = explain.relevance_from_attention(config, weights, grads, clips.shape[:4], method)
   assert tokens.shape == (2, 2, 2, 2)
+  # The one-computation path the command runs gives the same.
+  fused, fused_logits = explain.token_relevance(config, params, clips, targets, method)
+  np.testing.assert_allclose(fused, tokens, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(fused_logits, logits, rtol=1e-5, atol=1e-6)
   if grads is None:  # the reference's rollout reads no gradient: any tree of that shape
     grads = jax.tree_util.tree_map(lambda w: w[0], weights,
                                    is_leaf=lambda x: isinstance(x, tuple))
