@@ -208,21 +208,7 @@ def _main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.fps is not None and args.fps <= 0:
     raise ConfigError(f'--fps {args.fps:g}: a frame rate > 0')
-  if args.timeline and args.explain:
-    raise ConfigError('--timeline and --explain: one at a time')
-  only = {'--timeline': ('hop', 'batch', 'smooth'),
-          '--explain': ('class_name', 'method', 'start')}
-  if args.views and (args.timeline or args.explain):
-    raise ConfigError(f'--{"timeline" if args.timeline else "explain"} with --views: '
-                      'one view of each window or clip, the 1x1 (leave out --views)')
-  if args.explain and args.top is not None:
-    raise ConfigError('--explain with --top: an explanation is of one class (--class)')
-  args.top = 5 if args.top is None else args.top
-  for option, names in only.items():
-    given = [f'--{name.replace("_name", "")}' for name in names
-             if getattr(args, name) is not None]
-    if given and not getattr(args, option[2:]):
-      raise ConfigError(f'{", ".join(given)}: only with {option}')
+  _check_modes(args)
   if args.timeline:
     return _timeline_main(args)
   if args.explain:
@@ -237,6 +223,27 @@ def _main(argv=None) -> int:
     for name, probability in classes:
       print(f'  {name:<{width}}  {probability:.3f}')
   return 0
+
+
+def _check_modes(args) -> None:
+  """ConfigError for options that do not go together: `--timeline` and `--explain`
+  (each with its own options, neither with `--views`; `--top` not with `--explain`).
+  Sets `--top`'s default."""
+  if args.timeline and args.explain:
+    raise ConfigError('--timeline and --explain: one at a time')
+  if args.views and (args.timeline or args.explain):
+    raise ConfigError(f'--{"timeline" if args.timeline else "explain"} with --views: '
+                      'one view of each window or clip, the 1x1 (leave out --views)')
+  if args.explain and args.top is not None:
+    raise ConfigError('--explain with --top: an explanation is of one class (--class)')
+  args.top = 5 if args.top is None else args.top
+  own = {'--timeline': ('hop', 'batch', 'smooth'),
+         '--explain': ('class_name', 'method', 'start')}
+  for option, names in own.items():
+    given = [f'--{name.replace("_name", "")}' for name in names
+             if getattr(args, name) is not None]
+    if given and not getattr(args, option[2:]):
+      raise ConfigError(f'{", ".join(given)}: only with {option}')
 
 
 def _timeline_main(args) -> int:
