@@ -1,10 +1,13 @@
-"""The package's shape, read from its source: imports point down, and each variant
-name and config default has one home."""
+"""The package's shape, read from its source: imports point down, each variant
+name and config default has one home, and each block kind is handled in every
+block-kind registry."""
 import ast
+import importlib
 import os
 
 import pytest
 
+from vivit.errors import ConfigError
 from vivit.models import variants
 from vivit.recipes import base_config
 
@@ -83,6 +86,42 @@ def test_low_layers_import_no_command():
             if name.startswith(LOW_PACKAGES)
             for target in sorted(targets) if target.startswith(TOP)]
   assert not upward, upward
+
+
+# Every concern whose behaviour depends on the encoder block kind keeps one registry
+# {block kind: entry}, read through `variants.for_block`: (module, registry name).
+BLOCK_REGISTRIES = (
+    ('vivit.models.encoder', 'BLOCKS'),  # the Flax module
+    ('vivit.convert.vit', 'VIT_BLOCKS'),  # initialisation from a 2-D ViT
+    ('vivit.convert.transformers', 'HF_BLOCKS'),  # HuggingFace tensor names
+)
+
+
+@pytest.mark.parametrize('module, name', BLOCK_REGISTRIES)
+def test_every_block_kind_is_in_each_block_registry(module, name):
+  """A new block kind must be handled (or marked `Unsupported`) by every concern, and
+  each registry is only read through `for_block`, which names an unhandled kind."""
+  registry = getattr(importlib.import_module(module), name)
+  assert sorted(registry) == sorted(variants.BLOCK_KINDS)
+  source = open(importlib.import_module(module).__file__).read()
+  assert f'for_block({name},' in source
+  assert f'{name}[' not in source and f'{name}.get(' not in source
+
+
+def test_variants_use_the_known_block_kinds():
+  assert {v.block for v in variants.VARIANTS} == set(variants.BLOCK_KINDS)
+
+
+def test_an_unhandled_block_kind_is_refused_by_name():
+  from vivit.convert import transformers
+  from vivit.models import encoder
+  with pytest.raises(ConfigError, match="^the encoder is not supported for block kind 'ring'$"):
+    variants.for_block(encoder.BLOCKS, 'ring', 'the encoder')
+  with pytest.raises(ConfigError, match="^HuggingFace conversion is not supported for block "
+                                        "kind 'factorised_self': transformers has no"):
+    transformers.hub_names(2, False, False, variants.FACTORISED_SELF_ATTENTION_BLOCK)
+  assert len(transformers.hub_names(2, False, False)) == len(
+      transformers.hub_names(1, False, False)) + 16  # 16 tensors a joint block
 
 
 def string_constants(path):

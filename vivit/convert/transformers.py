@@ -41,26 +41,45 @@ def _weight_and_bias(hub: str, ours: str, kind: str, weight: str = 'kernel',
           (hub + '.bias', ours + '/bias', bias_kind)]
 
 
-def hub_names(num_layers: int, has_classifier: bool, has_pooler: bool):
+def _joint_block_names(hub: str, ours: str):
+  """A pre-LayerNorm ViT block's tensors: HF names under `hub`, ours under `ours`."""
+  attn, mlp = ours + 'MultiHeadDotProductAttention_0/', ours + 'MlpBlock_0/'
+  names = []
+  for hub_ln, our_ln in (('layernorm_before', 'LayerNorm_0'),
+                         ('layernorm_after', 'LayerNorm_1')):
+    names += _weight_and_bias(hub + hub_ln, ours + our_ln, 'copy', 'scale')
+  for proj in ('query', 'key', 'value'):
+    names += _weight_and_bias(f'{hub}attention.attention.{proj}', attn + proj, 'qkv',
+                              bias_kind='qkv_bias')
+  names += _weight_and_bias(hub + 'attention.output.dense', attn + 'out', 'out')
+  names += _weight_and_bias(hub + 'intermediate.dense', mlp + 'Dense_0', 'dense')
+  names += _weight_and_bias(hub + 'output.dense', mlp + 'Dense_1', 'dense')
+  return names
+
+
+# The tensor names of an encoder block of each kind (`variants.BLOCK_KINDS`) in HF's
+# ViViT / ViT.
+HF_BLOCKS = {
+    variants.JOINT_BLOCK: _joint_block_names,
+    variants.FACTORISED_SELF_ATTENTION_BLOCK: variants.Unsupported(
+        'transformers has no factorised self-attention block (model 3)'),
+    variants.FACTORISED_HEADS_BLOCK: variants.Unsupported(
+        'transformers has no factorised dot-product attention (model 4)'),
+}
+
+
+def hub_names(num_layers: int, has_classifier: bool, has_pooler: bool,
+              block_kind: str = variants.JOINT_BLOCK):
   """(hub name, our '/'-joined path, kind) for every tensor, kind saying how the
   layouts differ (`TO_OURS`, `TO_HF`)."""
+  block_names = variants.for_block(HF_BLOCKS, block_kind, 'HuggingFace conversion')
   names = _weight_and_bias('embeddings.patch_embeddings.projection', 'embedding', 'conv')
   names += [('embeddings.cls_token', 'cls', 'copy'),
             ('embeddings.position_embeddings', 'Transformer/posembed_input/pos_embedding',
              'copy')]
   names += _weight_and_bias('layernorm', 'Transformer/encoder_norm', 'copy', 'scale')
   for i in range(num_layers):
-    hub, ours = f'encoder.layer.{i}.', f'Transformer/encoderblock_{i}/'
-    attn, mlp = ours + 'MultiHeadDotProductAttention_0/', ours + 'MlpBlock_0/'
-    for hub_ln, our_ln in (('layernorm_before', 'LayerNorm_0'),
-                           ('layernorm_after', 'LayerNorm_1')):
-      names += _weight_and_bias(hub + hub_ln, ours + our_ln, 'copy', 'scale')
-    for proj in ('query', 'key', 'value'):
-      names += _weight_and_bias(f'{hub}attention.attention.{proj}', attn + proj, 'qkv',
-                                bias_kind='qkv_bias')
-    names += _weight_and_bias(hub + 'attention.output.dense', attn + 'out', 'out')
-    names += _weight_and_bias(hub + 'intermediate.dense', mlp + 'Dense_0', 'dense')
-    names += _weight_and_bias(hub + 'output.dense', mlp + 'Dense_1', 'dense')
+    names += block_names(f'encoder.layer.{i}.', f'Transformer/encoderblock_{i}/')
   if has_pooler:
     names += _weight_and_bias('pooler.dense', 'pre_logits', 'dense')
   if has_classifier:

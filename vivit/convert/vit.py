@@ -184,25 +184,12 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
   if len(vit_blocks) != model_config.num_layers:
     raise CheckpointError(f'the ViT has {len(vit_blocks)} layers, the model '
                           f'{model_config.num_layers} ({encoder})')
+  block_from_vit = variants.for_block(VIT_BLOCKS, variant.block, 'initialising from a ViT')
   for i in range(model_config.num_layers):
-    source = vit['Transformer'][f'encoderblock_{i}']
-    block = params[encoder][f'encoderblock_{i}']
-    where = f'{encoder}/encoderblock_{i}'
-    if variant.name == variants.FACTORISED_SELF_ATTENTION:
-      for ours, theirs in FSA_BLOCK.items():
-        put_tree(block, theirs, source[ours], f'{where}/{theirs}')
-      if temporal_attention_init == 'copy':
-        for name in ('LayerNorm', 'MultiHeadDotProductAttention'):
-          put_tree(block, f'{name}_time', source[f'{name}_0'], f'{where}/{name}_time')
-      else:
-        attention = block['MultiHeadDotProductAttention_time']
-        attention['out'] = jax.tree_util.tree_map(np.zeros_like, attention['out'])
-        for leaf in flax.traverse_util.flatten_dict(attention, sep='/'):
-          report[f'{where}/MultiHeadDotProductAttention_time/{leaf}'] = (
-              'fresh', 'zero output')
-    else:
-      for name in source:
-        put_tree(block, name, source[name], f'{where}/{name}')
+    block_from_vit(params[encoder][f'encoderblock_{i}'],
+                   vit['Transformer'][f'encoderblock_{i}'], f'{encoder}/encoderblock_{i}',
+                   put_tree=put_tree, report=report,
+                   temporal_attention_init=temporal_attention_init)
   put_tree(params[encoder], 'encoder_norm', vit['Transformer']['encoder_norm'],
            f'{encoder}/encoder_norm')
 
@@ -222,6 +209,39 @@ def vit_init(path: str, model_config: ml_collections.ConfigDict, *,
     report.setdefault(name, ('fresh', ''))
   check_params(model_config, params)
   return params, report
+
+
+def _joint_block_from_vit(block: Params, source: Params, where: str, *, put_tree, report,
+                          temporal_attention_init: str) -> None:
+  """Models 1, 2 and 4: the ViT block's tensors as they are."""
+  del report, temporal_attention_init  # the names match one to one
+  for name in source:
+    put_tree(block, name, source[name], f'{where}/{name}')
+
+
+def _factorised_self_block_from_vit(block: Params, source: Params, where: str, *, put_tree,
+                                    report, temporal_attention_init: str) -> None:
+  """Model 3: the ViT's attention and LayerNorm fill the spatial ones; the temporal
+  attention starts at zero output ('zeros') or as a copy of the spatial one ('copy')."""
+  for ours, theirs in FSA_BLOCK.items():
+    put_tree(block, theirs, source[ours], f'{where}/{theirs}')
+  if temporal_attention_init == 'copy':
+    for name in ('LayerNorm', 'MultiHeadDotProductAttention'):
+      put_tree(block, f'{name}_time', source[f'{name}_0'], f'{where}/{name}_time')
+    return
+  attention = block['MultiHeadDotProductAttention_time']
+  attention['out'] = jax.tree_util.tree_map(np.zeros_like, attention['out'])
+  for leaf in flax.traverse_util.flatten_dict(attention, sep='/'):
+    report[f'{where}/MultiHeadDotProductAttention_time/{leaf}'] = ('fresh', 'zero output')
+
+
+# How a 2-D ViT block (model 1 names) fills an encoder block of each kind
+# (`vivit.models.variants.BLOCK_KINDS`).
+VIT_BLOCKS = {
+    variants.JOINT_BLOCK: _joint_block_from_vit,
+    variants.FACTORISED_HEADS_BLOCK: _joint_block_from_vit,
+    variants.FACTORISED_SELF_ATTENTION_BLOCK: _factorised_self_block_from_vit,
+}
 
 
 def _assign(tree: Params, key: str, value: np.ndarray, where: str, source_shape=None, *,

@@ -90,7 +90,7 @@ class FactorisedSelfAttentionBlock(Block):
     return x + drop_path(self, y, rate, deterministic)
 
 
-# The module of each block kind of `vivit.models.variants`.
+# The Flax module of each block kind (`vivit.models.variants.BLOCK_KINDS`).
 BLOCKS = {
     variants.JOINT_BLOCK: EncoderBlock,
     variants.FACTORISED_HEADS_BLOCK: EncoderBlock,
@@ -115,7 +115,7 @@ class Encoder(nn.Module):
   def __call__(self, x, train: bool):
     """`[batch, tokens, hidden]` -> `[batch, tokens, hidden]`."""
     config = self.config
-    block = BLOCKS[variants.get(config.variant).block]
+    block = variants.for_block(BLOCKS, variants.get(config.variant).block, 'the encoder')
     if config.remat:
       block = nn.remat(block, static_argnums=(2,))
     x = PositionEmbedding(name='posembed_input')(x)

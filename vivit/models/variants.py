@@ -1,18 +1,22 @@
 """The ViViT variants: the one table that models, configs, conversion, benchmarks and
-tests read. Adding a variant is a row here plus its encoder block.
+tests read. Adding a variant is a row here; a new block kind (`BLOCK_KINDS`) is also an
+entry in each block-kind registry, one per concern ({kind: entry}, read through
+`for_block`; `tests/test_layout.py` lists them and checks that every kind is in each).
 
 `config.model.variant` holds a `name`; model names (`vivit.models.configs`) end in
 the `suffix` (`'B/16x2-FE'`); scenic's configs say `scenic_name`.
 """
 import dataclasses
-from typing import Tuple
+from typing import Mapping, Tuple, TypeVar, Union
 
 from vivit.errors import ConfigError
 
-# Encoder block kinds (their modules: `vivit.models.encoder.BLOCKS`).
+# Encoder block kinds.
 JOINT_BLOCK = 'joint'  # pre-LayerNorm ViT block over all tokens it is given
 FACTORISED_SELF_ATTENTION_BLOCK = 'factorised_self'  # time attention, space attention, MLP
 FACTORISED_HEADS_BLOCK = 'factorised_heads'  # half the heads over time, half over space
+BLOCK_KINDS: Tuple[str, ...] = (JOINT_BLOCK, FACTORISED_SELF_ATTENTION_BLOCK,
+                                FACTORISED_HEADS_BLOCK)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,25 @@ VARIANTS: Tuple[Variant, ...] = (
 )
 NAMES: Tuple[str, ...] = tuple(v.name for v in VARIANTS)
 SPATIO_TEMPORAL, FACTORISED_ENCODER, FACTORISED_SELF_ATTENTION, FACTORISED_DOT_PRODUCT = NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class Unsupported:
+  """A block-kind registry's entry for a kind that its concern does not handle."""
+  reason: str
+
+
+T = TypeVar('T')
+
+
+def for_block(registry: Mapping[str, Union[T, Unsupported]], kind: str, concern: str) -> T:
+  """`registry[kind]`; ConfigError '<concern> is not supported for block kind <kind>'
+  for a kind the registry lacks or marks `Unsupported`."""
+  entry = registry.get(kind)
+  if entry is None or isinstance(entry, Unsupported):
+    why = f': {entry.reason}' if entry is not None else ''
+    raise ConfigError(f'{concern} is not supported for block kind {kind!r}{why}')
+  return entry
 
 
 def _find(field: str, value: str) -> Variant:
