@@ -17,8 +17,7 @@ import tensorflow as tf
 
 import video_files as vf
 from helpers import ROOT, tiny_model_config
-from vivit import predict
-from vivit.datasets import decode
+from vivit import inference, video
 from vivit.errors import VideoError
 from vivit.input import transforms
 
@@ -97,10 +96,10 @@ def grey_frames(n, size=(2, 2)):
 
 
 def counting_jpegs(monkeypatch):
-  """A list that grows by one for each JPEG that decode encodes."""
+  """A list that grows by one for each JPEG that the reader encodes."""
   made = []
-  encode = decode.encode_jpeg
-  monkeypatch.setattr(decode, 'encode_jpeg', lambda frame: made.append(1) or encode(frame))
+  encode = video.encode_jpeg
+  monkeypatch.setattr(video, 'encode_jpeg', lambda frame: made.append(1) or encode(frame))
   return made
 
 
@@ -112,9 +111,9 @@ def test_declared_rates_outside_1_to_1000_fps_are_named(tmp_path):
   for path, rate in ((slow, '0.5'), (fast, '5000')):
     with pytest.raises(VideoError, match=rf'^frame rate: {rate} fps declared, not within '
                                          r'1\.\.1000 fps$'):
-      decode.read_video(path, decode.Resample(25, 32))
+      video.read_video(path, video.Resample(25, 32))
   fine = vf.write_timed(str(tmp_path / 'fine.mp4'), [0, 0.5, 1, 1.5], 2, **grey)
-  assert len(decode.read_video(fine, decode.Resample(25, 32)).frames) == 50
+  assert len(video.read_video(fine, video.Resample(25, 32)).frames) == 50
 
 
 def test_gaps_up_to_the_limit_repeat_the_frame_longer_ones_are_named(monkeypatch):
@@ -122,43 +121,15 @@ def test_gaps_up_to_the_limit_repeat_the_frame_longer_ones_are_named(monkeypatch
   frames = grey_frames(2) + [(4.08, np.full((2, 2, 3), 9, np.uint8))]
   # 0, 0.04 and a 4.04 s gap (from 30 fps to 25): frame 1 until the midpoint,
   # then the last frame.
-  out = decode.resample(frames, 30, 25.0, lambda f: f)
+  out = video.resample(frames, 30, 25.0, lambda f: f)
   assert len(out) == 102 and len(made) == 3
   assert out[1:52] == [out[1]] * 51 and out[52] != out[1]
   with pytest.raises(VideoError, match=r'^timestamp gap: no frame for 6\.00s after the one '
-                                       r'at 0\.04s \(limit 5s, decode\.MAX_GAP_S\)$'):
-    decode.resample(grey_frames(2) + [(6.04, None)], 30, 25.0, lambda f: f)
+                                       r'at 0\.04s \(limit 5s, video\.MAX_GAP_S\)$'):
+    video.resample(grey_frames(2) + [(6.04, None)], 30, 25.0, lambda f: f)
   # Kept at the source rate (fps 0) nothing is invented: no limit.
-  assert len(decode.resample(grey_frames(2) + [(60.0, np.zeros((2, 2, 3), np.uint8))],
-                             25, 0, lambda f: f)) == 3
-
-
-def frame_by_frame(frames, source_fps, fps):
-  """Source frame indices of `decode.resample`'s output, one output frame per step."""
-  out, held, held_time = [], None, 0.0
-  for seconds, frame in frames:
-    if held is not None:
-      while len(out) / fps <= (held_time + seconds) / 2 + 1e-9:
-        out.append(held)
-    held, held_time = frame, seconds
-  while len(out) < max(1, int(np.floor((held_time + 1 / source_fps) * fps + 0.05))):
-    out.append(held)
-  return out
-
-
-def test_resample_repeats_frames_as_a_frame_by_frame_loop(monkeypatch):
-  """The repeat counts, computed in one step per source frame, are those of the loop
-  that appended one output frame at a time (the resampling before the ceilings)."""
-  monkeypatch.setattr(decode, 'encode_jpeg', lambda i: bytes([i]))
-  rng = np.random.RandomState(0)
-  for _ in range(300):
-    source_fps = rng.choice([23.976, 25, 29.97, 50, 59.94, 8])
-    fps = rng.choice([24, 12, 7.5])
-    steps = rng.uniform(0.2, 3, rng.randint(1, 40)) / source_fps
-    times = np.round(np.cumsum(steps) - steps[0], rng.choice([3, 9]))
-    frames = [(float(t), i) for i, t in enumerate(times)]
-    got = decode.resample(frames, source_fps, fps, lambda i: i)
-    assert [b[0] for b in got] == frame_by_frame(frames, source_fps, fps)
+  assert len(video.resample(grey_frames(2) + [(60.0, np.zeros((2, 2, 3), np.uint8))],
+                            25, 0, lambda f: f)) == 3
 
 
 @pytest.mark.parametrize('name', sorted(HOSTILE))
@@ -166,37 +137,29 @@ def test_hostile_files_are_named_video_errors(hostile, name, monkeypatch):
   made = counting_jpegs(monkeypatch)
   for keep in (None, ()):  # prepare's read, predict's counting pass
     with pytest.raises(VideoError, match='^' + HOSTILE[name][-1]):
-      decode.read_video(hostile[name], decode.Resample(25, 32), keep=keep)
+      video.read_video(hostile[name], video.Resample(25, 32), keep=keep)
   assert len(made) <= 49  # the pause file's frames before the gap, by prepare's read
 
 
 def test_ceilings_on_frames_pixels_and_bytes_are_named(hostile, monkeypatch):
   ok = hostile['ok']  # 25 frames of 32x43 at short side 32
-  resample = decode.Resample(25, 32)
-  assert len(decode.read_video(ok, resample).frames) == 25
+  resample = video.Resample(25, 32)
+  assert len(video.read_video(ok, resample).frames) == 25
   for name, value, message in (
-      ('MAX_FRAMES', 24, r'too long: over 24 frames \(decode\.MAX_FRAMES\)'),
+      ('MAX_FRAMES', 24, r'too long: over 24 frames \(video\.MAX_FRAMES\)'),
       ('MAX_PIXELS', 24 * 32 * 43, r'too large: over 33024 pixels, 24 frames of 32x43 '
-                                   r'\(decode\.MAX_PIXELS\)'),
+                                   r'\(video\.MAX_PIXELS\)'),
       ('MAX_JPEG_BYTES', 5000, r'too large: over 5000 bytes of JPEG frames')):
     with monkeypatch.context() as patch:
-      patch.setattr(decode, name, value)
+      patch.setattr(video, name, value)
       with pytest.raises(VideoError, match='^' + message):
-        decode.read_video(ok, resample)
+        video.read_video(ok, resample)
   # Repeats past a ceiling are refused before the frame is even encoded.
   made = counting_jpegs(monkeypatch)
-  monkeypatch.setattr(decode, 'MAX_GAP_S', 1e9)
+  monkeypatch.setattr(video, 'MAX_GAP_S', 1e9)
   with pytest.raises(VideoError, match=r'^too long: over 18000 frames'):
-    decode.resample(grey_frames(1) + [(3600.0, None)], 30, 25.0, lambda f: f)
+    video.resample(grey_frames(1) + [(3600.0, None)], 30, 25.0, lambda f: f)
   assert not made
-
-
-def test_frames_past_the_declared_end_are_not_read(tmp_path, monkeypatch):
-  path = vf.write_video(str(tmp_path / 'two_seconds.mp4'), 50, 25, (48, 64))
-  monkeypatch.setattr(decode, '_declared_duration', lambda container, stream: 0.5)
-  clip = decode.read_video(path, decode.Resample(25, 32))
-  # Source frames up to 0.5 s + the 1 s tolerance: 38 at 25 fps, not 50.
-  assert len(clip.frames) == 38
 
 
 def test_predict_views_equal_the_full_decode_from_their_frames_only(tmp_path, monkeypatch):
@@ -208,17 +171,17 @@ def test_predict_views_equal_the_full_decode_from_their_frames_only(tmp_path, mo
                                                 (12, 8, 3, 2, 3), (25, 32, 2, 3, 1)):
     view = dict(num_frames=num_frames, stride=stride, min_resize=24, crop_size=16,
                 num_clips=clips, num_crops=crops)
-    clip = decode.read_video(path, decode.Resample(fps=fps, short_side=24))
+    clip = video.read_video(path, video.Resample(fps=fps, short_side=24))
     expected = transforms.test_views(tf.constant(clip.frames), **view).numpy()
     needed = np.unique(transforms.test_clip_indices(len(clip.frames), num_frames, stride,
                                                     clips))
     del made[:]
-    np.testing.assert_array_equal(predict.video_views(path, fps=fps, **view), expected)
+    np.testing.assert_array_equal(inference.video_views(path, fps=fps, **view), expected)
     assert len(made) <= len(needed)  # 1x1: 4 of 37 frames
   # Progress: every source frame's time, in order, and the declared end (45 / 29.97 s).
   told = []
-  decode.read_video(path, decode.Resample(fps=25, short_side=24), keep=(),
-                    progress=lambda seconds, end: told.append((seconds, end)))
+  video.read_video(path, video.Resample(fps=25, short_side=24), keep=(),
+                   progress=lambda seconds, end: told.append((seconds, end)))
   assert len(told) == 45 and [t for t, _ in told] == sorted(t for t, _ in told)
   assert [end for _, end in told] == [pytest.approx(float(45 / vf.NTSC), abs=0.05)] * 45
 

@@ -189,15 +189,15 @@ def test_a_run_stopped_after_writing_only_finishes_the_report(kinetics, tmp_path
 def test_segments_and_timestamps_in_every_container(tmp_path):
   """Whole files and [start, stop) segments give the frames of those times, also
   from MPEG-TS (bad seeking) and raw H.264 (no timestamps at all)."""
-  from vivit.datasets import decode
-  resample = decode.Resample(fps=25, short_side=32)
+  from vivit import video
+  resample = video.Resample(fps=25, short_side=32)
   for name, codec, container in (('a.mp4', 'libx264', None), ('a.ts', 'libx264', 'mpegts'),
                                  ('a.h264', 'libx264', 'h264'),
                                  ('a.webm', 'libvpx-vp9', None)):
     path = vf.write_video(str(tmp_path / name), 40, 25, (48, 64), codec, container)
     for start, stop, expected in ((None, None, range(40)), (0.4, 0.8, range(10, 20)),
                                   (1.0, 1.2, range(25, 30))):
-      clip = decode.read_video(path, resample, start=start, stop=stop)
+      clip = video.read_video(path, resample, start=start, stop=stop)
       frames = [np.asarray(Image.open(io.BytesIO(jpeg))) for jpeg in clip.frames]
       assert levels(frames) == [i % vf.CYCLE for i in expected], (name, start)
 

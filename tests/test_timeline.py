@@ -15,8 +15,10 @@ from PIL import Image
 import video_files as vf
 from helpers import HEADS
 from test_hostile_videos import run_measured
-from vivit import predict, step, timeline
-from vivit.datasets import decode, synthetic
+from vivit import inference, predict, step, timeline
+from vivit.datasets import synthetic
+from vivit.errors import VideoError
+from vivit.video import Resample, read_video, stream_video
 
 # Peak RSS of a timeline run over 10 minutes of video may exceed one over 30 s by at
 # most this. Measured on 2 cores: 868 MB over 30 s, 834 MB over 10 minutes.
@@ -48,7 +50,7 @@ def test_window_frames_hold_one_span_and_refuse_a_short_video():
   windows = timeline.Windows(span=4, stride=2, hop=3, fps=2)
   cut = list(timeline.window_frames(iter(range(12)), windows))
   assert cut == [(0, [0, 1, 2, 3]), (1, [3, 4, 5, 6]), (2, [6, 7, 8, 9])]
-  with pytest.raises(decode.VideoError, match=r'1\.50s of video at 2 fps is shorter '
+  with pytest.raises(VideoError, match=r'1\.50s of video at 2 fps is shorter '
                      r'than one clip \(4 frames, 2\.00s\)'):
     list(timeline.window_frames(iter(range(3)), windows))
 
@@ -74,9 +76,9 @@ def test_smoothing_averages_neighbouring_windows():
 
 def test_stream_video_yields_read_video_frames(noise_video):
   keep = timeline.Windows(span=8, stride=2, hop=5, fps=10)
-  resample = decode.Resample(fps=10, short_side=24)
-  assert list(decode.stream_video(noise_video, resample, keep=keep)) == \
-      decode.read_video(noise_video, resample, keep=keep).frames
+  resample = Resample(fps=10, short_side=24)
+  assert list(stream_video(noise_video, resample, keep=keep)) == \
+      read_video(noise_video, resample, keep=keep).frames
 
 
 def test_stream_video_yields_as_it_reads(tmp_path):
@@ -86,8 +88,8 @@ def test_stream_video_yields_as_it_reads(tmp_path):
   video = write_long_video(str(tmp_path / 'long.mp4'), 60)
   read = []
   windows = timeline.Windows(span=16, stride=2, hop=16, fps=LONG_FPS)
-  stream = decode.stream_video(video, decode.Resample(LONG_FPS, 32), keep=windows,
-                               progress=lambda seconds, _: read.append(seconds))
+  stream = stream_video(video, Resample(LONG_FPS, 32), keep=windows,
+                        progress=lambda seconds, _: read.append(seconds))
   first = next(timeline.window_frames(stream, windows))
   assert first[0] == 0 and len(first[1]) == 16
   assert 1.8 <= max(read) < 5, max(read)  # 2 s of a 60 s video, and a little more
@@ -97,14 +99,14 @@ def test_stream_video_yields_as_it_reads(tmp_path):
 def test_timeline_equals_windows_cut_from_the_full_decode(two_head_checkpoint,
                                                           noise_video):
   from vivit.models import build_model
-  setup = predict.load(two_head_checkpoint, fps=10, stride=2)
+  setup = inference.load(two_head_checkpoint, fps=10, stride=2)
   result = timeline.timeline(setup, noise_video, hop=0.3, batch=3)
-  frames = decode.read_video(noise_video, decode.Resample(10, setup.min_resize)).frames
+  frames = read_video(noise_video, Resample(10, setup.min_resize)).frames
   assert len(frames) == 30
   # 8-frame windows every 3 frames of 30: starts 0, 3, ..., 21.
   np.testing.assert_allclose(result.starts, np.arange(0, 22, 3) / 10)
   np.testing.assert_allclose(result.ends, result.starts + 0.8)
-  views = np.stack([timeline.window_view(frames[s:s + 8], setup) for s in range(0, 22, 3)])
+  views = np.stack([inference.window_view(frames[s:s + 8], setup) for s in range(0, 22, 3)])
   logits = build_model(setup.model_config).apply({'params': setup.params}, views)
   expected = step.head_probabilities(np.asarray(logits), setup.names)
   for head in HEADS:
@@ -224,7 +226,7 @@ def test_a_trained_timeline_names_each_segment(trained_synthetic, tmp_path):
   rng = np.random.default_rng(7)
   frames = np.concatenate([synthetic.render_clip(c, rng) for c in SEGMENT_CLASSES])
   video = vf.write_frames(str(tmp_path / 'segments.mp4'), frames, fps=SEGMENT_FPS)
-  setup = predict.load(trained_synthetic, fps=SEGMENT_FPS)
+  setup = inference.load(trained_synthetic, fps=SEGMENT_FPS)
   result = timeline.timeline(setup, video, hop=0.25)
   segment_s = synthetic.NUM_FRAMES / SEGMENT_FPS
   inside = [k for k, (start, end) in enumerate(zip(result.starts, result.ends))

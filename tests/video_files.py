@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from vivit import prepare
-from vivit.datasets import decode
+from vivit.demo_video import write_frames  # the library's writer: lossless H.264
 
 NTSC = Fraction(30000, 1001)
 
@@ -37,9 +37,6 @@ def write_video(path, num_frames=12, fps=25, size=(48, 64), codec='libx264',
   height, width = size
   frames = (np.full((height, width, 3), frame_level(i), np.uint8) for i in range(num_frames))
   return write_frames(path, frames, fps, codec, container_format)
-
-
-write_frames = decode.write_frames  # the library's writer: lossless H.264
 
 
 def write_audio_only(path):

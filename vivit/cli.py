@@ -1,18 +1,20 @@
 """What every command shares: one-line errors for the mistakes a user can make, quiet
 logs, `--verbose` (or `VIVIT_VERBOSE=1`) for tracebacks and library logs, TensorFlow
-kept off the GPUs, and the start-up line naming the devices JAX runs on."""
+kept off the GPUs, the start-up line naming the devices JAX runs on, and the progress
+bar of a video being read."""
 import argparse
 import collections
 import functools
 import os
 import subprocess
 import sys
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ml_collections import ConfigDict
 
 from vivit import verbose
 from vivit.errors import ConfigError, UserError
+from vivit.video import Progress
 
 # The modules of setup.py's extras, by extra: imported inside functions only, so a base
 # install runs everything else; without one, `run` says which extra brings it.
@@ -35,6 +37,24 @@ def duration(seconds: float) -> str:
   if hours:
     return f'{hours}h{minutes:02d}m'
   return f'{minutes}m{seconds:02d}s' if minutes else f'{seconds}s'
+
+
+def progress_bar(description: Optional[str]
+                 ) -> Tuple[Optional[Progress], Callable[[], None]]:
+  """(a video reader's progress callback, closer): a tqdm bar of the seconds of
+  video read, on stderr, shown only after 2 s (short videos
+  show none); no bar (None, a closer that does nothing) without a `description`."""
+  if not description:
+    return None, lambda: None
+  from tqdm import tqdm
+  bar = tqdm(desc=description, unit='s', file=sys.stderr, delay=2.0,
+             bar_format='{desc}: {n:.0f}/{total_fmt} s of video [{elapsed}<{remaining}]')
+
+  def update(seconds: float, end: Optional[float]) -> None:
+    if end and bar.total is None:
+      bar.total = round(end)
+    bar.update(seconds - bar.n)
+  return update, bar.close
 
 
 def one_line(error: BaseException) -> str:

@@ -20,19 +20,15 @@ writes the top classes of windows over the whole video instead (`vivit.timeline`
 where and when in the 1x1 view (or the clip from `--start` seconds) the model looked
 for a class (`vivit.explain`).
 """
-import dataclasses
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from vivit import cli, explain, timeline
-from vivit.errors import ConfigError, VideoError
-
-# The preprocessing of a checkpoint without a training config: `prepare`'s default
-# frame rate, scenic's Kinetics stride.
-DEFAULT_FPS = 25.0
-DEFAULT_STRIDE = 2
+from vivit.errors import ConfigError
+from vivit.inference import (DEFAULT_FPS, DEFAULT_STRIDE, ProgressBars, clip_at, load,
+                             video_views)
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -45,105 +41,9 @@ def parse_views(text: str) -> Tuple[int, int]:
   return clips, crops
 
 
-def _read(path: str, resample, keep, bar: Optional[str], **segment):
-  """`decode.read_video(path, resample, keep=keep, **segment)`, with a bar named
-  `bar` if any."""
-  from vivit.datasets import decode
-  update, close = decode.progress_bar(bar)
-  try:
-    return decode.read_video(path, resample, keep=keep, progress=update, **segment)
-  finally:
-    close()
-
-
-def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resize: int,
-                crop_size: int, num_clips: int, num_crops: int, progress: bool = False,
-                whole_clips: bool = False) -> np.ndarray:
-  """`[views, num_frames, crop, crop, 3]` uint8: the evaluation's views of the
-  video file at `path` (VideoError if it cannot be decoded). Only the frames the
-  views use are converted and kept. `progress`: bars of the two passes over the
-  file on stderr. `whole_clips`: VideoError for a video shorter than one clip (the
-  evaluation repeats its frames to fill one)."""
-  import tensorflow as tf
-  from vivit.datasets import decode
-  from vivit.input import transforms
-  resample = decode.Resample(fps=fps, short_side=min_resize)
-  try:
-    # The clips' places depend on the exact frame count, which the declared duration
-    # does not give: a first pass counts the frames without converting any.
-    count = len(_read(path, resample, (), progress and 'counting frames').frames)
-    if whole_clips:
-      timeline.check_holds_a_clip(count, num_frames * stride, fps)
-    needed = transforms.test_clip_indices(count, num_frames, stride, num_clips)
-    clip = _read(path, resample, {int(i) for i in needed.numpy().flat},
-                 progress and 'decoding the views')
-    if len(clip.frames) != count:
-      raise VideoError(f'{len(clip.frames)} frames decoded, {count} on a first read')
-  except VideoError as e:
-    raise VideoError(f'{path}: {e}') from None
-  return transforms.test_views(
-      tf.constant(clip.frames), num_frames=num_frames, stride=stride,
-      min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,
-      num_crops=num_crops).numpy()
-
-
-def clip_at(path: str, setup: 'Setup', start: float, progress: bool = False
-            ) -> np.ndarray:
-  """`[num_frames, crop, crop, 3]` uint8: the 1x1 view of the clip of `setup` that
-  starts `start` seconds into the video at `path` (a timeline window's), decoding only
-  that segment. VideoError if the video ends before the clip does."""
-  from vivit.datasets import decode
-  if start < 0:
-    raise ConfigError(f'--start {start:g}: seconds from the beginning, >= 0')
-  span = setup.num_frames * setup.stride
-  try:
-    frames = _read(path, decode.Resample(setup.fps, setup.min_resize), None,
-                   progress and 'decoding the clip', start=start,
-                   stop=start + (span + 0.5) / setup.fps).frames
-    timeline.check_holds_a_clip(len(frames), span, setup.fps)
-  except VideoError as e:
-    raise VideoError(f'{path} from {start:g}s: {e}') from None
-  return timeline.window_view(frames[:span], setup)
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """A checkpoint's model and how its clips are cut: `params`, `names` {head:
-  [class names]} ('label' for a one-head model), and the decoding (`fps`) and view
-  settings (`num_frames`, `stride`, `min_resize`, `crop_size`)."""
-  model_config: object
-  params: object
-  names: Dict[str, List[str]]
-  fps: float
-  num_frames: int
-  stride: int
-  min_resize: int
-  crop_size: int
-
-  def view(self) -> Dict[str, int]:
-    """The `video_views` / `transforms.test_views` settings of a clip."""
-    return dict(num_frames=self.num_frames, stride=self.stride,
-                min_resize=self.min_resize, crop_size=self.crop_size)
-
-
-def load(checkpoint: str, *, fps: Optional[float] = None, stride: Optional[int] = None
-         ) -> Setup:
-  """The `Setup` of `checkpoint` (workdir, params directory, HF directory or Hub id);
-  `fps` and `stride` override the training dataset's."""
-  from vivit import task
-  from vivit.convert import read_checkpoint
-  from vivit.hub import resolve
-  checkpoint = resolve(checkpoint)  # a Hub id: its snapshot, for both readers below
-  config, params, names = read_checkpoint(checkpoint)
-  dataset = task.workdir_dataset(checkpoint)  # a training workdir's data settings
-  frames, crop, _ = config.input_size
-  if not isinstance(names, dict):  # one head
-    names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
-  return Setup(config, params, names,
-               fps=fps or (dataset and task.prepared_fps(dataset)) or DEFAULT_FPS,
-               num_frames=frames, crop_size=crop,
-               stride=stride or (dataset.stride if dataset else DEFAULT_STRIDE),
-               min_resize=(dataset and dataset.min_resize) or task.min_resize(crop))
+def _bars(progress: bool) -> Optional[ProgressBars]:
+  """`cli.progress_bar` where bars are wanted (stderr a terminal), else None."""
+  return cli.progress_bar if progress else None
 
 
 def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
@@ -158,7 +58,7 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   num_clips, num_crops = parse_views(views)
   setup = load(checkpoint, fps=fps, stride=stride)
   clips = video_views(video, fps=setup.fps, num_clips=num_clips, num_crops=num_crops,
-                      progress=progress, **setup.view())
+                      bars=_bars(progress), **setup.view())
   logits = build_model(setup.model_config).apply({'params': setup.params}, clips)
   logits = np.asarray(average_views(logits[None]))[0]
   result = {}
@@ -253,7 +153,7 @@ def _timeline_main(args) -> int:
   result = timeline.timeline(
       setup, args.video, hop=args.hop,
       batch=timeline.DEFAULT_BATCH if args.batch is None else args.batch,
-      smooth=1 if args.smooth is None else args.smooth, progress=sys.stderr.isatty())
+      smooth=1 if args.smooth is None else args.smooth, bars=_bars(sys.stderr.isatty()))
   for path in timeline.write(args.timeline, result, args.top):
     print(path)
   return 0
@@ -265,9 +165,10 @@ def _explain_main(args) -> int:
   cli.print_devices(line=sys.stdout.isatty())
   if args.start is None:
     clip = video_views(args.video, fps=setup.fps, num_clips=1, num_crops=1,
-                       progress=sys.stderr.isatty(), whole_clips=True, **setup.view())[0]
+                       bars=_bars(sys.stderr.isatty()), whole_clips=True,
+                       **setup.view())[0]
   else:
-    clip = clip_at(args.video, setup, args.start, progress=sys.stderr.isatty())
+    clip = clip_at(args.video, setup, args.start, bars=_bars(sys.stderr.isatty()))
   result = explain.explain(setup, clip, class_name=args.class_name,
                            method=args.method or 'auto')
   print(f'{result.class_name} ({result.head}, probability {result.probability:.3f}): '

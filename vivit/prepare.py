@@ -16,8 +16,7 @@ import os
 import sys
 from collections import Counter
 
-from vivit import cli, datasets
-from vivit.datasets import decode
+from vivit import cli, datasets, video
 from vivit.datasets.builder import prepare_dataset
 from vivit.errors import ConfigError, MissingError
 
@@ -50,7 +49,7 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def check_args(args, builder_cls) -> decode.Resample:
+def check_args(args, builder_cls) -> video.Resample:
   if not os.path.isdir(args.videos):
     raise MissingError(f'--videos {args.videos}: no such directory')
   if args.annotations is None and args.dataset != 'video_folder':
@@ -63,7 +62,7 @@ def check_args(args, builder_cls) -> decode.Resample:
   fps = builder_cls.DEFAULT_FPS if args.fps is None else args.fps
   if fps < 0 or args.short_side < 0:
     raise ConfigError('--fps and --short_side must be positive (or 0 to keep)')
-  return decode.Resample(fps=fps, short_side=args.short_side)
+  return video.Resample(fps=fps, short_side=args.short_side)
 
 
 def prepare(args) -> dict:

@@ -1,6 +1,6 @@
 """Class probability over time: `vivit-predict --checkpoint DIR --video FILE --timeline OUT`.
 
-The video is decoded as a stream (`decode.stream_video`) and cut into windows of the
+The video is decoded as a stream (`video.stream_video`) and cut into windows of the
 model's clip (frames x stride at the decode rate) every `hop` seconds (default: one
 clip's duration, so the windows tile the video); memory holds one window's frames and
 one batch of windows whatever the video's length. Each window is the 1x1 test view
@@ -13,14 +13,15 @@ probability over time per head, thumbnails of the video above it).
 import collections
 import csv
 import dataclasses
-import functools
 import io
 import json
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from vivit.errors import ConfigError, VideoError
+from vivit.inference import ProgressBars, Setup, check_holds_a_clip, window_view
+from vivit.video import Resample, stream_video
 
 DEFAULT_BATCH = 8
 THUMBNAILS = 8  # along the time axis of the picture
@@ -42,7 +43,7 @@ class Windows:
     return k * self.hop / self.fps, (k * self.hop + self.span) / self.fps
 
   def __contains__(self, index: int) -> bool:
-    """Whether some window gathers output frame `index` (`decode`'s `keep`)."""
+    """Whether some window gathers output frame `index` (a reader's `keep`)."""
     first = max(0, -(-(index - self.span + 1) // self.hop))
     return any((index - k * self.hop) % self.stride == 0
                for k in range(first, index // self.hop + 1))
@@ -73,30 +74,6 @@ def window_frames(frames: Iterable[bytes], windows: Windows
   check_holds_a_clip(count, windows.span, windows.fps)
 
 
-def check_holds_a_clip(count: int, span: int, fps: float) -> None:
-  """VideoError unless `count` frames at `fps` hold one clip of `span` frames."""
-  if count < span:
-    raise VideoError(f'{count / fps:.2f}s of video at {fps:g} fps is shorter than one '
-                     f'clip ({span} frames, {span / fps:.2f}s)')
-
-
-def window_view(jpegs: Sequence[bytes], setup) -> np.ndarray:
-  """`[num_frames, crop, crop, 3]` uint8: the 1x1 test view of one window's frames
-  (`setup`: a `predict.Setup`)."""
-  import tensorflow as tf
-  return _test_view(tuple(setup.view().items()))(tf.constant(list(jpegs))).numpy()[0]
-
-
-@functools.lru_cache(maxsize=None)
-def _test_view(settings):
-  """`transforms.test_views` (1 clip, 1 crop) with `settings` as a TF graph, traced
-  once per window length: eagerly, its per-frame decoding loop costs ~15 ms a window."""
-  import tensorflow as tf
-  from vivit.input import transforms
-  return tf.function(functools.partial(transforms.test_views, num_clips=1, num_crops=1,
-                                       **dict(settings)))
-
-
 def batched(items: Iterable, size: int) -> Iterator[list]:
   """Lists of `size` consecutive items (the last one shorter)."""
   batch = []
@@ -109,7 +86,7 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     yield batch
 
 
-def logits_function(setup, batch: int):
+def logits_function(setup: Setup, batch: int):
   """`views [n <= batch, frames, crop, crop, 3]` -> logits `[n, classes]`, compiled
   once for `batch` views (a shorter batch is padded)."""
   import jax
@@ -174,24 +151,25 @@ def smoothed(probabilities: np.ndarray, n: int) -> np.ndarray:
   return (sums[high] - sums[low]) / (high - low)[:, None]
 
 
-def _decoded(video: str, setup, windows: Windows, progress: bool) -> Iterator[bytes]:
-  """`decode.stream_video` of the windows' frames, with a bar on stderr if
-  `progress`; VideoError messages name the file."""
-  from vivit.datasets import decode
-  update, close = decode.progress_bar('timeline' if progress else None)
+def _decoded(video: str, setup: Setup, windows: Windows, bars: Optional[ProgressBars]
+             ) -> Iterator[bytes]:
+  """`stream_video` of the windows' frames, with a bar from `bars` if any;
+  VideoError messages name the file."""
+  update, close = bars('timeline') if bars else (None, lambda: None)
   try:
-    yield from decode.stream_video(video, decode.Resample(setup.fps, setup.min_resize),
-                                   keep=windows, progress=update)
+    yield from stream_video(video, Resample(setup.fps, setup.min_resize), keep=windows,
+                            progress=update)
   except VideoError as e:
     raise VideoError(f'{video}: {e}') from None
   finally:
     close()
 
 
-def timeline(setup, video: str, *, hop: Optional[float] = None,
-             batch: int = DEFAULT_BATCH, smooth: int = 1, progress: bool = False
-             ) -> Timeline:
-  """The `Timeline` of `video` under `setup` (a `predict.Setup`): see the module."""
+def timeline(setup: Setup, video: str, *, hop: Optional[float] = None,
+             batch: int = DEFAULT_BATCH, smooth: int = 1,
+             bars: Optional[ProgressBars] = None) -> Timeline:
+  """The `Timeline` of `video` under `setup`: see the module. `bars`: the progress
+  bars (`inference.ProgressBars`), None for none."""
   from vivit.step import head_probabilities
   if batch < 1 or smooth < 1:
     raise ConfigError(f'--batch {batch}, --smooth {smooth}: both at least 1')
@@ -200,7 +178,7 @@ def timeline(setup, video: str, *, hop: Optional[float] = None,
   thumbnails = EvenlySpaced(THUMBNAILS)
   middle = windows.span // 2 // windows.stride * windows.stride  # a gathered frame
   outputs = []
-  for chunk in batched(window_frames(_decoded(video, setup, windows, progress), windows),
+  for chunk in batched(window_frames(_decoded(video, setup, windows, bars), windows),
                        batch):
     for k, jpegs in chunk:
       thumbnails.offer(k, jpegs[middle])

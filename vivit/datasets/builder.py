@@ -26,8 +26,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vivit import video
 from vivit.errors import ConfigError, DataError
-from vivit.datasets import decode
 from vivit.datasets.decoders import WORKER_DIED, Decoders, death_reason, decode_entry
 from vivit.datasets.entries import Entry, check_split
 from vivit.datasets.work_files import FAILED, RUNNING, inside, is_work_file, load_clip, \
@@ -42,7 +42,7 @@ def _example(entry: Entry, record: dict) -> dict:
           **dict(entry.labels)}
 
 
-def _beam_examples(entry: Entry, resample: decode.Resample, work_dir: str):
+def _beam_examples(entry: Entry, resample: video.Resample, work_dir: str):
   """Beam: decode one entry; a bad video leaves a failure file for the report."""
   record = decode_entry(entry, resample, work_dir)
   if record is not None:
@@ -65,12 +65,12 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   DEFAULT_FPS = 25.0
 
   def __init__(self, *, videos: Optional[str] = None, annotations: Optional[str] = None,
-               resample: Optional[decode.Resample] = None, workers: int = 1,
+               resample: Optional[video.Resample] = None, workers: int = 1,
                beam: bool = False, progress: bool = True, **kwargs):
     kwargs.setdefault('file_format', 'array_record')
     self._entries: Optional[List[Entry]] = None
     self._class_names: Dict[str, List[str]] = {}
-    self._resample = resample or decode.Resample(fps=self.DEFAULT_FPS)
+    self._resample = resample or video.Resample(fps=self.DEFAULT_FPS)
     self._workers, self._beam, self._progress = workers, beam, progress
     if annotations is not None or videos is not None:
       self._entries, self._class_names = self.read_annotations(videos, annotations)
@@ -230,7 +230,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   def check_work_dir(self) -> None:
     """A work dir left by a run with other settings is refused, not mixed in."""
     settings = {'fps': self._resample.fps, 'short_side': self._resample.short_side,
-                'jpeg_quality': decode.JPEG_QUALITY}
+                'jpeg_quality': video.JPEG_QUALITY}
     path = os.path.join(self.work_dir, 'settings.json')
     if os.path.exists(path):
       with open(path) as f:
@@ -262,7 +262,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
 
 def prepare_dataset(builder_cls: type, *, data_dir: str, videos: str,
-                    annotations: Optional[str], resample: decode.Resample, workers: int = 1,
+                    annotations: Optional[str], resample: video.Resample, workers: int = 1,
                     beam_options: Optional[str] = None, keep_work: bool = False
                     ) -> Tuple[VideoDatasetBuilder, dict]:
   """Prepares the dataset (stage 1 and 2, see above; with Apache Beam when
@@ -270,8 +270,8 @@ def prepare_dataset(builder_cls: type, *, data_dir: str, videos: str,
   report, {} when the dataset was already there."""
   existing = builder_cls(data_dir=data_dir)
   if existing.is_prepared():
-    stored = decode.Resample(fps=existing.info.metadata['fps'],
-                             short_side=existing.info.metadata['short_side'])
+    stored = video.Resample(fps=existing.info.metadata['fps'],
+                            short_side=existing.info.metadata['short_side'])
     if stored != resample:
       raise DataError(f'{existing.data_dir} already holds {existing.name} prepared with '
                       f'fps={stored.fps:g}, short_side={stored.short_side}; use another '

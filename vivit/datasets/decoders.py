@@ -10,8 +10,8 @@ import traceback
 from multiprocessing import connection
 from typing import Callable, Dict, List, Optional
 
+from vivit import video
 from vivit.errors import DataError, VideoError
-from vivit.datasets import decode
 from vivit.datasets.entries import Entry
 from vivit.datasets.work_files import FAILED, RUNNING, forget, record_failure, remove, \
     save_clip, work_file, write_atomic, write_json
@@ -23,7 +23,7 @@ READY = 'ready'
 KILL_WORKER_ON = 'VIVIT_TEST_KILL_WORKER_ON'
 
 
-def decode_entry(entry: Entry, resample: decode.Resample, work_dir: str,
+def decode_entry(entry: Entry, resample: video.Resample, work_dir: str,
                  threads: bool = False) -> Optional[dict]:
   """{'frames', 'fps'} of the entry, or None once the reason it failed is saved in
   `work_dir` for the report: nothing a video file can contain stops preparation."""
@@ -39,7 +39,7 @@ def decode_entry(entry: Entry, resample: decode.Resample, work_dir: str,
   return None
 
 
-def _decode_to_work_file(entry: Entry, resample: decode.Resample, work_dir: str,
+def _decode_to_work_file(entry: Entry, resample: video.Resample, work_dir: str,
                          threads: bool, alone: bool) -> bool:
   """Decodes one entry into its work file; False if it failed. A marker names the
   process while it decodes (`alone`: with no other video in flight; see builder.py)."""
@@ -67,7 +67,7 @@ def _die_with(owner: int) -> None:
     os._exit(0)
 
 
-def _worker(conn, owner: int, resample: decode.Resample, work_dir: str, threads: bool,
+def _worker(conn, owner: int, resample: video.Resample, work_dir: str, threads: bool,
             alone: bool) -> None:
   """A decoding process: says READY, then answers each entry it is sent with
   `_decode_to_work_file`'s result, or (a bug, a full disk) the exception and its
@@ -130,7 +130,7 @@ class Decoders:
   entry at a time; a worker that dies fails its entry and is replaced (see
   `VideoDatasetBuilder._decode_all`). `finished(ok)` is called once per entry."""
 
-  def __init__(self, count: int, resample: decode.Resample, work_dir: str, alone: bool,
+  def __init__(self, count: int, resample: video.Resample, work_dir: str, alone: bool,
                finished: Callable[[bool], None]):
     self.count, self.resample, self.work_dir, self.alone = count, resample, work_dir, alone
     self.finished = finished

@@ -5,8 +5,8 @@ import os
 import re
 from typing import Dict, Optional, Sequence, Tuple
 
+from vivit import video
 from vivit.errors import AnnotationError, VideoError
-from vivit.datasets import decode
 
 VIDEO_EXTENSIONS = ('.mp4', '.webm', '.mkv', '.avi', '.mov', '.m4v', '.mpg', '.mpeg')
 # Split names become directory and file names.
@@ -29,16 +29,16 @@ class Entry:
   stop: Optional[float] = None
   frame_files: Optional[Tuple[str, ...]] = None
   frame_fps: Optional[float] = None
-  # Cut [start, stop) only from a file longer than that (see decode.read_video).
+  # Cut [start, stop) only from a file longer than that (see video.read_video).
   only_if_longer: bool = False
 
-  def read(self, resample: decode.Resample, threads: bool = False) -> decode.Clip:
+  def read(self, resample: video.Resample, threads: bool = False) -> video.Clip:
     if self.frame_files is not None:
-      return decode.read_frame_files(self.frame_files, self.frame_fps, resample)
+      return video.read_frame_files(self.frame_files, self.frame_fps, resample)
     if self.path is None:
       raise VideoError('video file not found')
-    return decode.read_video(self.path, resample, start=self.start, stop=self.stop,
-                             only_if_longer=self.only_if_longer, threads=threads)
+    return video.read_video(self.path, resample, start=self.start, stop=self.stop,
+                            only_if_longer=self.only_if_longer, threads=threads)
 
 
 def index_files(root: str, extensions: Sequence[str]) -> Dict[str, str]:

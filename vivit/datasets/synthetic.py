@@ -11,7 +11,7 @@ Generated locally in seconds, deterministically from a seed:
 `tfds.builder('synthetic_motion', data_dir=...).download_and_prepare()` (the data
 pipeline does this on first use).
 """
-from typing import Iterator, List, Tuple
+from typing import Iterator, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -140,26 +140,4 @@ def examples(split: str, count: int) -> Iterator[Tuple[np.ndarray, np.ndarray, i
     label = index % len(CLASS_NAMES)
     clip, where = render_clip_and_object(label, rng)
     yield clip, where, label
-
-
-def write_demo_video(path: str, segments: int = 12, fps: float = 25.0, seed: int = 0
-                     ) -> List[Tuple[float, float, str]]:
-  """A video of `segments` synthetic_motion clips one after another (16 frames each:
-  0.64 s at 25 fps, the rate `vivit-predict` decodes at by default), of classes
-  drawn in turn from shuffled rounds of all ten, so that neighbours differ; (start,
-  end, class name) of each segment in seconds."""
-  from vivit.datasets import decode
-  rng = np.random.default_rng(seed)
-  labels = []
-  while len(labels) < segments:
-    order = [int(c) for c in rng.permutation(len(CLASS_NAMES))]
-    if labels and order[0] == labels[-1]:
-      order.reverse()
-    labels += order
-  labels = labels[:segments]
-  clips = (render_clip(label, rng) for label in labels)
-  decode.write_frames(path, (frame for clip in clips for frame in clip), fps=fps)
-  seconds = NUM_FRAMES / fps
-  return [(i * seconds, (i + 1) * seconds, CLASS_NAMES[label])
-          for i, label in enumerate(labels)]
 

@@ -1,4 +1,4 @@
-"""Video files -> JPEG frames at a fixed frame rate and size, with PyAV.
+"""Reading video files with PyAV: JPEG frames at a fixed frame rate and size.
 
 `read_video` is what dataset preparation runs on every video: decode (optionally
 only the frames of one segment), resample to `fps` by nearest timestamp, resize so
@@ -8,7 +8,7 @@ truncated, undecodable, no video stream, a frame rate or timestamp gap that is n
 video, more frames than the ceilings below) raises `VideoError` with a one-line
 reason, so preparation can skip the video and report it. `stream_video` yields the
 same frames one at a time (for a timeline over a video of any length);
-`write_frames` writes frames to a file (demo and test videos).
+`read_frame_files` reads a segment released as one image file per frame.
 
 No TensorFlow here: this module runs in the decoding worker processes.
 """
@@ -17,7 +17,6 @@ import io
 import itertools
 import math
 import os
-import sys
 from fractions import Fraction
 from typing import (Callable, Container, Iterable, Iterator, List, Optional, Sequence,
                     Tuple)
@@ -44,6 +43,10 @@ MAX_GAP_S = 5.0
 MAX_FRAMES = 18_000  # 12 minutes at 25 fps
 MAX_PIXELS = 2_000_000_000  # frames x height x width: 17,000 frames at 256x455
 MAX_JPEG_BYTES = 256 << 20  # every repeat counted; e.g. 13,000 frames of 20 KB
+
+# A reader's progress callback: `progress(seconds, end)` is told each source frame's
+# time and the declared end of what is read (None if the file declares none).
+Progress = Callable[[float, Optional[float]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,7 @@ def _repeats(frames: Iterable[Tuple[float, object]], source_fps: float, fps: flo
         if time - held_time > MAX_GAP_S:
           raise VideoError(f'timestamp gap: no frame for {time - held_time:.2f}s after '
                            f'the one at {start + held_time:.2f}s (limit {MAX_GAP_S:g}s, '
-                           f'decode.MAX_GAP_S)')
+                           f'video.MAX_GAP_S)')
         n = _slots_until(emitted, (held_time + time) / 2, fps)
       yield held, n
       emitted += n
@@ -131,12 +134,12 @@ def _repeats(frames: Iterable[Tuple[float, object]], source_fps: float, fps: flo
 def frame_ceiling(size: Optional[Tuple[int, int]]) -> Tuple[int, str]:
   """The most output frames a video may have at output `size` (height, width; None:
   unknown), and the VideoError message past it."""
-  by_frames = MAX_FRAMES, f'too long: over {MAX_FRAMES} frames (decode.MAX_FRAMES)'
+  by_frames = MAX_FRAMES, f'too long: over {MAX_FRAMES} frames (video.MAX_FRAMES)'
   if size is None or MAX_PIXELS // (size[0] * size[1]) >= MAX_FRAMES:
     return by_frames
   by_pixels = MAX_PIXELS // (size[0] * size[1])
   return by_pixels, (f'too large: over {MAX_PIXELS} pixels, {by_pixels} frames of '
-                     f'{size[0]}x{size[1]} (decode.MAX_PIXELS)')
+                     f'{size[0]}x{size[1]} (video.MAX_PIXELS)')
 
 
 def _jpeg_runs(frames: Iterable[Tuple[float, object]], source_fps: float, fps: float,
@@ -162,7 +165,7 @@ def _jpeg_runs(frames: Iterable[Tuple[float, object]], source_fps: float, fps: f
     jpeg_bytes += n * len(jpeg)
     if ceilings and jpeg_bytes > MAX_JPEG_BYTES:
       raise VideoError(f'too large: over {MAX_JPEG_BYTES} bytes of JPEG frames '
-                       f'(decode.MAX_JPEG_BYTES)')
+                       f'(video.MAX_JPEG_BYTES)')
     emitted += n
     yield jpeg, n
 
@@ -278,7 +281,7 @@ def _converter(short_side: int):
 def _file_runs(path: str, resample_to: Resample, *, start: Optional[float] = None,
                stop: Optional[float] = None, only_if_longer: bool = False,
                threads: bool = False, keep: Optional[Container[int]] = None,
-               progress: Optional[Callable[[float, Optional[float]], None]] = None,
+               progress: Optional[Progress] = None,
                ceilings: bool = True) -> Tuple[float, Iterator[Tuple[bytes, int]]]:
   """(source rate, `_jpeg_runs` of the file) for `read_video` and `stream_video`
   (their arguments). The file is opened and its rate checked now; the runs decode
@@ -347,27 +350,10 @@ def _file_runs(path: str, resample_to: Resample, *, start: Optional[float] = Non
   return rate, runs()
 
 
-def progress_bar(description: Optional[str]):
-  """(`read_video` / `stream_video` progress callback, closer): a tqdm bar of the
-  seconds of video read, on stderr, shown only after 2 s (short videos show none);
-  no bar (None, a closer that does nothing) without a `description`."""
-  if not description:
-    return None, lambda: None
-  from tqdm import tqdm
-  bar = tqdm(desc=description, unit='s', file=sys.stderr, delay=2.0,
-             bar_format='{desc}: {n:.0f}/{total_fmt} s of video [{elapsed}<{remaining}]')
-
-  def update(seconds: float, end: Optional[float]) -> None:
-    if end and bar.total is None:
-      bar.total = round(end)
-    bar.update(seconds - bar.n)
-  return update, bar.close
-
-
 def read_video(path: str, resample_to: Resample, *, start: Optional[float] = None,
                stop: Optional[float] = None, only_if_longer: bool = False,
                threads: bool = False, keep: Optional[Container[int]] = None,
-               progress: Optional[Callable[[float, Optional[float]], None]] = None) -> Clip:
+               progress: Optional[Progress] = None) -> Clip:
   """The frames of `path` (or of its segment [start, stop) seconds) at
   `resample_to.fps`, short side `resample_to.short_side`, JPEG-encoded.
 
@@ -386,8 +372,7 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
 
 
 def stream_video(path: str, resample_to: Resample, *, keep: Optional[Container[int]] = None,
-                 progress: Optional[Callable[[float, Optional[float]], None]] = None
-                 ) -> Iterator[bytes]:
+                 progress: Optional[Progress] = None) -> Iterator[bytes]:
   """`read_video(path, resample_to, keep=keep, progress=progress).frames` one at a
   time, as they are decoded: the same frames and the same checks (VideoError when
   the iteration reaches the problem), but no ceiling on the total, which only a
@@ -396,32 +381,6 @@ def stream_video(path: str, resample_to: Resample, *, keep: Optional[Container[i
     raise ValueError(f'stream_video needs a frame rate, not {resample_to.fps}')
   _, runs = _file_runs(path, resample_to, keep=keep, progress=progress, ceilings=False)
   yield from _expanded(runs)
-
-
-def write_frames(path, frames, fps=25, codec='libx264', container_format=None):
-  """Writes `frames` (uint8 `[height, width, 3]` each) to `path` as a video encoded
-  losslessly (H.264 at qp 0 by default; VP9 lossless for 'libvpx-vp9'); its path.
-  `container_format`: e.g. 'mpegts', or 'h264' (a raw stream, no timestamps).
-  Odd sizes are stored as yuv444p."""
-  import av
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  frames = iter(frames)
-  first = next(frames)
-  height, width = first.shape[:2]
-  odd = height % 2 or width % 2
-  with av.open(path, 'w', format=container_format) as container:
-    stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-    stream.height, stream.width = height, width
-    stream.pix_fmt = 'yuv444p' if odd else 'yuv420p'
-    stream.options = ({'qp': '0', 'preset': 'ultrafast'} if codec == 'libx264'
-                      else {'lossless': '1'})
-    for image in itertools.chain([first], frames):
-      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format='rgb24')
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-  return path
 
 
 def read_frame_files(paths: Sequence[str], source_fps: float, resample_to: Resample

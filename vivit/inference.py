@@ -1,0 +1,155 @@
+"""A loaded model for prediction, and the views of a video file it takes.
+
+`load` reads a checkpoint (training workdir, params directory, HF ViViT directory
+or Hub id) into a `Setup`: the model, its class names, and how its clips are cut
+(decode rate, frames, stride, short side, crop), from the training config where
+the checkpoint has one. `video_views` cuts a file as the evaluation cuts its
+examples, `clip_at` the 1x1 view of the clip from a given second, `window_view` the
+1x1 view of frames already decoded. `vivit-predict`, its timelines and its
+explanations build on these.
+
+Progress bars are the command's: a function here that reads a file takes `bars`, a
+factory `bars(description) -> (progress callback, closer)` (`vivit.cli.progress_bar`),
+or None for none.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import ml_collections
+import numpy as np
+
+from vivit import video
+from vivit.errors import ConfigError, VideoError
+
+# The preprocessing of a checkpoint without a training config: `prepare`'s default
+# frame rate, scenic's Kinetics stride.
+DEFAULT_FPS = 25.0
+DEFAULT_STRIDE = 2
+
+# `bars(description)`: (a reader's progress callback or None, a closer).
+ProgressBars = Callable[[str], Tuple[Optional[video.Progress], Callable[[], None]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A checkpoint's model and how its clips are cut: `params`, `names` {head:
+  [class names]} ('label' for a one-head model), and the decoding (`fps`) and view
+  settings (`num_frames`, `stride`, `min_resize`, `crop_size`)."""
+  model_config: ml_collections.ConfigDict
+  params: Any  # the model's parameter tree
+  names: Dict[str, List[str]]
+  fps: float
+  num_frames: int
+  stride: int
+  min_resize: int
+  crop_size: int
+
+  def view(self) -> Dict[str, int]:
+    """The view settings of a clip (`video_views`' keywords)."""
+    return dict(num_frames=self.num_frames, stride=self.stride,
+                min_resize=self.min_resize, crop_size=self.crop_size)
+
+
+def load(checkpoint: str, *, fps: Optional[float] = None, stride: Optional[int] = None
+         ) -> Setup:
+  """The `Setup` of `checkpoint` (workdir, params directory, HF directory or Hub id);
+  `fps` and `stride` override the training dataset's."""
+  from vivit import task
+  from vivit.convert import read_checkpoint
+  from vivit.hub import resolve
+  checkpoint = resolve(checkpoint)  # a Hub id: its snapshot, for both readers below
+  config, params, names = read_checkpoint(checkpoint)
+  dataset = task.workdir_dataset(checkpoint)  # a training workdir's data settings
+  frames, crop, _ = config.input_size
+  if not isinstance(names, dict):  # one head
+    names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
+  return Setup(config, params, names,
+               fps=fps or (dataset and task.prepared_fps(dataset)) or DEFAULT_FPS,
+               num_frames=frames, crop_size=crop,
+               stride=stride or (dataset.stride if dataset else DEFAULT_STRIDE),
+               min_resize=(dataset and dataset.min_resize) or task.min_resize(crop))
+
+
+def check_holds_a_clip(count: int, span: int, fps: float) -> None:
+  """VideoError unless `count` frames at `fps` hold one clip of `span` frames."""
+  if count < span:
+    raise VideoError(f'{count / fps:.2f}s of video at {fps:g} fps is shorter than one '
+                     f'clip ({span} frames, {span / fps:.2f}s)')
+
+
+def _read(path: str, resample: video.Resample, keep, bars: Optional[ProgressBars],
+          description: str, **segment) -> video.Clip:
+  """`video.read_video(path, resample, keep=keep, **segment)`, with a bar named
+  `description` if there are `bars`."""
+  update, close = bars(description) if bars else (None, lambda: None)
+  try:
+    return video.read_video(path, resample, keep=keep, progress=update, **segment)
+  finally:
+    close()
+
+
+def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resize: int,
+                crop_size: int, num_clips: int, num_crops: int,
+                bars: Optional[ProgressBars] = None, whole_clips: bool = False
+                ) -> np.ndarray:
+  """`[views, num_frames, crop, crop, 3]` uint8: the evaluation's views of the
+  video file at `path` (VideoError if it cannot be decoded). Only the frames the
+  views use are converted and kept. `bars`: the bars of the two passes over the
+  file. `whole_clips`: VideoError for a video shorter than one clip (the evaluation
+  repeats its frames to fill one)."""
+  import tensorflow as tf
+  from vivit.input import transforms
+  resample = video.Resample(fps=fps, short_side=min_resize)
+  try:
+    # The clips' places depend on the exact frame count, which the declared duration
+    # does not give: a first pass counts the frames without converting any.
+    count = len(_read(path, resample, (), bars, 'counting frames').frames)
+    if whole_clips:
+      check_holds_a_clip(count, num_frames * stride, fps)
+    needed = transforms.test_clip_indices(count, num_frames, stride, num_clips)
+    clip = _read(path, resample, {int(i) for i in needed.numpy().flat}, bars,
+                 'decoding the views')
+    if len(clip.frames) != count:
+      raise VideoError(f'{len(clip.frames)} frames decoded, {count} on a first read')
+  except VideoError as e:
+    raise VideoError(f'{path}: {e}') from None
+  return transforms.test_views(
+      tf.constant(clip.frames), num_frames=num_frames, stride=stride,
+      min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,
+      num_crops=num_crops).numpy()
+
+
+def window_view(jpegs: Sequence[bytes], setup: Setup) -> np.ndarray:
+  """`[num_frames, crop, crop, 3]` uint8: the 1x1 view of one window's decoded
+  frames (JPEGs at `setup.fps`, short side `setup.min_resize`)."""
+  import tensorflow as tf
+  return _one_view(tuple(setup.view().items()))(tf.constant(list(jpegs))).numpy()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _one_view(settings):
+  """The evaluation's views (1 clip, 1 crop) with `settings` as a TF graph, traced
+  once per window length: eagerly, its per-frame decoding loop costs ~15 ms a window."""
+  import tensorflow as tf
+  from vivit.input import transforms
+  return tf.function(functools.partial(transforms.test_views, num_clips=1, num_crops=1,
+                                       **dict(settings)))
+
+
+def clip_at(path: str, setup: Setup, start: float,
+            bars: Optional[ProgressBars] = None) -> np.ndarray:
+  """`[num_frames, crop, crop, 3]` uint8: the 1x1 view of the clip of `setup` that
+  starts `start` seconds into the video at `path` (a timeline window's), decoding only
+  that segment. VideoError if the video ends before the clip does."""
+  if start < 0:
+    raise ConfigError(f'--start {start:g}: seconds from the beginning, >= 0')
+  span = setup.num_frames * setup.stride
+  try:
+    frames = _read(path, video.Resample(setup.fps, setup.min_resize), None, bars,
+                   'decoding the clip', start=start,
+                   stop=start + (span + 0.5) / setup.fps).frames
+    check_holds_a_clip(len(frames), span, setup.fps)
+  except VideoError as e:
+    raise VideoError(f'{path} from {start:g}s: {e}') from None
+  return window_view(frames[:span], setup)
