@@ -94,6 +94,7 @@ BLOCK_REGISTRIES = (
     ('vivit.models.encoder', 'BLOCKS'),  # the Flax module
     ('vivit.convert.vit', 'VIT_BLOCKS'),  # initialisation from a 2-D ViT
     ('vivit.convert.transformers', 'HF_BLOCKS'),  # HuggingFace tensor names
+    ('vivit.relevance', 'RELEVANCE_LAYERS'),  # the attention layers explanations follow
 )
 
 

@@ -2,22 +2,20 @@
 product of the attention layers (checked against explicit [tokens, tokens] matrices
 for every variant), pixels keep the mass, every block kind has its layers, and
 (slow) a trained model's relevance on synthetic_motion's moving object."""
-import sys
+import dataclasses
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import ROOT, random_params, random_video, tiny_model_config
+from helpers import random_params, random_video, tiny_model_config
 from vivit import relevance
 from vivit.errors import ConfigError
 from vivit.models import build_model, embedded_frames, token_grid, variants
 from vivit.models.attention import factorised_attend
 from vivit.models.vivit import sampled_frame_indices
 
-if ROOT not in sys.path:
-  sys.path.append(ROOT)  # experiments/: scripts beside the package, not installed
-from experiments.explanation_mass import (  # noqa: E402
+from experiments.explanation_mass import (
     object_mass_ratio, object_mass_ratios, untrained_params)
 
 
@@ -183,14 +181,16 @@ def test_pixels_keep_the_mass_where_the_model_looks():
   assert object_mass_ratio(on_object, mask, seen)[0] == pytest.approx(4)
 
 
-def test_every_block_kind_has_its_attention_layers_and_no_other_is_guessed():
-  kinds = {variant.block for variant in variants.VARIANTS}
-  assert set(relevance.RELEVANCE_LAYERS) == kinds
-  for kind in kinds:
-    assert relevance.block_layers(kind) is relevance.RELEVANCE_LAYERS[kind]
-  with pytest.raises(ConfigError,
-                     match=r"^explanations are not supported for block kind 'mixed'$"):
-    relevance.block_layers('mixed')
+def test_an_unknown_block_kind_is_refused_not_guessed(monkeypatch):
+  """Relevance follows `RELEVANCE_LAYERS` (every kind: tests/test_layout.py); a kind
+  it lacks is refused by name, never treated as another kind."""
+  config = tiny_model_config(variants.FACTORISED_DOT_PRODUCT)
+  row = variants.get(config.variant)
+  monkeypatch.setattr(variants, 'get', lambda name: dataclasses.replace(row, block='mixed'))
+  with pytest.raises(ConfigError, match=r"^explaining a model is not supported for block "
+                                        r"kind 'mixed'$"):
+    relevance.relevance_from_attention(config, {}, {}, (1,) + tuple(config.input_size),
+                                       'rollout')
 
 
 # --- A trained model looks at the moving object (slow: trains on synthetic_motion) --

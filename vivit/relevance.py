@@ -22,7 +22,8 @@ heads each), and model 2 weighs each frame's spatial relevance by that frame's
 relevance in the temporal encoder. The product is evaluated as a row vector pulled
 back through the layers, so no `[tokens, tokens]` matrix beyond attention's own is made.
 
-Each encoder block kind says which attention layers it has in `RELEVANCE_LAYERS`.
+Each encoder block kind says which attention layers it has in `RELEVANCE_LAYERS`
+(read through `variants.for_block`).
 """
 import functools
 from typing import Callable, List, Sequence, Tuple
@@ -90,13 +91,6 @@ RELEVANCE_LAYERS = {
     variants.FACTORISED_SELF_ATTENTION_BLOCK: _factorised_self_attention_layers,
     variants.FACTORISED_HEADS_BLOCK: _factorised_heads_layers,
 }
-
-
-def block_layers(block_kind: str) -> BlockLayers:
-  """`RELEVANCE_LAYERS[block_kind]`; ConfigError for a kind it does not have."""
-  if block_kind not in RELEVANCE_LAYERS:
-    raise ConfigError(f'explanations are not supported for block kind {block_kind!r}')
-  return RELEVANCE_LAYERS[block_kind]
 
 
 def _layers(matrix: Matrix, layers_of_block: BlockLayers, config, num_layers: int
@@ -187,7 +181,7 @@ def _relevance(model_config, shape: Sequence[int], method: str):
   import jax.numpy as jnp
   from vivit.models import token_grid
   variant = variants.get(model_config.variant)
-  layers_of_block = block_layers(variant.block)
+  layers_of_block = variants.for_block(RELEVANCE_LAYERS, variant.block, 'explaining a model')
   has_cls = model_config.classifier == 'token'
   batch, clip_shape = shape[0], shape[1:4]
   time, height, width = token_grid(model_config, clip_shape)
