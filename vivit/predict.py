@@ -66,7 +66,7 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
   evaluation repeats its frames to fill one)."""
   import tensorflow as tf
   from vivit.datasets import decode
-  from vivit.input import transforms
+  from vivit.input import sampling
   resample = decode.Resample(fps=fps, short_side=min_resize)
   try:
     # The clips' places depend on the exact frame count, which the declared duration
@@ -74,14 +74,14 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
     count = len(_read(path, resample, (), progress and 'counting frames').frames)
     if whole_clips:
       timeline.check_holds_a_clip(count, num_frames * stride, fps)
-    needed = transforms.test_clip_indices(count, num_frames, stride, num_clips)
+    needed = sampling.eval_clip_indices(count, num_frames, stride, num_clips)
     clip = _read(path, resample, {int(i) for i in needed.numpy().flat},
                  progress and 'decoding the views')
     if len(clip.frames) != count:
       raise VideoError(f'{len(clip.frames)} frames decoded, {count} on a first read')
   except VideoError as e:
     raise VideoError(f'{path}: {e}') from None
-  return transforms.test_views(
+  return sampling.eval_views(
       tf.constant(clip.frames), num_frames=num_frames, stride=stride,
       min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,
       num_crops=num_crops).numpy()
@@ -121,7 +121,7 @@ class Setup:
   crop_size: int
 
   def view(self) -> Dict[str, int]:
-    """The `video_views` / `transforms.test_views` settings of a clip."""
+    """The `video_views` / `sampling.eval_views` settings of a clip."""
     return dict(num_frames=self.num_frames, stride=self.stride,
                 min_resize=self.min_resize, crop_size=self.crop_size)
 

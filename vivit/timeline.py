@@ -89,11 +89,11 @@ def window_view(jpegs: Sequence[bytes], setup) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _test_view(settings):
-  """`transforms.test_views` (1 clip, 1 crop) with `settings` as a TF graph, traced
+  """`sampling.eval_views` (1 clip, 1 crop) with `settings` as a TF graph, traced
   once per window length: eagerly, its per-frame decoding loop costs ~15 ms a window."""
   import tensorflow as tf
-  from vivit.input import transforms
-  return tf.function(functools.partial(transforms.test_views, num_clips=1, num_crops=1,
+  from vivit.input import sampling
+  return tf.function(functools.partial(sampling.eval_views, num_clips=1, num_crops=1,
                                        **dict(settings)))
 
 
