@@ -81,6 +81,7 @@ def dataset_config(name: str, data_dir: str, threads: int):
       name=name, format='tfds', data_dir=data_dir, label_key=('label',), train_split='train',
       num_frames=32, stride=2, min_resize=256, crop_size=224, scale_jitter=(0.9, 1.33),
       flip=True, colour_augment=0.8, colour_drop=0.1, randaugment=None,
+      augment_ops=('randaugment', 'colour'),
       num_threads=threads, shuffle_buffer=1024, shuffle_frames=False))
 
 
@@ -113,19 +114,19 @@ def decode_limit_rate(config, batch_size: int, steps: int):
   """(clips/s, clips per CPU second) of the limit: `input_rate`'s stream, reading and JPEG-decoding (whole,
   at the stored size) the frames of each clip, nothing else."""
   import tensorflow as tf
-  from vivit.input import pipeline, sources, transforms
+  from vivit.input import pipeline, sampling, sources
   source = pipeline.open_source(config, config.train_split)
 
   def decode(position, serialized):
     video, label = source.parse(serialized)
     seed = tf.stack([tf.constant(sources.stream_seed(0), tf.int64), position])
-    offset_seed = transforms.split_seed(transforms.split_seed(seed, 2)[0], 4)[0]
+    offset_seed = sampling.split_seed(sampling.split_seed(seed, 2)[0], 4)[0]
     count = tf.shape(video)[0]
-    indices = transforms.clip_indices(count, config.num_frames, config.stride,
-                                      transforms.random_offset(
-                                          count, config.num_frames, config.stride,
-                                          offset_seed))
-    return {'video': transforms.gather_frames(video, indices), 'label': label}
+    indices = sampling.clip_indices(count, config.num_frames, config.stride,
+                                    sampling.random_offset(
+                                        count, config.num_frames, config.stride,
+                                        offset_seed))
+    return {'video': sampling.gather_frames(video, indices), 'label': label}
 
   batches = pipeline._batches(config, source.train_stream(0, batch_size, 0), decode,
                               batch_size, drop_remainder=True)

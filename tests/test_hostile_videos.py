@@ -19,7 +19,7 @@ import video_files as vf
 from helpers import ROOT, tiny_model_config
 from vivit import inference, video
 from vivit.errors import VideoError
-from vivit.input import transforms
+from vivit.input import sampling
 
 # Peak resident memory (measured): `prepare` of two small videos ~0.7 GB, of two
 # 1000-frame 320x240 ones 1.2 GB; `predict` with a tiny model ~0.9 GB; this module's
@@ -172,8 +172,8 @@ def test_predict_views_equal_the_full_decode_from_their_frames_only(tmp_path, mo
     view = dict(num_frames=num_frames, stride=stride, min_resize=24, crop_size=16,
                 num_clips=clips, num_crops=crops)
     clip = video.read_video(path, video.Resample(fps=fps, short_side=24))
-    expected = transforms.test_views(tf.constant(clip.frames), **view).numpy()
-    needed = np.unique(transforms.test_clip_indices(len(clip.frames), num_frames, stride,
+    expected = sampling.eval_views(tf.constant(clip.frames), **view).numpy()
+    needed = np.unique(sampling.eval_clip_indices(len(clip.frames), num_frames, stride,
                                                     clips))
     del made[:]
     np.testing.assert_array_equal(inference.video_views(path, fps=fps, **view), expected)

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from vivit.input import transforms
+from vivit.input import randaugment
 
 SEED = tf.constant([3, 7], tf.int64)
 SEEDS = [tf.constant([11, s], tf.int64) for s in range(16)]
@@ -21,7 +21,7 @@ def _clip(frames=4, size=32, seed=0):
 
 
 def _op(video, name, magnitude, seed=SEED):
-  return transforms.apply_op(video, name, magnitude, seed).numpy()
+  return randaugment.apply_op(video, name, magnitude, seed).numpy()
 
 
 def _shift(video, pixels, axis):
@@ -101,7 +101,7 @@ def test_cutout_zeroes_the_same_square_in_every_frame():
       assert len(side) == 16 or (8 <= len(side) < 16 and (side[0] == 0 or side[-1] == 31))
 
 
-@pytest.mark.parametrize('name', transforms.RANDAUGMENT_OPS)
+@pytest.mark.parametrize('name', randaugment.RANDAUGMENT_OPS)
 def test_every_frame_gets_the_same_op_and_parameters(name):
   still = np.repeat(_clip(frames=1), 4, axis=0)
   video = _clip()
@@ -115,28 +115,28 @@ def test_every_frame_gets_the_same_op_and_parameters(name):
 
 def test_op_index_tensor_selects_the_named_op():
   x = _clip()
-  for index, name in enumerate(transforms.RANDAUGMENT_OPS):
+  for index, name in enumerate(randaugment.RANDAUGMENT_OPS):
     np.testing.assert_array_equal(_op(x, tf.constant(index), 15), _op(x, name, 15))
 
 
 def test_randaugment_is_the_same_on_every_frame_of_a_still_clip():
   still = np.repeat(_clip(frames=1), 4, axis=0)
   for seed in SEEDS[:8]:
-    out = transforms.randaugment(still, 2, 20, seed, ops=transforms.RANDAUGMENT_OPS).numpy()
+    out = randaugment.randaugment(still, 2, 20, seed, ops=randaugment.RANDAUGMENT_OPS).numpy()
     np.testing.assert_array_equal(out, np.repeat(out[:1], 4, axis=0))
 
 
 def test_randaugment_is_deterministic_per_seed():
   x = _clip()
-  out = transforms.randaugment(x, 2, 20, SEED).numpy()
-  np.testing.assert_array_equal(out, transforms.randaugment(x, 2, 20, SEED).numpy())
-  others = {transforms.randaugment(x, 2, 20, seed).numpy().tobytes() for seed in SEEDS}
+  out = randaugment.randaugment(x, 2, 20, SEED).numpy()
+  np.testing.assert_array_equal(out, randaugment.randaugment(x, 2, 20, SEED).numpy())
+  others = {randaugment.randaugment(x, 2, 20, seed).numpy().tobytes() for seed in SEEDS}
   assert len(others) >= 8
 
 
 def test_magnitude_20_changes_most_clips_and_geometric_ops_keep_them_at_0():
   x = _clip()
-  changes = [np.abs(transforms.randaugment(x, 2, 20, seed).numpy() - x).mean() for seed in SEEDS]
+  changes = [np.abs(randaugment.randaugment(x, 2, 20, seed).numpy() - x).mean() for seed in SEEDS]
   assert sum(change > 2 for change in changes) >= 12, changes
   for name in GEOMETRIC:
     np.testing.assert_array_equal(_op(x, name, 0), x)
@@ -149,93 +149,39 @@ def test_randaugment_shape_dtype_and_range():
   x[1, :2] = 300.0
   for magnitude in (0, 15, 20, 30):
     for seed in SEEDS[:6]:
-      out = transforms.randaugment(x, 3, magnitude, seed, ops=transforms.RANDAUGMENT_OPS)
+      out = randaugment.randaugment(x, 3, magnitude, seed, ops=randaugment.RANDAUGMENT_OPS)
       assert out.shape == x.shape and out.dtype == tf.float32
       assert 0 <= out.numpy().min() and out.numpy().max() <= 255
-  np.testing.assert_array_equal(transforms.randaugment(x, 0, 20, SEED), np.clip(x, 0, 255))
+  np.testing.assert_array_equal(randaugment.randaugment(x, 0, 20, SEED), np.clip(x, 0, 255))
 
 
 def test_randaugment_runs_in_graph_mode_with_unknown_frame_size():
   spec = tf.TensorSpec([None, None, None, 3], tf.float32)
-  graph = tf.function(lambda video: transforms.randaugment(
-      video, 2, 15, SEED, ops=transforms.RANDAUGMENT_OPS), input_signature=[spec])
+  graph = tf.function(lambda video: randaugment.randaugment(
+      video, 2, 15, SEED, ops=randaugment.RANDAUGMENT_OPS), input_signature=[spec])
   x = _clip(frames=3, size=20)
   np.testing.assert_array_equal(
-      graph(x), transforms.randaugment(x, 2, 15, SEED, ops=transforms.RANDAUGMENT_OPS))
+      graph(x), randaugment.randaugment(x, 2, 15, SEED, ops=randaugment.RANDAUGMENT_OPS))
 
 
-@pytest.mark.parametrize('num_layers, magnitude', [
-    (-1, 10), (1.5, 10), (2, -1), (2, 30.5), (2, float('nan'))])
-def test_bad_arguments_are_refused(num_layers, magnitude):
-  with pytest.raises(ValueError):
-    transforms.randaugment(_clip(), num_layers, magnitude, SEED)
+@pytest.mark.parametrize('num_layers, magnitude, message', [
+    (-1, 10, r'num_layers must be an integer >= 0, got -1'),
+    (1.5, 10, r'num_layers must be an integer >= 0, got 1\.5'),
+    (2, -1, r'magnitude must be in \[0, 30\], got -1\.0'),
+    (2, 30.5, r'magnitude must be in \[0, 30\], got 30\.5'),
+    (2, float('nan'), r'magnitude must be in \[0, 30\], got nan')])
+def test_bad_arguments_are_refused(num_layers, magnitude, message):
+  with pytest.raises(ValueError, match=message):
+    randaugment.randaugment(_clip(), num_layers, magnitude, SEED)
+  with pytest.raises(ValueError, match=message):
+    randaugment.check_arguments(num_layers, magnitude)
 
 
 def test_bad_ops_are_refused():
   for ops in ((), ('Rotate', 'Blur')):
     with pytest.raises(ValueError, match='ops'):
-      transforms.randaugment(_clip(), 2, 10, SEED, ops=ops)
+      randaugment.randaugment(_clip(), 2, 10, SEED, ops=ops)
   with pytest.raises(ValueError, match='Blur'):
-    transforms.apply_op(_clip(), 'Blur', 10, SEED)
+    randaugment.apply_op(_clip(), 'Blur', 10, SEED)
   with pytest.raises(ValueError, match='magnitude'):
-    transforms.apply_op(_clip(), 'Invert', 31, SEED)
-
-
-def _train_view(video, seed, **kwargs):
-  return transforms.train_view(video, num_frames=4, stride=2, min_resize=16, crop_size=16,
-                               scale_range=(1.0, 1.25), flip=True, seed=seed, **kwargs)
-
-
-def _train_view_by_hand(video, seed, randaugment):
-  """`_train_view` from its parts: RandAugment after the flip (the colour, after it,
-  is the device's)."""
-  offset_seed, crop_seed, flip_seed, randaugment_seed = transforms.split_seed(seed, 4)
-  count = tf.shape(video)[0]
-  offset = transforms.random_offset(count, 4, 2, offset_seed)
-  stored = tf.shape(video)[1:3]
-  y, x = transforms.train_crop_positions(stored, min_resize=16, crop_size=16,
-                                         scale_range=(1.0, 1.25), seed=crop_seed)
-  x = transforms.flip_positions(x, flip_seed)
-  top, size = transforms.crop_window(stored, y, x)
-  window = tf.gather(video, transforms.clip_indices(count, 4, 2, offset))
-  window = window[:, top[0]:top[0] + size[0], top[1]:top[1] + size[1]]
-  top = tf.cast(top, tf.float32)
-  video = transforms.resample(window, y - top[0], x - top[1])
-  if randaugment:
-    video = transforms.randaugment(video, *randaugment, seed=randaugment_seed)
-  return transforms.to_pixels(video)
-
-
-def _uint8_video(seed, frames=10, height=24, width=30):
-  return np.random.RandomState(seed).randint(0, 256, (frames, height, width, 3)).astype(np.uint8)
-
-
-def test_train_view_applies_randaugment_after_the_flip():
-  for i, seed in enumerate(SEEDS[:4]):
-    video = _uint8_video(i)
-    plain = _train_view(video, seed)
-    np.testing.assert_array_equal(plain, _train_view_by_hand(video, seed, None))
-    augmented = _train_view(video, seed, randaugment=(2, 20))
-    np.testing.assert_array_equal(augmented, _train_view_by_hand(video, seed, (2, 20)))
-
-
-def test_train_view_with_randaugment_in_a_tf_data_map():
-  videos = [_uint8_video(i, height=24 + 2 * i, width=30 - i) for i in range(6)]
-  spec = tf.TensorSpec([None, None, None, 3], tf.uint8)
-
-  def views(randaugment):
-    ds = tf.data.Dataset.from_generator(lambda: iter(videos), output_signature=spec)
-    ds = ds.enumerate().map(lambda i, video: _train_view(
-        video, tf.stack([tf.constant(5, tf.int64), i]), randaugment=randaugment))
-    return list(ds.as_numpy_iterator())
-
-  augmented, plain = views((2, 20)), views(None)
-  for view in augmented:
-    assert view.shape == (4, 16, 16, 3) and view.dtype == np.uint8
-  assert sum(np.abs(a.astype(int) - p).mean() > 2.5 for a, p in zip(augmented, plain)) >= 4
-
-
-@pytest.mark.parametrize('randaugment', [(2,), 20, '2,20', (2, 31), (-1, 10)])
-def test_train_view_refuses_bad_randaugment(randaugment):
-  with pytest.raises(ValueError):
-    _train_view(_uint8_video(0), SEED, randaugment=randaugment)
+    randaugment.apply_op(_clip(), 'Invert', 31, SEED)

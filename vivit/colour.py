@@ -1,7 +1,7 @@
 """Scenic's colour augmentation (DMVR's `color_default_augm`), applied on the device
 inside the train step.
 
-The input pipeline draws each clip's factors (`vivit.input.transforms.colour_draws`)
+The input pipeline draws each clip's factors (`vivit.input.augment.colour_draws`)
 and sends them beside the clip's uint8 pixels; the arithmetic, a few dozen
 operations per pixel, runs here, where it costs the accelerator next to nothing and
 the input cores nothing. The formulas are those of the `tf.image` kernels that

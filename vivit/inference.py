@@ -99,7 +99,7 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
   file. `whole_clips`: VideoError for a video shorter than one clip (the evaluation
   repeats its frames to fill one)."""
   import tensorflow as tf
-  from vivit.input import transforms
+  from vivit.input import sampling
   resample = video.Resample(fps=fps, short_side=min_resize)
   try:
     # The clips' places depend on the exact frame count, which the declared duration
@@ -107,14 +107,14 @@ def video_views(path: str, *, fps: float, num_frames: int, stride: int, min_resi
     count = len(_read(path, resample, (), bars, 'counting frames').frames)
     if whole_clips:
       check_holds_a_clip(count, num_frames * stride, fps)
-    needed = transforms.test_clip_indices(count, num_frames, stride, num_clips)
+    needed = sampling.eval_clip_indices(count, num_frames, stride, num_clips)
     clip = _read(path, resample, {int(i) for i in needed.numpy().flat}, bars,
                  'decoding the views')
     if len(clip.frames) != count:
       raise VideoError(f'{len(clip.frames)} frames decoded, {count} on a first read')
   except VideoError as e:
     raise VideoError(f'{path}: {e}') from None
-  return transforms.test_views(
+  return sampling.eval_views(
       tf.constant(clip.frames), num_frames=num_frames, stride=stride,
       min_resize=min_resize, crop_size=crop_size, num_clips=num_clips,
       num_crops=num_crops).numpy()
@@ -132,8 +132,8 @@ def _one_view(settings):
   """The evaluation's views (1 clip, 1 crop) with `settings` as a TF graph, traced
   once per window length: eagerly, its per-frame decoding loop costs ~15 ms a window."""
   import tensorflow as tf
-  from vivit.input import transforms
-  return tf.function(functools.partial(transforms.test_views, num_clips=1, num_crops=1,
+  from vivit.input import sampling
+  return tf.function(functools.partial(sampling.eval_views, num_clips=1, num_crops=1,
                                        **dict(settings)))
 
 

@@ -73,6 +73,10 @@ def base_config() -> ml_collections.ConfigDict:
       num_frames=config_dict.placeholder(int), crop_size=config_dict.placeholder(int),
       min_resize=config_dict.placeholder(int), stride=2,
       randaugment=config_dict.placeholder(tuple),  # (num_layers, magnitude)
+      # The training ops after the crop (vivit.input.augment) that may run, each when
+      # its fields turn it on: randaugment (randaugment), colour (colour_augment,
+      # colour_drop).
+      augment_ops=('randaugment', 'colour'),
       num_threads=0,  # 0: one input thread per core
       shuffle_buffer=1024,  # format 'dmvr' streams only: serialized examples
       shuffle_frames=False))  # True destroys temporal order (experiments/shuffled_frames.py)

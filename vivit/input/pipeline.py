@@ -2,21 +2,22 @@
 
 Batches are host-local numpy dicts:
   train: video `[batch, time, height, width, 3]` uint8 pixels, label `[batch]`
-         (`[batch, heads]` with several label keys), and with colour augmentation
-         on, colour `[batch, 6]`: each clip's draws, applied on the device by the
-         train step (`vivit.colour.augment_colour`)
+         (`[batch, heads]` with several label keys), and the fields of the
+         augmentation ops (`vivit.input.augment`): with colour augmentation on,
+         colour `[batch, 6]`: each clip's draws, applied on the device by the train
+         step (`vivit.colour.augment_colour`)
   eval:  video `[batch, views, time, height, width, 3]`, label, mask `[batch]`
          (mask 0 marks padding in the last batch).
 """
 import functools
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from vivit import datasets
-from vivit.input import dmvr, sources, transforms
+from vivit.input import augment, crop, dmvr, sampling, sources
 
 
 def open_source(dataset_config: ml_collections.ConfigDict, split: str) -> sources.Source:
@@ -28,12 +29,6 @@ def open_source(dataset_config: ml_collections.ConfigDict, split: str) -> source
                            keys)
   builder = datasets.get_builder(dataset_config.name, dataset_config.data_dir)
   return sources.TfdsSource(builder, split, keys, dataset_config.num_threads)
-
-
-def optional_tuple(value) -> Optional[tuple]:
-  """A tuple config field that may be unset: None, `()` and `(None,)` (what
-  `--config.x=None` makes of a tuple field) are all unset."""
-  return None if not value or tuple(value) == (None,) else tuple(value)
 
 
 def _shuffle_time(video, seed, axis: int):
@@ -66,6 +61,24 @@ def _batches(dataset_config, stream: sources.Stream, prepare, batch_size: int,
   return numpy_batches()
 
 
+def train_example(video, dataset_config: ml_collections.ConfigDict,
+                  seed) -> Dict[str, tf.Tensor]:
+  """One augmented training example of `video` (`[time, height, width, 3]` uint8 or
+  `[time]` JPEG strings): the fused decode-crop (`crop.train_view`), then the
+  augmentation ops the config names (`augment`). `seed` is the example's [2] seed.
+
+  Returns {'video': uint8 `[num_frames, crop, crop, 3]`, and each field of the ops
+  that write one (colour: `[6]`)}.
+  """
+  ops = augment.configured_ops(dataset_config)
+  clip = crop.train_view(
+      video, num_frames=dataset_config.num_frames, stride=dataset_config.stride,
+      min_resize=dataset_config.min_resize, crop_size=dataset_config.crop_size,
+      scale_range=tuple(dataset_config.scale_jitter), flip=dataset_config.flip,
+      seed=augment.view_seed(seed), rounded=not augment.changes_pixels(ops))
+  return augment.apply_ops(ops, clip, seed)
+
+
 def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, seed: int,
                   start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
   """Endless augmented training batches: this host's rows of global batches of
@@ -74,27 +87,19 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
   is the same on any number of hosts (TFDS data; DMVR tfrecords are read in whole
   files per host)."""
   source = open_source(dataset_config, dataset_config.train_split)
-  view = functools.partial(
-      transforms.train_view, num_frames=dataset_config.num_frames,
-      stride=dataset_config.stride, min_resize=dataset_config.min_resize,
-      crop_size=dataset_config.crop_size, scale_range=tuple(dataset_config.scale_jitter),
-      flip=dataset_config.flip, randaugment=optional_tuple(dataset_config.randaugment))
-  colour = dataset_config.colour_augment > 0 or dataset_config.colour_drop > 0
+  augment.configured_ops(dataset_config)  # a ConfigError raised here, not in tf.data's tracing
 
-  def augment(position, serialized):
+  def prepare(position, serialized):
     video, label = source.parse(serialized)
     example_seed = tf.stack([tf.constant(sources.stream_seed(seed), tf.int64), position])
-    view_seed, colour_seed = transforms.split_seed(example_seed, 2)
-    example = {'video': view(video, seed=view_seed), 'label': tf.cast(label, tf.int32)}
+    example = train_example(video, dataset_config, example_seed)
+    example['label'] = tf.cast(label, tf.int32)
     if dataset_config.shuffle_frames:
       example['video'] = _shuffle_time(example['video'], example_seed, axis=0)
-    if colour:
-      example['colour'] = transforms.colour_draws(
-          dataset_config.colour_augment, dataset_config.colour_drop, colour_seed)
     return example
 
   return _batches(dataset_config, source.train_stream(seed, batch_size, start_step),
-                  augment, batch_size, drop_remainder=True)
+                  prepare, batch_size, drop_remainder=True)
 
 
 def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_size: int,
@@ -104,7 +109,7 @@ def eval_batches(dataset_config: ml_collections.ConfigDict, split: str, batch_si
   batches, padding rows with mask 0 (shapes stay static)."""
   source = open_source(dataset_config, split)
   views = functools.partial(
-      transforms.test_views, num_frames=dataset_config.num_frames,
+      sampling.eval_views, num_frames=dataset_config.num_frames,
       stride=dataset_config.stride, min_resize=dataset_config.min_resize,
       crop_size=dataset_config.crop_size, num_clips=num_clips, num_crops=num_crops)
 
