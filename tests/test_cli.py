@@ -129,3 +129,7 @@ def test_tensorflow_is_kept_off_the_gpus_before_the_command(monkeypatch):
     assert len(calls) == 1  # no NVIDIA GPU: TensorFlow is not even imported for it
   finally:
     cli.hide_gpus_from_tensorflow.cache_clear()
+
+
+def test_durations_as_the_progress_lines_show_them():
+  assert [cli.duration(s) for s in (42, 187, 3725)] == ['42s', '3m07s', '1h02m']

@@ -9,12 +9,13 @@ import pytest
 
 import video_files as vf
 from helpers import train_small_synthetic
-from vivit import checkpoints, evaluate, prepare
+from vivit import evaluate, prepare
 from vivit.convert import to_transformers
 from vivit.datasets import synthetic
 from vivit.predict import main as predict_main
 from vivit.recipes import load_config
 from vivit.train import train_and_evaluate
+from vivit.workdir import load_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # synthetic_motion's time-reversal pairs as one class each: the new label set.
@@ -88,7 +89,7 @@ def test_finetuning_beats_training_from_scratch(pretrained, own_videos, finetune
   with open(os.path.join(workdir, 'initialisation.txt')) as f:
     log = f.read()
   # The checkpoint's architecture with a 5-class head, for 16-frame clips.
-  model = checkpoints.load_model_config(workdir)
+  model = load_model_config(workdir)
   assert (model.hidden_size, model.num_classes, tuple(model.input_size)) == (
       32, len(AXES), (16, 32, 32))
   assert 'Transformer/posembed_input: resized (1, 33, 32) -> (1, 65, 32)' in log
@@ -155,7 +156,7 @@ def test_finetune_config_from_a_workdir_then_evaluate_and_predict(tmp_path):
   config.init_from.path = str(tmp_path / 'base')
   workdir = str(tmp_path / 'ft')
   assert train_and_evaluate(config, workdir)['step'] == 2
-  model = checkpoints.load_model_config(workdir)
+  model = load_model_config(workdir)
   assert (model.hidden_size, tuple(model.input_size), model.num_classes) == (
       16, (8, 32, 32), 10)
   report = open(os.path.join(workdir, 'initialisation.txt')).read()

@@ -14,13 +14,14 @@ import pytest
 import video_files as vf
 from helpers import random_params, tiny_model_config
 from vivit import hub
-from vivit.checkpoints import load_class_names, load_params
+from vivit.checkpoints import load_params
 from vivit.convert import read_checkpoint, to_transformers
 from vivit.convert.__main__ import main as convert_main
 from vivit.errors import MissingError
 from vivit.initialise import initial_params, model_config_from_checkpoint
 from vivit.predict import main as predict_main
 from vivit.recipes import base_config
+from vivit.workdir import load_class_names
 
 huggingface_hub = pytest.importorskip('huggingface_hub')
 

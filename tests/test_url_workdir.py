@@ -11,6 +11,7 @@ renames and deletions, and all of vivit's own files) goes through the fake backe
 """
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -22,6 +23,7 @@ from etils.epath import gpath, register
 
 from helpers import final_params, tiny_run_config
 from vivit import checkpoints, errors, evaluate, train
+from vivit.workdir import WorkdirLock, as_path
 
 SCHEME = 'fakefs'
 PREFIX = SCHEME + '://'
@@ -127,7 +129,7 @@ def store(tmp_path, monkeypatch):
 def test_train_resume_and_evaluate_with_a_url_workdir(
     data_dir, store, capsys):  # noqa: F811
   workdir = 'fakefs://bucket/run'
-  assert isinstance(checkpoints.as_path(workdir)._backend, ObjectStoreBackend)
+  assert isinstance(as_path(workdir)._backend, ObjectStoreBackend)
   train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 4}), workdir)
   out = capsys.readouterr().out
   assert f'warning: workdir {workdir} is not on a local file system, so it is not locked' in out
@@ -193,15 +195,16 @@ def test_unreadable_checkpoint_in_a_url_workdir_is_set_aside(store, capsys):
 
 
 def test_workdir_lock_is_skipped_with_a_warning_for_a_url_only(tmp_path, store, capsys):
-  with checkpoints.WorkdirLock('fakefs://bucket/locked'):
-    with checkpoints.WorkdirLock('fakefs://bucket/locked'):
+  with WorkdirLock('fakefs://bucket/locked'):
+    with WorkdirLock('fakefs://bucket/locked'):
       pass
   out = capsys.readouterr().out
   assert out.count('warning: workdir fakefs://bucket/locked is not on a local') == 2
   assert not os.path.exists(store.local('fakefs://bucket/locked'))
   local = str(tmp_path / 'local')
-  with checkpoints.WorkdirLock(local):
-    with pytest.raises(errors.WorkdirBusy):
-      with checkpoints.WorkdirLock(local):
+  with WorkdirLock(local):
+    with pytest.raises(errors.WorkdirBusy, match=re.escape(
+        f'workdir {local} is in use by another training (pid {os.getpid()} on ')):
+      with WorkdirLock(local):
         pass
   assert not capsys.readouterr().out

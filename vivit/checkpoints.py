@@ -1,19 +1,21 @@
-"""Orbax checkpoints of a model: params plus the model config that built them.
+"""Orbax checkpoints: a model's params directory, a run's train states and best
+params, and the recovery from damaged ones.
 
-Layout of a params checkpoint directory:
-  DIR/model_config.json   the model config (JSON)
+A params directory (`save_params`, what `python -m vivit.convert` writes):
+  DIR/model_config.json   the model config (JSON; `vivit.workdir.load_model_config`)
   DIR/params/             orbax tree of float32 arrays, named as scenic names them
   DIR/class_names.json    the output classes' names, where known (optional)
-A training workdir holds model_config.json and class_names.json too.
+A training workdir (`vivit.workdir`) holds model_config.json and class_names.json
+too, and its checkpoints: WORKDIR/checkpoints/<step> (train states, the last N),
+WORKDIR/best/<step> (the params of the best validation top-1) and WORKDIR/set_aside/
+(checkpoints training must not resume from, kept for inspection).
 Orbax writes to a temporary directory and renames it when complete, so a crash
 never leaves a half-written `params/`.
 
-Every path here may be local or any URL `etils.epath` reads and writes
-(`gs://bucket/run`): files are read and written through `epath`, local
-paths are made absolute (orbax wants them so) and URLs are kept as given.
+Every path may be local or a URL that `etils.epath` reads and writes
+(`gs://bucket/run`); see `vivit.workdir.as_path`.
 """
 import json
-import os
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -23,57 +25,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vivit.errors import CheckpointError, MissingError, WorkdirBusy
-from vivit.models import check_params, default_model_config, param_shapes
+from vivit.errors import CheckpointError, CheckpointSaveError, MissingError
+from vivit.models import check_params, param_shapes
+from vivit.workdir import (as_path, load_model_config, model_config_to_json,
+                           save_class_names, write_atomically)
 
 Params = Dict[str, Any]
-
-
-def is_local(path: epath.PathLike) -> bool:
-  """Whether `path` is on a local (or mounted) file system, not a URL such as
-  `gs://bucket/run`."""
-  return '://' not in os.fspath(path)
-
-
-def as_path(path: epath.PathLike) -> epath.Path:
-  """`path` as an `epath.Path`: a local path made absolute (as orbax wants), a URL
-  (`gs://bucket/run`) as given."""
-  return epath.Path(os.path.abspath(path) if is_local(path) else path)
-
-
-def model_config_to_json(config: ml_collections.ConfigDict) -> str:
-  return config.to_json(indent=2, sort_keys=True)
-
-
-def model_config_from_json(text: str) -> ml_collections.ConfigDict:
-  """Inverse of `model_config_to_json`, keeping the defaults' field types."""
-  def tuples(value):
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    return tuple(value) if isinstance(value, list) else value
-  config = default_model_config()
-  config.update(tuples(json.loads(text)))
-  return config
-
-
-def write_atomically(path: epath.PathLike, text: str) -> None:
-  path = epath.Path(path)
-  partial = path.with_name(path.name + '.tmp')
-  partial.write_text(text)
-  partial.replace(path)
-
-
-def save_class_names(path: epath.PathLike, class_names) -> None:
-  """`path/class_names.json`: the names of the model's outputs in order, a list,
-  or {head: names} for a model with several heads (their logits in that order)."""
-  names = (dict(class_names) if isinstance(class_names, dict) else list(class_names))
-  write_atomically(epath.Path(path) / 'class_names.json', json.dumps(names, indent=0))
-
-
-def load_class_names(path: epath.PathLike):
-  """The class names saved with a checkpoint or workdir (`save_class_names`), or None."""
-  name_file = epath.Path(path) / 'class_names.json'
-  return json.loads(name_file.read_text()) if name_file.exists() else None
 
 
 def save_params(path: epath.PathLike, model_config: ml_collections.ConfigDict,
@@ -93,17 +50,6 @@ def save_params(path: epath.PathLike, model_config: ml_collections.ConfigDict,
   write_atomically(path / 'model_config.json', model_config_to_json(model_config))
   if class_names is not None:
     save_class_names(path, class_names)
-
-
-def load_model_config(path: epath.PathLike) -> Optional[ml_collections.ConfigDict]:
-  """The model config saved in a checkpoint directory or workdir, or None."""
-  config_file = epath.Path(path) / 'model_config.json'
-  if not config_file.exists():
-    return None
-  try:
-    return model_config_from_json(config_file.read_text())
-  except ValueError as e:  # json's decode error
-    raise CheckpointError(f'{config_file} is not a model config: {e}') from None
 
 
 def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params]:
@@ -154,50 +100,18 @@ def train_managers(workdir: epath.PathLike, keep: int):
   return last, best_manager(workdir)
 
 
-class WorkdirLock:
-  """An exclusive lock on a training workdir (`WORKDIR/.lock`, an OS file lock, so
-  it dies with its process: a crashed run leaves nothing to clean up). Taken by
-  process 0 only: the hosts of one run share the workdir. A workdir that is a URL
-  (`gs://bucket/run`) is not locked, with a warning: an object store has no file
-  locks, and a lock object would outlive a killed run."""
-
-  def __init__(self, workdir: epath.PathLike):
-    self._workdir = as_path(workdir)
-    self._path = os.path.join(self._workdir, '.lock')
-    self._file = None
-
-  def __enter__(self):
-    if jax.process_index():
-      return self
-    if not is_local(self._workdir):
-      print(f'warning: workdir {self._workdir} is not on a local file system, so it is '
-            f'not locked: make sure no other training uses it', flush=True)
-      return self
-    import fcntl
-    try:
-      os.makedirs(os.path.dirname(self._path), exist_ok=True)
-      self._file = open(self._path, 'a+')
-    except OSError as e:
-      raise MissingError(f'workdir {self._workdir} cannot be written: {e}') from None
-    try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      self._file.seek(0)
-      holder = self._file.read().strip() or 'another process'
-      self._file.close()
-      raise WorkdirBusy(f'workdir {os.path.dirname(self._path)} is in use by another '
-                        f'training ({holder}); wait for it to finish or use another '
-                        f'--workdir') from None
-    self._file.seek(0)
-    self._file.truncate()
-    self._file.write(f'pid {os.getpid()} on {os.uname().nodename}, since '
-                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
-    self._file.flush()
-    return self
-
-  def __exit__(self, *exc):
-    if self._file is not None:
-      self._file.close()  # releases the lock
+def save(manager: ocp.CheckpointManager, step: int, item, **kwargs) -> None:
+  """`manager.save`, with a failure (disk full, no permission) reported as what it is."""
+  try:
+    manager.save(step, args=ocp.args.StandardSave(item), **kwargs)
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except  (OSError, or orbax's wrapping)
+    manager.reload()
+    kept = manager.latest_step()
+    raise CheckpointSaveError(
+        f'saving checkpoint {step} to {manager.directory} failed ({type(e).__name__}: '
+        f'{e}); the checkpoints before it are intact (latest: '
+        f'{"none" if kept is None else kept})') from e
 
 
 # Where checkpoints go that training must not resume from (damaged, or best params
@@ -342,55 +256,6 @@ def set_aside_best_after(best: ocp.CheckpointManager, step: int) -> None:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices('best set aside')
     best.reload()
-
-
-# Model fields that only change how the params are trained or computed, not the
-# function they define: a run may resume with other values of these.
-TRAINING_ONLY_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth',
-                        'fsa_stochastic_depth', 'remat', 'dtype', 'attention',
-                        'tubelet_init')
-
-
-def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> Dict[str, Any]:
-  flat = {}
-  for key, value in json.loads(model_config_to_json(config)).items():
-    if isinstance(value, dict):
-      flat.update(_flat(ml_collections.ConfigDict(value), f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
-def check_workdir_model(workdir: epath.PathLike,
-                        model_config: ml_collections.ConfigDict) -> List[str]:
-  """Raises CheckpointError naming every field (with both values) in which
-  `model_config` differs from the model `workdir` was trained with, except the
-  TRAINING_ONLY_FIELDS; returns the changes in those, as `field old -> new`. Writes
-  nothing: `record_workdir_model` does, once the run has resumed."""
-  stored = load_model_config(workdir)
-  if stored is None:
-    return []
-  old, new = _flat(stored), _flat(model_config)
-  changed = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-             if old.get(k) != new.get(k)]
-  refused = [c for c in changed if c[0] not in TRAINING_ONLY_FIELDS]
-  if refused:
-    fields = '; '.join(f'model.{k}: {a!r} in the workdir, {b!r} now' for k, a, b in refused)
-    raise CheckpointError(
-        f'workdir {as_path(workdir)} holds checkpoints of a different model ({fields}); '
-        f'resume with the config it was written with (WORKDIR/config.json), or use a '
-        f'new --workdir')
-  return [f'model.{k} {a!r} -> {b!r}' for k, a, b in changed]
-
-
-def record_workdir_model(workdir: epath.PathLike,
-                         model_config: ml_collections.ConfigDict) -> None:
-  """WORKDIR/model_config.json: the model a run trains (host 0: hosts share the
-  workdir)."""
-  if jax.process_index() == 0:
-    workdir = as_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_atomically(workdir / 'model_config.json', model_config_to_json(model_config))
 
 
 def restore_best_params(workdir: epath.PathLike, abstract_params) -> Tuple[int, Params]:

@@ -28,6 +28,7 @@ from vivit.hub import resolve
 from vivit.input import pipeline
 from vivit.models import build_model, param_shapes
 from vivit.step import head_slices
+from vivit.workdir import as_path
 
 
 def average_views(logits):
@@ -210,7 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         checkpoint: epath.PathLike = None, split: str = None) -> Dict[str, Any]:
   """Loads the best (or `checkpoint`) params and runs the multi-view test."""
   split = split or config.dataset.test_split
-  workdir = checkpoints.as_path(workdir)
+  workdir = as_path(workdir)
   if checkpoint:
     model_config, params = checkpoints.load_params(resolve(checkpoint))
     source = checkpoint

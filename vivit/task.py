@@ -8,10 +8,10 @@ import ml_collections
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vivit import checkpoints
 from vivit.errors import DataError
 from vivit.input.pipeline import open_source
 from vivit.recipes import base_config
+from vivit.workdir import load_model_config
 
 
 class Labels(NamedTuple):
@@ -57,7 +57,7 @@ def resolve_model(config: ml_collections.ConfigDict, workdir: Optional[epath.Pat
   recorded when its training began (a run keeps its model), `checkpoint_model()` (the
   model of a checkpoint the run takes it from), the config's own. `open_dataset` then
   fits its clip size and classes to the data."""
-  stored = checkpoints.load_model_config(workdir) if workdir is not None else None
+  stored = load_model_config(workdir) if workdir is not None else None
   if stored is not None:
     config.model = stored
   elif checkpoint_model is not None:

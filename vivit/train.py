@@ -9,8 +9,6 @@ and the data position are functions of the step). SIGTERM saves and exits. Any
 config field can be set with --config.SECTION.FIELD=VALUE. DIR may be a local
 directory or a URL that `etils.epath` reads and writes (`gs://bucket/run`).
 """
-import json
-import os
 import signal
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -19,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -29,76 +26,11 @@ from vivit.input import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import all_finite, make_optimizer, skipped_steps
 from vivit.step import TrainState, train_step
+from vivit.workdir import (MetricWriter, WorkdirLock, as_path, check_workdir_model,
+                           record_workdir_model, save_class_names, write_atomically)
 
 # With several hosts, how often (in steps) they agree on whether one got SIGTERM.
 STOP_CHECK_EVERY = 10
-
-
-class MetricWriter:
-  """Metrics to stdout, WORKDIR/metrics.jsonl and TensorBoard events (host 0).
-
-  A run resuming at step `start` first drops the records of later steps (written
-  before a kill, after the checkpoint it resumes from: they are logged again) and
-  a partly written last line. A local metrics.jsonl is then appended to line by
-  line. Object stores (a `gs://` workdir) cannot append: there the file is rewritten
-  whole at every write, so that a crash keeps every line written either way."""
-
-  def __init__(self, workdir: epath.Path, start: int):
-    self.active = jax.process_index() == 0
-    self._logged = set()
-    if self.active:
-      import tensorflow as tf
-      self._tb = tf.summary.create_file_writer(os.fspath(workdir / 'tensorboard'))
-      self._path = workdir / 'metrics.jsonl'
-      written = self._path.read_text() if self._path.exists() else ''
-      lines = _records_until(written, start)
-      if ''.join(lines) != written:
-        checkpoints.write_atomically(self._path, ''.join(lines))
-      self._logged = {(r['step'], r['split']) for r in map(json.loads, lines)}
-      local = checkpoints.is_local(self._path)
-      # Only a store that cannot append keeps the lines, to rewrite them whole.
-      self._jsonl, self._lines = (self._path.open('a'), None) if local else (None, lines)
-
-  def logged(self, step: int, split: str) -> bool:
-    """Whether metrics.jsonl holds `split`'s record of `step` (host 0; False elsewhere)."""
-    return (step, split) in self._logged
-
-  def write(self, step: int, split: str, metrics: Dict[str, float]) -> None:
-    if not self.active:
-      return
-    import tensorflow as tf
-    record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    line = json.dumps(record) + '\n'
-    self._logged.add((step, split))
-    if self._jsonl is not None:
-      self._jsonl.write(line)
-      self._jsonl.flush()
-    else:
-      self._lines.append(line)
-      self._path.write_text(''.join(self._lines))
-    with self._tb.as_default(step=step):
-      for name, value in metrics.items():
-        tf.summary.scalar(f'{split}/{name}', float(value))
-    self._tb.flush()
-
-  def close(self) -> None:
-    if self.active:
-      if self._jsonl is not None:
-        self._jsonl.close()
-      self._tb.close()
-
-
-def _records_until(text: str, step: int) -> List[str]:
-  """The complete, parseable lines of a metrics.jsonl `text` up to `step`."""
-  kept = []
-  for line in text.splitlines(keepends=True):
-    try:
-      record = json.loads(line) if line.endswith('\n') else None
-    except ValueError:
-      record = None
-    if isinstance(record, dict) and record.get('step', step + 1) <= step:
-      kept.append(line)
-  return kept
 
 
 class StopRequest:
@@ -176,20 +108,6 @@ class DivergenceCheck:
           f'{what}: training stopped (the last checkpoint, {self._last_checkpoint()}, is '
           f'finite). Lower training.learning_rate, or set training.nonfinite=skip to '
           f'skip such steps')
-
-
-def _save(manager, step: int, item, **kwargs) -> None:
-  """`manager.save`, with a failure (disk full, no permission) reported as what it is."""
-  try:
-    manager.save(step, args=ocp.args.StandardSave(item), **kwargs)
-    manager.wait_until_finished()
-  except Exception as e:  # pylint: disable=broad-except  (OSError, or orbax's wrapping)
-    manager.reload()
-    kept = manager.latest_step()
-    raise errors.CheckpointSaveError(
-        f'saving checkpoint {step} to {manager.directory} failed ({type(e).__name__}: '
-        f'{e}); the checkpoints before it are intact (latest: '
-        f'{"none" if kept is None else kept})') from e
 
 
 def _first_state(config, workdir, init_from, optimizer, mesh, last, best):
@@ -283,8 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   directory or a URL `etils.epath` supports (`gs://bucket/run`).
 
   Returns {'step', 'params', 'val_top1'}."""
-  workdir = checkpoints.as_path(workdir)
-  with checkpoints.WorkdirLock(workdir):
+  workdir = as_path(workdir)
+  with WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir)
 
 
@@ -305,15 +223,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   optimizer, schedule = make_optimizer(training, total_steps,
                                        int(training.warmup_epochs * steps_per_epoch))
   model = build_model(config.model)
-  model_changes = checkpoints.check_workdir_model(workdir, config.model)
+  model_changes = check_workdir_model(workdir, config.model)
   last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
   start, state, state_sharding = _first_state(config, workdir, init_from, optimizer, mesh,
                                               last, best)
   # Only now that the run has resumed (or begun) does it record its settings.
-  checkpoints.record_workdir_model(workdir, config.model)
+  record_workdir_model(workdir, config.model)
   if jax.process_index() == 0:
-    checkpoints.write_atomically(workdir / 'config.json', config.to_json(indent=2))
-    checkpoints.save_class_names(workdir, labels.names_by_head)
+    write_atomically(workdir / 'config.json', config.to_json(indent=2))
+    save_class_names(workdir, labels.names_by_head)
     if start and model_changes:
       print('resuming with other training-only model settings: '
             + ', '.join(model_changes), flush=True)
@@ -347,7 +265,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, start,
                              stop_request)
         if val_top1 is not None:
-          _save(best, start, state.params, metrics={'top1': val_top1})
+          checkpoints.save(best, start, state.params, metrics={'top1': val_top1})
         stopping = val_top1 is None
         if stopping:
           print(f'{stop_request.name}: validation of step {start} cut short again '
@@ -373,9 +291,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
           if val_top1 is None:
             stopping = True
           else:
-            _save(best, step, state.params, metrics={'top1': val_top1})
+            checkpoints.save(best, step, state.params, metrics={'top1': val_top1})
         if saved or stopping:
-          _save(last, step, state, force=stopping)
+          checkpoints.save(last, step, state, force=stopping)
         if stopping:
           print(f'{stop_request.name}: saved checkpoint at step {step}'
                 + (' (its validation was cut short; redone on resume)'

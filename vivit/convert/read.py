@@ -20,6 +20,7 @@ from vivit.convert.transformers import from_transformers, hf_class_names
 from vivit.errors import CheckpointError, ConfigError, MissingError
 from vivit.hub import resolve
 from vivit.recipes import load_config
+from vivit.workdir import load_class_names, load_model_config
 
 FORMATS = ('vit', 'scenic', 'transformers', 'vivit')
 
@@ -85,7 +86,7 @@ def read_checkpoint(path: str, fmt: Optional[str] = None,
   if fmt == 'vit':
     raise CheckpointError(f'{path} is a 2-D ViT: it initialises a ViViT (init_from) but '
                           f'is not one')
-  return (*checkpoints.load_params(path), checkpoints.load_class_names(path))
+  return (*checkpoints.load_params(path), load_class_names(path))
 
 
 def read_model_config(path: str, fmt: Optional[str] = None,
@@ -97,5 +98,5 @@ def read_model_config(path: str, fmt: Optional[str] = None,
   fmt = checkpoint_format(path, fmt)
   if fmt == 'vit':
     return None
-  config = checkpoints.load_model_config(path) if fmt == 'vivit' else None
+  config = load_model_config(path) if fmt == 'vivit' else None
   return config if config is not None else read_checkpoint(path, fmt, scenic_config)[0]

@@ -1,0 +1,258 @@
+"""A run's directory and the records kept beside checkpoints: paths, atomic writes,
+the workdir lock, the model record, class names, the metric writer.
+
+A training workdir holds:
+  WORKDIR/.lock               the lock of the training that uses it (`WorkdirLock`)
+  WORKDIR/config.json         the run's config
+  WORKDIR/model_config.json   the model it trains (`record_workdir_model`)
+  WORKDIR/class_names.json    the output classes' names (`save_class_names`)
+  WORKDIR/metrics.jsonl       a JSON record per log line (`MetricWriter`)
+  WORKDIR/tensorboard/        the same metrics as TensorBoard events
+  WORKDIR/checkpoints/, best/, set_aside/   orbax checkpoints (`vivit.checkpoints`)
+A params directory (`checkpoints.save_params`) holds model_config.json and
+class_names.json too.
+
+Every path here may be local or any URL `etils.epath` reads and writes
+(`gs://bucket/run`): files are read and written through `epath`, local paths are
+made absolute (orbax wants them so) and URLs are kept as given.
+"""
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import jax
+import ml_collections
+from etils import epath
+
+from vivit.errors import CheckpointError, MissingError, WorkdirBusy
+from vivit.models import default_model_config
+
+
+def is_local(path: epath.PathLike) -> bool:
+  """Whether `path` is on a local (or mounted) file system, not a URL such as
+  `gs://bucket/run`."""
+  return '://' not in os.fspath(path)
+
+
+def as_path(path: epath.PathLike) -> epath.Path:
+  """`path` as an `epath.Path`: a local path made absolute (as orbax wants), a URL
+  (`gs://bucket/run`) as given."""
+  return epath.Path(os.path.abspath(path) if is_local(path) else path)
+
+
+def write_atomically(path: epath.PathLike, text: str) -> None:
+  path = epath.Path(path)
+  partial = path.with_name(path.name + '.tmp')
+  partial.write_text(text)
+  partial.replace(path)
+
+
+class WorkdirLock:
+  """An exclusive lock on a training workdir (`WORKDIR/.lock`, an OS file lock, so
+  it dies with its process: a crashed run leaves nothing to clean up). Taken by
+  process 0 only: the hosts of one run share the workdir. A workdir that is a URL
+  (`gs://bucket/run`) is not locked, with a warning: an object store has no file
+  locks, and a lock object would outlive a killed run."""
+
+  def __init__(self, workdir: epath.PathLike):
+    self._workdir = as_path(workdir)
+    self._path = os.path.join(self._workdir, '.lock')
+    self._file = None
+
+  def __enter__(self):
+    if jax.process_index():
+      return self
+    if not is_local(self._workdir):
+      print(f'warning: workdir {self._workdir} is not on a local file system, so it is '
+            f'not locked: make sure no other training uses it', flush=True)
+      return self
+    import fcntl
+    try:
+      os.makedirs(os.path.dirname(self._path), exist_ok=True)
+      self._file = open(self._path, 'a+')
+    except OSError as e:
+      raise MissingError(f'workdir {self._workdir} cannot be written: {e}') from None
+    try:
+      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self._file.seek(0)
+      holder = self._file.read().strip() or 'another process'
+      self._file.close()
+      raise WorkdirBusy(f'workdir {os.path.dirname(self._path)} is in use by another '
+                        f'training ({holder}); wait for it to finish or use another '
+                        f'--workdir') from None
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(f'pid {os.getpid()} on {os.uname().nodename}, since '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
+    self._file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    if self._file is not None:
+      self._file.close()  # releases the lock
+
+
+# The model record: DIR/model_config.json.
+
+
+def model_config_to_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json(indent=2, sort_keys=True)
+
+
+def model_config_from_json(text: str) -> ml_collections.ConfigDict:
+  """Inverse of `model_config_to_json`, keeping the defaults' field types."""
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(value) if isinstance(value, list) else value
+  config = default_model_config()
+  config.update(tuples(json.loads(text)))
+  return config
+
+
+def load_model_config(path: epath.PathLike) -> Optional[ml_collections.ConfigDict]:
+  """The model config saved in a checkpoint directory or workdir, or None."""
+  config_file = epath.Path(path) / 'model_config.json'
+  if not config_file.exists():
+    return None
+  try:
+    return model_config_from_json(config_file.read_text())
+  except ValueError as e:  # json's decode error
+    raise CheckpointError(f'{config_file} is not a model config: {e}') from None
+
+
+# Model fields that only change how the params are trained or computed, not the
+# function they define: a run may resume with other values of these.
+TRAINING_ONLY_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'stochastic_depth',
+                        'fsa_stochastic_depth', 'remat', 'dtype', 'attention',
+                        'tubelet_init')
+
+
+def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> Dict[str, Any]:
+  flat = {}
+  for key, value in json.loads(model_config_to_json(config)).items():
+    if isinstance(value, dict):
+      flat.update(_flat(ml_collections.ConfigDict(value), f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def check_workdir_model(workdir: epath.PathLike,
+                        model_config: ml_collections.ConfigDict) -> List[str]:
+  """Raises CheckpointError naming every field (with both values) in which
+  `model_config` differs from the model `workdir` was trained with, except the
+  TRAINING_ONLY_FIELDS; returns the changes in those, as `field old -> new`. Writes
+  nothing: `record_workdir_model` does, once the run has resumed."""
+  stored = load_model_config(workdir)
+  if stored is None:
+    return []
+  old, new = _flat(stored), _flat(model_config)
+  changed = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k)]
+  refused = [c for c in changed if c[0] not in TRAINING_ONLY_FIELDS]
+  if refused:
+    fields = '; '.join(f'model.{k}: {a!r} in the workdir, {b!r} now' for k, a, b in refused)
+    raise CheckpointError(
+        f'workdir {as_path(workdir)} holds checkpoints of a different model ({fields}); '
+        f'resume with the config it was written with (WORKDIR/config.json), or use a '
+        f'new --workdir')
+  return [f'model.{k} {a!r} -> {b!r}' for k, a, b in changed]
+
+
+def record_workdir_model(workdir: epath.PathLike,
+                         model_config: ml_collections.ConfigDict) -> None:
+  """WORKDIR/model_config.json: the model a run trains (host 0: hosts share the
+  workdir)."""
+  if jax.process_index() == 0:
+    workdir = as_path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_atomically(workdir / 'model_config.json', model_config_to_json(model_config))
+
+
+# Class names: DIR/class_names.json.
+
+
+def save_class_names(path: epath.PathLike, class_names) -> None:
+  """`path/class_names.json`: the names of the model's outputs in order, a list,
+  or {head: names} for a model with several heads (their logits in that order)."""
+  names = (dict(class_names) if isinstance(class_names, dict) else list(class_names))
+  write_atomically(epath.Path(path) / 'class_names.json', json.dumps(names, indent=0))
+
+
+def load_class_names(path: epath.PathLike):
+  """The class names saved with a checkpoint or workdir (`save_class_names`), or None."""
+  name_file = epath.Path(path) / 'class_names.json'
+  return json.loads(name_file.read_text()) if name_file.exists() else None
+
+
+# Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.
+
+
+class MetricWriter:
+  """Metrics to WORKDIR/metrics.jsonl and TensorBoard events (host 0).
+
+  A run resuming at step `start` first drops the records of later steps (written
+  before a kill, after the checkpoint it resumes from: they are logged again) and
+  a partly written last line. A local metrics.jsonl is then appended to line by
+  line. Object stores (a `gs://` workdir) cannot append: there the file is rewritten
+  whole at every write, so that a crash keeps every line written either way."""
+
+  def __init__(self, workdir: epath.Path, start: int):
+    self.active = jax.process_index() == 0
+    self._logged = set()
+    if self.active:
+      import tensorflow as tf
+      self._tb = tf.summary.create_file_writer(os.fspath(workdir / 'tensorboard'))
+      self._path = workdir / 'metrics.jsonl'
+      written = self._path.read_text() if self._path.exists() else ''
+      lines = _records_until(written, start)
+      if ''.join(lines) != written:
+        write_atomically(self._path, ''.join(lines))
+      self._logged = {(r['step'], r['split']) for r in map(json.loads, lines)}
+      local = is_local(self._path)
+      # Only a store that cannot append keeps the lines, to rewrite them whole.
+      self._jsonl, self._lines = (self._path.open('a'), None) if local else (None, lines)
+
+  def logged(self, step: int, split: str) -> bool:
+    """Whether metrics.jsonl holds `split`'s record of `step` (host 0; False elsewhere)."""
+    return (step, split) in self._logged
+
+  def write(self, step: int, split: str, metrics: Dict[str, float]) -> None:
+    if not self.active:
+      return
+    import tensorflow as tf
+    record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
+    line = json.dumps(record) + '\n'
+    self._logged.add((step, split))
+    if self._jsonl is not None:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+    else:
+      self._lines.append(line)
+      self._path.write_text(''.join(self._lines))
+    with self._tb.as_default(step=step):
+      for name, value in metrics.items():
+        tf.summary.scalar(f'{split}/{name}', float(value))
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self.active:
+      if self._jsonl is not None:
+        self._jsonl.close()
+      self._tb.close()
+
+
+def _records_until(text: str, step: int) -> List[str]:
+  """The complete, parseable lines of a metrics.jsonl `text` up to `step`."""
+  kept = []
+  for line in text.splitlines(keepends=True):
+    try:
+      record = json.loads(line) if line.endswith('\n') else None
+    except ValueError:
+      record = None
+    if isinstance(record, dict) and record.get('step', step + 1) <= step:
+      kept.append(line)
+  return kept
