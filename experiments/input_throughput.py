@@ -77,11 +77,12 @@ class PeakMemory:
 
 def dataset_config(name: str, data_dir: str, threads: int):
   import ml_collections
+  from vivit.recipes import base_config
   return ml_collections.ConfigDict(dict(
       name=name, format='tfds', data_dir=data_dir, label_key=('label',), train_split='train',
       num_frames=32, stride=2, min_resize=256, crop_size=224, scale_jitter=(0.9, 1.33),
       flip=True, colour_augment=0.8, colour_drop=0.1, randaugment=None,
-      augment_ops=('randaugment', 'colour'),
+      augment_ops=base_config().dataset.augment_ops,
       num_threads=threads, shuffle_buffer=1024, shuffle_frames=False))
 
 

@@ -20,7 +20,8 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from helpers import VARIANT_CASES, VIT_CLASSES  # noqa: E402
+from helpers import (DEFAULT_VARIANT_CASES, VARIANT_CASES, VIT_CLASSES,  # noqa: E402
+                     default_or_slow)
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +89,7 @@ def vit(tmp_path_factory):
   return model, hf_dir, npz_path
 
 
-@pytest.fixture(params=VARIANT_CASES, ids=lambda c: '-'.join(c))
+@pytest.fixture(params=default_or_slow(VARIANT_CASES, DEFAULT_VARIANT_CASES))
 def variant_case(request):
   return request.param
 

@@ -6,6 +6,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from ml_collections import ConfigDict
 
 from vivit.models import get_model_config, init_params, variants
@@ -128,6 +129,30 @@ VARIANT_CASES = [
     for embedding in ('tubelet', 'frame')
     for classifier in (('token', 'gap') if variant.has_cls else ('gap',))
 ]
+# Of those, the default run's: every variant, both embeddings, both classifiers.
+DEFAULT_VARIANT_CASES = [
+    (variants.SPATIO_TEMPORAL, 'tubelet', 'gap'), (variants.SPATIO_TEMPORAL, 'frame', 'token'),
+    (variants.FACTORISED_ENCODER, 'tubelet', 'token'),
+    (variants.FACTORISED_SELF_ATTENTION, 'tubelet', 'gap'),
+    (variants.FACTORISED_DOT_PRODUCT, 'frame', 'gap')]
+
+
+def assert_quiet(output: str) -> None:
+  """A command's output has the project's own lines only: no library start-up
+  banners (TensorFlow, oneDNN, absl, TFDS)."""
+  for banner in ('oneDNN', 'TensorFlow', 'absl::InitializeLog', 'I0000',
+                 'Downloading and preparing'):
+    assert banner not in output, output[-3000:]
+
+
+def default_or_slow(cases, default, unpack=False):
+  """`cases` as pytest params, those not in `default` marked slow: the default run
+  covers each kind once, `-m slow` the rest of the cross product. `unpack`: for a
+  parametrisation of several names."""
+  return [pytest.param(*(case if unpack else (case,)),
+                       marks=() if case in default else pytest.mark.slow,
+                       id='-'.join(map(str, case)) if isinstance(case, tuple) else None)
+          for case in cases]
 
 
 def train_small_synthetic(root, steps: int, variant=variants.SPATIO_TEMPORAL):

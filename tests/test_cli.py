@@ -2,9 +2,9 @@
 stderr naming the problem and exit status 2 (the traceback only with --verbose); the
 console entry points answer --help with what they do and an example; the start-up
 line names the devices, with a warning for JAX on the CPU beside an NVIDIA GPU, and
-TensorFlow is kept off the GPUs. (That training
-prints no TensorFlow/oneDNN start-up lines: tests/test_train.py's kill-and-resume
-test, on the README's first command with tiny overrides.)"""
+TensorFlow is kept off the GPUs. (That training prints no TensorFlow/oneDNN start-up
+lines: `helpers.assert_quiet` on test_multiprocess.py's one-process runs of the
+README's first command with tiny overrides.)"""
 import os
 import shutil
 import subprocess

@@ -137,6 +137,7 @@ def test_predict_names_the_class_of_video_files(finetuned, tmp_path, capsys):
   assert right >= 12, f'{right} of {len(rows)} right'
 
 
+@pytest.mark.slow  # ~35 s; tests/test_initialise.py covers fitting a workdir's params
 def test_finetune_config_from_a_workdir_then_evaluate_and_predict(tmp_path):
   """The quick version of the above: configs/finetune.py takes a tiny workdir's
   model (4 frames) to 8 frames, then evaluation and predict read the new workdir."""

@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from helpers import random_params, random_video, tiny_model_config
+from helpers import default_or_slow, random_params, random_video, tiny_model_config
 from vivit import checkpoints, evaluate, initialise
 from vivit.convert import from_scenic, guess_format, resize_params, to_transformers
 from vivit.models import build_model
@@ -203,7 +203,8 @@ def small_datasets(tmp_path_factory):
   return str(root)
 
 
-@pytest.mark.parametrize('name', PAPER_CONFIGS)
+@pytest.mark.parametrize('name', default_or_slow(  # model 1; model 2 with two heads
+    PAPER_CONFIGS, ['kinetics400/vivit_b_16x2', 'epic_kitchens/vivit_l_16x2_fe']))
 def test_paper_configs_train_two_steps_from_a_vit(name, vit, small_datasets, tmp_path):
   """Every recipe (RandAugment, mixup, label smoothing, stochastic depth, Epic's two
   heads) at a reduced size, initialised from a test-made ViT."""

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import reference
-from helpers import INPUT_SIZE, random_params, random_video, tiny_model_config
+from helpers import (INPUT_SIZE, default_or_slow, random_params, random_video,
+                     tiny_model_config)
 from vivit.models import (build_model, check_params, get_model_config, init_params,
                           param_shapes, pixels_to_unit_range, vivit_b_16x2,
                           vivit_b_16x2_fe, vivit_l_16x2_fe)
@@ -122,9 +123,10 @@ def test_uint8_pixels_are_mapped_to_the_unit_range_on_device():
                              model.apply({'params': params}, floats), atol=1e-5)
 
 
-@pytest.mark.parametrize('variant,classifier', [
-    (SPATIO_TEMPORAL, 'token'), (FACTORISED_ENCODER, 'token'),
-    (FACTORISED_SELF_ATTENTION, 'gap'), (FACTORISED_DOT_PRODUCT, 'gap')])
+@pytest.mark.parametrize('variant,classifier', default_or_slow(
+    [(SPATIO_TEMPORAL, 'token'), (FACTORISED_ENCODER, 'token'),
+     (FACTORISED_SELF_ATTENTION, 'gap'), (FACTORISED_DOT_PRODUCT, 'gap')],
+    default=[(SPATIO_TEMPORAL, 'token'), (FACTORISED_DOT_PRODUCT, 'gap')], unpack=True))
 def test_bfloat16_close_to_float32(variant, classifier):
   config = tiny_model_config(variant, classifier=classifier)
   params, video = random_params(config), random_video()

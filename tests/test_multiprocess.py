@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import (REGULARISED, cli_args, final_params, read_metrics, run_env,
+from helpers import (REGULARISED, assert_quiet, cli_args, final_params, read_metrics, run_env,
                      tiny_run_config)
 from vivit import evaluate
 
@@ -36,6 +36,8 @@ def train(data_dir, workdir, processes=1, devices=8, **overrides):
     env = run_env(1)
   result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
   assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+  if processes == 1:
+    assert_quiet(result.stdout + result.stderr)
   return result.stdout
 
 

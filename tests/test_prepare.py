@@ -28,7 +28,7 @@ from vivit.datasets.work_files import DECODED, RUNNING, work_file
 from vivit.input import dmvr, pipeline
 from vivit.errors import AnnotationError, DataError
 from vivit.train import train_and_evaluate
-from helpers import ROOT, tiny_run_config
+from helpers import ROOT, default_or_slow, tiny_run_config
 
 KINETICS_CLASSES = ['air drumming', 'passing American football (in game)',
                     "tying bow tie"]
@@ -548,8 +548,9 @@ def write_folder_tree(root):
   return videos, None
 
 
-@pytest.mark.parametrize('dataset', ['ssv2', 'epic_kitchens_100', 'moments_in_time',
-                                     'video_folder'])
+@pytest.mark.parametrize('dataset', default_or_slow(  # video_folder: the kill test's
+    ['ssv2', 'epic_kitchens_100', 'moments_in_time', 'video_folder'],
+    ['ssv2', 'moments_in_time']))
 def test_other_releases_prepare_train_and_evaluate(dataset, tmp_path):
   writer = {'ssv2': write_ssv2, 'epic_kitchens_100': vf.write_epic,
             'moments_in_time': write_moments, 'video_folder': write_folder_tree}[dataset]

@@ -3,7 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import VARIANT_CASES, random_params, tiny_model_config
+from helpers import (DEFAULT_VARIANT_CASES, VARIANT_CASES, default_or_slow, random_params,
+                     tiny_model_config)
 from vivit.convert.resize import resize_params
 from vivit.models import build_model
 
@@ -16,7 +17,7 @@ def resized_config(config, frames, size):
   return new
 
 
-@pytest.mark.parametrize('case', VARIANT_CASES, ids=lambda c: '-'.join(c))
+@pytest.mark.parametrize('case', default_or_slow(VARIANT_CASES, DEFAULT_VARIANT_CASES))
 def test_every_variant_resizes_and_the_same_size_is_the_identity(case):
   variant, embedding, classifier = case
   config = tiny_model_config(variant, embedding, classifier)

@@ -14,8 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import (REGULARISED, ROOT, cli_args, final_params, read_metrics, run_env,
-                     tiny_run_config)
+from helpers import (REGULARISED, ROOT, assert_quiet, cli_args, final_params, read_metrics,
+                     run_env, tiny_run_config)
 from vivit import checkpoints, evaluate, task
 from vivit.models import init_params, param_shapes
 from vivit.recipes import load_config
@@ -23,17 +23,15 @@ from vivit.train import train_and_evaluate
 from vivit.workdir import load_class_names
 
 
+@pytest.mark.slow  # ~100 s: three runs. The default run resumes exactly in
+# test_multiprocess.py (a 2-process checkpoint on 1 device) and test_faults.py.
 def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
   """With dropout, stochastic depth and mixup on: their RNG is a function of the step."""
   straight = tmp_path / 'straight'
   result = subprocess.run(cli_args(data_dir, straight, **REGULARISED), env=run_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  # Quiet by default: the project's own lines, no library start-up banners.
-  output = result.stdout + result.stderr
-  for banner in ('oneDNN', 'TensorFlow', 'absl::InitializeLog', 'I0000',
-                 'Downloading and preparing'):
-    assert banner not in output, output[-3000:]
+  assert_quiet(result.stdout + result.stderr)
   assert 'step 12/12 | loss' in result.stdout and 'validation top-1' in result.stdout
 
   killed = tmp_path / 'killed'

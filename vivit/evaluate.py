@@ -27,13 +27,8 @@ from vivit.convert import resize_params
 from vivit.hub import resolve
 from vivit.input import pipeline
 from vivit.models import build_model, param_shapes
-from vivit.step import head_slices
+from vivit.step import average_views, head_slices
 from vivit.workdir import as_path
-
-
-def average_views(logits):
-  """`[batch, views, classes]` -> `[batch, classes]`: the mean logit over views."""
-  return jnp.mean(logits, axis=1)
 
 
 def make_logits_fn(model, mesh):

@@ -52,7 +52,7 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
   """{head: [(class name, probability), ...] best first}; the head is 'label' for a
   one-head model. `progress`: bars of the decoding on stderr (a long video takes a
   while)."""
-  from vivit.evaluate import average_views
+  from vivit.step import average_views
   from vivit.models import build_model
   from vivit.step import head_probabilities
   num_clips, num_crops = parse_views(views)

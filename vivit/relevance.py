@@ -30,7 +30,6 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
-from vivit.errors import ConfigError
 from vivit.models import variants
 
 

@@ -48,6 +48,11 @@ def head_slices(label_heads):
           for (name, size), start in zip(label_heads, starts)]
 
 
+def average_views(logits):
+  """`[batch, views, classes]` -> `[batch, classes]`: the mean logit over views."""
+  return jnp.mean(logits, axis=1)
+
+
 def head_probabilities(logits, names: Dict[str, List[str]]) -> Dict[str, np.ndarray]:
   """{head: softmax of its slice of `logits` `[..., classes]`, `[..., head classes]`}
   for `names` {head: [class names]} in the logits' order."""

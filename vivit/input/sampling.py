@@ -50,7 +50,8 @@ def eval_offsets(num_video_frames, num_frames: int, stride: int, num_clips: int)
 
 def eval_clip_indices(num_video_frames, num_frames: int, stride: int, num_clips: int):
   """The frame indices of the multi-view evaluation's clips: `[num_clips,
-  num_frames]` int32 (what `eval_views` gathers; `vivit.predict` decodes only these)."""
+  num_frames]` int32 (what `eval_views` gathers; `vivit.inference.video_views`
+  decodes only these)."""
   offsets = eval_offsets(num_video_frames, num_frames, stride, num_clips)
   return tf.stack([clip_indices(num_video_frames, num_frames, stride, offsets[i])
                    for i in range(num_clips)])

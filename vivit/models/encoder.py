@@ -4,7 +4,7 @@ Every module here reads the model config (`config`, the `FrozenConfigDict` made 
 `vivit.models.build_model`) itself; only what depends on the block's place (its drop
 rate) or on the input (the number of time steps) is passed on.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -28,17 +28,19 @@ class Block(nn.Module):
 class EncoderBlock(Block):
   """LN -> self-attention -> residual; LN -> MLP -> residual.
 
-  For model 4 (`FACTORISED_HEADS_BLOCK`) half the heads attend along time, half
-  along space. `droplayer_rate`: stochastic depth of both residual branches.
+  `droplayer_rate`: stochastic depth of both residual branches.
   """
+
+  def attention_grid(self, num_tokens: int) -> Optional[Tuple[int, int]]:
+    """(time, space) along which the heads split, or None: every head sees all."""
+    del num_tokens
+    return None
 
   @nn.compact
   def __call__(self, inputs, deterministic: bool):
     """`[batch, tokens, hidden]` -> `[batch, tokens, hidden]`."""
     config, dtype = self.config, jnp.dtype(self.config.dtype)
-    grid = None
-    if variants.get(config.variant).block == variants.FACTORISED_HEADS_BLOCK:
-      grid = (self.time_steps, inputs.shape[1] // self.time_steps)
+    grid = self.attention_grid(inputs.shape[1])
     x = LayerNorm(epsilon=LN_EPS, dtype=dtype, name='LayerNorm_0')(inputs)
     x = SelfAttention(config.num_heads, config.attention_dropout_rate, grid, dtype,
                       config.attention, name='MultiHeadDotProductAttention_0')(
@@ -49,6 +51,14 @@ class EncoderBlock(Block):
     y = MlpBlock(config.mlp_dim, config.dropout_rate, dtype, name='MlpBlock_0')(
         y, deterministic)
     return x + drop_path(self, y, self.droplayer_rate, deterministic)
+
+
+class FactorisedHeadsBlock(EncoderBlock):
+  """Model 4: the ViT block, with half the heads attending along time (tokens at the
+  same spatial position), half along space (tokens of the same time step)."""
+
+  def attention_grid(self, num_tokens: int) -> Optional[Tuple[int, int]]:
+    return (self.time_steps, num_tokens // self.time_steps)
 
 
 class FactorisedSelfAttentionBlock(Block):
@@ -93,7 +103,7 @@ class FactorisedSelfAttentionBlock(Block):
 # The Flax module of each block kind (`vivit.models.variants.BLOCK_KINDS`).
 BLOCKS = {
     variants.JOINT_BLOCK: EncoderBlock,
-    variants.FACTORISED_HEADS_BLOCK: EncoderBlock,
+    variants.FACTORISED_HEADS_BLOCK: FactorisedHeadsBlock,
     variants.FACTORISED_SELF_ATTENTION_BLOCK: FactorisedSelfAttentionBlock,
 }
 
