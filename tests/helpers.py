@@ -46,9 +46,12 @@ def cli_args(data_dir, workdir, **extra):
 
 
 def run_env(devices=1):
-  """The environment of a subprocess run on `devices` CPU devices."""
+  """The environment of a subprocess run on `devices` CPU devices (with the session's
+  other XLA_FLAGS)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  inherited = [flag for flag in os.environ.get('XLA_FLAGS', '').split()
+               if not flag.startswith('--xla_force_host_platform_device_count')]
+  env['XLA_FLAGS'] = ' '.join(inherited + [f'--xla_force_host_platform_device_count={devices}'])
   return env
 
 
