@@ -91,3 +91,18 @@ def test_bad_arguments_are_one_line_errors(two_head_checkpoint, video, tmp_path,
   assert error.startswith('error: ') and error.count('\n') == 1
   assert re.search(message, error), error
   assert not os.listdir(tmp_path)
+
+
+def test_a_max_pooling_model_is_a_one_line_error(video, tmp_path, capsys):
+  from helpers import random_params, tiny_model_config
+  from vivit import checkpoints
+  config = tiny_model_config(classifier='gmp')
+  checkpoint = str(tmp_path / 'params')
+  checkpoints.save_params(checkpoint, config, random_params(config), HEADS)
+  out = str(tmp_path / 'out')
+  assert predict.main(['--checkpoint', checkpoint, '--video', video,
+                       '--explain', out]) == 2
+  error = capsys.readouterr().err
+  assert error.startswith("error: explaining a model is not supported for classifier "
+                          "'gmp': ") and error.count('\n') == 1, error
+  assert not [f for f in os.listdir(tmp_path) if f.startswith('out')]

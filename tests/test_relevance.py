@@ -96,8 +96,7 @@ def reference_relevance(config, weights, grads, clip_shape, method, index):
                       g['MultiHeadDotProductAttention_0']['all'][index], method)
               for w, g in blocks('TemporalTransformer', config.temporal.num_layers)]
     over_time = _pooled(layers, has_cls)
-    relevance = np.stack([over_time[t] / over_time.sum() * frame / frame.sum()
-                          for t, frame in enumerate(per_frame)])
+    relevance = np.stack([over_time[t] * frame for t, frame in enumerate(per_frame)])
   else:
     # Model 3/4's per-axis probabilities: clip `index`'s sequences along `axis`.
     def per_axis(weights, grads, axis):
@@ -156,6 +155,45 @@ def test_relevance_is_the_product_of_the_attention_layers(variant, classifier, m
   for index, clip_relevance in enumerate(tokens):
     expected = reference_relevance(config, weights, grads, clips.shape[1:4], method, index)
     np.testing.assert_allclose(clip_relevance, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_model_2_chains_its_encoders_each_frame_keeping_its_magnitude():
+  """One spatial and one temporal layer written by hand (rollout: the CLS row of each
+  attention): the temporal CLS weighs both frames 0.4, frame 0's spatial CLS takes 0.6
+  of its attention (its patches 0.1 each) and frame 1's none. A patch gets T[t] *
+  S_t[p], so frame 0 holds 0.16 / 0.56 of the relevance; each frame's spatial
+  relevance normalised on its own would give it half."""
+  config = tiny_model_config(variants.FACTORISED_ENCODER, classifier='token',
+                             num_layers=1)
+  config.temporal.num_layers = 1
+  spatial = np.full((1, 2, 5, 5), 0.2)  # [batch, time, q, k]: 2 frames, CLS + 4 patches
+  spatial[0, :, 0] = [[0.6, 0.1, 0.1, 0.1, 0.1], [0.0, 0.4, 0.3, 0.2, 0.1]]
+  temporal = np.full((1, 3, 3), 1 / 3)  # [batch, q, k]: CLS + 2 frames
+  temporal[0, 0] = [0.2, 0.4, 0.4]
+
+  def tree(encoder, matrices, heads):  # the sown layout: [..., heads, q, k], in 1-tuples
+    per_head = np.repeat(np.expand_dims(matrices, -3), heads, -3).astype(np.float32)
+    return {encoder: {'encoderblock_0': {'MultiHeadDotProductAttention_0': {
+        'all': (per_head,)}}}}
+  weights = {**tree('SpatialTransformer', spatial, config.num_heads),
+             **tree('TemporalTransformer', temporal, config.temporal.num_heads)}
+  tokens = relevance.relevance_from_attention(config, weights, None,
+                                              (1,) + tuple(config.input_size), 'rollout')
+  expected = np.array([[0.04, 0.04, 0.04, 0.04], [0.16, 0.12, 0.08, 0.04]]) / 0.56
+  np.testing.assert_allclose(tokens, expected.reshape(1, 2, 2, 2), rtol=1e-5)
+
+
+def test_a_max_pooling_model_is_refused():
+  """'gmp' takes each feature from its own token: no attention row describes it."""
+  message = r"^explaining a model is not supported for classifier 'gmp': max pooling "
+  for variant in (variants.SPATIO_TEMPORAL, variants.FACTORISED_ENCODER):
+    config = tiny_model_config(variant, classifier='gmp')
+    shape = (1,) + tuple(config.input_size)
+    with pytest.raises(ConfigError, match=message):
+      relevance.relevance_from_attention(config, {}, None, shape, 'rollout')
+    with pytest.raises(ConfigError, match=message):
+      relevance.token_relevance(config, {}, np.zeros(shape + (3,), np.float32), [0],
+                                'gradient')
 
 
 def test_pixels_keep_the_mass_where_the_model_looks():

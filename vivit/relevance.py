@@ -14,13 +14,20 @@ the paths that never do):
   dropped. Class-specific; covers pooled (GAP) models.
 
 What is explained is the classifier's input: the CLS token's row of the product, or
-for pooled models the mean of all rows less the identity (every token's own residual
-path, the same for all). Factorised attention is exact, not approximated: model 3's
+for pooled models ('gap', and 'gsp', the same up to a factor) the mean of all rows less
+the identity (every token's own residual path, the same for all). Max pooling ('gmp')
+takes each feature from its own token, which no row describes: explaining such a model
+is refused (ConfigError). Factorised attention is exact, not approximated: model 3's
 time and space attentions are layers of their own (each mixes tokens only along its
 axis), model 4's blocks average its time heads' and space heads' matrices (half the
-heads each), and model 2 weighs each frame's spatial relevance by that frame's
-relevance in the temporal encoder. The product is evaluated as a row vector pulled
-back through the layers, so no `[tokens, tokens]` matrix beyond attention's own is made.
+heads each). Model 2 chains its two encoders: patch `p` of frame `t` gets
+`T[t] * S_t[p]`, `T[t]` the relevance of frame `t`'s token to the temporal encoder's
+output and `S_t[p]` that of the patch to frame `t`'s spatial output, neither normalised
+on its own. That is the product through both encoders with the paths from the CLS
+input tokens (which carry no pixels) dropped: a frame whose spatial output comes less
+from its patches than from its CLS token gets less. The product is evaluated as a row
+vector pulled back through the layers, so no `[tokens, tokens]` matrix beyond
+attention's own is made; the relevance is normalised once, over all tokens.
 
 Each encoder block kind says which attention layers it has in `RELEVANCE_LAYERS`
 (read through `variants.for_block`).
@@ -30,6 +37,7 @@ from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 
+from vivit.errors import ConfigError
 from vivit.models import variants
 
 
@@ -176,11 +184,16 @@ def observed_attention(model_config, params, clips, targets=None):
 
 
 def _relevance(model_config, shape: Sequence[int], method: str):
-  """Traceable `(weights, grads) -> [batch, t', h', w']` of `relevance_from_attention`."""
+  """Traceable `(weights, grads) -> [batch, t', h', w']` of `relevance_from_attention`;
+  ConfigError here, untraced, for what cannot be explained."""
   import jax.numpy as jnp
   from vivit.models import token_grid
   variant = variants.get(model_config.variant)
   layers_of_block = variants.for_block(RELEVANCE_LAYERS, variant.block, 'explaining a model')
+  if model_config.classifier == 'gmp':
+    raise ConfigError("explaining a model is not supported for classifier 'gmp': max "
+                      'pooling takes each feature from its own token, which no attention '
+                      "row describes ('token', 'gap' and 'gsp' models can be explained)")
   has_cls = model_config.classifier == 'token'
   batch, clip_shape = shape[0], shape[1:4]
   time, height, width = token_grid(model_config, clip_shape)
@@ -201,7 +214,7 @@ def _relevance(model_config, shape: Sequence[int], method: str):
       temporal = _encoder_relevance(
           layers('TemporalTransformer', model_config.temporal.num_layers), time, has_cls,
           lead=(batch,))
-      tokens = _normalised(temporal, -1)[..., None] * _normalised(spatial, -1)
+      tokens = temporal[..., None] * spatial
     else:
       tokens = _encoder_relevance(layers('Transformer', model_config.num_layers),
                                   time * space, has_cls, grid=(time, space), lead=(batch,))
@@ -213,7 +226,8 @@ def relevance_from_attention(model_config, weights, grads, shape: Sequence[int],
                              method: str) -> np.ndarray:
   """`observed_attention`'s weights and grads -> the relevance `[batch, t', h', w']`
   of each token (`token_relevance`) by `method` ('rollout' or 'gradient': it needs
-  the grads); `shape`: the clips' (batch, time, height, width)."""
+  the grads); `shape`: the clips' (batch, time, height, width). ConfigError for a
+  max-pooling ('gmp') model."""
   import jax
   _check_method(method, grads is not None)
   return np.asarray(jax.jit(_relevance(model_config, shape, method))(weights, grads))
@@ -233,11 +247,12 @@ def token_relevance(model_config, params, clips, targets, method: str
   sampled frames), each clip's summing to 1 (all 0 where nothing is relevant); and
   the logits `[batch, classes]`. One compiled computation that returns only those
   (memory: model 1 at ViViT-B size, 3137 tokens, peaks at 3.4 GB for rollout, against
-  7.9 GB when every layer's probabilities are returned)."""
+  7.9 GB when every layer's probabilities are returned). ConfigError for a
+  max-pooling ('gmp') model, before anything is computed."""
   import jax
   _check_method(method, targets is not None or method == 'rollout')
-  model = _observed_model(model_config)
   relevance = _relevance(model_config, clips.shape[:4], method)
+  model = _observed_model(model_config)
 
   def run(params, clips, targets):
     weights, grads, logits = _observe(model, params, clips, targets)
