@@ -4,7 +4,8 @@ Measures, for 32-frame 224x224 training clips (stride 2, short side 256, scale
 jitter, flip, colour jitter: the Kinetics recipe):
 - input pipeline clips/s (read + JPEG decode of the crop's window of the clip's
   frames + augment + batch) with 1 thread and with one per core, and clips/s per
-  core; the colour jitter's arithmetic runs in the train step on the device, and is
+  core, for each `dataset.resample` mode (`--resample`: scenic's two passes, which
+  skip the first when the frames are stored at `--min_resize`, and one pass); the colour jitter's arithmetic runs in the train step on the device, and is
   timed apart (on this machine's JAX backend);
 - its limit: the same stream of clips (read, parse, pick the clip's frames, batch)
   with nothing done but JPEG-decoding exactly the frames each clip uses at their
@@ -16,6 +17,7 @@ jitter, flip, colour jitter: the Kinetics recipe):
   python experiments/input_throughput.py                    # synthesised dataset
   python experiments/input_throughput.py --dataset kinetics400 --data_dir /data/tfds
   python experiments/input_throughput.py --input_clips_per_core 8 --model B/16x2  # GPU host
+  python experiments/input_throughput.py --min_resize 288 --crop_size 256  # SSv2's sizes
   PYTHONPATH=/path/to/other/checkout python experiments/input_throughput.py  # its pipeline
 
 Without --data_dir it writes `--videos` 340x256 mp4s of moving texture (`--seconds`
@@ -75,15 +77,19 @@ class PeakMemory:
     self._thread.join()
 
 
-def dataset_config(name: str, data_dir: str, threads: int):
+def dataset_config(name: str, data_dir: str, threads: int, resample: str = 'scenic',
+                   min_resize: int = 256, crop_size: int = 224):
   import ml_collections
   from vivit.recipes import base_config
-  return ml_collections.ConfigDict(dict(
+  fields = dict(
       name=name, format='tfds', data_dir=data_dir, label_key=('label',), train_split='train',
-      num_frames=32, stride=2, min_resize=256, crop_size=224, scale_jitter=(0.9, 1.33),
-      flip=True, colour_augment=0.8, colour_drop=0.1, randaugment=None,
-      augment_ops=base_config().dataset.augment_ops,
-      num_threads=threads, shuffle_buffer=1024, shuffle_frames=False))
+      num_frames=32, stride=2, min_resize=min_resize, crop_size=crop_size,
+      scale_jitter=(0.9, 1.33), flip=True, colour_augment=0.8, colour_drop=0.1,
+      randaugment=None, num_threads=threads, shuffle_buffer=1024, shuffle_frames=False)
+  known = base_config().dataset  # fields an older checkout (PYTHONPATH) lacks stay out
+  fields.update({key: value for key, value in (('augment_ops', known.get('augment_ops')),
+                                               ('resample', resample)) if key in known})
+  return ml_collections.ConfigDict(fields)
 
 
 def timed(batches, batch_size: int, steps: int):
@@ -115,7 +121,11 @@ def decode_limit_rate(config, batch_size: int, steps: int):
   """(clips/s, clips per CPU second) of the limit: `input_rate`'s stream, reading and JPEG-decoding (whole,
   at the stored size) the frames of each clip, nothing else."""
   import tensorflow as tf
-  from vivit.input import pipeline, sampling, sources
+  from vivit.input import pipeline, sources
+  try:
+    from vivit.input import sampling
+  except ImportError:  # a checkout before 2026-12-07
+    from vivit.input import transforms as sampling
   source = pipeline.open_source(config, config.train_split)
 
   def decode(position, serialized):
@@ -199,6 +209,12 @@ def main():
   parser.add_argument('--videos', type=int, default=48, help='videos to synthesise')
   parser.add_argument('--seconds', type=float, default=10.0,
                       help='length of each synthesised video')
+  parser.add_argument('--resample', default='scenic,one_pass',
+                      help="the dataset.resample modes to time, comma-separated")
+  parser.add_argument('--min_resize', type=int, default=256,
+                      help='short side of the training resize (SSv2: 288; the synthesised '
+                      'frames are stored at 256, where the first resize is skipped)')
+  parser.add_argument('--crop_size', type=int, default=224)
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--steps', type=int, default=12, help='batches timed per run')
   parser.add_argument('--from_disk', action='store_true',
@@ -242,29 +258,38 @@ def main():
   print(f'dataset: {split.num_examples} train videos, {split.num_bytes / 2**20:.0f} MiB '
         f'({split.num_bytes / split.num_examples / 2**20:.2f} MiB per video)')
 
-  print(f'\ninput pipeline, batches of {args.batch_size} x 32 x 224 x 224 (medians of '
-        f'{args.repeats} runs, pipeline and limit alternating):')
+  from vivit.recipes import base_config
+  modes = [m for m in args.resample.split(',') if 'resample' in base_config().dataset] or [
+      'the checkout\'s']
+  print(f'\ninput pipeline, batches of {args.batch_size} x 32 x {args.crop_size} x '
+        f'{args.crop_size}, short side {args.min_resize} (medians of {args.repeats} runs, '
+        f'the resample modes and the limit alternating):')
   rows = []
   for threads in sorted({1, cores}):
-    config = dataset_config(args.dataset, args.data_dir, threads)
-    runs, limits, peaks = [], [], []
+    configs = {mode: dataset_config(args.dataset, args.data_dir, threads, mode,
+                                    args.min_resize, args.crop_size) for mode in modes}
+    runs, limits, peaks = {mode: [] for mode in modes}, [], {mode: [] for mode in modes}
     for _ in range(args.repeats):
-      with PeakMemory() as memory:
-        runs.append(input_rate(config, args.batch_size, args.steps)[1])
-      peaks.append(memory.peak - memory.start)
+      for mode, config in configs.items():
+        with PeakMemory() as memory:
+          runs[mode].append(input_rate(config, args.batch_size, args.steps)[1])
+        peaks[mode].append(memory.peak - memory.start)
       limits.append(decode_limit_rate(config, args.batch_size, args.steps))
-    (rate, per_cpu), (limit, limit_per_cpu) = np.median(runs, 0), np.median(limits, 0)
-    rows.append((threads, rate, per_cpu))
-    print(f'  {threads:2d} threads: pipeline {rate:5.1f} clips/s ({rate / threads:.1f} per '
-          f'core), {per_cpu:5.1f} clips per CPU second (runs: '
-          f'{", ".join(f"{r[1]:.1f}" for r in runs)}); peak RSS '
-          f'+{max(peaks) / 2**20:.0f} MiB over {memory.start / 2**20:.0f} MiB')
-    print(f'      decode-only limit {limit:5.1f} clips/s ({limit / threads:.1f} per core), '
-          f'{limit_per_cpu:5.1f} clips per CPU second (runs: '
-          f'{", ".join(f"{r[1]:.1f}" for r in limits)}); pipeline / limit: '
-          f'{per_cpu / limit_per_cpu:.0%} per CPU second, {rate / limit:.0%} per second')
+    limit, limit_per_cpu = np.median(limits, 0)
+    for mode in modes:
+      rate, per_cpu = np.median(runs[mode], 0)
+      rows.append((threads, rate, per_cpu))
+      print(f'  {threads:2d} threads, resample {mode}: pipeline {rate:5.1f} clips/s '
+            f'({rate / threads:.1f} per core), {per_cpu:5.1f} clips per CPU second (runs: '
+            f'{", ".join(f"{r[1]:.1f}" for r in runs[mode])}); peak RSS '
+            f'+{max(peaks[mode]) / 2**20:.0f} MiB over {memory.start / 2**20:.0f} MiB; '
+            f'{per_cpu / limit_per_cpu:.0%} of the limit per CPU second')
+    print(f'  {threads:2d} threads, decode-only limit {limit:5.1f} clips/s ({limit / threads:.1f} '
+          f'per core), {limit_per_cpu:5.1f} clips per CPU second (runs: '
+          f'{", ".join(f"{r[1]:.1f}" for r in limits)})')
   steps_per_epoch = split.num_examples // args.batch_size
-  config = dataset_config(args.dataset, args.data_dir, cores)
+  config = dataset_config(args.dataset, args.data_dir, cores, modes[0], args.min_resize,
+                          args.crop_size)
   at_start = input_rate(config, args.batch_size, 0)[0]
   at_end = input_rate(config, args.batch_size, 0, start_step=steps_per_epoch - 1)[0]
   print(f'  first batch: {at_start:.2f} s at step 0, {at_end:.2f} s when resuming at step '
@@ -275,7 +300,8 @@ def main():
           f'ms per batch of {args.batch_size} ({args.batch_size / colour[0]:.0f} clips/s)')
 
   if args.model != 'none':
-    report_model(args, rows[-1][2], rows[-1][:2])
+    most = [row for row in rows if row[0] == rows[-1][0]][0]  # all threads, first mode
+    report_model(args, most[2], most[:2])
 
 
 def report_model(args, input_per_core: float, input_row) -> None:

@@ -32,21 +32,13 @@ def _uint8_video(seed, frames=10, height=24, width=30):
 
 
 def _by_hand(video, example_seed, randaugment_settings=None, after=None):
-  """`_train_example` from its parts and the seed tree: the crop's start, crop and
-  flip, then RandAugment (then `after`, on float pixels), then rounding."""
+  """`_train_example` from its parts and the seed tree: the view (the crop's start,
+  crop and flip), then RandAugment (then `after`, on float pixels), then rounding."""
   view_seed, _ = sampling.split_seed(example_seed, 2)
-  offset_seed, crop_seed, flip_seed, randaugment_seed = sampling.split_seed(view_seed, 4)
-  count = tf.shape(video)[0]
-  offset = sampling.random_offset(count, 4, 2, offset_seed)
-  stored = tf.shape(video)[1:3]
-  y, x = crop.train_crop_positions(stored, min_resize=16, crop_size=16,
-                                   scale_range=(1.0, 1.25), seed=crop_seed)
-  x = crop.flip_positions(x, flip_seed)
-  top, size = crop.crop_window(stored, y, x)
-  window = tf.gather(video, sampling.clip_indices(count, 4, 2, offset))
-  window = window[:, top[0]:top[0] + size[0], top[1]:top[1] + size[1]]
-  top = tf.cast(top, tf.float32)
-  video = crop.resample(window, y - top[0], x - top[1])
+  randaugment_seed = sampling.split_seed(view_seed, 4)[3]
+  video = crop.train_view(tf.constant(video), num_frames=4, stride=2, min_resize=16,
+                          crop_size=16, scale_range=(1.0, 1.25), flip=True, seed=view_seed,
+                          rounded=False)
   if randaugment_settings:
     video = randaugment.randaugment(video, *randaugment_settings, seed=randaugment_seed)
   if after:
@@ -125,11 +117,10 @@ def test_colour_writes_the_draws_of_the_colour_seed_and_leaves_the_pixels():
   half of the example's seed, and the clip is the one without colour."""
   video = _uint8_video(1)
   for seed in SEEDS[:3]:
-    plain = _train_example(video, seed, randaugment=(2, 15))
+    plain = _train_example(video, seed)
     colour_seed = sampling.split_seed(seed, 2)[1]
     for probability, drop in ((0.8, 0.1), (0.0, 0.3), (0.5, 0.0)):
-      example = _train_example(video, seed, randaugment=(2, 15), colour_augment=probability,
-                               colour_drop=drop)
+      example = _train_example(video, seed, colour_augment=probability, colour_drop=drop)
       assert example['colour'].shape == (6,) and example['colour'].dtype == np.float32
       np.testing.assert_array_equal(example['colour'],
                                     augment.colour_draws(probability, drop, colour_seed))
@@ -139,8 +130,6 @@ def test_colour_writes_the_draws_of_the_colour_seed_and_leaves_the_pixels():
 def test_only_the_ops_the_config_names_run():
   video = _uint8_video(2)
   on = dict(randaugment=(2, 20), colour_augment=0.8, colour_drop=0.1)
-  both = _train_example(video, SEED, **on)
-  assert set(both) == {'video', 'colour'}
   plain = _train_example(video, SEED)
   for unset in ((), None, (None,)):
     example = _train_example(video, SEED, augment_ops=unset, **on)
@@ -148,17 +137,30 @@ def test_only_the_ops_the_config_names_run():
     np.testing.assert_array_equal(example['video'], plain['video'])
   colour_only = _train_example(video, SEED, augment_ops=('colour',), **on)
   np.testing.assert_array_equal(colour_only['video'], plain['video'])
-  np.testing.assert_array_equal(colour_only['colour'], both['colour'])
+  np.testing.assert_array_equal(colour_only['colour'], augment.colour_draws(
+      0.8, 0.1, sampling.split_seed(SEED, 2)[1]))
   randaugment_only = _train_example(video, SEED, augment_ops=('randaugment',), **on)
   assert set(randaugment_only) == {'video'}
-  np.testing.assert_array_equal(randaugment_only['video'], both['video'])
+  np.testing.assert_array_equal(randaugment_only['video'], _by_hand(video, SEED, (2, 20)))
   # A config made by hand may name one op by a string.
   untyped = ml_collections.ConfigDict(dict(augment_ops='colour', **on))
   assert [op.name for op, _ in augment.configured_ops(untyped)] == ['colour']
-  # The order the config lists them in does not matter.
-  reordered = _train_example(video, SEED, augment_ops=('colour', 'randaugment'), **on)
-  for key in both:
-    np.testing.assert_array_equal(reordered[key], both[key])
+
+
+@pytest.mark.parametrize('colour', [dict(colour_augment=0.8, colour_drop=0.1),
+                                    dict(colour_augment=0.0, colour_drop=0.2)])
+def test_randaugment_with_colour_is_refused_as_scenic_runs_only_one(colour):
+  """scenic's `additional_augmentations` runs RandAugment and drops colour (jitter and
+  drop) when a config asks for both; here such a config is a one-line error."""
+  config = _dataset_config(randaugment=(2, 20), **colour)
+  with pytest.raises(ConfigError, match=(
+      rf"^dataset\.randaugment=\(2, 20\) and colour augmentation \(colour_augment="
+      rf"{colour['colour_augment']}, colour_drop={colour['colour_drop']}\) are both on; "
+      r"scenic runs only RandAugment then: set dataset\.colour_augment=0 and "
+      r"dataset\.colour_drop=0, or dataset\.randaugment=None$")):
+    augment.configured_ops(config)
+  with pytest.raises(ConfigError, match='are both on'):
+    next(pipeline.train_batches(config, 2, seed=0))
 
 
 def test_an_unknown_op_is_a_one_line_config_error_naming_the_known_ones():
@@ -169,8 +171,9 @@ def test_an_unknown_op_is_a_one_line_config_error_naming_the_known_ones():
 
 def test_the_default_ops_are_the_registered_ones_in_the_order_they_run():
   assert base_config().dataset.augment_ops == augment.names() == ('randaugment', 'colour')
-  assert [op.name for op, _ in augment.configured_ops(
-      _dataset_config(randaugment=(2, 15), colour_augment=0.8))] == ['randaugment', 'colour']
+  for settings, names in ((dict(randaugment=(2, 15)), ['randaugment']),
+                          (dict(colour_augment=0.8), ['colour'])):
+    assert [op.name for op, _ in augment.configured_ops(_dataset_config(**settings))] == names
 
 
 def test_a_new_op_is_one_registered_function(monkeypatch):
@@ -191,13 +194,16 @@ def test_a_new_op_is_one_registered_function(monkeypatch):
 
   assert augment.names() == ('randaugment', 'colour', 'invert', 'probe')
   video = _uint8_video(3)
-  on = dict(randaugment=(2, 20), colour_augment=0.8, colour_drop=0.1)
-  before = _train_example(video, SEED, **on)
-  after = _train_example(video, SEED, augment_ops=('probe', 'invert', 'randaugment',
-                                                   'colour'), **on)
+  after = _train_example(video, SEED, augment_ops=('probe', 'invert', 'randaugment'),
+                         randaugment=(2, 20))
   np.testing.assert_array_equal(
       after['video'], _by_hand(video, SEED, (2, 20), after=lambda clip: 255.0 - clip))
-  np.testing.assert_array_equal(after['colour'], before['colour'])
+  coloured = _train_example(video, SEED, augment_ops=('probe', 'invert', 'colour'),
+                            colour_augment=0.8, colour_drop=0.1)
+  np.testing.assert_array_equal(coloured['colour'], _train_example(
+      video, SEED, colour_augment=0.8, colour_drop=0.1)['colour'])
+  np.testing.assert_array_equal(coloured['video'],
+                                _by_hand(video, SEED, after=lambda clip: 255.0 - clip))
   np.testing.assert_array_equal(after['probe'][:2], augment.named_seed(SEED, 'probe'))
   assert after['probe'][2:].tolist() == [after['video'].max(), 16]
   assert not np.array_equal(augment.named_seed(SEED, 'probe'),

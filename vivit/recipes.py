@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
       # its fields turn it on: randaugment (randaugment), colour (colour_augment,
       # colour_drop).
       augment_ops=('randaugment', 'colour'),
+      # How training views are resampled (vivit.input.crop): 'scenic' (DMVR's two
+      # resizes, each truncated to uint8: bit-exact), or 'one_pass' (one bilinear
+      # sampling of the stored frames, rounded once).
+      resample='scenic',
       num_threads=0,  # 0: one input thread per core
       shuffle_buffer=1024,  # format 'dmvr' streams only: serialized examples
       shuffle_frames=False))  # True destroys temporal order (experiments/shuffled_frames.py)

@@ -13,7 +13,11 @@ reads from the dataset config turn it on:
 
 They run in the order they are registered here (scenic's), whatever the order the
 config lists them in: the ops that change the pixels on float32 [0, 255], then the
-clip is rounded to uint8, then the ops that write fields of their own.
+clip is rounded to uint8, then the ops that write fields of their own. RandAugment
+and colour are never both on: scenic runs only RandAugment when its config asks for
+both, and a config here that does is refused. Colour drop alone (`colour_augment` 0,
+`colour_drop` above 0) is scenic's `color_default_augm` with `prob_color_augment` 0:
+the two coins are tossed apart there too.
 
 An op is a function `(clip, settings, seed) -> result`:
   clip      `[time, height, width, 3]`: float32 in [0, 255] for an op that writes
@@ -113,6 +117,13 @@ def configured_ops(dataset_config: ml_collections.ConfigDict) -> Tuple[Tuple[Op,
       settings = op.settings(dataset_config)
       if settings is not None:
         chosen.append((op, settings))
+  if {'randaugment', 'colour'} <= {op.name for op, _ in chosen}:
+    # scenic's `additional_augmentations` runs one of them, RandAugment first.
+    raise ConfigError(
+        f'dataset.randaugment={tuple(dataset_config.randaugment)} and colour augmentation '
+        f'(colour_augment={dataset_config.colour_augment}, colour_drop='
+        f'{dataset_config.colour_drop}) are both on; scenic runs only RandAugment then: '
+        'set dataset.colour_augment=0 and dataset.colour_drop=0, or dataset.randaugment=None')
   return tuple(chosen)
 
 

@@ -1,98 +1,157 @@
-"""The fused decode-crop of a training clip: random clip, short side resize, scale
-jitter, random crop and flip as one bilinear sampling of the stored frames, of which
-only the crop's window is decoded (`train_view`).
+"""The training view of a clip (`train_view`): random clip, short side resize, scale
+jitter, random crop and flip, computed over only the pixels the crop reads, of which
+only the JPEG window is decoded.
+
+Two ways to resample the stored frames (`dataset.resample`):
+  'scenic'    (default) DMVR's ops as scenic runs them: `resize_smallest` to
+              `min_resize`, cast to uint8 (truncation), `scale_jitter_augm`'s resize,
+              cast again, crop, flip. Bit-exact with those ops on whole frames: the
+              second resize's taps say which rows and columns of the first it reads,
+              the first's taps which stored pixels those read, and only those are
+              decoded and resampled. When the frames are stored at `min_resize` (the
+              usual preparation), the first resize is skipped, as DMVR skips it.
+  'one_pass'  the same draws, but resizes and crop composed into one bilinear
+              sampling of the stored frames (half-pixel resizes compose to one scale),
+              rounded once: no blur from a second pass, no truncation.
 
 Frames are `[time, height, width, 3]` uint8, or `[time]` JPEG strings; sizes and
-positions are (height, width) pairs `[2]` in stored-frame pixels.
+offsets are (height, width) pairs `[2]` int32.
 """
 import math
-from typing import Sequence, Tuple
+from typing import NamedTuple, Sequence, Tuple
 
 import tensorflow as tf
 
+from vivit.errors import ConfigError
 from vivit.input.sampling import (clip_indices, random_offset, short_side_size,
                                   split_seed, to_pixels)
 
+RESAMPLE = ('scenic', 'one_pass')
 
-def jittered_size(stored_size, min_resize: int, crop_size: int,
-                  scale_range: Tuple[float, float], seed):
-  """The `[2]` (height, width) a stored frame of `stored_size` `[2]` reaches through
-  `resize_short_side(min_resize)` then scenic's scale jitter (`scale_jitter_augm`):
-  height and width scaled by independent factors `U(scale_range)` (so the aspect
-  ratio jitters too), truncated, each at least `crop_size`."""
-  resized = short_side_size(stored_size, min_resize)
+
+def check_resample(resample: str) -> str:
+  if resample not in RESAMPLE:
+    raise ConfigError(f'dataset.resample must be one of {", ".join(RESAMPLE)}, '
+                      f'got {resample!r}')
+  return resample
+
+
+def jittered_size(resized_size, crop_size: int, scale_range: Tuple[float, float], seed):
+  """The `[2]` (height, width) scenic's scale jitter (DMVR `scale_jitter_augm`,
+  `prob_scale_jitter=1`) resizes frames of `resized_size` `[2]` to: height and width
+  scaled by independent factors `U(scale_range)` (the aspect ratio jitters too),
+  truncated; here at least `crop_size` (where DMVR's crop would fail)."""
   factors = tf.random.stateless_uniform([2], seed, *scale_range)
-  size = tf.cast(tf.cast(resized, tf.float32) * factors, tf.int32)
+  size = tf.cast(tf.cast(resized_size, tf.float32) * factors, tf.int32)
   return tf.maximum(size, crop_size)
 
 
 def crop_offset(size, crop_size: int, seed):
   """The `[2]` top-left corner of a random `crop_size` square of frames of `size`
-  `[2]`: the draw `tf.image.stateless_random_crop(seed)` makes on a clip."""
+  `[2]`: DMVR `crop_image`'s draw (a uniform int32 modulo the room left)."""
   limit = tf.concat([[1], size - crop_size + 1, [1]], axis=0)
   draw = tf.random.stateless_uniform([4], seed, maxval=tf.int32.max, dtype=tf.int32)
   return (draw % limit)[1:3]
 
 
-def crop_positions(stored_size, size, offset, crop_size: int):
-  """Where, in stored-frame pixels, the rows and columns of a `crop_size` crop at
-  `offset` of the frame resized to `size` sample: `[crop]` y and `[crop]` x,
-  float32. Bilinear resizes with half-pixel centres compose to one scale, `stored /
-  size`, however many there are."""
-  scale = tf.cast(stored_size, tf.float32) / tf.cast(size, tf.float32)
-  steps = tf.range(crop_size, dtype=tf.float32)
-  offset = tf.cast(offset, tf.float32)
-  return ((offset[0] + steps + 0.5) * scale[0] - 0.5,
-          (offset[1] + steps + 0.5) * scale[1] - 0.5)
+class Draws(NamedTuple):
+  """A training view's random choices: the jittered `size` `[2]`, the crop's
+  `offset` `[2]` in it, and whether it is flipped (bool)."""
+  size: tf.Tensor
+  offset: tf.Tensor
+  flip: tf.Tensor
 
 
-def flip_positions(x, seed):
-  """`x` reversed with probability 1/2: sampling that way flips the clip
-  horizontally."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(x, axis=[0]), lambda: x)
+class Taps(NamedTuple):
+  """Bilinear taps along one axis, `[n]` each: the `lower` and `upper` input pixels
+  (int32) of each output pixel and the upper's `weight` (float32)."""
+  lower: tf.Tensor
+  upper: tf.Tensor
+  weight: tf.Tensor
 
 
-def crop_window(stored_size, y, x):
-  """The stored pixels that samples at `y` and `x` interpolate from: (top-left
-  `[2]`, size `[2]`) int32, inside the frame."""
-  first = tf.stack([tf.reduce_min(y), tf.reduce_min(x)])
-  last = tf.stack([tf.reduce_max(y), tf.reduce_max(x)])
-  top = tf.clip_by_value(tf.cast(tf.floor(first), tf.int32), 0, stored_size - 1)
-  bottom = tf.clip_by_value(tf.cast(tf.math.ceil(last), tf.int32), 0, stored_size - 1)
-  return top, bottom - top + 1
+def resize_taps(in_size, out_size, first, count) -> Taps:
+  """The taps of output pixels `first .. first + count - 1` of a `tf.image.resize`
+  (bilinear, half-pixel centres, no antialias) of `in_size` pixels to `out_size`,
+  computed as its kernel does: position `(i + 0.5) * (in / out) - 0.5` in float32,
+  taps floor and floor + 1 clamped to the line."""
+  scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+  positions = (tf.cast(first + tf.range(count), tf.float32) + 0.5) * scale - 0.5
+  floor = tf.floor(positions)
+  index = tf.cast(floor, tf.int32)
+  return Taps(tf.clip_by_value(index, 0, in_size - 1),
+              tf.clip_by_value(index + 1, 0, in_size - 1), positions - floor)
 
 
-def bilinear_taps(positions, size):
-  """Bilinear taps of `[n]` float positions in a line of `size` pixels: lower and
-  upper `[n]` int32 indices and the upper's `[n]` weight; outside the edge pixels'
-  centres both are the edge, as in tf.image.resize."""
-  lower = tf.floor(positions)
-  index = tf.cast(lower, tf.int32)
-  return (tf.clip_by_value(index, 0, size - 1), tf.clip_by_value(index + 1, 0, size - 1),
-          positions - lower)
+def _span(taps: Taps):
+  """(first, count) of the input pixels `taps` read."""
+  first = tf.reduce_min(taps.lower)
+  return first, tf.reduce_max(taps.upper) - first + 1
 
 
-def _interpolate(window, rows, cols):
-  """`window` `[time, h, w, 3]` at the taps `rows` and `cols` (`bilinear_taps`):
-  float32 `[time, n, m, 3]`."""
-  (y_low, y_high, y_weight), (x_low, x_high, x_weight) = rows, cols
-  x_weight = x_weight[:, None]
+def _shifted(taps: Taps, origin) -> Taps:
+  return Taps(taps.lower - origin, taps.upper - origin, taps.weight)
 
+
+def _reversed(taps: Taps, flip) -> Taps:
+  """`taps` in reverse order when `flip`: resampling with them flips left-right."""
+  return Taps(*(tf.cond(flip, lambda t=t: tf.reverse(t, [0]), lambda t=t: t) for t in taps))
+
+
+def _padded_taps(taps: Taps) -> Taps:
+  """`taps` padded to `padded_size` with taps of pixel 0: the compiled resampling sees
+  few shapes; the output pixels they add are never read."""
+  extra = padded_size(tf.shape(taps.lower)[0]) - tf.shape(taps.lower)[0]
+  return Taps(*(tf.pad(t, [[0, extra]]) for t in taps))
+
+
+def _interpolate(window, rows: Taps, cols: Taps, zero):
+  """`window` `[time, h, w, 3]` at the taps `rows` and `cols`: float32 `[time, n, m,
+  3]`, computed as tf.image.resize's kernel does (along x, then y; `_lerp`)."""
   def along_x(lines):
-    left = tf.gather(lines, x_low, axis=2)
-    return left + (tf.gather(lines, x_high, axis=2) - left) * x_weight
+    left = tf.gather(lines, cols.lower, axis=2)
+    return _lerp(left, tf.gather(lines, cols.upper, axis=2), cols.weight[:, None], zero)
   window = tf.cast(window, tf.float32)
-  top = along_x(tf.gather(window, y_low, axis=1))
-  bottom = along_x(tf.gather(window, y_high, axis=1))
-  return top + (bottom - top) * y_weight[:, None, None]
+  top = along_x(tf.gather(window, rows.lower, axis=1))
+  bottom = along_x(tf.gather(window, rows.upper, axis=1))
+  return _lerp(top, bottom, rows.weight[:, None, None], zero)
 
 
-# The gathers, the interpolation and the rounding fuse into a pass or two.
+def _lerp(a, b, weight, zero):
+  """`a + (b - a) * weight` in float32 with the product rounded on its own, as
+  TensorFlow's kernels compute it. XLA's CPU backend fuses a multiply and an add
+  into one FMA (one rounding), and the truncation that follows turns that last bit
+  into a level now and then. An OR of the product's bits with `zero`, an int32 0
+  that XLA only sees at run time, keeps them apart (XLA folds away a float64
+  product, and the select of `multiply_no_nan` in larger kernels)."""
+  product = tf.bitcast(tf.bitwise.bitwise_or(tf.bitcast((b - a) * weight, tf.int32), zero),
+                       tf.float32)
+  return a + product
+
+
+# Each pass fuses its gathers, interpolation and cast into one XLA loop. `tf.cast` of
+# float to uint8 truncates, as DMVR's casts after each resize do.
 @tf.function(jit_compile=True)
-def _resample(window, rows, cols, rounded: bool):
-  video = _interpolate(window, rows, cols)
+def _resize_truncated(window, rows: Taps, cols: Taps, zero):
+  return tf.cast(_interpolate(window, rows, cols, zero), tf.uint8)
+
+
+@tf.function(jit_compile=True)
+def _resize_twice_truncated(window, rows1: Taps, cols1: Taps, rows2: Taps, cols2: Taps,
+                            zero):
+  first = tf.floor(_interpolate(window, rows1, cols1, zero))  # non-negative: floor truncates
+  return tf.cast(_interpolate(first, rows2, cols2, zero), tf.uint8)
+
+
+@tf.function(jit_compile=True)
+def _resize_rounded(window, rows: Taps, cols: Taps, zero, rounded: bool):
+  video = _interpolate(window, rows, cols, zero)
   return to_pixels(video) if rounded else video
+
+
+def _run_time_zero():
+  """`_lerp`'s run-time zero."""
+  return tf.zeros([], tf.int32)
 
 
 def padded_size(size):
@@ -107,20 +166,6 @@ def pad_window(window):
   shape = tf.shape(window)
   extra = padded_size(shape[1:3]) - shape[1:3]
   return tf.pad(window, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]])
-
-
-def resample_padded(padded, size, y, x, rounded: bool = False):
-  """`resample` of a window of `size` `[2]` held zero-padded (`pad_window`) in
-  `padded`."""
-  return _resample(padded, bilinear_taps(tf.cast(y, tf.float32), size[0]),
-                   bilinear_taps(tf.cast(x, tf.float32), size[1]), rounded)
-
-
-def resample(window, y, x, rounded: bool = False):
-  """`window` `[time, h, w, 3]` (uint8 or float) sampled bilinearly at rows `y`
-  `[n]` and columns `x` `[m]` (window pixels): float32 `[time, n, m, 3]`, or uint8
-  pixels when `rounded` (`to_pixels`)."""
-  return resample_padded(pad_window(window), tf.shape(window)[1:3], y, x, rounded)
 
 
 # Columns decoded either side of a window (and left in, unsampled): libjpeg's fancy
@@ -159,38 +204,77 @@ def stored_size(video):
   return tf.io.extract_jpeg_shape(video[0])[:2]
 
 
-def train_crop_positions(stored_size, *, min_resize: int, crop_size: int,
-                         scale_range: Tuple[float, float], seed):
-  """The stored-frame rows `[crop]` and columns `[crop]` (float32) that
-  short side to `min_resize`, scale jitter and a random crop sample (`jittered_size`,
-  `crop_offset`), with their draws."""
-  jitter_seed, crop_seed = split_seed(seed, 2)
-  size = jittered_size(stored_size, min_resize, crop_size, scale_range, jitter_seed)
-  return crop_positions(stored_size, size, crop_offset(size, crop_size, crop_seed),
-                        crop_size)
+def _decoded(video, indices, rows: Taps, cols: Taps):
+  """The stored pixels `rows` and `cols` read, decoded and padded, and the taps
+  shifted into that window."""
+  (top, height), (left, width) = _span(rows), _span(cols)
+  padded, origin, _ = decode_window(video, indices, tf.stack([top, left]),
+                                    tf.stack([height, width]))
+  return padded, _shifted(rows, origin[0]), _shifted(cols, origin[1])
 
 
-def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
-               scale_range: Sequence[float], flip: bool, seed, rounded: bool = True):
-  """One training clip `[num_frames, crop, crop, 3]` in scenic's order: random clip,
-  short side to `min_resize`, scale jitter, random crop, flip (these four as one
-  bilinear sampling of the crop's window of the stored frames, the only pixels
-  decoded: `train_crop_positions`).
+def scenic_view(video, indices, draws: Draws, *, min_resize: int, crop_size: int):
+  """Frames `indices` of `video` resized, jittered, cropped and flipped as DMVR's ops
+  (`resize_smallest`, `scale_jitter_augm`, `crop_image`, `random_flip_left_right`)
+  with `draws`: uint8 `[len(indices), crop, crop, 3]`."""
+  stored = stored_size(video)
+  resized = short_side_size(stored, min_resize)
+  rows = resize_taps(resized[0], draws.size[0], draws.offset[0], crop_size)
+  cols = _reversed(resize_taps(resized[1], draws.size[1], draws.offset[1], crop_size),
+                   draws.flip)
 
-  `seed` is the view seed (`vivit.input.augment.view_seed`); of its four splits the
-  first three draw the clip's start, crop and flip, the fourth RandAugment's
-  (`augment`). Returns uint8 pixels, rounded in the same compiled pass, or with
-  `rounded` False float32 in [0, 255] for the pixel ops that follow (`augment`).
-  """
+  def jitter_only():  # resize_smallest does nothing to frames stored at min_resize
+    return _resize_truncated(*_decoded(video, indices, rows, cols), _run_time_zero())
+
+  def both():
+    (row, height), (col, width) = _span(rows), _span(cols)
+    padded, rows1, cols1 = _decoded(video, indices,
+                                    resize_taps(stored[0], resized[0], row, height),
+                                    resize_taps(stored[1], resized[1], col, width))
+    return _resize_twice_truncated(padded, _padded_taps(rows1), _padded_taps(cols1),
+                                   _shifted(rows, row), _shifted(cols, col), _run_time_zero())
+  return tf.cond(tf.reduce_all(tf.equal(stored, resized)), jitter_only, both)
+
+
+def one_pass_view(video, indices, draws: Draws, *, crop_size: int, rounded: bool = True):
+  """`scenic_view`'s draws as one bilinear sampling of the stored frames, rounded to
+  uint8, or with `rounded` False float32 in [0, 255]."""
+  stored = stored_size(video)
+  rows = resize_taps(stored[0], draws.size[0], draws.offset[0], crop_size)
+  cols = _reversed(resize_taps(stored[1], draws.size[1], draws.offset[1], crop_size),
+                   draws.flip)
+  return _resize_rounded(*_decoded(video, indices, rows, cols), _run_time_zero(), rounded)
+
+
+def train_draws(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
+                scale_range: Sequence[float], flip: bool, seed):
+  """The random choices of one training view of `video`: its frame indices
+  `[num_frames]` and `Draws`. `seed` is the view seed
+  (`vivit.input.augment.view_seed`); of its four splits the first three draw the
+  clip's start, crop and flip, the fourth RandAugment's (`augment`)."""
   offset_seed, crop_seed, flip_seed, _ = split_seed(seed, 4)
   count = tf.shape(video)[0]
   indices = clip_indices(count, num_frames, stride,
                          random_offset(count, num_frames, stride, offset_seed))
-  stored = stored_size(video)
-  y, x = train_crop_positions(stored, min_resize=min_resize, crop_size=crop_size,
-                              scale_range=tuple(scale_range), seed=crop_seed)
-  if flip:
-    x = flip_positions(x, flip_seed)
-  padded, origin, size = decode_window(video, indices, *crop_window(stored, y, x))
-  origin = tf.cast(origin, tf.float32)
-  return resample_padded(padded, size, y - origin[0], x - origin[1], rounded=rounded)
+  jitter_seed, crop_seed = split_seed(crop_seed, 2)
+  size = jittered_size(short_side_size(stored_size(video), min_resize), crop_size,
+                       tuple(scale_range), jitter_seed)
+  flipped = tf.logical_and(flip, tf.random.stateless_uniform([], flip_seed) < 0.5)
+  return indices, Draws(size, crop_offset(size, crop_size, crop_seed), flipped)
+
+
+def train_view(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
+               scale_range: Sequence[float], flip: bool, seed, resample: str = 'scenic',
+               rounded: bool = True):
+  """One training clip `[num_frames, crop, crop, 3]` in scenic's order: random clip,
+  short side to `min_resize`, scale jitter, random crop, flip (`train_draws`),
+  resampled as `resample` says (`scenic_view` or `one_pass_view`). Returns uint8
+  pixels, or with `rounded` False float32 in [0, 255] for the pixel ops that follow
+  (`augment`): for 'scenic', the same truncated pixels, as DMVR hands them on."""
+  indices, draws = train_draws(video, num_frames=num_frames, stride=stride,
+                               min_resize=min_resize, crop_size=crop_size,
+                               scale_range=scale_range, flip=flip, seed=seed)
+  if check_resample(resample) == 'one_pass':
+    return one_pass_view(video, indices, draws, crop_size=crop_size, rounded=rounded)
+  view = scenic_view(video, indices, draws, min_resize=min_resize, crop_size=crop_size)
+  return view if rounded else tf.cast(view, tf.float32)

@@ -64,7 +64,7 @@ def _batches(dataset_config, stream: sources.Stream, prepare, batch_size: int,
 def train_example(video, dataset_config: ml_collections.ConfigDict,
                   seed) -> Dict[str, tf.Tensor]:
   """One augmented training example of `video` (`[time, height, width, 3]` uint8 or
-  `[time]` JPEG strings): the fused decode-crop (`crop.train_view`), then the
+  `[time]` JPEG strings): the training view (`crop.train_view`), then the
   augmentation ops the config names (`augment`). `seed` is the example's [2] seed.
 
   Returns {'video': uint8 `[num_frames, crop, crop, 3]`, and each field of the ops
@@ -75,7 +75,8 @@ def train_example(video, dataset_config: ml_collections.ConfigDict,
       video, num_frames=dataset_config.num_frames, stride=dataset_config.stride,
       min_resize=dataset_config.min_resize, crop_size=dataset_config.crop_size,
       scale_range=tuple(dataset_config.scale_jitter), flip=dataset_config.flip,
-      seed=augment.view_seed(seed), rounded=not augment.changes_pixels(ops))
+      seed=augment.view_seed(seed), resample=dataset_config.resample,
+      rounded=not augment.changes_pixels(ops))
   return augment.apply_ops(ops, clip, seed)
 
 
@@ -86,8 +87,10 @@ def train_batches(dataset_config: ml_collections.ConfigDict, batch_size: int, se
   of (seed, s): nothing before `start_step` is read to resume, and the global batch
   is the same on any number of hosts (TFDS data; DMVR tfrecords are read in whole
   files per host)."""
+  # ConfigErrors raised here, not in tf.data's tracing:
+  augment.configured_ops(dataset_config)
+  crop.check_resample(dataset_config.resample)
   source = open_source(dataset_config, dataset_config.train_split)
-  augment.configured_ops(dataset_config)  # a ConfigError raised here, not in tf.data's tracing
 
   def prepare(position, serialized):
     video, label = source.parse(serialized)

@@ -67,7 +67,7 @@ def short_side_size(height_width, size):
 
 def resize_short_side(video, size):
   """Resizes so that the short side is `size` and the long one `long * size // short`
-  (scenic's `resize_smallest`), bilinearly."""
+  (DMVR's `resize_smallest`), bilinearly: float32."""
   return tf.image.resize(video, short_side_size(tf.shape(video)[1:3], size),
                          method='bilinear')
 
@@ -101,11 +101,12 @@ def to_pixels(video):
 def eval_views(video, *, num_frames: int, stride: int, min_resize: int, crop_size: int,
                num_clips: int, num_crops: int):
   """Every view of the multi-view evaluation: `[clips * crops, num_frames, crop,
-  crop, 3]`, clip-major, uint8."""
+  crop, 3]`, clip-major, uint8: as DMVR's test ops (`sample_linspace_sequence`,
+  `resize_smallest`, then scenic's `three_spatial_crops` or DMVR's central crop)."""
   indices = eval_clip_indices(tf.shape(video)[0], num_frames, stride, num_clips)
   views = []
   for i in range(num_clips):
-    clip = gather_frames(video, indices[i])
-    clip = resize_short_side(tf.cast(clip, tf.float32), min_resize)
-    views.append(spatial_crops(clip, crop_size, num_crops))
-  return to_pixels(tf.concat(views, axis=0))
+    clip = resize_short_side(gather_frames(video, indices[i]), min_resize)
+    # DMVR's `resize_smallest` casts back to uint8, which truncates, before cropping.
+    views.append(spatial_crops(tf.cast(clip, tf.uint8), crop_size, num_crops))
+  return tf.concat(views, axis=0)
