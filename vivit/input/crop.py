@@ -98,23 +98,24 @@ def _reversed(taps: Taps, flip) -> Taps:
   return Taps(*(tf.cond(flip, lambda t=t: tf.reverse(t, [0]), lambda t=t: t) for t in taps))
 
 
-def _padded_taps(taps: Taps) -> Taps:
-  """`taps` padded to `padded_size` with taps of pixel 0: the compiled resampling sees
-  few shapes; the output pixels they add are never read."""
-  extra = padded_size(tf.shape(taps.lower)[0]) - tf.shape(taps.lower)[0]
+def _padded_taps(taps: Taps, multiple: int = 64) -> Taps:
+  """`taps` padded to a multiple of `multiple` with taps of pixel 0: the compiled
+  resampling sees few shapes; the output pixels they add are never read."""
+  count = tf.shape(taps.lower)[0]
+  extra = -count % multiple
   return Taps(*(tf.pad(t, [[0, extra]]) for t in taps))
 
 
 def _interpolate(window, rows: Taps, cols: Taps, zero):
   """`window` `[time, h, w, 3]` at the taps `rows` and `cols`: float32 `[time, n, m,
-  3]`, computed as tf.image.resize's kernel does (along x, then y; `_lerp`)."""
+  3]`, computed as tf.image.resize's kernel does (along x, then y; `_lerp`), each
+  line along x once."""
   def along_x(lines):
     left = tf.gather(lines, cols.lower, axis=2)
     return _lerp(left, tf.gather(lines, cols.upper, axis=2), cols.weight[:, None], zero)
-  window = tf.cast(window, tf.float32)
-  top = along_x(tf.gather(window, rows.lower, axis=1))
-  bottom = along_x(tf.gather(window, rows.upper, axis=1))
-  return _lerp(top, bottom, rows.weight[:, None, None], zero)
+  lines = along_x(tf.cast(window, tf.float32))
+  return _lerp(tf.gather(lines, rows.lower, axis=1), tf.gather(lines, rows.upper, axis=1),
+               rows.weight[:, None, None], zero)
 
 
 def _lerp(a, b, weight, zero):
@@ -129,18 +130,13 @@ def _lerp(a, b, weight, zero):
   return a + product
 
 
-# Each pass fuses its gathers, interpolation and cast into one XLA loop. `tf.cast` of
-# float to uint8 truncates, as DMVR's casts after each resize do.
+# Each pass is one XLA computation: the interpolation along x of the window's lines,
+# then along y, and the cast. `tf.cast` of float to uint8 truncates, as DMVR's casts
+# after each resize do. Two passes are two computations: fused into one, XLA would
+# recompute the first pass's pixels for every tap of the second.
 @tf.function(jit_compile=True)
 def _resize_truncated(window, rows: Taps, cols: Taps, zero):
   return tf.cast(_interpolate(window, rows, cols, zero), tf.uint8)
-
-
-@tf.function(jit_compile=True)
-def _resize_twice_truncated(window, rows1: Taps, cols1: Taps, rows2: Taps, cols2: Taps,
-                            zero):
-  first = tf.floor(_interpolate(window, rows1, cols1, zero))  # non-negative: floor truncates
-  return tf.cast(_interpolate(first, rows2, cols2, zero), tf.uint8)
 
 
 @tf.function(jit_compile=True)
@@ -231,8 +227,10 @@ def scenic_view(video, indices, draws: Draws, *, min_resize: int, crop_size: int
     padded, rows1, cols1 = _decoded(video, indices,
                                     resize_taps(stored[0], resized[0], row, height),
                                     resize_taps(stored[1], resized[1], col, width))
-    return _resize_twice_truncated(padded, _padded_taps(rows1), _padded_taps(cols1),
-                                   _shifted(rows, row), _shifted(cols, col), _run_time_zero())
+    first = _resize_truncated(padded, _padded_taps(rows1), _padded_taps(cols1),
+                              _run_time_zero())
+    return _resize_truncated(first, _shifted(rows, row), _shifted(cols, col),
+                             _run_time_zero())
   return tf.cond(tf.reduce_all(tf.equal(stored, resized)), jitter_only, both)
 
 
