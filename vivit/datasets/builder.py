@@ -29,7 +29,7 @@ import tensorflow_datasets as tfds
 from vivit import video
 from vivit.errors import ConfigError, DataError
 from vivit.datasets.decoders import WORKER_DIED, Decoders, death_reason, decode_entry
-from vivit.datasets.entries import Entry, check_split
+from vivit.datasets.entries import Entry, check_class_names, check_entries, check_split
 from vivit.datasets.work_files import FAILED, RUNNING, inside, is_work_file, load_clip, \
     read_json, record_failure, remove, work_file, write_json
 
@@ -73,9 +73,15 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     self._resample = resample or video.Resample(fps=self.DEFAULT_FPS)
     self._workers, self._beam, self._progress = workers, beam, progress
     if annotations is not None or videos is not None:
-      self._entries, self._class_names = self.read_annotations(videos, annotations)
+      entries, self._class_names = self.read_annotations(videos, annotations)
+      # Every reader checks what it reads, naming the line; this is the net under
+      # them for what TFDS would otherwise take silently (label.labels.txt is a
+      # class per line) or refuse only after every video is decoded (a clip twice).
+      for name in self.LABEL_FEATURES:
+        check_class_names(self._class_names.get(name, []), f'{self.name} {name} classes')
+      self._entries = check_entries(entries, f'{annotations or videos}')
       for entry in self._entries:
-        check_split(entry.split, f'{self.name}: clip {entry.key}')
+        check_split(entry.split, entry.where or f'{self.name}: clip {entry.key}')
     super().__init__(**kwargs)
 
   # --- what each dataset defines -------------------------------------------------

@@ -12,22 +12,30 @@ frames `start_frame..stop_frame` are used: the release numbers them at 60 fps fo
 the original Epic-Kitchens-55 videos and 50 fps for the 2020 extension
 (`Pxx_1yy`), not at each video's own rate.
 """
+import math
 import os
 
 from vivit.errors import AnnotationError
 from vivit.datasets.builder import VideoDatasetBuilder
-from vivit.datasets.entries import Entry, index_files, read_csv
+from vivit.datasets.entries import Entry, annotation_dir, check_text, index_files, \
+    read_csv
 
 SPLITS = {'train': 'EPIC_100_train.csv', 'validation': 'EPIC_100_validation.csv'}
 COLUMNS = ('narration_id', 'video_id', 'start_timestamp', 'stop_timestamp',
            'start_frame', 'stop_frame', 'verb_class', 'noun_class')
 CLASS_COLUMNS = ('id', 'key')
+# start_frame..stop_frame of a segment read from rgb_frames: at most this many frames
+# (4.6 hours at 60 fps), so that a mistyped number cannot list a billion file names.
+MAX_SEGMENT_FRAMES = 1_000_000
 
 
 def seconds(timestamp: str) -> float:
-  """'HH:MM:SS.ff' -> seconds."""
+  """'HH:MM:SS.ff' -> seconds (ValueError if it is not that)."""
   hours, minutes, secs = timestamp.split(':')
-  return int(hours) * 3600 + int(minutes) * 60 + float(secs)
+  value = int(hours) * 3600 + int(minutes) * 60 + float(secs)
+  if not math.isfinite(value):
+    raise ValueError(f'{timestamp} is not a time')
+  return value
 
 
 def frames_fps(video_id: str) -> float:
@@ -37,12 +45,21 @@ def frames_fps(video_id: str) -> float:
 
 
 def read_classes(path):
-  names = {}
+  names, id_lines, key_lines = {}, {}, {}
   for line, row in read_csv(path, CLASS_COLUMNS):
     try:
-      names[int(row['id'])] = row['key']
+      number = int(row['id'])
     except ValueError:
-      raise AnnotationError(f'{path}:{line}: id {row["id"]!r} is not a number') from None
+      raise AnnotationError(f'{path}:{line}: id {row["id"]!r:.20} is not a number'
+                            ) from None
+    if number in id_lines:
+      raise AnnotationError(f'{path}:{line}: id {number} again (first at line '
+                            f'{id_lines[number]})')
+    key = check_text(row['key'], 'class key', f'{path}:{line}')
+    if key in key_lines:
+      raise AnnotationError(f'{path}:{line}: key {key!r:.80} again (first at line '
+                            f'{key_lines[key]})')
+    names[number], id_lines[number], key_lines[key] = key, line, line
   if sorted(names) != list(range(len(names))):
     raise AnnotationError(f'{path}: class ids are not 0..{len(names) - 1}')
   return [names[i] for i in range(len(names))]
@@ -60,6 +77,7 @@ def frame_dirs(videos: str):
 
 
 def read_epic(videos, annotations):
+  annotation_dir(annotations, 'EPIC_100_{train,validation,verb_classes,noun_classes}.csv')
   verbs = read_classes(os.path.join(annotations, 'EPIC_100_verb_classes.csv'))
   nouns = read_classes(os.path.join(annotations, 'EPIC_100_noun_classes.csv'))
   movies = index_files(videos, ('.mp4',))
@@ -80,16 +98,20 @@ def read_epic(videos, annotations):
       if not (0 <= verb < len(verbs) and 0 <= noun < len(nouns)):
         raise AnnotationError(f'{where}: verb_class {verb} / noun_class {noun} out of '
                               f'range ({len(verbs)} verbs, {len(nouns)} nouns)')
+      if last - first >= MAX_SEGMENT_FRAMES:
+        raise AnnotationError(f'{where}: start_frame {first} .. stop_frame {last} is over '
+                              f'{MAX_SEGMENT_FRAMES} frames')
       labels = (('verb', verbs[verb]), ('noun', nouns[noun]))
       video_id = row['video_id']
       if video_id not in movies and video_id in folders:
         files = tuple(os.path.join(folders[video_id], f'frame_{i:010d}.jpg')
                       for i in range(first, last + 1))
         entries.append(Entry(row['narration_id'], split, labels, folders[video_id],
-                             frame_files=files, frame_fps=frames_fps(video_id)))
+                             frame_files=files, frame_fps=frames_fps(video_id),
+                             where=where))
       else:
         entries.append(Entry(row['narration_id'], split, labels, movies.get(video_id),
-                             start=start, stop=stop))
+                             start=start, stop=stop, where=where))
   if not entries:
     raise AnnotationError(f'{annotations}: neither {" nor ".join(SPLITS.values())}')
   return entries, {'verb': verbs, 'noun': nouns}

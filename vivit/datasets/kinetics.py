@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Tuple
 
 from vivit.errors import AnnotationError
 from vivit.datasets.builder import VideoDatasetBuilder
-from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, index_files, read_csv
+from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, annotation_dir, check_text, \
+    index_files, read_csv
 
 SPLIT_WORDS = {'train': 'train', 'training': 'train', 'val': 'validation',
                'validate': 'validation', 'validation': 'validation', 'test': 'test'}
@@ -43,6 +44,7 @@ def split_of(file_name: str) -> Optional[str]:
 def read_kinetics(videos: str, annotations: str
                   ) -> Tuple[List[Entry], Dict[str, List[str]]]:
   csvs: Dict[str, str] = {}
+  annotation_dir(annotations, 'the split CSVs')
   for name in sorted(os.listdir(annotations)):
     split = split_of(name) if name.endswith('.csv') else None
     if split is None:
@@ -56,10 +58,12 @@ def read_kinetics(videos: str, annotations: str
   rows = {}
   for split, path in csvs.items():
     table = read_csv(path, COLUMNS)
-    if table and 'label' not in table[0][1]:
+    if 'label' not in table[0][1]:
       print(f'{path}: no label column (an unlabelled test set); split {split} is not '
             f'prepared', file=sys.stderr)
       continue
+    for line, row in table:
+      check_text(row['label'], 'label', f'{path}:{line}')
     rows[split] = (path, table)
   if not rows:
     raise AnnotationError(f'{annotations}: no CSV has a label column')
@@ -76,29 +80,31 @@ def read_kinetics(videos: str, annotations: str
                               f'training CSV {labelled[0]}')
       try:
         start, end = int(float(row['time_start'])), int(float(row['time_end']))
-      except ValueError:
-        raise AnnotationError(f'{where}: time_start/time_end are not numbers: '
+      except (ValueError, OverflowError):  # not a number, nan, inf
+        raise AnnotationError(f'{where}: time_start/time_end are not finite numbers: '
                               f'{row["time_start"]!r}, {row["time_end"]!r}') from None
       name = f'{row["youtube_id"]}_{start:06d}_{end:06d}'
       labels = (('label', row['label']),)
       if name in found or row['youtube_id'] not in found:
-        entries.append(Entry(name, split, labels, found.get(name)))
+        entries.append(Entry(name, split, labels, found.get(name), where=where))
       else:  # `<youtube_id>.mp4`: the whole YouTube video, or only the clip
         entries.append(Entry(name, split, labels, found[row['youtube_id']], start=start,
-                             stop=end, only_if_longer=True))
+                             stop=end, only_if_longer=True, where=where))
   return entries, {'label': class_names}
 
 
 class _Kinetics(VideoDatasetBuilder, skip_registration=True):
   NUM_CLASSES = 0
 
-  @classmethod
-  def read_annotations(cls, videos, annotations):
-    entries, class_names = read_kinetics(videos, annotations)
-    if len(class_names['label']) != cls.NUM_CLASSES:
-      print(f'note: {len(class_names["label"])} classes in the training CSV (the full '
-            f'{cls.name} has {cls.NUM_CLASSES})', file=sys.stderr)
-    return entries, class_names
+  read_annotations = staticmethod(read_kinetics)
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    # Said once the annotations passed every check: an error stays the only line.
+    found = len(self._class_names.get('label', ()))
+    if self._entries is not None and found != self.NUM_CLASSES:
+      print(f'note: {found} classes in the training CSV (the full {self.name} has '
+            f'{self.NUM_CLASSES})', file=sys.stderr)
 
 
 class Kinetics400(_Kinetics):

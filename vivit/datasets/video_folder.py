@@ -10,21 +10,23 @@ import os
 
 from vivit.errors import AnnotationError
 from vivit.datasets.builder import VideoDatasetBuilder
-from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, check_split, read_csv
+from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, check_split, check_text, \
+    read_csv
 HEADER = ['path', 'label', 'split']
 
 
 def read_listing(csv_path):
   rows = []
-  for line, row in read_csv(csv_path, (), header=False):
+  for number, (line, row) in enumerate(read_csv(csv_path, (), header=False)):
     row = [v.strip() for v in row]
-    if line == 1 and row == HEADER[:len(row)]:
+    if number == 0 and [v.lower() for v in row] == HEADER[:len(row)]:
       continue
     if len(row) not in (2, 3) or not all(row):
       raise AnnotationError(f'{csv_path}:{line}: expected "path,label[,split]", got '
                             f'{",".join(row)!r:.80}')
-    split = check_split(row[2], f'{csv_path}:{line}') if len(row) == 3 else 'train'
-    rows.append((row[0], row[1], split))
+    where = f'{csv_path}:{line}'
+    split = check_split(row[2], where) if len(row) == 3 else 'train'
+    rows.append((row[0], check_text(row[1], 'label', where), split, where))
   if not rows:
     raise AnnotationError(f'{csv_path}: no videos listed')
   return rows
@@ -41,7 +43,9 @@ def read_tree(videos):
         continue
       for name in sorted(os.listdir(class_dir)):
         if name.lower().endswith(VIDEO_EXTENSIONS):
-          rows.append((os.path.join(split, label, name), label, split))
+          where = os.path.join(videos, split)  # not class_dir: it may hold a newline
+          check_text(label, 'class directory name', where)
+          rows.append((os.path.join(split, label, name), label, split, where))
     if len(rows) > before:
       check_split(split, os.path.join(videos, split))
   if not rows:
@@ -52,9 +56,9 @@ def read_tree(videos):
 def read_folder(videos, annotations):
   rows = read_listing(annotations) if annotations else read_tree(videos)
   entries = [Entry(path, split, (('label', label),),
-                   path if os.path.isabs(path) else os.path.join(videos, path))
-             for path, label, split in rows]
-  return entries, {'label': sorted({label for _, label, _ in rows})}
+                   path if os.path.isabs(path) else os.path.join(videos, path), where=where)
+             for path, label, split, where in rows]
+  return entries, {'label': sorted({label for _, label, _, _ in rows})}
 
 
 class VideoFolder(VideoDatasetBuilder):
