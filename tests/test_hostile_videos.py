@@ -1,11 +1,16 @@
 """Hostile video files: two frames an hour apart, a stream at 0.001 fps, a long pause,
 rates outside 1..1000 fps. Decoding names the problem (or gives bounded frames),
 and `prepare` and `predict` on them finish in bounded memory; `predict` decodes only
-the frames of its views."""
+the frames of its views. Phone videos (a display matrix asking for a rotation) are
+decoded upright, frames too wide for a JPEG named, a video past the frame ceiling
+still predicted (its frames are counted, not kept), and class names with `$...$`
+drawn as given."""
 import contextlib
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,12 +19,15 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 import video_files as vf
 from helpers import ROOT, tiny_model_config
-from vivit import inference, video
+from test_prepare import load
+from vivit import evaluate, explain, inference, predict, video
 from vivit.errors import VideoError
 from vivit.input import sampling
+from vivit.workdir import save_class_names
 
 # Peak resident memory (measured): `prepare` of two small videos ~0.7 GB, of two
 # 1000-frame 320x240 ones 1.2 GB; `predict` with a tiny model ~0.9 GB; this module's
@@ -251,3 +259,134 @@ def test_prepare_and_predict_on_hostile_videos_in_bounded_memory(tmp_path, check
     assert errors.startswith(f'error: {paths[name]}: ') and errors.count('\n') == 1
     assert re.search(HOSTILE[name][-1], errors)
   assert peak < PEAK_RSS_MB
+
+
+def upright_pattern(height=18, width=24):
+  """An asymmetric picture: a white block top left, a grey bar bottom right (on
+  even pixels, so that H.264's half-resolution colour stores it exactly)."""
+  image = np.full((height, width, 3), 16, np.uint8)
+  image[:6, :8] = 235
+  image[-4:, width // 2:] = 128
+  return image
+
+
+def write_phone_video(path, turns, num_frames=12):
+  """`upright_pattern` as a phone records it: frames stored turned `turns` quarter
+  turns counter-clockwise, the stream's display matrix telling players to turn them
+  back (90 x `turns` degrees clockwise: a phone's `rotate=90` for turns=1)."""
+  stored = np.rot90(upright_pattern(), turns)
+  return vf.write_frames(path, [stored] * num_frames, rotation=-90 * turns)
+
+
+def write_tagged_video(path, num_frames=12):
+  """`upright_pattern` stored a quarter turn counter-clockwise in Matroska, with no
+  display matrix but the tag older muxers wrote: rotate=90 (turn it clockwise)."""
+  import av
+  stored = np.ascontiguousarray(np.rot90(upright_pattern(), 1))
+  with av.open(path, 'w', format='matroska') as container:
+    stream = container.add_stream('libx264', rate=25)
+    stream.height, stream.width = stored.shape[:2]
+    stream.options = {'qp': '0', 'preset': 'ultrafast'}
+    stream.metadata['rotate'] = '90'
+    frame = av.VideoFrame.from_ndarray(stored, format='rgb24')
+    for packet in [p for _ in range(num_frames) for p in stream.encode(frame)]:
+      container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  return path
+
+
+def decoded_frames(clip):
+  return np.stack([np.asarray(Image.open(io.BytesIO(jpeg))) for jpeg in clip.frames])
+
+
+@pytest.mark.parametrize('turns', [1, 2, 3, 'tag'])
+def test_phone_videos_decode_upright(tmp_path, turns):
+  path = (write_tagged_video(str(tmp_path / 'phone.mkv')) if turns == 'tag' else
+          write_phone_video(str(tmp_path / 'phone.mp4'), turns))
+  frames = decoded_frames(video.read_video(path, video.Resample(25, 0)))
+  assert frames.shape == (12, 18, 24, 3)
+  # JPEG blurs the edges a little: the pattern, not the exact pixels.
+  assert np.abs(frames.astype(int) - upright_pattern()).mean() < 3
+  streamed = list(video.stream_video(path, video.Resample(25, 18)))
+  assert decoded_frames(video.Clip(streamed, 25)).shape == (12, 18, 24, 3)
+
+
+def test_prepare_turns_phone_videos_and_names_frames_too_wide(tmp_path):
+  clips = tmp_path / 'clips'
+  write_phone_video(str(clips / 'phone.mp4'), 1)
+  vf.write_frames(str(clips / 'upright.mp4'), [upright_pattern()] * 12)
+  # 2x8192 at short side 32 would be a 32x131072 JPEG.
+  vf.write_frames(str(clips / 'wide.mp4'), [np.zeros((2, 8192, 3), np.uint8)] * 4)
+  listing = vf.write_csv(str(tmp_path / 'list.csv'), ['path', 'label', 'split'],
+                         [['phone.mp4', 'a', 'train'], ['wide.mp4', 'a', 'train'],
+                          ['upright.mp4', 'a', 'validation']])
+  report = vf.run_prepare('video_folder', str(clips), listing, tmp_path / 'tfds')
+  assert report['examples'] == {'train': 1, 'validation': 1}
+  assert [(s['id'], s['reason']) for s in report['skipped']] == [(
+      'wide.mp4', 'frame size: 2x8192 (height x width) at short side 32 is 32x131072, '
+                  'over the 65500 pixels a side of a JPEG frame can have '
+                  '(video.MAX_JPEG_SIDE)')]
+  _, examples = load('video_folder', tmp_path / 'tfds')
+  phone, upright = examples['phone.mp4']['video'], examples['upright.mp4']['video']
+  assert phone.shape == upright.shape == (12, 32, 43, 3)
+  assert np.abs(phone.astype(int) - upright).mean() < 3
+
+
+def test_predict_turns_phone_videos_and_names_frames_too_wide(tmp_path, checkpoint,
+                                                              capsys):
+  phone = write_phone_video(str(tmp_path / 'phone.mp4'), 3, num_frames=24)
+  upright = vf.write_frames(str(tmp_path / 'upright.mp4'), [upright_pattern()] * 24)
+  view = dict(fps=25, num_frames=4, stride=2, min_resize=18, crop_size=16, num_clips=1,
+              num_crops=3)
+  np.testing.assert_array_equal(inference.video_views(phone, **view),
+                                inference.video_views(upright, **view))
+  printed = []
+  for path in (phone, upright):
+    assert predict.main(['--checkpoint', checkpoint, '--video', path]) == 0
+    printed.append(capsys.readouterr().out)
+  assert printed[0] == printed[1] and len(printed[0].strip().split('\n')) == 5
+  wide = vf.write_frames(str(tmp_path / 'wide.mp4'), [np.zeros((2, 8192, 3), np.uint8)] * 4)
+  assert predict.main(['--checkpoint', checkpoint, '--video', wide]) == 2
+  assert capsys.readouterr().err == (
+      f'error: {wide}: frame size: 2x8192 (height x width) at short side 18 is 18x73728, '
+      f'over the 65500 pixels a side of a JPEG frame can have (video.MAX_JPEG_SIDE)\n')
+
+
+def test_predict_counts_the_frames_past_the_ceiling_it_does_not_keep(
+    tmp_path, checkpoint, capsys, monkeypatch):
+  # 13 minutes at 1 fps: 19,500 frames at predict's 25 fps, over video.MAX_FRAMES.
+  frames = (np.full((16, 16, 3), vf.frame_level(i), np.uint8) for i in range(780))
+  path = vf.write_frames(str(tmp_path / 'long.mp4'), frames, fps=1)
+  with pytest.raises(VideoError, match=r'^too long: over 18000 frames \(video\.MAX_FRAMES\)$'):
+    video.read_video(path, video.Resample(25, 18))  # preparation keeps every frame
+  made = counting_jpegs(monkeypatch)
+  assert predict.main(['--checkpoint', checkpoint, '--video', path]) == 0
+  assert len(capsys.readouterr().out.strip().split('\n')) == 5
+  assert len(made) <= 4  # the 1x1 view's 4 frames
+
+
+# Names that matplotlib would read as mathtext (each fails to parse) or LaTeX.
+MATH_NAMES = {r'$\oops{$': [r'$\frac{$', r'a$^$b'],
+              'noun': [r'$\sqrt{$', '50$ & 100%_#', r'\$x$']}
+
+
+def test_names_are_drawn_as_given(tmp_path, checkpoint, capsys):
+  checkpoint = shutil.copytree(checkpoint, str(tmp_path / 'params'))
+  save_class_names(checkpoint, MATH_NAMES)  # two heads
+  # Wide frames (18x576 at the model's short side) shown in the timeline too.
+  wide = vf.write_video(str(tmp_path / 'wide.mp4'), 24, 25, (16, 512))
+  out = str(tmp_path / 'timeline')
+  assert predict.main(['--checkpoint', checkpoint, '--video', wide, '--timeline', out]
+                      ) == 0, capsys.readouterr().err
+  with Image.open(out + '.png') as image:
+    assert image.width >= 800 and image.height >= 200
+  # The other pictures of names, drawn directly (no model to run).
+  tokens = np.full((2, 2, 2), 1 / 8, np.float32)
+  clip = np.zeros((4, 16, 16, 3), np.uint8)
+  explain.write_png(str(tmp_path / 'explain.png'), explain.Explanation(
+      clip, tokens, [0, 1, 2, 3], 'noun', MATH_NAMES['noun'][0], 0.5, 'rollout', 0.08))
+  evaluate.plot_confusion(np.eye(3, dtype=int), MATH_NAMES['noun'],
+                          str(tmp_path / 'confusion.png'))
+  for name in ('explain.png', 'confusion.png'):
+    assert os.path.getsize(tmp_path / name) > 1000

@@ -19,11 +19,14 @@ from vivit.errors import ConfigError
 
 
 def write_frames(path: str, frames: Iterable[np.ndarray], fps: float = 25,
-                 codec: str = 'libx264', container_format: Optional[str] = None) -> str:
+                 codec: str = 'libx264', container_format: Optional[str] = None,
+                 rotation: int = 0) -> str:
   """Writes `frames` (uint8 `[height, width, 3]` each) to `path` as a video encoded
   losslessly (H.264 at qp 0 by default; VP9 lossless for 'libvpx-vp9'); its path.
   `container_format`: e.g. 'mpegts', or 'h264' (a raw stream, no timestamps).
-  Odd sizes are stored as yuv444p."""
+  Odd sizes are stored as yuv444p. `rotation`: degrees counter-clockwise that the
+  stream's display matrix tells players to turn the frames (as a phone records
+  them: -90 for one held upright)."""
   import av
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   frames = iter(frames)
@@ -36,6 +39,8 @@ def write_frames(path: str, frames: Iterable[np.ndarray], fps: float = 25,
     stream.pix_fmt = 'yuv444p' if odd else 'yuv420p'
     stream.options = ({'qp': '0', 'preset': 'ultrafast'} if codec == 'libx264'
                       else {'lossless': '1'})
+    if rotation:
+      stream.set_display_rotation(rotation)
     for image in itertools.chain([first], frames):
       frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format='rgb24')
       for packet in stream.encode(frame):

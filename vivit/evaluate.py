@@ -158,12 +158,14 @@ def plot_confusion(confusion, class_names, path: epath.PathLike) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from vivit.timeline import LITERAL_TEXT
   confusion = np.asarray(confusion)
   size = max(4, 0.45 * len(class_names))
   fig, ax = plt.subplots(figsize=(size + 1, size))
   image = ax.imshow(confusion, cmap='Blues')
-  ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7)
-  ax.set_yticks(range(len(class_names)), class_names, fontsize=7)
+  ax.set_xticks(range(len(class_names)), class_names, rotation=90, fontsize=7,
+                **LITERAL_TEXT)
+  ax.set_yticks(range(len(class_names)), class_names, fontsize=7, **LITERAL_TEXT)
   ax.set(xlabel='predicted', ylabel='true')
   if len(class_names) <= 30:
     for (i, j), count in np.ndenumerate(confusion):

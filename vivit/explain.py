@@ -122,6 +122,7 @@ def write_png(path: str, explanation: Explanation) -> None:
   """The clip's frames (at most `GRID_FRAMES`, evenly spread over those the model
   embeds) above their heat overlays."""
   from matplotlib.figure import Figure
+  from vivit.timeline import LITERAL_TEXT
   frames, overlays = _display(explanation)
   shown = [explanation.frames[i] for i in np.linspace(
       0, len(explanation.frames) - 1, min(GRID_FRAMES, len(explanation.frames))
@@ -137,7 +138,7 @@ def write_png(path: str, explanation: Explanation) -> None:
       row.set_xticks([])
       row.set_yticks([])
   figure.suptitle(f'{explanation.class_name} ({explanation.probability:.0%}): '
-                  f'{explanation.method} relevance', fontsize=10)
+                  f'{explanation.method} relevance', fontsize=10, **LITERAL_TEXT)
   figure.savefig(path, dpi=100)
 
 

@@ -27,6 +27,10 @@ DEFAULT_BATCH = 8
 THUMBNAILS = 8  # along the time axis of the picture
 PLOTTED_CLASSES = 10  # per head: those with the highest peak probability
 THUMBNAIL_PIXELS = 64  # their height in the picture (at 100 dpi)
+THUMBNAIL_MAX_WIDTH = 140  # pixels: a wider frame is shown lower, eight fit side by side
+# The properties of a text of names (classes, heads) drawn as given: no mathtext
+# ($...$) and no LaTeX, whatever the user's matplotlibrc says.
+LITERAL_TEXT = dict(parse_math=False, usetex=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +246,8 @@ def _thumbnail_row(axes, result: Timeline) -> None:
   axes.axis('off')
   for second, jpeg in result.thumbnails:
     image = np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB'))
-    box = OffsetImage(image, zoom=THUMBNAIL_PIXELS / image.shape[0])
+    box = OffsetImage(image, zoom=min(THUMBNAIL_PIXELS / image.shape[0],
+                                      THUMBNAIL_MAX_WIDTH / image.shape[1]))
     axes.add_artist(AnnotationBbox(box, (second, 0.5), frameon=False))
 
 
@@ -256,9 +261,10 @@ def _heat_strip(axes, result: Timeline, head: str):
                       vmax=1, interpolation='nearest',
                       extent=(centres[0] - half, centres[-1] + half, len(shown), 0))
   axes.set_yticks(np.arange(len(shown)) + 0.5)
-  axes.set_yticklabels([result.names[head][i] for i in shown], fontsize=8)
+  axes.set_yticklabels([result.names[head][i] for i in shown], fontsize=8,
+                      **LITERAL_TEXT)
   if len(result.names) > 1:
-    axes.set_title(head, fontsize=9, loc='left')
+    axes.set_title(head, fontsize=9, loc='left', **LITERAL_TEXT)
   return image
 
 

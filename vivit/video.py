@@ -1,14 +1,16 @@
 """Reading video files with PyAV: JPEG frames at a fixed frame rate and size.
 
 `read_video` is what dataset preparation runs on every video: decode (optionally
-only the frames of one segment), resample to `fps` by nearest timestamp, resize so
-the short side is `short_side`, and JPEG-encode the frames as they stream past, so
-memory holds JPEGs, not decoded video. Anything wrong with a file (missing, empty,
-truncated, undecodable, no video stream, a frame rate or timestamp gap that is not
-video, more frames than the ceilings below) raises `VideoError` with a one-line
-reason, so preparation can skip the video and report it. `stream_video` yields the
-same frames one at a time (for a timeline over a video of any length);
-`read_frame_files` reads a segment released as one image file per frame.
+only the frames of one segment), turn them upright (the rotation a phone records in
+the stream's display matrix or `rotate` tag), resample to `fps` by nearest
+timestamp, resize so the short side is `short_side`, and JPEG-encode the frames as
+they stream past, so memory holds JPEGs, not decoded video. Anything wrong with a
+file (missing, empty, truncated, undecodable, no video stream, a frame rate or
+timestamp gap that is not video, more frames kept than the ceilings below, frames
+too wide for a JPEG) raises `VideoError` with a one-line reason, so preparation can
+skip the video and report it. `stream_video` yields the same frames one at a time
+(for a timeline over a video of any length); `read_frame_files` reads a segment
+released as one image file per frame.
 
 No TensorFlow here: this module runs in the decoding worker processes.
 """
@@ -37,12 +39,16 @@ MAX_SOURCE_FPS = 1000.0
 # the frame before it. Variable-rate recordings (phones, screen captures) hold a
 # still frame for a second or two, so the limit is in seconds, not frame periods.
 MAX_GAP_S = 5.0
-# Per-video ceilings on the output, checked before a frame is encoded or repeated.
+# Per-video ceilings on the frames kept (every output frame in preparation; only
+# its views' frames in prediction, which counts the others without keeping them),
+# checked before a frame is encoded or repeated.
 # Preparation holds about 7.5x a video's JPEG bytes while it writes its example
 # (measured), so MAX_JPEG_BYTES keeps a worker under ~2.7 GB whatever the file.
 MAX_FRAMES = 18_000  # 12 minutes at 25 fps
 MAX_PIXELS = 2_000_000_000  # frames x height x width: 17,000 frames at 256x455
 MAX_JPEG_BYTES = 256 << 20  # every repeat counted; e.g. 13,000 frames of 20 KB
+# The longest side a JPEG frame may have (libjpeg's JPEG_MAX_DIMENSION).
+MAX_JPEG_SIDE = 65500
 
 # A reader's progress callback: `progress(seconds, end)` is told each source frame's
 # time and the declared end of what is read (None if the file declares none).
@@ -66,11 +72,18 @@ class Clip:
 
 
 def output_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
-  """(height, width) with min(height, width) == short_side, aspect kept."""
-  if not short_side:
-    return height, width
-  scale = short_side / min(height, width)
-  return (max(1, round(height * scale)), max(1, round(width * scale)))
+  """(height, width) with min(height, width) == short_side, aspect kept; VideoError
+  if a side is longer than a JPEG frame's can be."""
+  size = (height, width)
+  if short_side:
+    scale = short_side / min(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+  if max(size) > MAX_JPEG_SIDE:
+    resized = f' at short side {short_side} is {size[0]}x{size[1]}' if short_side else ''
+    raise VideoError(f'frame size: {height}x{width} (height x width){resized}, over the '
+                     f'{MAX_JPEG_SIDE} pixels a side of a JPEG frame can have '
+                     f'(video.MAX_JPEG_SIDE)')
+  return size
 
 
 def encode_jpeg(frame: np.ndarray) -> bytes:
@@ -147,26 +160,27 @@ def _jpeg_runs(frames: Iterable[Tuple[float, object]], source_fps: float, fps: f
                keep: Optional[Container[int]] = None, ceilings: bool = True
                ) -> Iterator[Tuple[bytes, int]]:
   """`resample`'s output as (JPEG, n) runs: the next n output frames are that JPEG
-  (b'' when none of them is kept). `ceilings` False: no limit on the total frames or
-  bytes (a stream that holds only a few frames at a time)."""
+  (b'' when none of them is kept). The ceilings count the frames kept (and their
+  bytes), not the others; `ceilings` False: no limit on them (a stream that holds
+  only a few frames at a time)."""
   if abs(fps - source_fps) < 1e-3:
     fps = 0
-  emitted, ceiling, jpeg_bytes = 0, None, 0
+  emitted, kept_total, ceiling, jpeg_bytes = 0, 0, None, 0
   for frame, n in _repeats(frames, source_fps, fps):
     if ceilings and ceiling is None:
       ceiling = frame_ceiling(size_of(frame) if size_of else None)
     if not n:
       continue
-    if ceilings and emitted + n > ceiling[0]:
+    kept = n if keep is None else sum(i in keep for i in range(emitted, emitted + n))
+    if ceilings and kept_total + kept > ceiling[0]:
       raise VideoError(ceiling[1])
-    jpeg = b''
-    if keep is None or any(i in keep for i in range(emitted, emitted + n)):
-      jpeg = encode_jpeg(to_rgb(frame))
-    jpeg_bytes += n * len(jpeg)
+    jpeg = encode_jpeg(to_rgb(frame)) if kept else b''
+    jpeg_bytes += kept * len(jpeg)
     if ceilings and jpeg_bytes > MAX_JPEG_BYTES:
       raise VideoError(f'too large: over {MAX_JPEG_BYTES} bytes of JPEG frames '
                        f'(video.MAX_JPEG_BYTES)')
     emitted += n
+    kept_total += kept
     yield jpeg, n
 
 
@@ -180,7 +194,7 @@ def resample(frames: Iterable[Tuple[float, object]], source_fps: float, fps: flo
 
   `size_of(frame)`: the output (height, width), asked of the first frame for the
   MAX_PIXELS ceiling. `keep`: the output indices to encode; the others are b''.
-  More frames or bytes than the ceilings raise VideoError before they are made."""
+  More frames or bytes kept than the ceilings raise VideoError before they are made."""
   return list(_expanded(_jpeg_runs(frames, source_fps, fps, to_rgb, size_of=size_of,
                                    keep=keep)))
 
@@ -260,21 +274,51 @@ def _expected_end(declared: Optional[float], start: Optional[float],
   return end, max(TRUNCATION_TOLERANCE_S, 0.1 * (end - (start or 0.0)))
 
 
-def _converter(short_side: int):
-  """(size_of, to_rgb) of PyAV frames: every frame is converted to the output size
-  of the first one asked about."""
+def _tag_turns(stream) -> int:
+  """Counter-clockwise quarter turns that show `stream`'s frames upright by its
+  `rotate` tag (clockwise degrees: older mp4 muxers, Matroska's ROTATE); 0 without
+  one."""
+  tags = {key.lower(): value for key, value in stream.metadata.items()}
+  try:
+    degrees = float(tags.get('rotate', 0))
+  except (TypeError, ValueError):
+    return 0
+  return -round(degrees / 90) % 4 if math.isfinite(degrees) else 0
+
+
+def _quarter_turns(frame, tag_turns: int) -> int:
+  """Counter-clockwise quarter turns that show `frame` upright: by its display
+  matrix (the rotation a phone records; PyAV gives it counter-clockwise, in
+  degrees), else by the stream's `rotate` tag (`tag_turns`). Angles between quarter
+  turns go to the nearest; mirroring is not undone."""
+  degrees = frame.rotation
+  if degrees and math.isfinite(degrees):
+    return round(degrees / 90) % 4
+  return tag_turns
+
+
+def _converter(short_side: int, tag_turns: int = 0):
+  """(size_of, to_rgb) of PyAV frames, turned upright (`_quarter_turns`): every
+  frame is converted to the output size of the first one asked about."""
   size = None
 
   def size_of(frame) -> Tuple[int, int]:
     nonlocal size
     if size is None:
-      size = output_size(frame.height, frame.width, short_side)
+      height, width = frame.height, frame.width
+      if _quarter_turns(frame, tag_turns) % 2:
+        height, width = width, height
+      size = output_size(height, width, short_side)
     return size
 
   def to_rgb(frame) -> np.ndarray:
     height, width = size_of(frame)
-    return frame.to_ndarray(format='rgb24', width=width, height=height,
-                            interpolation='AREA')
+    turns = _quarter_turns(frame, tag_turns)
+    if turns % 2:  # converted as stored, then turned
+      height, width = width, height
+    image = frame.to_ndarray(format='rgb24', width=width, height=height,
+                             interpolation='AREA')
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
   return size_of, to_rgb
 
 
@@ -292,6 +336,7 @@ def _file_runs(path: str, resample_to: Resample, *, start: Optional[float] = Non
       stream.thread_type = 'AUTO'
     rate = _source_rate(stream)
     declared = _declared_duration(container, stream)
+    tag_turns = _tag_turns(stream)
   except BaseException:
     container.close()
     raise
@@ -300,7 +345,7 @@ def _file_runs(path: str, resample_to: Resample, *, start: Optional[float] = Non
     start = stop = None
   expected = _expected_end(declared, start, stop)
   read_until = sum(expected) if expected else math.inf
-  size_of, to_rgb = _converter(resample_to.short_side)
+  size_of, to_rgb = _converter(resample_to.short_side, tag_turns)
   last_time = [0.0]
 
   def selected(source, seek: bool):
@@ -360,7 +405,7 @@ def read_video(path: str, resample_to: Resample, *, start: Optional[float] = Non
   `only_if_longer`: cut the segment only from a file longer than it (a file named
   for a whole YouTube video may hold the whole video or just the clip).
   `keep`: encode only these output frame indices, the others are b'' (`keep=()`
-  counts the frames without converting any).
+  counts the frames without converting any); the ceilings count only these.
   `progress(seconds, end)` is told each source frame's time, and the declared end
   of what is read (None if the file declares none).
   Frames past the declared end (plus the truncation tolerance) are not read.
