@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vivit import outputs
 from vivit.errors import ConfigError
 from vivit.inference import Setup
 
@@ -139,7 +140,7 @@ def write_png(path: str, explanation: Explanation) -> None:
       row.set_yticks([])
   figure.suptitle(f'{explanation.class_name} ({explanation.probability:.0%}): '
                   f'{explanation.method} relevance', fontsize=10, **LITERAL_TEXT)
-  figure.savefig(path, dpi=100)
+  figure.savefig(path, dpi=100, format='png')  # (`path` may be a temporary name)
 
 
 def write_gif(path: str, explanation: Explanation) -> None:
@@ -147,17 +148,27 @@ def write_gif(path: str, explanation: Explanation) -> None:
   from PIL import Image
   frames, overlays = _display(explanation)
   images = [Image.fromarray(np.concatenate([f, o], 1)) for f, o in zip(frames, overlays)]
-  images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+  images[0].save(path, format='GIF', save_all=True, append_images=images[1:], loop=0,
                  duration=max(20, round(1000 * explanation.seconds_per_frame)))
 
 
+def write_npz(path: str, explanation: Explanation) -> None:
+  """`tokens`, `frames`, `head`, `class_name`, `probability` and `method`."""
+  with open(path, 'wb') as f:  # (a name not ending .npz would get it appended)
+    np.savez(f, tokens=explanation.tokens, frames=np.asarray(explanation.frames),
+             head=explanation.head, class_name=explanation.class_name,
+             probability=explanation.probability, method=explanation.method)
+
+
+def paths(out: str) -> List[str]:
+  """The files `write` writes: OUT.png, OUT.gif and OUT.npz."""
+  return [f'{out}.png', f'{out}.gif', f'{out}.npz']
+
+
 def write(out: str, explanation: Explanation) -> List[str]:
-  """OUT.png, OUT.gif and OUT.npz (`tokens`, `frames`, `class_name`, `probability`,
-  `method`); their paths."""
-  paths = [f'{out}.png', f'{out}.gif', f'{out}.npz']
-  write_png(paths[0], explanation)
-  write_gif(paths[1], explanation)
-  np.savez(paths[2], tokens=explanation.tokens, frames=np.asarray(explanation.frames),
-           head=explanation.head, class_name=explanation.class_name,
-           probability=explanation.probability, method=explanation.method)
-  return paths
+  """OUT.png, OUT.gif and OUT.npz (`write_npz`), all or none
+  (`outputs.write_files`); their paths."""
+  png_path, gif_path, npz_path = paths(out)
+  return outputs.write_files({png_path: lambda path: write_png(path, explanation),
+                              gif_path: lambda path: write_gif(path, explanation),
+                              npz_path: lambda path: write_npz(path, explanation)})

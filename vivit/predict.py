@@ -18,14 +18,16 @@ writes the top classes of windows over the whole video instead (`vivit.timeline`
   vivit-predict --checkpoint runs/demo --video clip.mp4 --explain clip [--class NAME]
 
 where and when in the 1x1 view (or the clip from `--start` seconds) the model looked
-for a class (`vivit.explain`).
+for a class (`vivit.explain`). OUT.* are checked before the video is read: none may be
+the input or a directory, their directory must be writable, and files that exist are
+replaced only with `--overwrite`; they are written whole or not at all.
 """
 import sys
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from vivit import cli, explain, timeline
+from vivit import cli, explain, outputs, timeline
 from vivit.errors import ConfigError
 from vivit.inference import (DEFAULT_FPS, DEFAULT_STRIDE, ProgressBars, clip_at, load,
                              video_views)
@@ -105,10 +107,14 @@ def _main(argv=None) -> int:
                       help="--explain: 'rollout' (attention rollout), 'gradient' "
                            "(gradient-weighted attention) or 'auto' (default: rollout "
                            'for a CLS-token model when no class is named, else gradient)')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='--timeline, --explain: replace OUT.* files that exist '
+                           '(default: refuse, naming them)')
   args = parser.parse_args(argv)
   if args.fps is not None and args.fps <= 0:
     raise ConfigError(f'--fps {args.fps:g}: a frame rate > 0')
   _check_modes(args)
+  _check_outputs(args)
   if args.timeline:
     return _timeline_main(args)
   if args.explain:
@@ -144,6 +150,19 @@ def _check_modes(args) -> None:
              if getattr(args, name) is not None]
     if given and not getattr(args, option[2:]):
       raise ConfigError(f'{", ".join(given)}: only with {option}')
+  if args.overwrite and not (args.timeline or args.explain):
+    raise ConfigError('--overwrite: only with --timeline or --explain')
+
+
+def _check_outputs(args) -> None:
+  """OutputError for files of `--timeline`/`--explain` that may not be written
+  (`outputs.check_files`), before anything is read."""
+  for option, out, paths in (('--timeline', args.timeline, timeline.paths),
+                             ('--explain', args.explain, explain.paths)):
+    if out:
+      outputs.check_files(f'{option} {out}', paths(out),
+                          {'--video': args.video, '--checkpoint': args.checkpoint},
+                          args.overwrite)
 
 
 def _timeline_main(args) -> int:

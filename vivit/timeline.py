@@ -19,6 +19,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from vivit import outputs
 from vivit.errors import ConfigError, VideoError
 from vivit.inference import ProgressBars, Setup, check_holds_a_clip, window_view
 from vivit.video import Resample, stream_video
@@ -282,13 +283,17 @@ def write_png(path: str, result: Timeline) -> None:
   figure.colorbar(images[0], ax=list(axes), pad=0.01, fraction=0.02, label='probability')
   _thumbnail_row(axes[0], result)
   axes[-1].set_xlabel('seconds')
-  figure.savefig(path, dpi=100)
+  figure.savefig(path, dpi=100, format='png')  # (`path` may be a temporary name)
+
+
+def paths(out: str) -> List[str]:
+  """The files `write` writes: OUT.csv, OUT.json and OUT.png."""
+  return [f'{out}.csv', f'{out}.json', f'{out}.png']
 
 
 def write(out: str, result: Timeline, top: int) -> List[str]:
-  """OUT.csv, OUT.json and OUT.png; their paths."""
-  paths = [f'{out}.csv', f'{out}.json', f'{out}.png']
-  write_csv(paths[0], result, top)
-  write_json(paths[1], result, top)
-  write_png(paths[2], result)
-  return paths
+  """OUT.csv, OUT.json and OUT.png, all or none (`outputs.write_files`); their paths."""
+  csv_path, json_path, png_path = paths(out)
+  return outputs.write_files({csv_path: lambda path: write_csv(path, result, top),
+                              json_path: lambda path: write_json(path, result, top),
+                              png_path: lambda path: write_png(path, result)})

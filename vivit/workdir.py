@@ -16,10 +16,11 @@ Every path here may be local or any URL `etils.epath` reads and writes
 (`gs://bucket/run`): files are read and written through `epath`, local paths are
 made absolute (orbax wants them so) and URLs are kept as given.
 """
+import contextlib
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import jax
 import ml_collections
@@ -41,11 +42,27 @@ def as_path(path: epath.PathLike) -> epath.Path:
   return epath.Path(os.path.abspath(path) if is_local(path) else path)
 
 
-def write_atomically(path: epath.PathLike, text: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: epath.PathLike) -> Iterator[epath.Path]:
+  """The name to write `path` under (`path.tmp`, beside it): renamed to `path` when
+  the block ends, removed if it raises, so `path` is whole or as it was."""
   path = epath.Path(path)
   partial = path.with_name(path.name + '.tmp')
-  partial.write_text(text)
-  partial.replace(path)
+  try:
+    yield partial
+    partial.replace(path)
+  except BaseException:
+    try:
+      if partial.exists():
+        partial.unlink()
+    except OSError:
+      pass  # the error that brought us here says more
+    raise
+
+
+def write_atomically(path: epath.PathLike, text: str) -> None:
+  with atomic_path(path) as partial:
+    partial.write_text(text)
 
 
 class WorkdirLock:

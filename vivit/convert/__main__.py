@@ -8,12 +8,14 @@
 (fetched into the Hub cache; HF_HOME, HF_HUB_OFFLINE and HF_TOKEN apply).
 
 Writes a vivit-jax params checkpoint (see `vivit.checkpoints`) that training,
-fine-tuning and evaluation load. Scenic checkpoints also need the scenic config
-file they were trained with (`--scenic-config`, a Python file with `get_config()`).
+fine-tuning and evaluation load, into `--dst`: a new directory or an empty one (one
+that holds anything is refused, before `--src` is read), filled whole or not at all.
+Scenic checkpoints also need the scenic config file they were trained with
+(`--scenic-config`, a Python file with `get_config()`).
 """
 import sys
 
-from vivit import cli
+from vivit import cli, outputs
 from vivit.checkpoints import save_params
 from vivit.convert import from_scenic, from_transformers
 from vivit.convert.transformers import hf_class_names
@@ -29,7 +31,9 @@ def _main(argv=None) -> int:
                       help='HF save_pretrained directory or Hub id (org/name[@revision], '
                            'e.g. google/vivit-b-16x2-kinetics400), or scenic checkpoint '
                            'file/dir')
-  parser.add_argument('--dst', required=True, help='output directory')
+  parser.add_argument('--dst', required=True,
+                      help='output directory: a new or empty one (one that holds files, '
+                           'e.g. a training workdir, is refused)')
   parser.add_argument('--scenic-config', help='scenic config file (with --from scenic)')
   parser.add_argument('--num-classes', type=int, help='scenic: override the head width')
   parser.add_argument('--input-size', type=int, nargs=3, metavar=('T', 'H', 'W'),
@@ -41,6 +45,7 @@ def _main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.source == 'scenic' and not args.scenic_config:
     parser.error('--from scenic needs --scenic-config')
+  outputs.check_new_directory('--dst', args.dst)  # before anything is read or fetched
   src = resolve(args.src)
   if args.source == 'transformers':
     config, params = from_transformers(src, input_size=args.input_size)
@@ -50,7 +55,8 @@ def _main(argv=None) -> int:
                                  num_classes=args.num_classes, input_size=args.input_size,
                                  trained_input_size=args.trained_input_size)
     class_names = None
-  save_params(args.dst, config, params, class_names)
+  with outputs.new_directory('--dst', args.dst) as dst:
+    save_params(dst, config, params, class_names)
   print(f'wrote {config.variant} model ({config.num_layers} layers, hidden '
         f'{config.hidden_size}, {config.num_classes} classes, input '
         f'{tuple(config.input_size)}) to {args.dst}')
