@@ -50,7 +50,7 @@ def mistakes(tmp_path, data_dir):  # noqa: F811
                                   f'--data_dir={tmp_path / "tfds"}'],
        '--videos'),
       (module('vivit.launch') + ['--processes=0', '--', f'--config={CONFIG}'],
-       '--processes (0)'),
+       "argument --processes: '0' is not a whole number from 1 to 64"),
   ]
 
 

@@ -72,7 +72,8 @@ def test_a_named_class_is_found_in_its_head():
     (['--start', '0.1'], r'--start: only with --explain'),
     (['--explain', 'X', '--start', '0.8'], r'from 0\.8s: 0\.20s of video at 25 fps is '
                                            r'shorter than one clip \(8 frames, 0\.32s\)'),
-    (['--explain', 'X', '--start', '-1'], r'--start -1: seconds from the beginning'),
+    (['--explain', 'X', '--start', '-1'], r"argument --start: '-1' is not a finite number "
+                                          r'from 0 to 1e\+06'),
     (['--explain', 'X', '--top', '3'], r'--explain with --top'),
     (['--explain', 'X', '--method', 'lrp'], r"argument --method: invalid choice: 'lrp'"),
     (['--explain', 'X', '--fps', '3'], r'1\.00s of video at 3 fps is shorter than one '

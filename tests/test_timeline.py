@@ -149,12 +149,12 @@ def test_timeline_files(two_head_checkpoint, noise_video, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--hop', '0'], r'--hop 0: the windows must move forward \(hop > 0 seconds\)'),
-    (['--hop', '-1'], r'--hop -1: '),
+    (['--hop', '0'], r"argument --hop: '0' is not a finite number > 0 and <= 1e\+06"),
+    (['--hop', '-1'], r"argument --hop: '-1' is not"),
     (['--views', '4x3'], r'--timeline with --views'),
     (['--fps', '2'], r'3\.00s of video at 2 fps is shorter than one clip '
                      r'\(8 frames, 4\.00s\)'),
-    (['--smooth', '0'], r'--smooth 0: both at least 1'),
+    (['--smooth', '0'], r"argument --smooth: '0' is not a whole number from 1"),
 ])
 def test_bad_arguments_are_one_line_errors(two_head_checkpoint, noise_video, tmp_path,
                                            capsys,

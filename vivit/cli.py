@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from ml_collections import ConfigDict
 
-from vivit import verbose
+from vivit import ranges, verbose
 from vivit.errors import ConfigError, UserError
 from vivit.video import Progress
 
@@ -275,7 +275,8 @@ def run_config_command(prog: str, doc: str, workdir_help: str,
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with a `--verbose` flag and one-line usage errors (status 2)."""
+  """argparse with a `--verbose` flag and one-line usage errors: ConfigErrors, which
+  `run` prints (status 2), as any other mistake."""
 
   def __init__(self, *args, **kwargs):
     kwargs.setdefault('formatter_class', argparse.RawDescriptionHelpFormatter)
@@ -284,5 +285,30 @@ class ArgumentParser(argparse.ArgumentParser):
                       help='tracebacks of errors and library logs')
 
   def error(self, message):
-    print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
-    sys.exit(2)
+    raise ConfigError(f'{message} (see {self.prog} --help)')
+
+
+def argument_type(allowed: ranges.Range) -> Callable[[str], float]:
+  """An argparse `type=` for a numeric argument: its value where `allowed` admits it,
+  else a one-line usage error naming the flag and what it allows (`error: argument
+  --hop: 'nan' is not a finite number > 0 and <= 1e+06`)."""
+  def parse(text: str):
+    try:
+      value = int(text) if allowed.whole else float(text)
+    except ValueError:  # also a whole number of more digits than int() reads
+      value = None
+    if value is None or not allowed.admits(value):
+      raise argparse.ArgumentTypeError(f'{text!r} is not {allowed}')
+    return value
+  return parse
+
+
+def whole(low: int = 1, high: int = ranges.MAX_WHOLE) -> Callable[[str], int]:
+  """argparse `type=`: a whole number from `low` to `high` (by default, positive)."""
+  return argument_type(ranges.whole(low, high))
+
+
+def finite(low: float = -float('inf'), high: float = float('inf'), *,
+           above: bool = False) -> Callable[[str], float]:
+  """argparse `type=`: a finite number from `low` (`above`: greater than it) to `high`."""
+  return argument_type(ranges.finite(low, high, above=above))

@@ -15,7 +15,9 @@ import numpy as np
 
 from vivit import cli
 from vivit.datasets import synthetic
-from vivit.errors import ConfigError
+from vivit.video import MAX_SOURCE_FPS
+
+MAX_SEGMENTS = 1000
 
 
 def write_frames(path: str, frames: Iterable[np.ndarray], fps: float = 25,
@@ -78,15 +80,13 @@ def _main(argv=None) -> int:
                   'after another (for vivit-predict --timeline and --explain), and '
                   'prints each segment: start and end in seconds, class.')
   parser.add_argument('--video', required=True, help='the file to write (.mp4)')
-  parser.add_argument('--segments', type=int, default=12, help='clips (default 12)')
-  parser.add_argument('--fps', type=float, default=25.0,
+  parser.add_argument('--segments', type=cli.whole(1, MAX_SEGMENTS), default=12,
+                      help=f'clips (default 12, at most {MAX_SEGMENTS})')
+  parser.add_argument('--fps', type=cli.finite(0, MAX_SOURCE_FPS, above=True), default=25.0,
                       help="frame rate (default 25, vivit-predict's default: a 16-frame "
                            'clip lasts 0.64 s)')
-  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--seed', type=cli.whole(0, 2 ** 32 - 1), default=0)
   args = parser.parse_args(argv)
-  if args.segments < 1 or args.fps <= 0:
-    raise ConfigError(f'--segments {args.segments} --fps {args.fps:g}: at least one '
-                     f'segment, a rate > 0')
   segments = write_demo_video(args.video, args.segments, args.fps, args.seed)
   for start, end, name in segments:
     print(f'{start:6.2f} {end:6.2f}  {name}')

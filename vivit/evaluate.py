@@ -27,6 +27,7 @@ from vivit.convert import resize_params
 from vivit.hub import resolve
 from vivit.input import pipeline
 from vivit.models import build_model, param_shapes
+from vivit.recipes import check_config
 from vivit.step import average_views, head_slices
 from vivit.workdir import as_path
 
@@ -207,6 +208,7 @@ def plot_training_curve(metrics_file: epath.PathLike, path: epath.PathLike) -> b
 def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
         checkpoint: epath.PathLike = None, split: str = None) -> Dict[str, Any]:
   """Loads the best (or `checkpoint`) params and runs the multi-view test."""
+  check_config(config)
   split = split or config.dataset.test_split
   workdir = as_path(workdir)
   if checkpoint:

@@ -25,6 +25,12 @@ from vivit import cli
 from vivit.errors import ConfigError
 from vivit.sharding import NUM_PROCESSES_ENV, PROCESS_ID_ENV
 
+# The largest --processes and --devices_per_process (one machine runs them all), and
+# --stop_timeout (a day).
+MAX_PROCESSES = 64
+MAX_DEVICES = 1024
+MAX_STOP_TIMEOUT = 86400.0
+
 
 def free_port() -> int:
   with socket.socket() as s:
@@ -122,13 +128,16 @@ def _main(argv=None) -> int:
   else:
     own, passed = argv, []
   parser = cli.ArgumentParser(prog='vivit-launch', description=__doc__)
-  parser.add_argument('--processes', type=int, required=True)
-  parser.add_argument('--devices_per_process', type=int, default=1)
+  parser.add_argument('--processes', type=cli.whole(1, MAX_PROCESSES), required=True,
+                      help=f'JAX processes to start (at most {MAX_PROCESSES})')
+  parser.add_argument('--devices_per_process', type=cli.whole(1, MAX_DEVICES), default=1,
+                      help=f'CPU devices of each (default 1, at most {MAX_DEVICES})')
   parser.add_argument('--module', default='vivit.train',
                       help='the command each process runs (python -m MODULE)')
-  parser.add_argument('--stop_timeout', type=float, default=60.0,
+  parser.add_argument('--stop_timeout', type=cli.finite(0, MAX_STOP_TIMEOUT), default=60.0,
                       help='seconds the processes get to save and exit after a SIGTERM '
-                      'or SIGINT (forwarded to each) before they are killed')
+                      'or SIGINT (forwarded to each) before they are killed (at most '
+                      f'{MAX_STOP_TIMEOUT:g})')
   parsed = parser.parse_args(own)
   if not passed:
     parser.error("give the command's arguments after --, e.g. -- --config "

@@ -31,6 +31,14 @@ from vivit import cli, explain, outputs, timeline
 from vivit.errors import ConfigError
 from vivit.inference import (DEFAULT_FPS, DEFAULT_STRIDE, ProgressBars, clip_at, load,
                              video_views)
+from vivit.video import MAX_SOURCE_FPS
+
+# The largest values of the arguments that size a run: what is held in memory at once
+# (`--views` clips of every crop, `--batch` windows) and how far into a video.
+MAX_CLIPS = 100
+MAX_BATCH = 256
+MAX_STRIDE = 1000
+MAX_SECONDS = 1e6  # --start, --hop: 11 days
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -38,8 +46,8 @@ def parse_views(text: str) -> Tuple[int, int]:
     clips, crops = (int(n) for n in text.lower().split('x'))
   except ValueError:
     raise ConfigError(f'--views {text!r}: expected CLIPSxCROPS, e.g. 4x3') from None
-  if clips < 1 or crops not in (1, 3):
-    raise ConfigError(f'--views {text!r}: clips >= 1 and crops 1 or 3')
+  if not 1 <= clips <= MAX_CLIPS or crops not in (1, 3):
+    raise ConfigError(f'--views {text!r}: clips from 1 to {MAX_CLIPS} and crops 1 or 3')
   return clips, crops
 
 
@@ -78,20 +86,24 @@ def _main(argv=None) -> int:
   parser.add_argument('--video', required=True, help='a video file (mp4, webm, ...)')
   parser.add_argument('--views', help='CLIPSxCROPS (default 1x1; the '
                       "paper's test: 4x3)")
-  parser.add_argument('--top', type=int, help='classes per head to print, or to write '
-                      'per window with --timeline (default 5)')
-  parser.add_argument('--fps', type=float, help=f'decode at this rate (default: the '
-                      f"training dataset's, else {DEFAULT_FPS:g})")
-  parser.add_argument('--stride', type=int, help='frame stride of a clip (default: the '
-                      f"training config's, else {DEFAULT_STRIDE})")
+  parser.add_argument('--top', type=cli.whole(), help='classes per head to print, or to '
+                      'write per window with --timeline (default 5)')
+  parser.add_argument('--fps', type=cli.finite(0, MAX_SOURCE_FPS, above=True),
+                      help=f"decode at this rate (default: the training dataset's, else "
+                           f'{DEFAULT_FPS:g}; at most {MAX_SOURCE_FPS:g})')
+  parser.add_argument('--stride', type=cli.whole(1, MAX_STRIDE),
+                      help="frame stride of a clip (default: the training config's, else "
+                           f'{DEFAULT_STRIDE}; at most {MAX_STRIDE})')
   parser.add_argument('--timeline', metavar='OUT',
                       help='instead: top classes of windows over the whole video, '
                            'written to OUT.csv, OUT.json and OUT.png')
-  parser.add_argument('--hop', type=float, help='--timeline: seconds between window '
-                      "starts (default: one clip's duration, frames x stride / fps)")
-  parser.add_argument('--batch', type=int, help='--timeline: windows per model call '
-                      f'(default {timeline.DEFAULT_BATCH})')
-  parser.add_argument('--smooth', type=int, help='--timeline: average the '
+  parser.add_argument('--hop', type=cli.finite(0, MAX_SECONDS, above=True),
+                      help="--timeline: seconds between window starts (default: one "
+                           "clip's duration, frames x stride / fps)")
+  parser.add_argument('--batch', type=cli.whole(1, MAX_BATCH),
+                      help='--timeline: windows per model call (default '
+                           f'{timeline.DEFAULT_BATCH}, at most {MAX_BATCH})')
+  parser.add_argument('--smooth', type=cli.whole(), help='--timeline: average the '
                       'probabilities over this many neighbouring windows (default: off)')
   parser.add_argument('--explain', metavar='OUT',
                       help='instead: space-time relevance of the 1x1 view to a class, '
@@ -100,7 +112,7 @@ def _main(argv=None) -> int:
   parser.add_argument('--class', dest='class_name', metavar='NAME',
                       help='--explain: the class (HEAD:NAME where heads share names; '
                            "default: the first head's most probable)")
-  parser.add_argument('--start', type=float, metavar='SECONDS',
+  parser.add_argument('--start', type=cli.finite(0, MAX_SECONDS), metavar='SECONDS',
                       help='--explain: the clip that starts here (e.g. a timeline '
                            "window's start) instead of the video's centre clip")
   parser.add_argument('--method', choices=explain.METHODS,
@@ -111,8 +123,8 @@ def _main(argv=None) -> int:
                       help='--timeline, --explain: replace OUT.* files that exist '
                            '(default: refuse, naming them)')
   args = parser.parse_args(argv)
-  if args.fps is not None and args.fps <= 0:
-    raise ConfigError(f'--fps {args.fps:g}: a frame rate > 0')
+  if args.views:
+    parse_views(args.views)  # refused before the checkpoint is read
   _check_modes(args)
   _check_outputs(args)
   if args.timeline:

@@ -20,6 +20,10 @@ from vivit import cli, datasets, video
 from vivit.datasets.builder import prepare_dataset
 from vivit.errors import ConfigError, MissingError
 
+# The largest --short_side (8K video's) and --workers.
+MAX_SHORT_SIDE = 4320
+MAX_WORKERS = 1024
+
 
 def parse_args(argv=None):
   names = list(datasets.releases())
@@ -31,13 +35,14 @@ def parse_args(argv=None):
                       '(video_folder: a CSV path,label[,split]; omit for a '
                       '<split>/<class>/<video> tree)')
   parser.add_argument('--data_dir', required=True, help='TFDS data directory to write')
-  parser.add_argument('--fps', type=float, default=None,
+  parser.add_argument('--fps', type=cli.finite(0, video.MAX_SOURCE_FPS), default=None,
                       help='frames per second to store (default 25; ssv2: 12, its own '
-                      'rate); 0 keeps every source frame')
-  parser.add_argument('--short_side', type=int, default=256,
-                      help='resize frames so their short side is this (0: keep)')
-  parser.add_argument('--workers', type=int, default=1,
-                      help='decoding processes (default 1)')
+                      f'rate; at most {video.MAX_SOURCE_FPS:g}); 0 keeps every source frame')
+  parser.add_argument('--short_side', type=cli.whole(0, MAX_SHORT_SIDE), default=256,
+                      help='resize frames so their short side is this (0: keep; at most '
+                      f'{MAX_SHORT_SIDE})')
+  parser.add_argument('--workers', type=cli.whole(1, MAX_WORKERS), default=1,
+                      help=f'decoding processes (default 1, at most {MAX_WORKERS})')
   parser.add_argument('--beam', action='store_true',
                       help='generate with Apache Beam (pip install apache-beam)')
   parser.add_argument('--beam_options', default='',

@@ -12,8 +12,9 @@ from typing import Optional, Sequence
 import ml_collections
 from ml_collections import config_dict
 
-from vivit.errors import MissingError
+from vivit.errors import ConfigError, MissingError
 from vivit.models import get_model_config
+from vivit.ranges import finite, whole
 
 # Augmentation per recipe, as scenic's ViViT configs set it
 # (scenic/projects/vivit/configs/<dataset>/*.py, `dataset_configs.augmentation_params`):
@@ -141,3 +142,62 @@ def paper_config(model_name: str, dataset: str, num_classes: Optional[int], *,
   config.training.update(learning_rate=learning_rate, num_epochs=float(num_epochs),
                          label_smoothing=label_smoothing, mixup=mixup)
   return config
+
+
+# The numeric fields of a run and what each may hold (`check_config`).
+FIELD_RANGES = {
+    'seed': whole(0, 2 ** 32 - 1),
+    'dataset.num_frames': whole(optional=True),
+    'dataset.crop_size': whole(optional=True),
+    'dataset.min_resize': whole(optional=True),
+    'dataset.stride': whole(),
+    'dataset.colour_augment': finite(0, 1),  # probabilities
+    'dataset.colour_drop': finite(0, 1),
+    'dataset.num_threads': whole(0),  # 0: one per core
+    'dataset.shuffle_buffer': whole(),
+    'training.batch_size': whole(),
+    'training.num_epochs': finite(0, above=True),
+    'training.num_steps': whole(optional=True),  # None: from num_epochs
+    'training.warmup_epochs': finite(0),
+    'training.learning_rate': finite(0),
+    'training.momentum': finite(0, 1),
+    'training.b1': finite(0, 1, below=True),
+    'training.b2': finite(0, 1, below=True),
+    'training.weight_decay': finite(0),
+    'training.grad_clip': finite(0, optional=True),  # None or 0: no clipping
+    'training.grad_clip_group': whole(0, optional=True),  # None or 0: the whole batch
+    'training.label_smoothing': finite(0, 1),
+    'training.mixup': finite(0),  # Beta(mixup, mixup); 0: off
+    'training.log_every': whole(),
+    'training.eval_every': whole(),
+    'training.checkpoint_every': whole(),
+    'training.keep_checkpoints': whole(optional=True),  # None: every one
+    'eval.batch_size': whole(),
+    'eval.num_clips': whole(),
+    'mesh.fsdp': whole(),
+    'mesh.fsdp_min_size': whole(0),
+}
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the first numeric field no run can use (nan, out of range,
+  not a whole number; see FIELD_RANGES) and what it allows: before a run reads any,
+  so that none fails later with a traceback (a zero `log_every`) or silently."""
+  for name, allowed in FIELD_RANGES.items():
+    value = config
+    for key in name.split('.'):
+      value = value[key]
+    allowed.check(name, value)
+  if config.eval.num_crops not in (1, 3):
+    raise ConfigError(f'eval.num_crops={config.eval.num_crops!r} is not 1 or 3')
+  dataset = config.dataset
+  if dataset.crop_size and dataset.min_resize and dataset.min_resize < dataset.crop_size:
+    raise ConfigError(f'dataset.min_resize={dataset.min_resize} is smaller than '
+                      f'dataset.crop_size={dataset.crop_size}: crops are cut from frames '
+                      f'whose short side is min_resize')
+  jitter = dataset.scale_jitter
+  if not (isinstance(jitter, (tuple, list)) and len(jitter) == 2
+          and all(finite(0, above=True).admits(f) for f in jitter)
+          and jitter[0] <= jitter[1]):
+    raise ConfigError(f'dataset.scale_jitter={jitter!r} is not (low, high) with '
+                      f'0 < low <= high (scale factors, e.g. (0.9, 1.33))')

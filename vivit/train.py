@@ -25,6 +25,7 @@ from vivit import cli as cli_lib
 from vivit.input import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import all_finite, make_optimizer, skipped_steps
+from vivit.recipes import check_config
 from vivit.step import TrainState, train_step
 from vivit.workdir import (MetricWriter, WorkdirLock, as_path, check_workdir_model,
                            record_workdir_model, save_class_names, write_atomically)
@@ -201,6 +202,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   directory or a URL `etils.epath` supports (`gs://bucket/run`).
 
   Returns {'step', 'params', 'val_top1'}."""
+  check_config(config)
   workdir = as_path(workdir)
   with WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir)
@@ -220,6 +222,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   sharding.check_batch_size(training.batch_size, mesh)
   steps_per_epoch = train_examples // training.batch_size
   total_steps = training.num_steps or int(training.num_epochs * steps_per_epoch)
+  if total_steps < 1:
+    raise errors.ConfigError(
+        f'training.num_epochs={training.num_epochs:g} x {steps_per_epoch} steps an epoch '
+        f'(training.batch_size={training.batch_size}, {train_examples} training examples) '
+        f'is less than one step: train longer, with smaller batches, or set '
+        f'training.num_steps')
   optimizer, schedule = make_optimizer(training, total_steps,
                                        int(training.warmup_epochs * steps_per_epoch))
   model = build_model(config.model)

@@ -22,6 +22,11 @@ from vivit.convert.transformers import hf_class_names
 from vivit.hub import resolve
 from vivit.recipes import load_config
 
+# The largest --num-classes and --input-size / --trained-input-size sides: the head and
+# the position embeddings they size are allocated.
+MAX_CLASSES = 100_000
+MAX_INPUT_SIZE = 512
+
 
 def _main(argv=None) -> int:
   parser = cli.ArgumentParser(prog='vivit-convert', description=__doc__)
@@ -35,11 +40,14 @@ def _main(argv=None) -> int:
                       help='output directory: a new or empty one (one that holds files, '
                            'e.g. a training workdir, is refused)')
   parser.add_argument('--scenic-config', help='scenic config file (with --from scenic)')
-  parser.add_argument('--num-classes', type=int, help='scenic: override the head width')
-  parser.add_argument('--input-size', type=int, nargs=3, metavar=('T', 'H', 'W'),
-                      help='clip size to use the model at (position embeddings resized); '
-                           'default: as trained')
-  parser.add_argument('--trained-input-size', type=int, nargs=3, metavar=('T', 'H', 'W'),
+  parser.add_argument('--num-classes', type=cli.whole(1, MAX_CLASSES),
+                      help=f'scenic: override the head width (at most {MAX_CLASSES})')
+  parser.add_argument('--input-size', type=cli.whole(1, MAX_INPUT_SIZE), nargs=3,
+                      metavar=('T', 'H', 'W'),
+                      help='clip size to use the model at (position embeddings resized; '
+                           f'each at most {MAX_INPUT_SIZE}); default: as trained')
+  parser.add_argument('--trained-input-size', type=cli.whole(1, MAX_INPUT_SIZE), nargs=3,
+                      metavar=('T', 'H', 'W'),
                       help='scenic: clip size the checkpoint was trained on, where neither '
                            'its config nor its shapes tell')
   args = parser.parse_args(argv)
