@@ -18,13 +18,14 @@ import pytest
 
 import video_files as vf
 from helpers import random_params, run_env, tiny_model_config
-from vivit import hub, inference, task
+from vivit import checkpoints, hub, inference, task
 from vivit.checkpoints import load_params, save_params
 from vivit.convert import to_transformers
 from vivit.convert import transformers as hf_reader
 from vivit.convert.__main__ import main as convert_main
 from vivit.errors import CheckpointError, ConfigError, MissingError
 from vivit.predict import main as predict_main
+from vivit.workdir import record_workdir_model
 
 NAMES = ['archery', 'bowling', 'cooking', 'dancing', 'eating']
 # The shape the bomb's output kernel declares: 16 x 2^32 float32 zeros, 256 GiB.
@@ -135,6 +136,26 @@ def test_a_bomb_its_config_agrees_with_is_refused_unread(made, tmp_path):
   with pytest.raises(CheckpointError, match=r'(more than this machine|of params in \d+ '
                                             r'bytes of files)'):
     load_params(str(bomb))
+
+
+def test_a_workdirs_params_are_read_alone(tmp_path):
+  """A training workdir: its latest train state's params are read alone (an
+  opt_state array declaring 256 GiB is never read), its best params once it has
+  some."""
+  config = tiny_model_config()
+  params, best_params = random_params(config), random_params(config, seed=1)
+  last, best = checkpoints.train_managers(tmp_path, keep=1)
+  checkpoints.save(last, 3, {'step': np.int32(3), 'params': params,
+                             'opt_state': {'mu': np.zeros(4, np.float32)}})
+  record_workdir_model(tmp_path, config)
+  redeclare(tmp_path / 'checkpoints' / '3' / 'default', 'opt_state.mu', shape=BOMB_SHAPE)
+  kernel = lambda p: p['output_projection']['kernel']
+  np.testing.assert_array_equal(kernel(load_params(str(tmp_path))[1]), kernel(params))
+  checkpoints.save(best, 3, best_params, metrics={'top1': 0.5})
+  np.testing.assert_array_equal(kernel(load_params(str(tmp_path))[1]),
+                                kernel(best_params))
+  last.close()
+  best.close()
 
 
 # (what is damaged, how, what the line says)

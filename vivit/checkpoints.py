@@ -67,7 +67,7 @@ def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params
                        f' expected a params directory or a training workdir)')
   if (path / 'params').is_dir():
     return config, read_params(path / 'params', config)
-  best = (_untrusted(path / 'best', lambda: best_manager(path).best_step())
+  best = (_untrusted(path / 'best', lambda: _step(best_manager(path), best=True))
           if (path / 'best').is_dir() else None)
   if best is not None:
     return config, read_params(path / 'best' / str(best) / 'default', config)
@@ -75,11 +75,17 @@ def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params
     raise MissingError(f'{path} holds neither params/ (a params directory) nor '
                        f'best/ or checkpoints/ (a training workdir)')
   step = _untrusted(path / 'checkpoints',
-                    lambda: ocp.CheckpointManager(path / 'checkpoints').latest_step())
+                    lambda: _step(ocp.CheckpointManager(path / 'checkpoints'), best=False))
   if step is None:
     raise MissingError(f'workdir {path} holds no checkpoint yet')
   return config, read_params(path / 'checkpoints' / str(step) / 'default', config,
                              within='params')
+
+
+def _step(manager: ocp.CheckpointManager, best: bool) -> Optional[int]:
+  """The best (else the latest) step of `manager`, which is then closed."""
+  with manager:
+    return manager.best_step() if best else manager.latest_step()
 
 
 def read_params(directory: epath.Path, config: ml_collections.ConfigDict,
@@ -90,22 +96,25 @@ def read_params(directory: epath.Path, config: ml_collections.ConfigDict,
   `config` before any array is read, so that whatever its files say, reading takes
   no more memory than the model's params (`check_stored_params`). CheckpointError,
   naming `directory`, for one that does not fit or whose files are damaged."""
-  stored = _untrusted(directory, lambda: ocp.PyTreeCheckpointHandler().metadata(
-      directory).tree)
-  if within is not None:
-    stored = stored.get(within) if isinstance(stored, dict) else None
-    if stored is None:
-      raise CheckpointError(f'checkpoint {directory} holds no {within}')
-  expected = check_stored_params(config, stored, directory)
-  target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, np.float32),
-                                  expected)
-  restore_args = jax.tree_util.tree_map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32), target)
-  if within is not None:
-    target, restore_args = {within: target}, {within: restore_args}
-  params = _untrusted(directory, lambda: ocp.PyTreeCheckpointHandler().restore(
-      directory, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
-                                             partial_restore=within is not None)))
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    stored = _untrusted(directory, lambda: handler.metadata(directory).tree)
+    if within is not None:
+      stored = stored.get(within) if isinstance(stored, dict) else None
+      if stored is None:
+        raise CheckpointError(f'checkpoint {directory} holds no {within}')
+    expected = check_stored_params(config, stored, directory)
+    target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, np.float32),
+                                    expected)
+    restore_args = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32), target)
+    if within is not None:
+      target, restore_args = {within: target}, {within: restore_args}
+    params = _untrusted(directory, lambda: handler.restore(
+        directory, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                               partial_restore=within is not None)))
+  finally:
+    handler.close()
   params = params[within] if within is not None else params
   return jax.tree_util.tree_map(np.asarray, params)
 
