@@ -16,18 +16,22 @@ Every path may be local or a URL that `etils.epath` reads and writes
 (`gs://bucket/run`); see `vivit.workdir.as_path`.
 """
 import json
+import math
+import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import flax
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from vivit.errors import CheckpointError, CheckpointSaveError, MissingError
+from vivit.errors import (CheckpointError, CheckpointSaveError, ConfigError, MissingError,
+                          UserError)
 from vivit.models import check_params, param_shapes
-from vivit.workdir import (as_path, load_model_config, model_config_to_json,
+from vivit.workdir import (as_path, is_local, load_model_config, model_config_to_json,
                            save_class_names, write_atomically)
 
 Params = Dict[str, Any]
@@ -54,29 +58,153 @@ def save_params(path: epath.PathLike, model_config: ml_collections.ConfigDict,
 
 def load_params(path: epath.PathLike) -> Tuple[ml_collections.ConfigDict, Params]:
   """(model config, numpy params) of a params directory (`save_params`) or of a
-  training workdir: its best params, else those of its latest checkpoint."""
+  training workdir: its best params, else those of its latest checkpoint. The
+  checkpoint is untrusted input (`read_params`)."""
   path = as_path(path)
   config = load_model_config(path)
   if config is None:
     raise MissingError(f'{path} is not a vivit-jax checkpoint (no model_config.json;'
                        f' expected a params directory or a training workdir)')
   if (path / 'params').is_dir():
-    with ocp.StandardCheckpointer() as checkpointer:
-      params = checkpointer.restore(path / 'params')
-  elif (path / 'best').is_dir() and best_manager(path).best_step() is not None:
-    params = restore_best_params(path, param_shapes(config))[1]
-  else:
-    if not (path / 'checkpoints').is_dir():
-      raise MissingError(f'{path} holds neither params/ (a params directory) nor '
-                         f'best/ or checkpoints/ (a training workdir)')
-    last = ocp.CheckpointManager(path / 'checkpoints')
-    step = last.latest_step()
-    if step is None:
-      raise MissingError(f'workdir {path} holds no checkpoint yet')
-    params = last.restore(step, args=ocp.args.StandardRestore())['params']
-  params = jax.tree_util.tree_map(np.asarray, params)
-  check_params(config, params)
-  return config, params
+    return config, read_params(path / 'params', config)
+  best = (_untrusted(path / 'best', lambda: _step(best_manager(path), best=True))
+          if (path / 'best').is_dir() else None)
+  if best is not None:
+    return config, read_params(path / 'best' / str(best) / 'default', config)
+  if not (path / 'checkpoints').is_dir():
+    raise MissingError(f'{path} holds neither params/ (a params directory) nor '
+                       f'best/ or checkpoints/ (a training workdir)')
+  step = _untrusted(path / 'checkpoints',
+                    lambda: _step(ocp.CheckpointManager(path / 'checkpoints'), best=False))
+  if step is None:
+    raise MissingError(f'workdir {path} holds no checkpoint yet')
+  return config, read_params(path / 'checkpoints' / str(step) / 'default', config,
+                             within='params')
+
+
+def _step(manager: ocp.CheckpointManager, best: bool) -> Optional[int]:
+  """The best (else the latest) step of `manager`, which is then closed."""
+  with manager:
+    return manager.best_step() if best else manager.latest_step()
+
+
+def read_params(directory: epath.Path, config: ml_collections.ConfigDict,
+                within: Optional[str] = None) -> Params:
+  """The numpy params in the orbax tree `directory` (`within`: the key that holds
+  them in a larger tree, 'params' in a train state), read as untrusted input: the
+  names, shapes, dtypes and chunks its metadata declares are checked against
+  `config` before any array is read, so that whatever its files say, reading takes
+  no more memory than the model's params (`check_stored_params`). CheckpointError,
+  naming `directory`, for one that does not fit or whose files are damaged."""
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    stored = _untrusted(directory, lambda: handler.metadata(directory).tree)
+    if within is not None:
+      stored = stored.get(within) if isinstance(stored, dict) else None
+      if stored is None:
+        raise CheckpointError(f'checkpoint {directory} holds no {within}')
+    expected = check_stored_params(config, stored, directory)
+    target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, np.float32),
+                                    expected)
+    restore_args = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=np.float32), target)
+    if within is not None:
+      target, restore_args = {within: target}, {within: restore_args}
+    params = _untrusted(directory, lambda: handler.restore(
+        directory, args=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                               partial_restore=within is not None)))
+  finally:
+    handler.close()
+  params = params[within] if within is not None else params
+  return jax.tree_util.tree_map(np.asarray, params)
+
+
+def check_stored_params(config: ml_collections.ConfigDict, stored: Any,
+                        directory: epath.PathLike) -> Params:
+  """The params' shapes (`param_shapes(config)`); CheckpointError naming
+  `directory` unless the orbax metadata tree `stored` declares exactly these
+  arrays: floating dtypes, the shapes the config gives, chunks no larger than their
+  arrays. The model's own size is bounded too: no more layers than stored arrays
+  (building a model's shapes takes time in its depth), params that fit in this
+  machine's memory and in MAX_EXPANSION times the bytes of the files."""
+  flat = (flax.traverse_util.flatten_dict(stored, sep='/')
+          if isinstance(stored, dict) else {})
+  if not flat:
+    raise CheckpointError(f'checkpoint {directory} holds no arrays')
+  for name, leaf in flat.items():
+    shape, dtype = getattr(leaf, 'shape', None), getattr(leaf, 'dtype', None)
+    if not (isinstance(shape, tuple) and dtype is not None):
+      raise CheckpointError(f'checkpoint {directory}: {name} is not an array')
+    if np.dtype(dtype).kind != 'f':
+      raise CheckpointError(f'checkpoint {directory}: parameter {name} is stored as '
+                            f'{np.dtype(dtype).name}; parameters are floating point')
+    chunk = getattr(getattr(leaf, 'storage', None), 'chunk_shape', None)
+    if chunk is not None and (len(chunk) != len(shape) or
+                              any(c > max(s, 1) for c, s in zip(chunk, shape))):
+      raise CheckpointError(f'checkpoint {directory}: parameter {name} of shape '
+                            f'{tuple(shape)} is stored in chunks of {tuple(chunk)}, '
+                            f'larger than the array')
+  for field, layers in (('num_layers', config.num_layers),
+                        ('temporal.num_layers', config.temporal.num_layers)):
+    if layers > len(flat):
+      raise CheckpointError(f'checkpoint {directory} holds {len(flat)} arrays, but its '
+                            f'model_config.json has {field}={layers}')
+  try:
+    expected = param_shapes(config)
+  except ConfigError as e:
+    raise CheckpointError(f'checkpoint {directory}: its model_config.json describes '
+                          f'no model ({e})') from None
+  try:
+    check_params(config, stored)
+  except CheckpointError as e:
+    raise CheckpointError(f'{directory}: {e}') from None
+  needed = sum(math.prod(a.shape) * 4 for a in jax.tree_util.tree_leaves(expected))
+  memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  if needed > memory:
+    raise CheckpointError(f'checkpoint {directory}: its model_config.json describes '
+                          f'{needed / 2**30:.1f} GiB of params, more than this '
+                          f'machine\'s memory ({memory / 2**30:.1f} GiB)')
+  stored_bytes = _local_size(directory)
+  if stored_bytes is not None and needed > MAX_EXPANSION * stored_bytes + 2**20:
+    raise CheckpointError(f'checkpoint {directory}: its arrays declare '
+                          f'{needed / 2**20:.0f} MiB of params in {stored_bytes} bytes of '
+                          f'files (missing or all-zero data); refused unread')
+  return expected
+
+
+# How many times the bytes of its files a checkpoint's params may take in memory:
+# trained weights barely compress, so more is missing data (read as zeros) or
+# zeros compressed, a declared size the files do not hold.
+MAX_EXPANSION = 100
+
+
+def _local_size(directory: epath.PathLike) -> Optional[int]:
+  """The bytes of the files under `directory` on a local file system (symbolic
+  links followed: a Hub snapshot links to its blobs), None for a URL."""
+  if not is_local(directory):
+    return None
+  size = 0
+  for root, _, names in os.walk(directory):
+    for name in names:
+      try:
+        size += os.path.getsize(os.path.join(root, name))
+      except OSError:  # a broken link: no bytes
+        pass
+  return size
+
+
+def _untrusted(path: epath.PathLike, read: Callable[[], Any]) -> Any:
+  """`read()`, reading files of the checkpoint at `path`: any error of orbax,
+  tensorstore or json (damaged, truncated or foreign files raise many kinds) as
+  CheckpointError naming `path` and the cause."""
+  try:
+    return read()
+  except UserError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (see above)
+    reason = _damage(error) or f'{type(error).__name__}: {error}'
+    raise CheckpointError(f'checkpoint {path} cannot be read (damaged or not an orbax '
+                          f'checkpoint?): {first_line(reason)}') from None
 
 
 # Training checkpoints: WORKDIR/checkpoints/<step> (train state, the last N) and
@@ -178,13 +306,14 @@ def _read_once(manager, step: int, target):
         return DAMAGED, None, damage
       reason = f'{type(error).__name__}: {str(error).strip()}'
     if pause is not None:
-      print(f'warning: reading checkpoint {path} failed ({_first_line(reason)}); '
+      print(f'warning: reading checkpoint {path} failed ({first_line(reason)}); '
             f'trying again in {pause:g}s', flush=True)
       time.sleep(pause)
   return FAILED, None, reason
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
+  """The first line of `text`, at most 300 characters."""
   lines = text.strip().splitlines()
   return lines[0][:300] if lines else ''
 
@@ -215,7 +344,7 @@ def restore_latest(manager: ocp.CheckpointManager, target):
       return step, state
     if agreed == FAILED:
       raise CheckpointError(
-          f'cannot read checkpoint {path} (' + (_first_line(reason) if outcome == FAILED
+          f'cannot read checkpoint {path} (' + (first_line(reason) if outcome == FAILED
                                                 else 'another host cannot read it') +
           '); every checkpoint is left as it was. Fix the cause and start again; if '
           'this checkpoint is damaged, move it out of the workdir to resume from the '
@@ -227,7 +356,7 @@ def restore_latest(manager: ocp.CheckpointManager, target):
           f'clipping changed since it was written?); resume with the config it was '
           f'written with (WORKDIR/config.json), or use a new --workdir')
     print(f'warning: checkpoint {path} is damaged ('
-          f'{_first_line(reason) if outcome == DAMAGED else "another host cannot read it"}'
+          f'{first_line(reason) if outcome == DAMAGED else "another host cannot read it"}'
           f'); moved to {path.parent.parent / SET_ASIDE}/; trying the one before it',
           flush=True)
     _set_aside(path, f'checkpoints-{step}')

@@ -14,13 +14,14 @@ or None for none.
 """
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import ml_collections
 import numpy as np
 
 from vivit import video
-from vivit.errors import ConfigError, VideoError
+from vivit.errors import CheckpointError, ConfigError, VideoError
 
 # The preprocessing of a checkpoint without a training config: `prepare`'s default
 # frame rate, scenic's Kinetics stride.
@@ -54,13 +55,20 @@ class Setup:
 def load(checkpoint: str, *, fps: Optional[float] = None, stride: Optional[int] = None
          ) -> Setup:
   """The `Setup` of `checkpoint` (workdir, params directory, HF directory or Hub id);
-  `fps` and `stride` override the training dataset's."""
+  `fps` and `stride` override the training dataset's.
+
+  A checkpoint is untrusted input: only a trusted workdir (`trusted_workdir`) gives
+  its data settings (and with them the prepared dataset whose frame rate is read);
+  any other checkpoint's stored config is never read, so it cannot pick what else
+  is opened."""
   from vivit import task
   from vivit.convert import read_checkpoint
-  from vivit.hub import resolve
+  from vivit.hub import hub_id, resolve
+  from_hub = hub_id(checkpoint) is not None
   checkpoint = resolve(checkpoint)  # a Hub id: its snapshot, for both readers below
   config, params, names = read_checkpoint(checkpoint)
-  dataset = task.workdir_dataset(checkpoint)  # a training workdir's data settings
+  dataset = (_workdir_dataset(checkpoint)
+             if not from_hub and trusted_workdir(checkpoint) else None)
   frames, crop, _ = config.input_size
   if not isinstance(names, dict):  # one head
     names = {'label': names or [f'class_{i}' for i in range(config.num_classes)]}
@@ -69,6 +77,37 @@ def load(checkpoint: str, *, fps: Optional[float] = None, stride: Optional[int] 
                num_frames=frames, crop_size=crop,
                stride=stride or (dataset.stride if dataset else DEFAULT_STRIDE),
                min_resize=(dataset and dataset.min_resize) or task.min_resize(crop))
+
+
+def trusted_workdir(path: str) -> bool:
+  """Whether `path`, a checkpoint the user named that is not a Hub id, is a training
+  workdir on the local file system (its config.json, model_config.json and
+  checkpoints/ or best/): the user's own training, whose dataset settings
+  predict may use. A URL (gs://...) or a Hub snapshot is not trusted: pass --fps
+  and --stride for those."""
+  from vivit.workdir import is_local
+  if not is_local(path) or not os.path.isdir(path):
+    return False
+  has = lambda name: os.path.exists(os.path.join(path, name))
+  return (has('config.json') and has('model_config.json') and
+          (has('checkpoints') or has('best')))
+
+
+def _workdir_dataset(path: str) -> ml_collections.ConfigDict:
+  """The dataset section of a trusted workdir's config.json (`task.workdir_dataset`),
+  its settings that predict uses checked: CheckpointError naming the file if not."""
+  from vivit import task
+  config_file = os.path.join(path, 'config.json')
+  try:
+    dataset = task.workdir_dataset(path)
+  except (ValueError, TypeError, AttributeError, KeyError) as e:  # JSON's, ConfigDict's
+    raise CheckpointError(f'{config_file} is not a run config: '
+                          f'{" ".join(str(e).split())}') from None
+  for field, value in (('stride', dataset.stride), ('min_resize', dataset.min_resize)):
+    if value is not None and not (isinstance(value, int) and 1 <= value <= 2**16):
+      raise CheckpointError(f'{config_file}: dataset.{field} is {value!r}; expected an '
+                            f'integer from 1 to {2**16}')
+  return dataset
 
 
 def check_holds_a_clip(count: int, span: int, fps: float) -> None:

@@ -18,6 +18,7 @@ made absolute (orbax wants them so) and URLs are kept as given.
 """
 import contextlib
 import json
+import math
 import os
 import time
 from typing import Any, Dict, Iterator, List, Optional
@@ -118,26 +119,107 @@ def model_config_to_json(config: ml_collections.ConfigDict) -> str:
   return config.to_json(indent=2, sort_keys=True)
 
 
-def model_config_from_json(text: str) -> ml_collections.ConfigDict:
-  """Inverse of `model_config_to_json`, keeping the defaults' field types."""
-  def tuples(value):
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    return tuple(value) if isinstance(value, list) else value
+def model_config_from_json(text: str, where: str = 'the model config'
+                           ) -> ml_collections.ConfigDict:
+  """Inverse of `model_config_to_json`, keeping the defaults' field types.
+  CheckpointError naming `where` and the field for a value no model has."""
+  return model_config_from_values(json.loads(text), where)
+
+
+def model_config_from_values(values, where: str) -> ml_collections.ConfigDict:
+  """The model config of the JSON value `values` over the defaults (a record read
+  from a checkpoint, untrusted): every known field of its default's type (ints >= 0,
+  sizes >= 1, floats finite), else CheckpointError naming `where` and the field.
+  Unknown fields are kept (a newer version's)."""
   config = default_model_config()
-  config.update(tuples(json.loads(text)))
+  config.update(_checked_fields(config, values, where))
   return config
 
 
+def _checked_fields(defaults: ml_collections.ConfigDict, values, where: str,
+                    prefix: str = '') -> Dict[str, Any]:
+  """`values` (a JSON object) with lists as tuples, each known field checked against
+  the type of its default in `defaults`."""
+  if not isinstance(values, dict):
+    raise CheckpointError(f'{where}: {f"model.{prefix[:-1]}" if prefix else "the model config"}'
+                          f' is a JSON {type(values).__name__}, not an object of fields')
+  checked = {}
+  for key, value in values.items():
+    if key not in defaults:
+      checked[key] = tuple(value) if isinstance(value, list) else value
+      continue
+    default, kind = defaults[key], defaults.get_type(key)
+    if isinstance(default, ml_collections.ConfigDict):
+      checked[key] = _checked_fields(default, value, where, f'{prefix}{key}.')
+      continue
+    expected = _field_problem(value, default, kind)
+    if expected:
+      shown = json.dumps(value)
+      shown = shown if len(shown) <= 60 else shown[:57] + '...'
+      raise CheckpointError(f'{where}: model.{prefix}{key} is {shown}; expected {expected}')
+    checked[key] = tuple(value) if isinstance(value, list) else value
+  return checked
+
+
+# The largest integer a model field may hold (a size, a count: none comes near).
+_MAX_INT = 2**31 - 1
+
+
+def _whole(value, minimum: int) -> bool:
+  """Whether `value` is an integer from `minimum` to _MAX_INT."""
+  return (isinstance(value, int) and not isinstance(value, bool) and
+          minimum <= value <= _MAX_INT)
+
+
+def _field_problem(value, default, kind) -> Optional[str]:
+  """What a model field of `default`'s type `kind` must be, if `value` is not that."""
+  if value is None and default is None:  # a placeholder left unset
+    return None
+  if kind is tuple:
+    fits = (isinstance(value, list) and len(value) == len(default) and
+            all(_whole(v, 1) for v in value))
+    return None if fits else f'{len(default)} integers from 1 to {_MAX_INT}'
+  if kind is bool:
+    return None if isinstance(value, bool) else 'true or false'
+  if kind is int:
+    return None if _whole(value, 0) else f'an integer from 0 to {_MAX_INT}'
+  if kind is float:
+    fits = (isinstance(value, (int, float)) and not isinstance(value, bool) and
+            math.isfinite(value))
+    return None if fits else 'a finite number'
+  if kind is str:
+    return None if isinstance(value, str) else 'a string'
+  return None
+
+
 def load_model_config(path: epath.PathLike) -> Optional[ml_collections.ConfigDict]:
-  """The model config saved in a checkpoint directory or workdir, or None."""
+  """The model config saved in a checkpoint directory or workdir, or None.
+  CheckpointError naming the file when it is not one (`model_config_from_values`)."""
   config_file = epath.Path(path) / 'model_config.json'
   if not config_file.exists():
     return None
+  return model_config_from_values(read_record(config_file, 'a model config'),
+                                  str(config_file))
+
+
+# Records read from a checkpoint are untrusted input (a downloaded checkpoint may
+# hold anything): a file larger than any record, or not JSON, is refused unread.
+MAX_RECORD_BYTES = 64 << 20
+
+
+def read_record(path: epath.PathLike, what: str) -> Any:
+  """The JSON value in the file at `path`; CheckpointError naming the file and
+  `what` it should be when it is too large, undecodable or not JSON."""
+  path = epath.Path(path)
+  size = os.path.getsize(path) if is_local(path) and path.is_file() else 0
+  if size > MAX_RECORD_BYTES:
+    raise CheckpointError(f'{path} is not {what}: {size} bytes, more than any '
+                          f'({MAX_RECORD_BYTES >> 20} MiB)')
   try:
-    return model_config_from_json(config_file.read_text())
-  except ValueError as e:  # json's decode error
-    raise CheckpointError(f'{config_file} is not a model config: {e}') from None
+    return json.loads(path.read_bytes())
+  except (ValueError, RecursionError, IsADirectoryError) as e:  # ValueError: JSON's
+    raise CheckpointError(f'{path} is not {what}: {" ".join(str(e).split())}'
+                          ) from None
 
 
 # Model fields that only change how the params are trained or computed, not the
@@ -199,10 +281,34 @@ def save_class_names(path: epath.PathLike, class_names) -> None:
   write_atomically(epath.Path(path) / 'class_names.json', json.dumps(names, indent=0))
 
 
-def load_class_names(path: epath.PathLike):
-  """The class names saved with a checkpoint or workdir (`save_class_names`), or None."""
+def load_class_names(path: epath.PathLike, num_classes: Optional[int] = None):
+  """The class names saved with a checkpoint or workdir (`save_class_names`), or None.
+  CheckpointError naming the file unless it holds a list of names or {head: names}
+  (`check_class_names`), `num_classes` of them if given."""
   name_file = epath.Path(path) / 'class_names.json'
-  return json.loads(name_file.read_text()) if name_file.exists() else None
+  if not name_file.exists():
+    return None
+  names = read_record(name_file, 'a list of class names')
+  check_class_names(names, str(name_file), num_classes)
+  return names
+
+
+def check_class_names(names, where: str, num_classes: Optional[int] = None) -> None:
+  """CheckpointError naming `where` unless `names` is a list of class names or
+  {head: list of names}, each a printable string (names reach terminals and file
+  names), `num_classes` in all if given."""
+  heads = names if isinstance(names, dict) else {None: names}
+  for head, head_names in heads.items():
+    if not (isinstance(head_names, list) and
+            all(isinstance(name, str) and name.isprintable() for name in head_names)):
+      raise CheckpointError(
+          f'{where} is not a list of class names (printable strings)'
+          + (' nor an object of {head: [names]}' if head is None else
+             f': head {head!r} is not one'))
+  count = sum(map(len, heads.values()))
+  if num_classes is not None and count != num_classes:
+    raise CheckpointError(f'{where} names {count} classes, but the model has '
+                          f'{num_classes}')
 
 
 # Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.

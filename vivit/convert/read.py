@@ -5,9 +5,9 @@
   transformers  an HF `VivitForVideoClassification` / `VivitModel` directory
   vivit         ours: a params directory (`python -m vivit.convert`) or a training
                 workdir (its best params, else its latest state)
-Each path may also be a Hugging Face Hub id, `org/name[@revision]` (`vivit.hub`).
+Each path may also be a Hugging Face Hub id, `hf://org/name[@revision]` or, where it
+cannot be a local path, `org/name[@revision]` (`vivit.hub`).
 """
-import json
 import re
 from typing import Any, Optional, Tuple
 
@@ -16,7 +16,7 @@ from etils import epath
 
 from vivit import checkpoints
 from vivit.convert.scenic import from_scenic
-from vivit.convert.transformers import from_transformers, hf_class_names
+from vivit.convert.transformers import from_transformers, hf_class_names, read_hf_config
 from vivit.errors import CheckpointError, ConfigError, MissingError
 from vivit.hub import resolve
 from vivit.recipes import load_config
@@ -44,7 +44,7 @@ def guess_format(path: str) -> str:
   elif (directory / 'model_config.json').exists():
     return 'vivit'
   elif (directory / 'config.json').exists():
-    model_type = json.loads((directory / 'config.json').read_text()).get('model_type')
+    model_type = read_hf_config(str(directory)).get('model_type')
     if model_type in ('vivit', 'vit'):
       return {'vivit': 'transformers', 'vit': 'vit'}[model_type]
   elif any(scenic_name.fullmatch(child.name) for child in directory.iterdir()):
@@ -75,7 +75,8 @@ def read_checkpoint(path: str, fmt: Optional[str] = None,
   path = resolve(path)
   fmt = checkpoint_format(path, fmt)
   if fmt == 'transformers':
-    return (*from_transformers(path), hf_class_names(path))
+    config, params = from_transformers(path)
+    return config, params, hf_class_names(path, config.num_classes)
   if fmt == 'scenic':
     if not scenic_config:
       raise ConfigError('init_from.format=scenic needs init_from.scenic_config: the '
@@ -86,7 +87,8 @@ def read_checkpoint(path: str, fmt: Optional[str] = None,
   if fmt == 'vit':
     raise CheckpointError(f'{path} is a 2-D ViT: it initialises a ViViT (init_from) but '
                           f'is not one')
-  return (*checkpoints.load_params(path), load_class_names(path))
+  config, params = checkpoints.load_params(path)
+  return config, params, load_class_names(path, config.num_classes)
 
 
 def read_model_config(path: str, fmt: Optional[str] = None,

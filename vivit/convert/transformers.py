@@ -16,9 +16,11 @@ import flax
 import ml_collections
 import numpy as np
 
+from vivit.checkpoints import first_line
 from vivit.convert.resize import resized
 from vivit.errors import CheckpointError, MissingError
 from vivit.models import check_params, default_model_config, variants
+from vivit.workdir import check_class_names, read_record
 
 Params = Dict[str, Any]
 _TANH_GELUS = ('gelu_fast', 'gelu_new', 'gelu_pytorch_tanh')
@@ -127,26 +129,120 @@ def renamed(name: str, renames: Sequence[Tuple[str, str]]) -> str:
 
 
 def read_weights(path: str) -> Dict[str, np.ndarray]:
-  """All tensors of a `save_pretrained` directory, as float32 numpy, hub names."""
+  """All tensors of a `save_pretrained` directory, as float32 numpy, hub names.
+  Untrusted input: CheckpointError, one line naming the file, for a damaged or
+  Git-LFS-pointer weight file or a shard index that names files outside `path`
+  (those are never read)."""
   files = [f for f in _WEIGHT_FILES if os.path.exists(os.path.join(path, f))]
   if not files:
     raise MissingError(f'{path} holds no HuggingFace weights (looked for '
                        f'{", ".join(_WEIGHT_FILES)})')
   name = files[0]
-  if name == 'pytorch_model.bin':
-    import torch  # Only for the legacy pickle format.
-    state = torch.load(os.path.join(path, name), map_location='cpu', weights_only=True)
-    tensors = {k: v.float().numpy() for k, v in state.items()}
-  else:
-    from safetensors.numpy import load_file
-    shards = [name]
-    if name.endswith('.index.json'):
-      with open(os.path.join(path, name)) as f:
-        shards = sorted(set(json.load(f)['weight_map'].values()))
-    tensors = {}
-    for shard in shards:
-      tensors.update(load_file(os.path.join(path, shard)))
+  shards = _shards(path, name) if name.endswith('.index.json') else [name]
+  tensors = {}
+  for shard in shards:
+    tensors.update(_read_weight_file(os.path.join(path, shard)))
   return {renamed(k, _RENAMES): np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
+def _shards(path: str, index: str) -> List[str]:
+  """The weight files a sharded checkpoint's index names: plain names of files in
+  `path` or its subdirectories, never absolute or with `..` parts."""
+  index_file = os.path.join(path, index)
+  weight_map = read_record(index_file, 'a safetensors shard index')
+  weight_map = weight_map.get('weight_map') if isinstance(weight_map, dict) else None
+  if not (isinstance(weight_map, dict) and weight_map and
+          all(isinstance(v, str) for v in weight_map.values())):
+    raise CheckpointError(f'{index_file} is not a safetensors shard index: no '
+                          f'"weight_map" of tensor names to file names')
+  shards = sorted(set(weight_map.values()))
+  for shard in shards:
+    parts = shard.replace('\\', '/').split('/')
+    if os.path.isabs(shard) or '..' in parts or '' in parts or ':' in shard:
+      raise CheckpointError(f'{index_file} names weight file {shard!r} outside the '
+                            f'checkpoint directory {path}; refused, nothing read')
+    if not os.path.isfile(os.path.join(path, shard)):
+      raise CheckpointError(f'{index_file} names weight file {shard}, which {path} '
+                            f'does not hold')
+  return shards
+
+
+# What a Git LFS pointer file starts with: a clone without `git lfs pull`.
+_LFS_POINTER = b'version https://git-lfs.github.com/spec/'
+
+
+def _read_weight_file(weight_file: str) -> Dict[str, Any]:
+  """The tensors of one safetensors or (legacy) PyTorch weight file."""
+  with open(weight_file, 'rb') as f:
+    if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+      raise CheckpointError(f'{weight_file} is a Git LFS pointer, not the weights: '
+                            f'fetch them (git lfs pull) or download the model again')
+  try:
+    if weight_file.endswith('.bin'):
+      import torch  # Only for the legacy pickle format.
+      state = torch.load(weight_file, map_location='cpu', weights_only=True)
+      return {k: v.float().numpy() for k, v in state.items()}
+    from safetensors.numpy import load_file
+    return load_file(weight_file)
+  except ModuleNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (each reader has its own errors)
+    raise CheckpointError(f'{weight_file} cannot be read as weights (damaged or '
+                          f'truncated?): {first_line(str(e))}') from None
+
+
+def _naming(path: str, error: CheckpointError) -> CheckpointError:
+  """`error`, its message prefixed by the checkpoint `path` unless it names it."""
+  return error if path in str(error) else CheckpointError(f'{path}: {error}')
+
+
+def read_hf_config(path: str) -> Dict[str, Any]:
+  """The `config.json` of an HF model directory, a JSON object (CheckpointError
+  naming the file otherwise)."""
+  config_file = os.path.join(path, 'config.json')
+  hf = read_record(config_file, 'an HF model config')
+  if not isinstance(hf, dict):
+    raise CheckpointError(f'{config_file} is not an HF model config: a JSON '
+                          f'{type(hf).__name__}, not an object')
+  return hf
+
+
+def _hf_field(hf: Dict[str, Any], key: str, kind, default=None):
+  """`hf[key]` (else `default`; required if None), CheckpointError unless it is of
+  `kind`: 'size' (an integer >= 1), 'sizes' (a list of them), 'number'."""
+  value = hf.get(key, default)
+  if value is None:
+    raise CheckpointError(f'config.json has no {key}')
+  whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
+  fits = {'size': whole, 'sizes': lambda v: isinstance(v, list) and all(map(whole, v)),
+          'number': lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                               and np.isfinite(v))}[kind](value)
+  if not fits:
+    expected = {'size': 'an integer >= 1', 'sizes': 'a list of integers >= 1',
+                'number': 'a finite number'}[kind]
+    raise CheckpointError(f'config.json: {key} is {json.dumps(value)[:60]}; expected '
+                          f'{expected}')
+  return value
+
+
+def _id2label(hf: Dict[str, Any]) -> List[Any]:
+  """The values of HF's `id2label`, in class order: its keys must be the class
+  indices 0..n-1 (as JSON writes them, strings)."""
+  id2label = hf.get('id2label') or {}
+  if not isinstance(id2label, dict):
+    raise CheckpointError(f'config.json: id2label is a JSON {type(id2label).__name__},'
+                          f' not an object of class index -> name')
+  indices = {}
+  for key in id2label:
+    try:
+      indices[int(key)] = key
+    except ValueError:
+      raise CheckpointError(f'config.json: id2label has the key {key[:40]!r}; expected '
+                            f'class indices 0..{len(id2label) - 1}') from None
+  if sorted(indices) != list(range(len(id2label))):
+    raise CheckpointError(f'config.json: id2label\'s keys are not the class indices '
+                          f'0..{len(id2label) - 1}')
+  return [id2label[indices[i]] for i in range(len(id2label))]
 
 
 def _model_config_from_hf(hf: Dict[str, Any], has_classifier: bool,
@@ -158,40 +254,47 @@ def _model_config_from_hf(hf: Dict[str, Any], has_classifier: bool,
   if act not in _TANH_GELUS:
     raise CheckpointError(f'hidden_act {act!r} is not supported: vivit-jax uses the '
                           f'tanh GELU ({", ".join(_TANH_GELUS)})')
-  eps = hf.get('layer_norm_eps', 1e-6)
+  eps = _hf_field(hf, 'layer_norm_eps', 'number', 1e-6)
   if abs(eps - 1e-6) > 1e-12:
     raise CheckpointError(f'layer_norm_eps {eps} is not supported (vivit-jax uses 1e-6)')
   if hf.get('num_channels', 3) != 3:
     raise CheckpointError(f"num_channels {hf['num_channels']} is not supported (RGB only)")
-  hidden, heads = hf['hidden_size'], hf['num_attention_heads']
+  hidden = _hf_field(hf, 'hidden_size', 'size')
+  heads = _hf_field(hf, 'num_attention_heads', 'size')
   if hf.get('head_dim') not in (None, hidden // heads) or hidden % heads:
     raise CheckpointError(f'head_dim {hf.get("head_dim")} with hidden_size {hidden} and '
                           f'{heads} heads is not supported (need hidden = heads * '
                           f'head_dim)')
   if has_pooler and hf.get('pooler_act', 'tanh') != 'tanh':
     raise CheckpointError(f"pooler_act {hf['pooler_act']!r} is not supported (tanh only)")
-  image = hf.get('image_size', 224)
+  image = _hf_field(hf, 'image_size', 'size', 224)
+  tubelet = _hf_field(hf, 'tubelet_size', 'sizes', [2, 16, 16])
+  if len(tubelet) != 3:
+    raise CheckpointError(f'config.json: tubelet_size {tubelet}; expected 3 sizes')
   config = default_model_config()
   config.update(dict(
-      variant=variants.SPATIO_TEMPORAL, embedding='tubelet',
-      tubelet=tuple(hf.get('tubelet_size', (2, 16, 16))),
-      input_size=(hf.get('num_frames', 32), image, image), hidden_size=hidden,
-      num_heads=heads, num_layers=hf['num_hidden_layers'],
-      mlp_dim=hf['intermediate_size'], classifier='token',
-      num_classes=len(hf.get('id2label') or {}) if has_classifier else 0))
+      variant=variants.SPATIO_TEMPORAL, embedding='tubelet', tubelet=tuple(tubelet),
+      input_size=(_hf_field(hf, 'num_frames', 'size', 32), image, image),
+      hidden_size=hidden, num_heads=heads,
+      num_layers=_hf_field(hf, 'num_hidden_layers', 'size'),
+      mlp_dim=_hf_field(hf, 'intermediate_size', 'size'), classifier='token',
+      num_classes=len(_id2label(hf)) if has_classifier else 0))
   if has_pooler:
     config.representation_size = hf.get('pooler_output_size') or hidden
   return config
 
 
-def hf_class_names(path: str) -> Optional[List[str]]:
+def hf_class_names(path: str, num_classes: Optional[int] = None) -> Optional[List[str]]:
   """The `id2label` names of an HF model directory, in class order (None if it has
-  none or only HF's `LABEL_i` placeholders)."""
-  with open(os.path.join(path, 'config.json')) as f:
-    id2label = json.load(f).get('id2label') or {}
-  names = [id2label[key] for key in sorted(id2label, key=int)]
+  none or only HF's `LABEL_i` placeholders); `num_classes` of them if given
+  (`check_class_names`)."""
+  try:
+    names = _id2label(read_hf_config(path))
+  except CheckpointError as e:
+    raise _naming(path, e) from None
   if not names or names == [f'LABEL_{i}' for i in range(len(names))]:
     return None
+  check_class_names(names, os.path.join(path, 'config.json') + ' id2label', num_classes)
   return names
 
 
@@ -210,9 +313,26 @@ def from_transformers(path: str, input_size: Optional[Sequence[int]] = None
   config_file = os.path.join(path, 'config.json')
   if not os.path.exists(config_file):
     raise MissingError(f'{path} is not a HuggingFace model directory (no config.json)')
-  with open(config_file) as f:
-    hf = json.load(f)
-  weights = read_weights(path)
+  try:
+    hf = read_hf_config(path)
+    weights = read_weights(path)
+    config, flat = _our_tensors(hf, weights, path)
+  except CheckpointError as e:
+    raise _naming(path, e) from None
+  params = flax.traverse_util.unflatten_dict(flat, sep='/')
+  check_params(config, params)
+  return resized(params, config, input_size)
+
+
+def _our_tensors(hf: Dict[str, Any], weights: Dict[str, np.ndarray], path: str
+                 ) -> Tuple[ml_collections.ConfigDict, Dict[str, np.ndarray]]:
+  """(model config, {our '/'-joined name: tensor}) of HF's config and tensors."""
+  stored_layers = {int(m[1]) for m in map(re.compile(r'encoder\.layer\.(\d+)\.').match,
+                                          weights) if m}
+  declared = _hf_field(hf, 'num_hidden_layers', 'size')
+  if declared > len(stored_layers):  # (checked first: the names of each are listed)
+    raise CheckpointError(f'config.json declares {declared} layers, the weights hold '
+                          f'{len(stored_layers)}')
   has_classifier = 'classifier.weight' in weights
   has_pooler = 'pooler.dense.weight' in weights and not has_classifier
   config = _model_config_from_hf(hf, has_classifier, has_pooler)
@@ -226,10 +346,13 @@ def from_transformers(path: str, input_size: Optional[Sequence[int]] = None
                               np.float32)
         continue
       raise CheckpointError(f'{path}: tensor {hub} is missing from the checkpoint')
-    flat[ours] = TO_OURS[kind](weights[hub], config.num_heads)
-  params = flax.traverse_util.unflatten_dict(flat, sep='/')
-  check_params(config, params)
-  return resized(params, config, input_size)
+    try:
+      flat[ours] = TO_OURS[kind](weights[hub], config.num_heads)
+    except ValueError:  # a shape the layout change cannot take
+      raise CheckpointError(f'{path}: tensor {hub} has shape {weights[hub].shape}, '
+                            f'which does not fit config.json (hidden_size '
+                            f'{config.hidden_size}, {config.num_heads} heads)') from None
+  return config, flat
 
 
 def to_transformers(model_config: ml_collections.ConfigDict, params: Params, path: str,
