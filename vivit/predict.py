@@ -3,8 +3,9 @@
   vivit-predict --checkpoint runs/demo --video clip.mp4 --views 4x3
 
 DIR is anything this project writes or converts: a training workdir (its best
-params and its data settings), a params directory (`python -m vivit.convert`), or
-an HF transformers ViViT directory. The video is decoded with PyAV at `--fps`
+params, and its data settings when it is a local directory: a checkpoint from the
+Hub or a URL never chooses them), a params directory (`python -m vivit.convert`), or
+an HF transformers ViViT directory; a Hub id `org/name[@revision]` or `hf://org/name`. The video is decoded with PyAV at `--fps`
 (default: the rate the workdir's dataset was prepared at, else 25), and
 every view is cut as the evaluation cuts it: `CLIPSxCROPS` evenly spaced clips of the
 model's frame count x 1 or 3 square crops after resizing the short side; the

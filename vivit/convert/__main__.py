@@ -5,7 +5,8 @@
       --dst k400_b
 
 `--src` is a local path or a Hugging Face Hub id, `org/name` or `org/name@revision`
-(fetched into the Hub cache; HF_HOME, HF_HUB_OFFLINE and HF_TOKEN apply).
+(`hf://org/name` to say so where `org/` is also a local directory; fetched into the
+Hub cache; HF_HOME, HF_HUB_OFFLINE and HF_TOKEN apply).
 
 Writes a vivit-jax params checkpoint (see `vivit.checkpoints`) that training,
 fine-tuning and evaluation load, into `--dst`: a new directory or an empty one (one

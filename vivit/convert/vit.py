@@ -20,7 +20,6 @@ Note: HF's ViT ports use exact GELU and LayerNorm eps 1e-12 where the JAX ViTs a
 ViViT use tanh GELU and 1e-6; their weights still load, but computations differ.
 """
 import functools
-import json
 import os
 import re
 from typing import Any, Dict, Tuple
@@ -31,7 +30,8 @@ import ml_collections
 import numpy as np
 
 from vivit.convert.resize import resize_position_embedding
-from vivit.convert.transformers import TO_OURS, hub_names, read_weights, renamed
+from vivit.convert.transformers import (TO_OURS, hub_names, read_hf_config, read_weights,
+                                       renamed)
 from vivit.errors import CheckpointError, ConfigError, MissingError
 from vivit.models import check_params, init_params, token_grid, variants
 
@@ -52,8 +52,7 @@ FSA_BLOCK = {'LayerNorm_0': 'LayerNorm_space',
 
 
 def _read_hf(path: str) -> Dict[str, np.ndarray]:
-  with open(os.path.join(path, 'config.json')) as f:
-    hf = json.load(f)
+  hf = read_hf_config(path)
   tensors = {re.sub(r'^vit\.', '', name): value
              for name, value in read_weights(path).items()}
   names = hub_names(hf['num_hidden_layers'], 'classifier.weight' in tensors,
