@@ -158,7 +158,8 @@ def default_or_slow(cases, default, unpack=False):
           for case in cases]
 
 
-def train_small_synthetic(root, steps: int, variant=variants.SPATIO_TEMPORAL):
+def train_small_synthetic(root, steps: int, variant=variants.SPATIO_TEMPORAL,
+                          learning_rate: float = 3e-3):
   """A small ViViT of `variant` (hidden 32, 2 layers) trained `steps` steps on
   synthetic_motion (8 frames, stride 2) in `root`/run, the dataset in `root`/tfds:
   (workdir, result)."""
@@ -166,7 +167,7 @@ def train_small_synthetic(root, steps: int, variant=variants.SPATIO_TEMPORAL):
   config = load_config(f'{CONFIG}:{variant}')
   config.dataset.data_dir = os.path.join(str(root), 'tfds')
   config.model.update(hidden_size=32, num_heads=2, num_layers=2, mlp_dim=64)
-  config.training.update(num_steps=steps, learning_rate=3e-3, warmup_epochs=0.1,
+  config.training.update(num_steps=steps, learning_rate=learning_rate, warmup_epochs=0.1,
                          eval_every=steps, log_every=max(steps // 3, 1))
   workdir = os.path.join(str(root), 'run')
   return workdir, train_and_evaluate(config, workdir)

@@ -239,7 +239,7 @@ def test_a_trained_model_looks_at_the_moving_object(variant, request, tmp_path):
   """On 50 test clips whose object the generator knows, the relevance mass on the
   object against its area share: at least 2x for a trained model of each variant
   (model 1: the 3000-step model of the timeline test; the others small ones trained
-  1500 steps here, ~1.5 min each: 26-60 % validation top-1, the direction not yet
+  1500 steps here, ~1.5 min each: 26-64 % validation top-1, the direction not yet
   learnt but the object found), both methods; under 2x for the same model untrained.
   Measured: trained 2.6-3.5x, untrained 1.0-1.5x. (Fully trained by their configs:
   experiments/explanation_mass.py, 2.2-3.1x against 1.05-1.2x.)"""
@@ -249,7 +249,10 @@ def test_a_trained_model_looks_at_the_moving_object(variant, request, tmp_path):
   if variant == variants.SPATIO_TEMPORAL:
     workdir = request.getfixturevalue('trained_synthetic')
   else:
-    workdir, _ = train_small_synthetic(tmp_path, 1500, variant)
+    # Model 2 at 3e-3 stays at chance for some seeds (10 %, seeds 0 and 2 after
+    # 2026-12-07's pixels); at 1e-3 it reaches 59-64 % in the same 1500 steps.
+    rate = 1e-3 if variant == variants.FACTORISED_ENCODER else 3e-3
+    workdir, _ = train_small_synthetic(tmp_path, 1500, variant, learning_rate=rate)
   clips, objects, labels = map(np.stack, zip(*synthetic.examples('test', 50)))
   clips, objects = clips[:, ::2], objects[:, ::2]  # the model's 8 frames, stride 2
   setup = inference.load(workdir)
