@@ -1,5 +1,5 @@
-"""Training augmentation ops: what runs on a training clip after the fused
-decode-crop (`vivit.input.crop.train_view`), one registered function each, named by
+"""Training augmentation ops: what runs on a training clip after its view is cut
+(`vivit.input.crop.train_view`), one registered function each, named by
 the config (as big_vision's `pp` ops).
 
 `dataset.augment_ops` names the ops a run may use; each runs when the settings it
@@ -128,12 +128,12 @@ def configured_ops(dataset_config: ml_collections.ConfigDict) -> Tuple[Tuple[Op,
 
 
 def changes_pixels(ops: Sequence[Tuple[Op, Any]]) -> bool:
-  """Whether any of `ops` writes the clip (the crop then hands it over unrounded)."""
+  """Whether any of `ops` writes the clip (the view is then handed over as float32)."""
   return any(op.field == VIDEO for op, _ in ops)
 
 
 def apply_ops(ops: Sequence[Tuple[Op, Any]], clip, example_seed) -> Dict[str, tf.Tensor]:
-  """`ops` (`configured_ops`) on the clip of the fused crop, float32 in [0, 255]
+  """`ops` (`configured_ops`) on the training view, float32 in [0, 255]
   when they change the pixels, else uint8: {'video': uint8 `[time, height, width,
   3]`, and each other op's field}."""
   for op, settings in ops:
@@ -150,7 +150,7 @@ def apply_ops(ops: Sequence[Tuple[Op, Any]], clip, example_seed) -> Dict[str, tf
 #   example seed -> view seed, colour seed                      (split in two)
 #   view seed -> the crop's start, crop and flip, RandAugment's  (split in four)
 def view_seed(example_seed):
-  """The fused decode-crop's seed (`vivit.input.crop.train_view`)."""
+  """The training view's seed (`vivit.input.crop.train_view`)."""
   return split_seed(example_seed, 2)[0]
 
 
