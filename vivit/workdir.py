@@ -18,7 +18,6 @@ made absolute (orbax wants them so) and URLs are kept as given.
 """
 import contextlib
 import json
-import math
 import os
 import time
 from typing import Any, Dict, Iterator, List, Optional
@@ -27,6 +26,7 @@ import jax
 import ml_collections
 from etils import epath
 
+from vivit import ranges
 from vivit.errors import CheckpointError, MissingError, WorkdirBusy
 from vivit.models import default_model_config
 
@@ -161,32 +161,20 @@ def _checked_fields(defaults: ml_collections.ConfigDict, values, where: str,
   return checked
 
 
-# The largest integer a model field may hold (a size, a count: none comes near).
-_MAX_INT = 2**31 - 1
-
-
-def _whole(value, minimum: int) -> bool:
-  """Whether `value` is an integer from `minimum` to _MAX_INT."""
-  return (isinstance(value, int) and not isinstance(value, bool) and
-          minimum <= value <= _MAX_INT)
-
-
 def _field_problem(value, default, kind) -> Optional[str]:
   """What a model field of `default`'s type `kind` must be, if `value` is not that."""
   if value is None and default is None:  # a placeholder left unset
     return None
   if kind is tuple:
     fits = (isinstance(value, list) and len(value) == len(default) and
-            all(_whole(v, 1) for v in value))
-    return None if fits else f'{len(default)} integers from 1 to {_MAX_INT}'
+            all(ranges.whole(1).admits(v) for v in value))
+    return None if fits else f'{len(default)} integers from 1 to {ranges.MAX_WHOLE}'
   if kind is bool:
     return None if isinstance(value, bool) else 'true or false'
   if kind is int:
-    return None if _whole(value, 0) else f'an integer from 0 to {_MAX_INT}'
+    return None if ranges.whole(0).admits(value) else f'an integer from 0 to {ranges.MAX_WHOLE}'
   if kind is float:
-    fits = (isinstance(value, (int, float)) and not isinstance(value, bool) and
-            math.isfinite(value))
-    return None if fits else 'a finite number'
+    return None if ranges.finite().admits(value) else 'a finite number'
   if kind is str:
     return None if isinstance(value, str) else 'a string'
   return None
