@@ -3,6 +3,7 @@
 Every release here is written in its official layout with small real videos (H.264
 mp4 and VP9 webm, odd sizes, portrait and landscape, 25 and 29.97 fps, some shorter
 than a clip, some broken)."""
+import contextlib
 import io
 import os
 import pickle
@@ -277,8 +278,9 @@ class Trap:
 def died(tmp_path_factory):
   """video_folder prepared with 2 workers (work files kept) where d.mp4 kills its
   worker (SIGKILL, as the OOM killer does), after runs killed as a whole left: a
-  marker of b.mp4, decoded alone then; one of c.mp4, decoded with others; a pickle
-  as a.mp4's work file; a stale partial file. Returns (root, work dir, report)."""
+  marker of b.mp4, decoded alone then (an older version's marker); one of c.mp4,
+  decoded with others; one of e.mp4, in flight at a second kill; a pickle as a.mp4's
+  work file; a stale partial file. Returns (root, work dir, report, stderr)."""
   root = tmp_path_factory.mktemp('died')
   videos = str(root / 'clips')
   for name in 'abcde':
@@ -289,45 +291,51 @@ def died(tmp_path_factory):
   path = lambda name, suffix: work_file(work, Entry(f'{name}.mp4', 'train', (), None), suffix)
   vf.write_json(path('b', RUNNING), {'pid': 1, 'alone': True})
   vf.write_json(path('c', RUNNING), {'pid': 1, 'alone': False})
+  vf.write_json(path('e', RUNNING), {'pid': 1, 'kills': 1})
   for where, data in ((path('a', DECODED), pickle.dumps(Trap(str(root / 'trap')))),
                       (path('e', DECODED) + '.123.partial', b'half')):
     os.makedirs(os.path.dirname(where), exist_ok=True)
     with open(where, 'wb') as f:
       f.write(data)
-  with pytest.MonkeyPatch.context() as patch:
+  with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as err:
     patch.setenv(KILL_WORKER_ON, 'd.mp4')
     report = vf.run_prepare('video_folder', videos, listing, root / 'tfds', '--workers', '2',
                             '--keep_work')
-  return root, work, report
+  return root, work, report, err.getvalue()
 
 
 def test_a_video_that_kills_its_worker_is_named_and_the_rest_finished(died):
-  root, _, report = died
+  root, _, report, _ = died
   skipped = {s['id']: s['reason'] for s in report['skipped']}
-  assert skipped['d.mp4'] == 'worker died: signal 9 (SIGKILL, out of memory?)'
+  assert skipped == {'d.mp4': 'worker died: signal 9 (SIGKILL, out of memory?)'}
   _, examples = load('video_folder', root / 'tfds')
-  assert sorted(examples) == ['a.mp4', 'c.mp4', 'e.mp4']
+  assert sorted(examples) == ['a.mp4', 'b.mp4', 'c.mp4', 'e.mp4']
   assert all(len(e['video']) == 8 for e in examples.values())
 
 
-def test_a_video_decoded_alone_when_prepare_was_killed_is_skipped(died):
-  """b.mp4 was being decoded alone when a run died: it is failed, not tried a third
-  time; c.mp4 was in flight with others: decoded again."""
-  _, work, report = died
-  skipped = {s['id']: s['reason'] for s in report['skipped']}
-  assert set(skipped) == {'b.mp4', 'd.mp4'}
-  assert skipped['b.mp4'].startswith('worker died: prepare was killed twice')
+def test_videos_in_flight_when_prepare_was_killed_are_decoded_again(died):
+  """A whole run killed fails no video: b.mp4 (decoded alone then), c.mp4 and e.mp4
+  are decoded again; e.mp4, in flight at two kills, is named as a possible cause."""
+  root, work, report, err = died
+  assert [s['id'] for s in report['skipped']] == ['d.mp4']
+  assert ('decoding the other 5, last and one at a time the 3 it was decoding when it '
+          'was killed') in err
+  notes = [line for line in err.splitlines() if line.startswith('note:')]
+  assert notes == ['note: video_folder: prepare was killed several times while decoding '
+                   f'e.mp4 ({root}/list.csv:5, '
+                   '2 kills); if a video kills it (out of memory?), leave it out of the '
+                   'annotations']
   left = [f for _, _, files in os.walk(work) for f in files]
   assert not [f for f in left if f.endswith(RUNNING)]
 
 
 def test_work_files_are_npz_and_stale_or_pickled_ones_go(died):
-  root, work, _ = died
+  root, work, _, _ = died
   assert not os.path.exists(root / 'trap')  # the pickle was never loaded
   files = [os.path.join(d, f) for d, _, names in os.walk(work) for f in names]
   assert not [f for f in files if f.endswith('.partial')]
   npz = [f for f in files if f.endswith('.npz')]
-  assert len(npz) == 3
+  assert len(npz) == 4
   for path in npz:
     with np.load(path, allow_pickle=False) as data:
       assert data['offsets'][-1] == len(data['jpeg']) and data['fps'] == 25

@@ -12,7 +12,11 @@ Preparation runs in two stages so that it survives being killed:
    video leaves a failure file instead, and a video that kills its worker (out of
    memory, decoder crash) is recorded as failed while the others go on (see
    `_decode_all`). A restarted run decodes only the videos without a work file.
-2. write: TFDS writes the dataset from those files, then the work files go.
+2. write: TFDS writes the dataset from those files, then the report, then the work
+   files go.
+One run at a time prepares a dataset: `prepare_dataset` holds its lock (lock.py).
+A split without a video to write (none found, or every one failed) ends the run
+with the report and one error naming it, before decoding when that is known then.
 With `beam=True` both stages are one Apache Beam pipeline (TFDS's Beam support),
 for preparing Kinetics-700-sized datasets on Dataflow, Flink or Spark.
 """
@@ -28,13 +32,26 @@ import tensorflow_datasets as tfds
 
 from vivit import video
 from vivit.errors import ConfigError, DataError
-from vivit.datasets.decoders import WORKER_DIED, Decoders, death_reason, decode_entry
+from vivit.datasets import lock
+from vivit.datasets.decoders import WORKER_DIED, Decoders, decode_entry
 from vivit.datasets.entries import Entry, check_class_names, check_entries, check_split
-from vivit.datasets.work_files import FAILED, RUNNING, inside, is_work_file, load_clip, \
-    read_json, record_failure, remove, work_file, write_json
+from vivit.datasets.work_files import FAILED, RUNNING, inside, is_work_file, kills, \
+    load_clip, read_json, record_failure, remove, work_file, write_json
 
 WORK_DIR = '_prepare'
+# Where a finished run moves the work dir to delete it: a run killed while deleting
+# leaves this, never a partial work dir that a next run would take for its own.
+REMOVED_WORK_DIR = '_prepare.removing'
 REPORT = 'prepare_report.json'
+# A video in flight when this many whole runs were killed is named (it may be what
+# kills them; it is never failed for it).
+NAMED_AFTER_KILLS = 2
+
+
+def _found(entry: Entry) -> bool:
+  """Whether the entry's video (or frame files) is there to be decoded."""
+  return entry.frame_files is not None or (entry.path is not None
+                                           and os.path.exists(entry.path))
 
 
 def _example(entry: Entry, record: dict) -> dict:
@@ -118,6 +135,31 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   def report_path(self) -> str:
     return os.path.join(self._data_dir_root, self.name, REPORT)
 
+  def write_report(self, examples: Dict[str, int], **extra) -> dict:
+    """Writes (atomically) and returns the report: the settings, the clips and
+    examples per split, the skipped videos with their reasons, and `extra`."""
+    report = {'dataset': self.name, 'data_dir': self.data_dir,
+              'fps': self._resample.fps, 'short_side': self._resample.short_side,
+              'clips_in_annotations': dict(Counter(e.split for e in self.entries())),
+              'examples': examples, 'skipped': self.failures(), **extra}
+    dataset_dir = os.path.dirname(self.report_path)
+    write_json(dataset_dir, self.report_path, report, indent=1)
+    return report
+
+  def no_examples(self, splits: List[str], why: str) -> DataError:
+    """The error of `splits` having no video to write (`why`), after writing the
+    report that lists their videos' reasons."""
+    self.write_report({}, empty_splits=splits)
+    return DataError(f'{self.name}: split{"s" * (len(splits) > 1)} {", ".join(splits)}: '
+                     f'{why}, so there is nothing to write; see the reasons in '
+                     f'{self.report_path}')
+
+  def failed_splits(self) -> List[str]:
+    """The splits whose every entry failed (a failure file and no work file)."""
+    failed = Counter(s['split'] for s in self.failures())
+    listed = Counter(e.split for e in self.entries())
+    return [split for split, count in listed.items() if failed[split] == count]
+
   def entries(self) -> List[Entry]:
     if self._entries is None:
       raise ConfigError(f'{self.name}: preparing needs the official annotations '
@@ -130,6 +172,12 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     for entry in self.entries():
       by_split.setdefault(entry.split, []).append(entry)
     self.check_work_dir()
+    missing = [split for split, entries in by_split.items()
+               if not any(_found(e) for e in entries)]
+    if missing:
+      for entry in (e for split in missing for e in by_split[split]):
+        record_failure(self.work_dir, entry, 'video file not found')
+      raise self.no_examples(missing, 'none of its videos was found')
     if self._beam:
       import apache_beam as beam
       # Reshuffle so that the runner spreads the decoding over its workers.
@@ -137,6 +185,9 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                       | beam.FlatMap(_beam_examples, self._resample, self.work_dir))
               for split, entries in by_split.items()}
     self._decode_all(self.entries())
+    failed = self.failed_splits()
+    if failed:
+      raise self.no_examples(failed, 'every video failed')
     return {split: self._examples_from_work_files(entries)
             for split, entries in by_split.items()}
 
@@ -164,18 +215,19 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     which video a dead worker was decoding and, from its exit status, how it died.
     That video is recorded as failed ("worker died: signal 9 (SIGKILL, ...)"), a new
     worker replaces the dead one and the run goes on; the other workers carry on
-    with their videos undisturbed.
+    with their videos undisturbed. Only this fails a video for how it ended.
 
-    That needs this process alive. So a worker also writes a marker before it
-    decodes an entry, removed once the result is written: a marker without a result
-    at the start of a run means the run before was killed as a whole (kill -9, a
-    power loss, the OOM kill of a whole container) while decoding that video.
-    Usually that is no fault of the video, so it is decoded again, but first and
-    alone (one worker, nothing else in flight), as its new marker says. Should the
-    run be killed again then, the next run finds a marker that says "alone": that
-    video kills the whole run, and it is recorded as failed rather than killing
-    every run after it. Ctrl-C leaves no marker: the workers ignore it, and this
-    process stops them and removes their markers.
+    A run killed as a whole (kill -9, a preempted machine, a power loss, the OOM
+    kill of a whole container) fails no video: the videos it was decoding (a marker
+    that a worker writes before it decodes an entry, removed once the result is
+    written, says which) are decoded again, after the others and one at a time, so
+    that a video which itself kills whole runs stops no other video from being
+    prepared. The marker counts the whole-run kills while its video was in flight;
+    from `NAMED_AFTER_KILLS` on, the video is named in one line as a possible cause
+    (leaving it out of the annotations is then the user's call). Ctrl-C leaves no
+    marker: the workers ignore it, and this process stops them and removes their
+    markers. The dataset's lock (`prepare_dataset`) makes every marker found at the
+    start of a run a killed run's, never a live one's.
     """
     suspects, pending, done = self._take_stock(entries)
     todo = len(suspects) + len(pending)
@@ -184,7 +236,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       print(f'{self.name}: {done} of {len(entries)} videos were decoded by an earlier '
             f'run' + (f', {killers} killed their worker (skipped)' if killers else '')
             + f'; decoding the other {todo}'
-            + (f', first, one at a time, the {len(suspects)} it was decoding when it '
+            + (f', last and one at a time the {len(suspects)} it was decoding when it '
                f'was killed' if suspects else ''), file=sys.stderr, flush=True)
     from tqdm import tqdm
     bar = tqdm(total=todo, desc=f'{self.name}: decoding', unit='video',
@@ -197,19 +249,19 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       bar.update()
       bar.set_postfix(skipped=failures, refresh=False)
     with bar:
-      Decoders(1, self._resample, self.work_dir, True, finished).run(suspects)
-      Decoders(self._workers, self._resample, self.work_dir, False, finished).run(pending)
+      Decoders(self._workers, self._resample, self.work_dir, finished).run(pending)
+      Decoders(1, self._resample, self.work_dir, finished).run(suspects)
 
   def _take_stock(self, entries: List[Entry]) -> Tuple[List[Entry], List[Entry], int]:
     """What earlier runs left: (entries a killed run was decoding, entries to decode,
     how many are decoded). Removes partial files, work files that are not whole and
-    markers of entries with a result; fails an entry that was decoded alone when a
-    run was killed (see `_decode_all`)."""
+    markers of entries with a result; counts in a marker the kill of the run that
+    was decoding its entry, and names the entries in flight at several kills."""
     for directory, _, names in os.walk(self.work_dir):
       for name in names:
         if name.endswith('.partial'):
           remove(os.path.join(directory, name))
-    suspects, pending, done, checked = [], [], 0, set()
+    suspects, pending, done, checked, named = [], [], 0, set(), []
     for entry in entries:
       path = work_file(self.work_dir, entry)
       if os.path.dirname(path) not in checked:
@@ -223,14 +275,28 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         remove(path)
       failure = read_json(work_file(self.work_dir, entry, FAILED))
       if os.path.exists(running) and failure is None:
-        if not (read_json(running) or {}).get('alone'):
-          suspects.append(entry)
-          continue
-        failure = {'reason': death_reason(None)}
-        record_failure(self.work_dir, entry, failure['reason'])
+        marker = read_json(running) or {'pid': None}
+        count = kills(marker)
+        if 'pid' in marker:
+          # A worker's marker: its video was in flight when the run was killed.
+          # Rewritten without a pid, it counts that kill once however many runs
+          # are killed before its video's turn comes.
+          count += 1
+          write_json(self.work_dir, running, {'split': entry.split, 'id': entry.key,
+                                              'kills': count}, durable=False)
+        if count >= NAMED_AFTER_KILLS:
+          named.append(f'{entry.key} ({entry.where or entry.path}, {count} kills)')
+        suspects.append(entry)
+        continue
       remove(running)
       if failure is None or not str(failure.get('reason')).startswith(WORKER_DIED):
         pending.append(entry)
+    if named:
+      print(f'note: {self.name}: prepare was killed several times while decoding '
+            + ', '.join(named[:3]) + (f' and {len(named) - 3} more' if len(named) > 3
+                                      else '')
+            + '; if a video kills it (out of memory?), leave it out of the annotations',
+            file=sys.stderr, flush=True)
     return suspects, pending, done
 
   def check_work_dir(self) -> None:
@@ -267,7 +333,17 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
 
 
-def prepare_dataset(builder_cls: type, *, data_dir: str, videos: str,
+def prepare_dataset(builder_cls: type, *, data_dir: str, **kwargs
+                    ) -> Tuple[VideoDatasetBuilder, dict]:
+  """`_prepare_locked`, holding the dataset's lock (lock.py: waits for a run that
+  holds it); first removes the work dir that a run killed while deleting it left."""
+  dataset_dir = os.path.join(data_dir, builder_cls.name)
+  with lock.preparing(dataset_dir, builder_cls.name):
+    shutil.rmtree(os.path.join(dataset_dir, REMOVED_WORK_DIR), ignore_errors=True)
+    return _prepare_locked(builder_cls, data_dir=data_dir, **kwargs)
+
+
+def _prepare_locked(builder_cls: type, *, data_dir: str, videos: str,
                     annotations: Optional[str], resample: video.Resample, workers: int = 1,
                     beam_options: Optional[str] = None, keep_work: bool = False
                     ) -> Tuple[VideoDatasetBuilder, dict]:
@@ -308,13 +384,9 @@ def prepare_dataset(builder_cls: type, *, data_dir: str, videos: str,
           beam_options=PipelineOptions(beam_options.split()))
     builder.download_and_prepare(download_config=download_config)
 
-  report = {'dataset': builder.name, 'data_dir': builder.data_dir,
-            'fps': resample.fps, 'short_side': resample.short_side,
-            'clips_in_annotations': dict(per_split),
-            'examples': {s: v.num_examples for s, v in builder.info.splits.items()},
-            'skipped': builder.failures()}
-  with open(builder.report_path, 'w') as f:
-    json.dump(report, f, indent=1)
-  if not keep_work:
-    shutil.rmtree(builder.work_dir, ignore_errors=True)
+  report = builder.write_report({s: v.num_examples for s, v in builder.info.splits.items()})
+  if not keep_work and os.path.isdir(builder.work_dir):
+    removed = os.path.join(os.path.dirname(builder.work_dir), REMOVED_WORK_DIR)
+    os.replace(builder.work_dir, removed)
+    shutil.rmtree(removed, ignore_errors=True)
   return builder, report

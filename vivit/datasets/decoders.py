@@ -13,8 +13,8 @@ from typing import Callable, Dict, List, Optional
 from vivit import video
 from vivit.errors import DataError, VideoError
 from vivit.datasets.entries import Entry
-from vivit.datasets.work_files import FAILED, RUNNING, forget, record_failure, remove, \
-    save_clip, work_file, write_atomic, write_json
+from vivit.datasets.work_files import FAILED, RUNNING, forget, kills, read_json, \
+    record_failure, remove, save_clip, work_file, write_atomic, write_json
 
 WORKER_DIED = 'worker died'
 READY = 'ready'
@@ -40,13 +40,14 @@ def decode_entry(entry: Entry, resample: video.Resample, work_dir: str,
 
 
 def _decode_to_work_file(entry: Entry, resample: video.Resample, work_dir: str,
-                         threads: bool, alone: bool) -> bool:
+                         threads: bool) -> bool:
   """Decodes one entry into its work file; False if it failed. A marker names the
-  process while it decodes (`alone`: with no other video in flight; see builder.py)."""
+  process while it decodes, keeping the count of whole runs killed while decoding it
+  that an earlier marker holds (see builder.py's `_decode_all`)."""
   running = work_file(work_dir, entry, RUNNING)
   remove(work_file(work_dir, entry, FAILED))  # an earlier attempt's
-  write_json(work_dir, running, {'split': entry.split, 'id': entry.key,
-                                 'pid': os.getpid(), 'alone': alone}, durable=False)
+  write_json(work_dir, running, {'split': entry.split, 'id': entry.key, 'pid': os.getpid(),
+                                 'kills': kills(read_json(running))}, durable=False)
   if os.environ.get(KILL_WORKER_ON) == entry.key:
     os.kill(os.getpid(), signal.SIGKILL)
   record = decode_entry(entry, resample, work_dir, threads)
@@ -67,8 +68,8 @@ def _die_with(owner: int) -> None:
     os._exit(0)
 
 
-def _worker(conn, owner: int, resample: video.Resample, work_dir: str, threads: bool,
-            alone: bool) -> None:
+def _worker(conn, owner: int, resample: video.Resample, work_dir: str,
+            threads: bool) -> None:
   """A decoding process: says READY, then answers each entry it is sent with
   `_decode_to_work_file`'s result, or (a bug, a full disk) the exception and its
   traceback; stops at None."""
@@ -83,7 +84,7 @@ def _worker(conn, owner: int, resample: video.Resample, work_dir: str, threads: 
     if entry is None:
       return
     try:
-      conn.send(_decode_to_work_file(entry, resample, work_dir, threads, alone))
+      conn.send(_decode_to_work_file(entry, resample, work_dir, threads))
     except Exception as e:  # pylint: disable=broad-except
       try:
         conn.send((e, traceback.format_exc()))
@@ -107,12 +108,8 @@ def _how(exitcode: int) -> str:
   return f'signal {-exitcode} ({name}{hint})'
 
 
-def death_reason(exitcode: Optional[int]) -> str:
-  """The failure of a video whose worker ended with `exitcode`; None: whole runs were
-  killed while decoding it, the last time alone (see builder.py's `_decode_all`)."""
-  if exitcode is None:
-    return (f'{WORKER_DIED}: prepare was killed twice while decoding it, the second '
-            f'time alone (out of memory?)')
+def death_reason(exitcode: int) -> str:
+  """The failure of a video whose worker ended with `exitcode` while this run lived."""
   return f'{WORKER_DIED}: {_how(exitcode)}'
 
 
@@ -130,9 +127,9 @@ class Decoders:
   entry at a time; a worker that dies fails its entry and is replaced (see
   `VideoDatasetBuilder._decode_all`). `finished(ok)` is called once per entry."""
 
-  def __init__(self, count: int, resample: video.Resample, work_dir: str, alone: bool,
+  def __init__(self, count: int, resample: video.Resample, work_dir: str,
                finished: Callable[[bool], None]):
-    self.count, self.resample, self.work_dir, self.alone = count, resample, work_dir, alone
+    self.count, self.resample, self.work_dir = count, resample, work_dir
     self.finished = finished
     self.todo: List[Entry] = []
     self.workers: Dict[connection.Connection, _Worker] = {}
@@ -151,7 +148,7 @@ class Decoders:
     context = multiprocessing.get_context('spawn')
     ours, theirs = context.Pipe()
     process = context.Process(target=_worker, daemon=True, args=(
-        theirs, os.getpid(), self.resample, self.work_dir, self.count == 1, self.alone))
+        theirs, os.getpid(), self.resample, self.work_dir, self.count == 1))
     process.start()
     theirs.close()
     self.workers[ours] = _Worker(process)

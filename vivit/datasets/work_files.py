@@ -13,7 +13,8 @@ from vivit.errors import DataError
 from vivit.datasets.entries import Entry
 
 # What the work dir holds per entry: its decoded frames, why it failed, or (while a
-# worker decodes it) which worker.
+# worker decodes it, or after a run was killed while one did) which worker and how
+# many whole runs were killed while decoding it.
 DECODED, FAILED, RUNNING = '.npz', '.error.json', '.running.json'
 WORK_ARRAYS = ('jpeg', 'offsets', 'fps')
 
@@ -77,8 +78,10 @@ def write_atomic(work_dir: str, path: str, write: Callable, durable: bool = True
     _sync_directory(directory)
 
 
-def write_json(work_dir: str, path: str, value: dict, durable: bool = True) -> None:
-  write_atomic(work_dir, path, lambda f: f.write(json.dumps(value).encode()), durable)
+def write_json(work_dir: str, path: str, value: dict, durable: bool = True,
+               indent: Optional[int] = None) -> None:
+  write_atomic(work_dir, path, lambda f: f.write(json.dumps(value, indent=indent).encode()),
+               durable)
 
 
 def read_json(path: str) -> Optional[dict]:
@@ -89,6 +92,13 @@ def read_json(path: str) -> Optional[dict]:
   except (OSError, ValueError):
     return None
   return value if isinstance(value, dict) else None
+
+
+def kills(marker: Optional[dict]) -> int:
+  """How many whole runs were killed while decoding the entry whose running marker
+  is `marker` (0: none, or no marker)."""
+  count = (marker or {}).get('kills')
+  return count if isinstance(count, int) and count > 0 else 0
 
 
 def save_clip(f, frames: Sequence[bytes], fps: float) -> None:
