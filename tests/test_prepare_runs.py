@@ -53,41 +53,47 @@ def report_of(data_dir):
     return json.load(f)
 
 
+def start(command, err):
+  """`command` started in a session of its own (so that its whole process group can
+  be killed), once it has said how many clips it prepares: it is about to decode."""
+  with open(err, 'w') as f:
+    process = subprocess.Popen(command, env=run_env(), stdout=subprocess.PIPE, stderr=f,
+                               text=True, start_new_session=True)
+  process.stdout.readline()
+  return process
+
+
 @pytest.mark.slow
 def test_killed_again_and_again_ends_with_an_uninterrupted_runs_dataset(tmp_path):
-  """Eight SIGKILLs of the whole process group at seeded random times (while starting,
-  decoding, writing), then a run to the end: every example's bytes are an
+  """Eight SIGKILLs of the whole process group at seeded random times (while decoding,
+  writing, reporting), then a run to the end: every example's bytes are an
   uninterrupted run's, and no video was failed for the kills."""
-  videos = write_tree(str(tmp_path / 'videos'), 8, 150, (240, 320))
-  env = run_env()
+  videos = write_tree(str(tmp_path / 'videos'), 12, 250, (480, 640))
+  process = start(prepare_command(videos, tmp_path / 'straight', '--workers', '2'),
+                  tmp_path / 'err_straight')
   started = time.time()
-  subprocess.run(prepare_command(videos, tmp_path / 'straight', '--workers', '2'), env=env,
-                 check=True, capture_output=True, timeout=600)
-  whole = time.time() - started
+  assert process.wait(timeout=600) == 0, (tmp_path / 'err_straight').read_text()[-3000:]
+  rest = time.time() - started  # from the clip count to the end
   reference = stored(tmp_path / 'straight')
   killed = tmp_path / 'killed'
   work = killed / 'video_folder' / '_prepare'
   rng = random.Random(30)
   for attempt in range(8):
-    with open(tmp_path / f'err{attempt}', 'w') as err:
-      process = subprocess.Popen(prepare_command(videos, killed, '--workers', '2'), env=env,
-                                 stdout=subprocess.PIPE, stderr=err, text=True,
-                                 start_new_session=True)
-    process.stdout.readline()  # the clip count: it is about to decode
-    time.sleep(rng.uniform(0, whole * 0.7))
-    if process.poll() is not None:
-      break  # it finished: the final run has nothing left to do
-    os.killpg(process.pid, signal.SIGKILL)
+    process = start(prepare_command(videos, killed, '--workers', '2'),
+                    tmp_path / f'err{attempt}')
+    time.sleep(rng.uniform(0, rest * 0.8))
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     process.stdout.close()
     failed = [os.path.join(d, n) for d, _, names in os.walk(work) for n in names
               if n.endswith(FAILED)]
     assert not failed, (attempt, failed)
-  result = subprocess.run(prepare_command(videos, killed, '--workers', '2'), env=env,
+  result = subprocess.run(prepare_command(videos, killed, '--workers', '2'), env=run_env(),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0 and 'Traceback' not in result.stderr, result.stderr[-3000:]
   assert stored(killed) == reference
-  assert sum(len(examples) for examples in reference.values()) == 8
+  assert sum(len(examples) for examples in reference.values()) == 12
   assert report_of(killed)['skipped'] == []
 
 
@@ -105,6 +111,7 @@ def test_two_prepares_at_once_make_one_dataset(tmp_path):
       with open(err, 'w') as f:
         processes.append(subprocess.Popen(prepare_command(videos, data_dir), env=run_env(),
                                           stdout=subprocess.PIPE, stderr=f, text=True))
+    vf.run_prepare('video_folder', videos, None, tmp_path / 'single')  # while they start
     deadline = time.time() + 120
     while time.time() < deadline and not all('waiting' in e.read_text() for e in errs):
       assert all(p.poll() is None for p in processes), [e.read_text() for e in errs]
@@ -115,7 +122,6 @@ def test_two_prepares_at_once_make_one_dataset(tmp_path):
     assert (f'video_folder: waiting for the run that is preparing it (pid {os.getpid()} on '
             in err.read_text().splitlines()[0])
   assert sorted('nothing to do' in out for out in outs) == [False, True], outs
-  vf.run_prepare('video_folder', videos, None, tmp_path / 'single')
   assert stored(data_dir) == stored(tmp_path / 'single')
 
 
