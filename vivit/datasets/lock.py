@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Iterator
 
-from vivit.errors import MissingError
+from vivit.errors import OutputError
 
 LOCK = 'prepare.lock'
 
@@ -42,7 +42,7 @@ def preparing(dataset_dir: str, name: str) -> Iterator[None]:
     # not inherited either (PEP 446): said here because it matters).
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
   except OSError as e:
-    raise MissingError(f'{path}: cannot create the lock of {name} ({e.strerror})') from None
+    raise OutputError(f'{path}: cannot create the lock of {name} ({e.strerror})') from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
