@@ -171,3 +171,24 @@ def test_a_split_without_a_video_or_a_clip_twice_is_refused_before_decoding(tmp_
   assert capsys.readouterr().err == (
       f"error: {listing}:2: clip 'a.mp4' of split train is listed again, differently "
       f"(first at {listing}:1)\n")
+
+
+@pytest.mark.slow
+def test_with_beam_a_split_whose_every_video_fails_is_one_error_after_the_report(tmp_path,
+                                                                                 capsys):
+  """Beam decodes as it writes: the split is found empty only then (Beam's own logger
+  may print its error before the line)."""
+  videos = str(tmp_path / 'clips')
+  vf.write_video(os.path.join(videos, 'a.mp4'), 4, 25, (48, 64))
+  vf.write_bad(os.path.join(videos, 'bad.mp4'), 'corrupt')
+  listing = vf.write_csv(str(tmp_path / 'list.csv'), None, [
+      ['a.mp4', 'jump', 'train'], ['bad.mp4', 'run', 'validation']])
+  data_dir = tmp_path / 'tfds'
+  assert prepare.main(['video_folder', '--videos', videos, '--annotations', listing,
+                       '--data_dir', str(data_dir), '--beam',
+                       '--beam_options=--runner=DirectRunner']) == 2
+  report = data_dir / 'video_folder' / 'prepare_report.json'
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f'error: video_folder: split validation: every video failed, so there is nothing to '
+      f'write; see the reasons in {report}')
+  assert [s['id'] for s in report_of(data_dir)['skipped']] == ['bad.mp4']

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vivit import video
-from vivit.errors import ConfigError, DataError
+from vivit.errors import ConfigError, DataError, UserError
 from vivit.datasets import lock
 from vivit.datasets.decoders import WORKER_DIED, Decoders, decode_entry
 from vivit.datasets.entries import Entry, check_class_names, check_entries, check_split
@@ -382,7 +382,13 @@ def _prepare_locked(builder_cls: type, *, data_dir: str, videos: str,
       from apache_beam.options.pipeline_options import PipelineOptions
       download_config = tfds.download.DownloadConfig(
           beam_options=PipelineOptions(beam_options.split()))
-    builder.download_and_prepare(download_config=download_config)
+    try:
+      builder.download_and_prepare(download_config=download_config)
+    except ValueError as e:  # Beam: TFDS checks that a split has examples as it writes it
+      failed = builder.failed_splits() if beam_options is not None else []
+      if isinstance(e, UserError) or not failed:
+        raise
+      raise builder.no_examples(failed, 'every video failed') from None
 
   report = builder.write_report({s: v.num_examples for s, v in builder.info.splits.items()})
   if not keep_work and os.path.isdir(builder.work_dir):
