@@ -171,3 +171,21 @@ def train_small_synthetic(root, steps: int, variant=variants.SPATIO_TEMPORAL,
                          eval_every=steps, log_every=max(steps // 3, 1))
   workdir = os.path.join(str(root), 'run')
   return workdir, train_and_evaluate(config, workdir)
+
+
+def untrained_workdir(path, data_dir, model_config, class_names, **extra):
+  """A training workdir as `vivit-train` leaves one (config.json, model_config.json,
+  class_names.json and best params), made without training: the run of
+  `tiny_overrides(data_dir, **extra)` with `model_config`'s `random_params`."""
+  from vivit import checkpoints
+  from vivit.workdir import record_workdir_model, save_class_names
+  config = tiny_run_config(data_dir, **extra)
+  config.model = model_config
+  os.makedirs(path)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=2))
+  record_workdir_model(path, model_config)
+  save_class_names(path, class_names)
+  with checkpoints.best_manager(path) as best:
+    checkpoints.save(best, 1, random_params(model_config), metrics={'top1': 0.5})
+  return str(path)

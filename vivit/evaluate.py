@@ -4,6 +4,12 @@
   vivit-evaluate --config configs/kinetics400/vivit_b_16x2.py --workdir /ckpt/k400 \\
       --checkpoint /weights/converted --config.dataset.data_dir=/data/tfds
 
+A training workdir's evaluation runs on the data its training ran on: the dataset
+and eval sections of W/config.json replace the config's, but for the fields set on
+the command line (`--config.dataset.data_dir=...`); a line names what was taken. The
+checkpoint's class names (class_names.json) meet the dataset's: the same names in
+another order are mapped by name, other names refused (`workdir.class_order`).
+
 Each test video gives `config.eval.num_clips` evenly spaced clips x
 `config.eval.num_crops` spatial crops; logits are averaged over the views. Writes
 W/eval_results.json, W/confusion_matrix.png and W/training_curve.png. W (and
@@ -12,7 +18,7 @@ W/eval_results.json, W/confusion_matrix.png and W/training_curve.png. W (and
 import json
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Collection, Dict, List, Optional
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +35,11 @@ from vivit.input import pipeline
 from vivit.models import build_model, param_shapes
 from vivit.recipes import check_config
 from vivit.step import average_views, head_slices
-from vivit.workdir import as_path
+from vivit.workdir import as_path, class_order, load_class_names
+
+
+# The fields of the line that says what an evaluation took from its workdir.
+MAX_SHOWN = 8
 
 
 def make_logits_fn(model, mesh):
@@ -116,12 +126,13 @@ class Progress:
 
 def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict, split: str,
                    batch_size: int, labels_info, mesh, num_clips: int = 1,
-                   num_crops: int = 1, stop=None, progress: Optional[Progress] = None
-                   ) -> Optional[Dict[str, Any]]:
+                   num_crops: int = 1, stop=None, progress: Optional[Progress] = None,
+                   order: Optional[List[int]] = None) -> Optional[Dict[str, Any]]:
   """Multi-view evaluation of `split` (every host its shard, metrics over all).
   `labels_info`: the dataset's `task.Labels`. `stop()`, asked after every batch
   (on every host alike), abandons the pass: the result is then None. `progress` is
-  told each batch's videos."""
+  told each batch's videos. `order`: the output of each of the dataset's classes,
+  where they are not in the dataset's order (`workdir.class_order`)."""
   sharding.check_batch_size(batch_size, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   all_logits, all_labels = [], []
@@ -131,6 +142,8 @@ def evaluate_split(logits_fn, params, dataset_config: ml_collections.ConfigDict,
     logits, labels, mask = (np.asarray(x) for x in logits_fn(
         params, batch['video'], batch['label'], batch['mask']))
     keep = mask > 0
+    if order is not None:
+      logits = logits[:, order]
     all_logits.append(logits[keep])
     all_labels.append(labels[keep])
     if progress is not None:
@@ -206,16 +219,28 @@ def plot_training_curve(metrics_file: epath.PathLike, path: epath.PathLike) -> b
 
 
 def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
-        checkpoint: epath.PathLike = None, split: str = None) -> Dict[str, Any]:
-  """Loads the best (or `checkpoint`) params and runs the multi-view test."""
+        checkpoint: epath.PathLike = None, split: str = None,
+        overrides: Collection[str] = ()) -> Dict[str, Any]:
+  """Loads the best (or `checkpoint`) params and runs the multi-view test on the
+  dataset and with the eval settings of the workdir's training (where it is one), but
+  for the fields in `overrides` (the command line's: `dataset.name`, ...), which keep
+  their value in `config`."""
   check_config(config)
-  split = split or config.dataset.test_split
   workdir = as_path(workdir)
+  taken = task.take_workdir_settings(config, workdir, overrides)
+  if taken:
+    shown = taken[:MAX_SHOWN] + [f'and {len(taken) - MAX_SHOWN} more'] * (len(taken) > MAX_SHOWN)
+    print(f'from {workdir}/config.json, as its training ran: {", ".join(shown)} '
+          f'(--config.FIELD=VALUE to change one)', flush=True)
+    check_config(config)
+  split = split or config.dataset.test_split
   if checkpoint:
-    model_config, params = checkpoints.load_params(resolve(checkpoint))
+    checkpoint_path = resolve(checkpoint)
+    model_config, params = checkpoints.load_params(checkpoint_path)
     source = checkpoint
     task.resolve_model(config, None, lambda: model_config)
   else:  # the model training recorded (a fine-tuning config may take it elsewhere)
+    checkpoint_path = workdir
     task.resolve_model(config, workdir)
   # (open_dataset fits the clip size to the data)
   labels_info, (num_videos,) = task.open_dataset(config, split)
@@ -230,13 +255,14 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
     print(f'resizing the position embeddings of {checkpoint} from clips '
           f'{tuple(model_config.input_size)} to {tuple(config.model.input_size)}')
     params, model_config = resize_params(params, model_config, config.model), config.model
+  order = _output_order(checkpoint_path, config, labels_info)
   views = config.eval.num_clips * config.eval.num_crops
   progress = Progress(split, num_videos, views, config.training.log_every)
   try:
     result = evaluate_split(make_logits_fn(build_model(model_config), mesh), params,
                             config.dataset, split, config.eval.batch_size, labels_info,
                             mesh, config.eval.num_clips, config.eval.num_crops,
-                            progress=progress)
+                            progress=progress, order=order)
   finally:
     progress.close()
   result.update(split=split, checkpoint=source, class_names=labels_info.class_names)
@@ -260,6 +286,24 @@ def run(config: ml_collections.ConfigDict, workdir: epath.PathLike,
   return result
 
 
+def _output_order(checkpoint: epath.PathLike, config: ml_collections.ConfigDict,
+                  labels_info) -> Optional[List[int]]:
+  """The order that takes the outputs of the checkpoint at `checkpoint` (a params
+  directory or workdir) to the dataset's classes, None where they are already
+  (`workdir.class_order`); says so where they are mapped, or are not named."""
+  names = load_class_names(checkpoint, config.model.num_classes)
+  order = class_order(names, labels_info.names_by_head, f'checkpoint {checkpoint}',
+                      config.dataset.name,
+                      'evaluate it on the dataset it was trained on (--config.dataset.name)')
+  if names is None:
+    print(f'warning: checkpoint {checkpoint} names no classes: its outputs are taken to '
+          f'be the classes of dataset {config.dataset.name} in order', flush=True)
+  elif order is not None:
+    print(f'checkpoint {checkpoint} has the classes of dataset {config.dataset.name} in '
+          f'another order: its outputs are mapped to them by name', flush=True)
+  return order
+
+
 def cli() -> None:
   """`vivit-evaluate`."""
   flags.DEFINE_string('checkpoint', None, 'A params directory (python -m vivit.convert) '
@@ -269,7 +313,8 @@ def cli() -> None:
   cli_lib.run_config_command(
       'vivit-evaluate', __doc__, 'Training directory (reads best/, writes results).',
       lambda config, workdir: run(config, workdir, flags.FLAGS.checkpoint,
-                                  flags.FLAGS.split))
+                                  flags.FLAGS.split,
+                                  overrides=flags.FLAGS['config'].override_values))
 
 
 if __name__ == '__main__':

@@ -1,7 +1,8 @@
 """`config.init_from`: the starting params of a training run (with
 `model_from_checkpoint`, its model too) from any checkpoint `vivit.convert.read` reads.
 ViViT sources are fitted to the model: position embeddings resized to its clip size,
-the head kept only with `restore_head`, every other parameter matched by name and shape.
+the head kept only with `restore_head` (its outputs matched to the dataset's classes
+by name), every other parameter matched by name and shape.
 """
 import collections
 import re
@@ -18,10 +19,12 @@ from vivit.convert.vit import vit_init
 from vivit.errors import CheckpointError, ConfigError
 from vivit.hub import resolve
 from vivit.models import init_params, variants
+from vivit.workdir import class_order
 
 Params = Dict[str, Any]
 # The classifier: loaded only with `init_from.restore_head`.
 HEAD = ('pre_logits', 'output_projection')
+OUTPUTS = 'output_projection'  # the layer with an output per class
 # Model config fields that decide the parameters (besides the clip size and head).
 ARCHITECTURE_FIELDS = ('variant', 'embedding', 'tubelet', 'hidden_size', 'num_heads',
                        'num_layers', 'mlp_dim', 'classifier')
@@ -120,19 +123,50 @@ def _field(config, name):
 
 
 def initial_params(init_from: ml_collections.ConfigDict,
-                   model_config: ml_collections.ConfigDict, seed: int = 0
+                   model_config: ml_collections.ConfigDict, seed: int = 0,
+                   class_names=None, dataset: str = 'the dataset'
                    ) -> Tuple[Params, Dict[str, Tuple[str, str]]]:
-  """(params for `model_config`, per-parameter report) from `init_from`."""
+  """(params for `model_config`, per-parameter report) from `init_from`. A head
+  kept (`restore_head`) meets `class_names`, the classes of `dataset` (a list, or
+  {head: names}): its outputs are matched to them by name (`match_head`)."""
   path = resolve(init_from.path)  # a Hub id's snapshot, fetched once for both readers
   if checkpoint_format(path, init_from.format) == 'vit':
-    return vit_init(path, model_config, kernel_init=init_from.kernel_init,
-                    posemb=init_from.posemb,
-                    temporal_attention_init=init_from.temporal_attention_init,
-                    restore_head=init_from.restore_head, seed=seed)
-  source_config, source, _ = read_checkpoint(path, init_from.format,
-                                             init_from.scenic_config)
-  return fit_params(source_config, source, model_config,
-                    restore_head=init_from.restore_head, seed=seed)
+    params, report = vit_init(path, model_config, kernel_init=init_from.kernel_init,
+                              posemb=init_from.posemb,
+                              temporal_attention_init=init_from.temporal_attention_init,
+                              restore_head=init_from.restore_head, seed=seed)
+    names = None  # a 2-D ViT's classes are not named
+  else:
+    source_config, source, names = read_checkpoint(path, init_from.format,
+                                                   init_from.scenic_config)
+    params, report = fit_params(source_config, source, model_config,
+                                restore_head=init_from.restore_head, seed=seed)
+  if init_from.restore_head and class_names is not None and OUTPUTS in params:
+    params = match_head(params, report, names, class_names, f'checkpoint {init_from.path}',
+                        dataset)
+  return params, report
+
+
+def match_head(params: Params, report: Dict[str, Tuple[str, str]], names, class_names,
+               checkpoint: str, dataset: str) -> Params:
+  """`params` whose kept head (`OUTPUTS`, named by the checkpoint's class `names`)
+  has its outputs in the order of `class_names`, the classes of `dataset`, matched
+  by name (`workdir.class_order`: CheckpointError for other names); the head's
+  report says how. Unnamed outputs are kept in order (and the report says so)."""
+  order = class_order(names, class_names, checkpoint, dataset,
+                      'set init_from.restore_head=False to train a new head')
+  if names is None:
+    note = ('loaded', 'by position: the checkpoint names no classes')
+  elif order is None:
+    return params
+  else:
+    note = ('loaded', f'classes mapped by name to the order of {dataset}')
+    params = dict(params, **{OUTPUTS: {
+        'kernel': np.asarray(params[OUTPUTS]['kernel'])[:, order],
+        'bias': np.asarray(params[OUTPUTS]['bias'])[order]}})
+  for leaf in params[OUTPUTS]:
+    report[f'{OUTPUTS}/{leaf}'] = note
+  return params
 
 
 def report_lines(report: Dict[str, Tuple[str, str]]) -> List[str]:

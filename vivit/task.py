@@ -1,17 +1,17 @@
 """What a run solves and with which model: the model config resolved from the
-checkpoint, the workdir and the data; the labels and their heads; the evaluation's
-resize rule."""
+checkpoint, the workdir and the data; the dataset and eval settings an evaluation
+takes from its workdir; the labels and their heads; the evaluation's resize rule."""
 import json
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import Callable, Collection, List, NamedTuple, Optional, Tuple
 
 import ml_collections
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vivit.errors import DataError
+from vivit.errors import CheckpointError, ConfigError, DataError
 from vivit.input.pipeline import open_source
 from vivit.recipes import base_config
-from vivit.workdir import load_model_config
+from vivit.workdir import load_model_config, read_record
 
 
 class Labels(NamedTuple):
@@ -75,6 +75,56 @@ def workdir_dataset(path: epath.PathLike) -> Optional[ml_collections.ConfigDict]
   return dataset
 
 
+# The sections of a training workdir's config.json that its evaluation takes, and
+# the fields of them named first where they change.
+EVAL_SECTIONS = ('dataset', 'eval')
+NAMED_FIRST = ('dataset.name', 'dataset.data_dir', 'dataset.format', 'dataset.label_key',
+               'dataset.test_split', 'eval.num_clips', 'eval.num_crops')
+
+
+def take_workdir_settings(config: ml_collections.ConfigDict, workdir: epath.PathLike,
+                          overrides: Collection[str] = ()) -> List[str]:
+  """Sets the dataset and eval sections of `config` to those `workdir`'s training ran
+  with (its config.json), but for the fields named in `overrides` (`dataset.name`: the
+  command line's `--config.dataset.name`); nothing where `workdir` is no training
+  workdir. Returns the fields changed, as `field=value`, those in NAMED_FIRST first."""
+  path = epath.Path(workdir)
+  if not ((path / 'model_config.json').exists() and (path / 'config.json').exists()):
+    return []
+  config_file = path / 'config.json'
+  stored = read_record(config_file, 'a run config')
+  changed = []
+  for section in EVAL_SECTIONS:
+    values = stored.get(section) if isinstance(stored, dict) else None
+    for field, value in (values.items() if isinstance(values, dict) else ()):
+      name = f'{section}.{field}'
+      if name in overrides or field not in config[section]:
+        continue
+      value = tuple(value) if isinstance(value, list) else value
+      if value == config[section][field]:
+        continue
+      try:
+        config[section][field] = value
+      except TypeError:
+        raise CheckpointError(f'{config_file}: {name} is {value!r}, not a value of that '
+                              f'field') from None
+      changed.append((name not in NAMED_FIRST, f'{name}={value!r}'))
+  return [text for _, text in sorted(changed, key=lambda item: item[0])]
+
+
+def check_dataset_named(dataset: ml_collections.ConfigDict) -> None:
+  """ConfigError unless `dataset` says where its examples are: a TFDS dataset's
+  name, DMVR tfrecords' `data_dir`."""
+  if dataset.format == 'dmvr':
+    if not dataset.data_dir:
+      raise ConfigError('dataset.format=dmvr reads tfrecords: set --config.dataset.'
+                        'data_dir to their pattern, e.g. /data/k400/{split}.tfrecord@1024')
+  elif not dataset.name:
+    raise ConfigError('no dataset named: set --config.dataset.name (a dataset vivit-'
+                      'prepare made, e.g. video_folder or kinetics400) and --config.'
+                      'dataset.data_dir (the directory that holds it)')
+
+
 def prepared_fps(dataset: ml_collections.ConfigDict) -> Optional[float]:
   """The frame rate `dataset` was prepared at, if it can be read (the builders are
   registered by `vivit.datasets`, which the input pipeline imports)."""
@@ -108,6 +158,7 @@ def sync_model_config(config: ml_collections.ConfigDict, labels: Labels) -> None
 def open_dataset(config: ml_collections.ConfigDict, *splits: str):
   """Checks that `splits` (one or more) exist and fits `config.model` to the data;
   returns (Labels, number of examples per split)."""
+  check_dataset_named(config.dataset)
   opened = [open_source(config.dataset, split) for split in splits]
   labels = Labels(opened[0].label_keys, opened[0].class_names(config.model.num_classes))
   sizes = [source.num_examples for source in opened]

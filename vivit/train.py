@@ -111,7 +111,7 @@ class DivergenceCheck:
           f'skip such steps')
 
 
-def _first_state(config, workdir, init_from, optimizer, mesh, last, best):
+def _first_state(config, workdir, init_from, optimizer, mesh, last, best, labels):
   """(step, state, state sharding) to start from: the latest readable checkpoint of
   the workdir, else the `init_from` checkpoint at step 0, else a fresh one; a
   workdir whose every checkpoint is damaged only with
@@ -136,7 +136,8 @@ def _first_state(config, workdir, init_from, optimizer, mesh, last, best):
     return start, state, state_sharding
   if init_from is None:
     return 0, jax.jit(init_state, out_shardings=state_sharding)(), state_sharding
-  params, report = initialise.initial_params(init_from, config.model, config.seed)
+  params, report = initialise.initial_params(init_from, config.model, config.seed,
+                                             labels.names_by_head, config.dataset.name)
   if jax.process_index() == 0:
     lines = [f'initialising from {init_from.path}:'] + [
         f'  {line}' for line in initialise.report_lines(report)]
@@ -234,7 +235,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   model_changes = check_workdir_model(workdir, config.model)
   last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
   start, state, state_sharding = _first_state(config, workdir, init_from, optimizer, mesh,
-                                              last, best)
+                                              last, best, labels)
   # Only now that the run has resumed (or begun) does it record its settings.
   record_workdir_model(workdir, config.model)
   if jax.process_index() == 0:

@@ -299,6 +299,55 @@ def check_class_names(names, where: str, num_classes: Optional[int] = None) -> N
                           f'{num_classes}')
 
 
+def _outputs(names) -> List[str]:
+  """The name of each output of class names as `save_class_names` keeps them:
+  `head:name` where there are several heads."""
+  if isinstance(names, dict):
+    return [f'{head}:{name}' for head, head_names in names.items() for name in head_names]
+  return list(names)
+
+
+def _some(names: List[str], most: int = 4) -> str:
+  return ', '.join(map(repr, names[:most])) + (f' and {len(names) - most} more'
+                                                if len(names) > most else '')
+
+
+def class_order(stored, wanted, checkpoint: str, dataset: str, hint: str = ''
+                ) -> Optional[List[int]]:
+  """How the outputs of a checkpoint meet a dataset's classes (evaluation, a
+  fine-tuning that keeps the head). `stored`: the checkpoint's class names as
+  `save_class_names` keeps them (a list, or {head: names}), None where it names none;
+  `wanted`: the dataset's, in the same form.
+
+  Returns None where the outputs are the dataset's classes in its order (or are
+  unnamed: taken by position), else the checkpoint output of each of the dataset's
+  classes, matched by name, in the dataset's order (`logits[..., order]`, a head
+  kernel's columns). CheckpointError naming `checkpoint`, `dataset` and a few of the
+  differences where the names differ, or the number of them; `hint` ends it."""
+  if stored is None:
+    return None
+  have, need = _outputs(stored), _outputs(wanted)
+  if have == need:
+    return None
+  hint = f'; {hint}' if hint else ''
+  have_set, need_set = set(have), set(need)
+  missing = [name for name in need if name not in have_set]
+  extra = [name for name in have if name not in need_set]
+  if missing or extra or len(have) != len(need):
+    differences = ([f'not in the checkpoint: {_some(missing)}'] * bool(missing) +
+                   [f'not in the dataset: {_some(extra)}'] * bool(extra))
+    raise CheckpointError(
+        f'{checkpoint} has other classes than dataset {dataset} ({len(have)} named, the '
+        f'dataset {len(need)}' + ''.join(f'; {d}' for d in differences) + ')' + hint)
+  repeated = sorted({name for name in have if have.count(name) > 1})
+  if repeated:
+    raise CheckpointError(f'{checkpoint} repeats class names ({_some(repeated)}), so its '
+                          f'outputs cannot be matched to the classes of dataset '
+                          f'{dataset} by name{hint}')
+  index = {name: i for i, name in enumerate(have)}
+  return [index[name] for name in need]
+
+
 # Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.
 
 
