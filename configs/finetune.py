@@ -1,8 +1,8 @@
-"""Fine-tune a checkpoint on a prepared dataset (yours: `prepare video_folder`).
+"""Fine-tune a checkpoint on a prepared dataset (yours: `prepare video_folder --name mine`).
 
   python -m vivit.train --config configs/finetune.py --workdir runs/ft \\
       --config.init_from.path=/ckpt/vivit_b_k400 \\
-      --config.dataset.name=video_folder --config.dataset.data_dir=/data/tfds
+      --config.dataset.name=video_folder/mine --config.dataset.data_dir=/data/tfds
 
 The model is the checkpoint's (ViViT checkpoints: a training workdir, a
 `vivit.convert` params directory, an HF ViViT directory, or a scenic one with

@@ -557,14 +557,16 @@ def write_folder_tree(root):
 
 
 @pytest.mark.parametrize('dataset', default_or_slow(  # video_folder: the kill test's
-    ['ssv2', 'epic_kitchens_100', 'moments_in_time', 'video_folder'],
+    ['ssv2', 'epic_kitchens_100', 'moments_in_time', 'video_folder/pets'],
     ['ssv2', 'moments_in_time']))
 def test_other_releases_prepare_train_and_evaluate(dataset, tmp_path):
+  release, _, name = dataset.partition('/')
   writer = {'ssv2': write_ssv2, 'epic_kitchens_100': vf.write_epic,
-            'moments_in_time': write_moments, 'video_folder': write_folder_tree}[dataset]
+            'moments_in_time': write_moments, 'video_folder': write_folder_tree}[release]
   videos, annotations = writer(str(tmp_path))
   data_dir = tmp_path / 'tfds'
-  report = vf.run_prepare(dataset, videos, annotations, data_dir, '--workers', '2')
+  report = vf.run_prepare(release, videos, annotations, data_dir, '--workers', '2',
+                          *(['--name', name] if name else []))
   builder, examples = load(dataset, data_dir)
   extra = {}
   if dataset == 'ssv2':

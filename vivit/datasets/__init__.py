@@ -1,5 +1,6 @@
 """Datasets made offline, and the one registry of their TFDS builders (importing this
-package registers them with TFDS: `tfds.builder('kinetics400', data_dir=...)`)."""
+package registers them with TFDS: `tfds.builder('kinetics400', data_dir=...)`; your
+own videos by name: `tfds.builder('video_folder/birds', data_dir=...)`)."""
 import contextlib
 import io
 from typing import Dict, Optional
@@ -9,7 +10,7 @@ import tensorflow_datasets as tfds
 from vivit import verbose
 from vivit.datasets import epic_kitchens, kinetics, moments_in_time, ssv2, synthetic, \
     video_folder
-from vivit.errors import MissingError
+from vivit.errors import ConfigError, MissingError
 
 # Name -> TFDS builder class: the releases `vivit-prepare` makes from their files,
 # and the embedded datasets (GENERATED), made on first use.
@@ -27,7 +28,8 @@ def releases() -> Dict[str, type]:
 
 def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
   """The TFDS builder of dataset `name` in `data_dir` (None: TFDS's default), made at
-  first use if embedded."""
+  first use if embedded; `video_folder/NAME` is read from its files (the builder
+  config of a name is made when it is prepared)."""
   import jax  # here, not above: the decoding workers import this package
   from jax.experimental import multihost_utils
   base_name, _, builder_config = name.partition('/')
@@ -43,6 +45,14 @@ def get_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
         multihost_utils.sync_global_devices(f'generated {name}')
         builder = BUILDERS[base_name](data_dir=data_dir, config=builder_config or None)
     return builder
+  if base_name in BUILDERS and builder_config:
+    if not BUILDERS[base_name].NAMED:
+      raise ConfigError(f'dataset {name}: {base_name} has no named datasets (only '
+                        f'video_folder/NAME has): set dataset.name={base_name}')
+    try:
+      BUILDERS[base_name].get_builder_config(builder_config)  # checks the name
+    except ConfigError as e:
+      raise ConfigError(f'dataset {name}: {e}') from None
   hint = ('prepare it in TFDS format first, or point --config.dataset.data_dir at the '
           'directory that holds it')
   try:

@@ -19,9 +19,15 @@ A split without a video to write (none found, or every one failed) ends the run
 with the report and one error naming it, before decoding when that is known then.
 With `beam=True` both stages are one Apache Beam pipeline (TFDS's Beam support),
 for preparing Kinetics-700-sized datasets on Dataflow, Flink or Spark.
+
+A dataset records its sources (the videos directory, the annotations, a digest of
+the annotations' bytes or of a tree's listing) in its metadata, and an unfinished
+one in its work dir: a prepare from other sources is refused rather than taken
+for done, until `rebuild` deletes what is there.
 """
 import json
 import os
+import re
 import shutil
 import sys
 from collections import Counter
@@ -35,14 +41,17 @@ from vivit.errors import ConfigError, DataError, UserError
 from vivit.datasets import lock
 from vivit.datasets.decoders import WORKER_DIED, Decoders, decode_entry
 from vivit.datasets.entries import Entry, check_class_names, check_entries, check_split
-from vivit.datasets.work_files import FAILED, RUNNING, inside, is_work_file, kills, \
-    load_clip, read_json, record_failure, remove, work_file, write_json
+from vivit.datasets.provenance import check_sources, digest_files
+from vivit.datasets.work_files import DECODED, FAILED, RUNNING, inside, is_work_file, \
+    kills, load_clip, read_json, record_failure, remove, work_file, write_json
 
 WORK_DIR = '_prepare'
 # Where a finished run moves the work dir to delete it: a run killed while deleting
 # leaves this, never a partial work dir that a next run would take for its own.
 REMOVED_WORK_DIR = '_prepare.removing'
 REPORT = 'prepare_report.json'
+SOURCES = 'sources.json'  # in the work dir: what an unfinished run prepares from
+VERSION_DIR = re.compile(r'\d+\.\d+\.\d+')
 # A video in flight when this many whole runs were killed is named (it may be what
 # kills them; it is never failed for it).
 NAMED_AFTER_KILLS = 2
@@ -80,6 +89,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   LABEL_FEATURES: Tuple[str, ...] = ('label',)
   # Frame rate stored when `prepare --fps` is not given.
   DEFAULT_FPS = 25.0
+  # Prepared under names (`config=NAME`, `prepare --name`): many in one data dir.
+  NAMED = False
 
   def __init__(self, *, videos: Optional[str] = None, annotations: Optional[str] = None,
                resample: Optional[video.Resample] = None, workers: int = 1,
@@ -99,6 +110,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       self._entries = check_entries(entries, f'{annotations or videos}')
       for entry in self._entries:
         check_split(entry.split, entry.where or f'{self.name}: clip {entry.key}')
+    self._sources = (self.sources(videos, annotations)
+                     if annotations is not None or videos is not None else None)
     super().__init__(**kwargs)
 
   # --- what each dataset defines -------------------------------------------------
@@ -107,6 +120,20 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
                        ) -> Tuple[List[Entry], Dict[str, List[str]]]:
     """Every clip of every split, and the class names of each label feature."""
     raise NotImplementedError
+
+  @classmethod
+  def fingerprint(cls, videos: Optional[str], annotations: Optional[str]) -> str:
+    """A digest of what the entries are read from: the annotation file's bytes, or
+    each file's path and bytes in an annotation directory."""
+    del videos  # the annotations list the clips
+    return digest_files(annotations)
+
+  @classmethod
+  def sources(cls, videos: Optional[str], annotations: Optional[str]) -> dict:
+    """What a dataset is prepared from, as its metadata records it."""
+    return {'videos': videos and os.path.realpath(videos),
+            'annotations': annotations and os.path.realpath(annotations),
+            'fingerprint': cls.fingerprint(videos, annotations)}
 
   # --- TFDS ----------------------------------------------------------------------
   def _info(self) -> tfds.core.DatasetInfo:
@@ -123,34 +150,45 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
             'id': tfds.features.Text(doc='the clip in the official annotations'),
             **labels,
         }),
-        metadata=tfds.core.MetadataDict(fps=self._resample.fps,
-                                        short_side=self._resample.short_side),
+        metadata=tfds.core.MetadataDict(
+            fps=self._resample.fps, short_side=self._resample.short_side,
+            **({'sources': self._sources} if self._sources is not None else {})),
     )
 
   @property
+  def dataset_name(self) -> str:
+    """The name training reads it by: `video_folder`, `video_folder/birds`."""
+    config = self.builder_config
+    return f'{self.name}/{config.name}' if config else self.name
+
+  @property
+  def dataset_dir(self) -> str:
+    """DATA_DIR/<name>[/<config>]: its versions, work dir and report."""
+    return os.path.join(self._data_dir_root, *self.dataset_name.split('/'))
+
+  @property
   def work_dir(self) -> str:
-    return os.path.join(self._data_dir_root, self.name, WORK_DIR)
+    return os.path.join(self.dataset_dir, WORK_DIR)
 
   @property
   def report_path(self) -> str:
-    return os.path.join(self._data_dir_root, self.name, REPORT)
+    return os.path.join(self.dataset_dir, REPORT)
 
   def write_report(self, examples: Dict[str, int], **extra) -> dict:
     """Writes (atomically) and returns the report: the settings, the clips and
     examples per split, the skipped videos with their reasons, and `extra`."""
-    report = {'dataset': self.name, 'data_dir': self.data_dir,
+    report = {'dataset': self.dataset_name, 'data_dir': self.data_dir,
               'fps': self._resample.fps, 'short_side': self._resample.short_side,
               'clips_in_annotations': dict(Counter(e.split for e in self.entries())),
               'examples': examples, 'skipped': self.failures(), **extra}
-    dataset_dir = os.path.dirname(self.report_path)
-    write_json(dataset_dir, self.report_path, report, indent=1)
+    write_json(self.dataset_dir, self.report_path, report, indent=1)
     return report
 
   def no_examples(self, splits: List[str], why: str) -> DataError:
     """The error of `splits` having no video to write (`why`), after writing the
     report that lists their videos' reasons."""
     self.write_report({}, empty_splits=splits)
-    return DataError(f'{self.name}: split{"s" * (len(splits) > 1)} {", ".join(splits)}: '
+    return DataError(f'{self.dataset_name}: split{"s" * (len(splits) > 1)} {", ".join(splits)}: '
                      f'{why}, so there is nothing to write; see the reasons in '
                      f'{self.report_path}')
 
@@ -233,13 +271,13 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     todo = len(suspects) + len(pending)
     killers = len(entries) - done - todo  # failed earlier with "worker died"
     if (done or suspects or killers) and self._progress:
-      print(f'{self.name}: {done} of {len(entries)} videos were decoded by an earlier '
-            f'run' + (f', {killers} killed their worker (skipped)' if killers else '')
+      print(f'{self.dataset_name}: {done} of {len(entries)} videos were decoded by an '
+            f'earlier run' + (f', {killers} killed their worker (skipped)' if killers else '')
             + f'; decoding the other {todo}'
             + (f', last and one at a time the {len(suspects)} it was decoding when it '
                f'was killed' if suspects else ''), file=sys.stderr, flush=True)
     from tqdm import tqdm
-    bar = tqdm(total=todo, desc=f'{self.name}: decoding', unit='video',
+    bar = tqdm(total=todo, desc=f'{self.dataset_name}: decoding', unit='video',
                disable=not self._progress or not todo, file=sys.stderr, smoothing=0.05)
     failures = 0
 
@@ -292,7 +330,7 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       if failure is None or not str(failure.get('reason')).startswith(WORKER_DIED):
         pending.append(entry)
     if named:
-      print(f'note: {self.name}: prepare was killed several times while decoding '
+      print(f'note: {self.dataset_name}: prepare was killed several times while decoding '
             + ', '.join(named[:3]) + (f' and {len(named) - 3} more' if len(named) > 3
                                       else '')
             + '; if a video kills it (out of memory?), leave it out of the annotations',
@@ -325,58 +363,111 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
   def remove_incomplete(self) -> None:
     """Deletes what a killed run's TFDS writer left (`incomplete.*` directories)."""
-    parent = os.path.join(self._data_dir_root, self.name)
+    parent = self.dataset_dir
     if os.path.isdir(parent):
       for name in os.listdir(parent):
         if name.startswith('incomplete.'):
           shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
+  # --- what is there, and from which sources ---------------------------------------
+  def contents(self) -> Optional[str]:
+    """What this data dir holds of the dataset, in words; None: nothing."""
+    if self.is_prepared():
+      return (f'{self.dataset_name} (' + ', '.join(
+          f'{s} {v.num_examples}' for s, v in self.info.splits.items()) + ' examples)')
+    if os.path.isdir(self.work_dir):
+      decoded = sum(name.endswith(DECODED) for _, _, names in os.walk(self.work_dir)
+                    for name in names)
+      return f'an unfinished preparation of {self.dataset_name} ({decoded} videos decoded)'
+    return None
+
+  def recorded_sources(self) -> Optional[dict]:
+    """The sources of what is there (`contents`); None: not recorded (prepared before
+    prepare recorded them) or nothing there."""
+    if self.is_prepared():
+      return self.info.metadata.get('sources')
+    return read_json(os.path.join(self.work_dir, SOURCES))
+
+  def record_sources(self) -> None:
+    """Records in the work dir what an unfinished run prepares from."""
+    write_json(self.work_dir, os.path.join(self.work_dir, SOURCES), self._sources)
+
+  def remove_prepared(self) -> bool:
+    """Deletes the dataset's own files (its versions, the work dir, the report and
+    what a killed TFDS writer left) and nothing else: the named datasets beside the
+    unnamed one stay. Returns whether there was anything."""
+    parent, removed = self.dataset_dir, False
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
+      path = os.path.join(parent, name)
+      if not (VERSION_DIR.fullmatch(name) or name.startswith('incomplete.')
+              or name in (WORK_DIR, REPORT)):
+        continue
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+      removed = True
+    return removed
 
 
-def prepare_dataset(builder_cls: type, *, data_dir: str, **kwargs
-                    ) -> Tuple[VideoDatasetBuilder, dict]:
+
+def prepare_dataset(builder_cls: type, *, data_dir: str, name: Optional[str] = None,
+                    **kwargs) -> Tuple[VideoDatasetBuilder, dict]:
   """`_prepare_locked`, holding the dataset's lock (lock.py: waits for a run that
   holds it); first removes the work dir that a run killed while deleting it left."""
-  dataset_dir = os.path.join(data_dir, builder_cls.name)
-  with lock.preparing(dataset_dir, builder_cls.name):
+  dataset_name = f'{builder_cls.name}/{name}' if name else builder_cls.name
+  dataset_dir = os.path.join(data_dir, *dataset_name.split('/'))
+  with lock.preparing(dataset_dir, dataset_name):
     shutil.rmtree(os.path.join(dataset_dir, REMOVED_WORK_DIR), ignore_errors=True)
-    return _prepare_locked(builder_cls, data_dir=data_dir, **kwargs)
+    return _prepare_locked(builder_cls, data_dir=data_dir, name=name, **kwargs)
 
 
 def _prepare_locked(builder_cls: type, *, data_dir: str, videos: str,
                     annotations: Optional[str], resample: video.Resample, workers: int = 1,
-                    beam_options: Optional[str] = None, keep_work: bool = False
+                    beam_options: Optional[str] = None, keep_work: bool = False,
+                    name: Optional[str] = None, rebuild: bool = False
                     ) -> Tuple[VideoDatasetBuilder, dict]:
   """Prepares the dataset (stage 1 and 2, see above; with Apache Beam when
   `beam_options` is a string) and writes the report. Returns the builder and the
-  report, {} when the dataset was already there."""
-  existing = builder_cls(data_dir=data_dir)
-  if existing.is_prepared():
+  report, {} when the dataset was already there. `name`: the dataset's name, for a
+  NAMED builder; `rebuild`: first delete what there is of it, whatever its sources."""
+  existing = builder_cls(data_dir=data_dir, config=name)
+  if not rebuild:
+    check_sources(existing, videos, annotations)
+  if existing.is_prepared() and not rebuild:
     stored = video.Resample(fps=existing.info.metadata['fps'],
                             short_side=existing.info.metadata['short_side'])
     if stored != resample:
-      raise DataError(f'{existing.data_dir} already holds {existing.name} prepared with '
-                      f'fps={stored.fps:g}, short_side={stored.short_side}; use another '
-                      f'--data_dir for fps={resample.fps:g}, short_side={resample.short_side}')
+      raise DataError(f'{existing.data_dir} already holds {existing.dataset_name} '
+                      f'prepared with fps={stored.fps:g}, short_side={stored.short_side}; '
+                      f'use another --data_dir for fps={resample.fps:g}, short_side='
+                      f'{resample.short_side}, or --rebuild to replace it')
     if not os.path.isdir(existing.work_dir):
       sizes = ', '.join(f'{s} {v.num_examples}' for s, v in existing.info.splits.items())
-      print(f'{existing.name} is already prepared in {existing.data_dir} ({sizes}); '
+      print(f'{existing.dataset_name} is already prepared in {existing.data_dir} ({sizes}); '
             f'nothing to do')
       return existing, {}
-  builder = builder_cls(data_dir=data_dir, videos=videos, annotations=annotations,
-                        resample=resample, workers=workers, beam=beam_options is not None)
+  arguments = dict(data_dir=data_dir, config=name, videos=videos, annotations=annotations,
+                   resample=resample, workers=workers, beam=beam_options is not None)
+  builder = builder_cls(**arguments)  # reads the annotations before anything is deleted
+  there = existing.contents()
+  if rebuild and existing.remove_prepared():
+    print(f'{builder.dataset_name}: deleted {there or "what a run left"} in '
+          f'{existing.dataset_dir} (--rebuild)', flush=True)
+    builder = builder_cls(**arguments)  # afresh: the first one read the old dataset's info
   entries = builder.entries()
   per_split = Counter(e.split for e in entries)
   not_found = sum(e.path is None for e in entries)
   classes = ', '.join(f'{len(builder.info.features[name].names)} '
                       f'{"" if name == "label" else name + " "}classes'
                       for name in builder.LABEL_FEATURES)
-  print(f'{builder.name}: {len(entries)} clips ('
+  print(f'{builder.dataset_name}: {len(entries)} clips ('
         + ', '.join(f'{s} {n}' for s, n in per_split.items()) + f'), {classes}; '
         f'{not_found} not found under {videos}; storing {resample.fps:g} fps, '
         f'short side {resample.short_side or "as is"}', flush=True)
   if not builder.is_prepared():  # else a run stopped after writing it: just report
     builder.remove_incomplete()
+    builder.record_sources()
     download_config = None
     if beam_options is not None:
       from apache_beam.options.pipeline_options import PipelineOptions

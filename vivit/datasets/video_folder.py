@@ -5,14 +5,35 @@ CSV paths are relative to the videos directory (or absolute); a header row
 `path,label[,split]` is optional; rows without a split are `train`. A split is a name
 of letters, digits, _ and - (it names files). Classes are the labels in alphabetical
 order.
-"""
-import os
 
-from vivit.errors import AnnotationError
+One data dir holds any number of these, each under a name: `vivit-prepare
+video_folder --name birds` makes `video_folder/birds` (a TFDS builder config made
+for the name, stored in `DATA_DIR/video_folder/birds/`). Without a name it is plain
+`video_folder` (`DATA_DIR/video_folder/`), as before names existed.
+"""
+import json
+import os
+import re
+
+import tensorflow_datasets as tfds
+
+from vivit.errors import AnnotationError, ConfigError
 from vivit.datasets.builder import VideoDatasetBuilder
+from vivit.datasets.provenance import digest_text
 from vivit.datasets.entries import VIDEO_EXTENSIONS, Entry, check_split, check_text, \
     read_csv
 HEADER = ['path', 'label', 'split']
+# A dataset's name is a directory name, and never that of what the unnamed dataset
+# keeps beside the named ones (`_prepare`, `1.0.0`, `prepare_report.json`).
+NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_-]{0,99}')
+
+
+def check_name(name: str) -> str:
+  """`name`, if it can name a video_folder dataset."""
+  if not NAME.fullmatch(name):
+    raise ConfigError(f'{name!r} is not a dataset name: 1 to 100 letters, digits, _ '
+                      f'and -, starting with a letter or digit')
+  return name
 
 
 def read_listing(csv_path):
@@ -64,7 +85,21 @@ def read_folder(videos, annotations):
 class VideoFolder(VideoDatasetBuilder):
   """A user's own labelled videos (`python -m vivit.prepare video_folder`)."""
   read_annotations = staticmethod(read_folder)
+  NAMED = True
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-  python -m vivit.prepare video_folder --videos DIR [--annotations LIST.csv] \\
-      --data_dir DATA_DIR
+  python -m vivit.prepare video_folder --name NAME --videos DIR \\
+      [--annotations LIST.csv] --data_dir DATA_DIR
 """
+
+  @classmethod
+  def get_builder_config(cls, name, version=None):
+    """Any valid name is a config: `video_folder/NAME` is a dataset of its own."""
+    del version  # every name has the class's version
+    return tfds.core.BuilderConfig(name=check_name(name))
+
+  @classmethod
+  def fingerprint(cls, videos, annotations):
+    """A tree's listing (its clips' paths, labels and splits) stands for annotations."""
+    if annotations:
+      return super().fingerprint(videos, annotations)
+    return digest_text(json.dumps([row[:3] for row in read_tree(videos)]))
