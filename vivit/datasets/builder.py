@@ -188,7 +188,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     """The error of `splits` having no video to write (`why`), after writing the
     report that lists their videos' reasons."""
     self.write_report({}, empty_splits=splits)
-    return DataError(f'{self.dataset_name}: split{"s" * (len(splits) > 1)} {", ".join(splits)}: '
+    return DataError(f'{self.dataset_name}: split{"s" * (len(splits) > 1)} '
+                     f'{", ".join(splits)}: '
                      f'{why}, so there is nothing to write; see the reasons in '
                      f'{self.report_path}')
 
@@ -272,7 +273,8 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     killers = len(entries) - done - todo  # failed earlier with "worker died"
     if (done or suspects or killers) and self._progress:
       print(f'{self.dataset_name}: {done} of {len(entries)} videos were decoded by an '
-            f'earlier run' + (f', {killers} killed their worker (skipped)' if killers else '')
+            f'earlier run'
+            + (f', {killers} killed their worker (skipped)' if killers else '')
             + f'; decoding the other {todo}'
             + (f', last and one at a time the {len(suspects)} it was decoding when it '
                f'was killed' if suspects else ''), file=sys.stderr, flush=True)
@@ -444,8 +446,8 @@ def _prepare_locked(builder_cls: type, *, data_dir: str, videos: str,
                       f'{resample.short_side}, or --rebuild to replace it')
     if not os.path.isdir(existing.work_dir):
       sizes = ', '.join(f'{s} {v.num_examples}' for s, v in existing.info.splits.items())
-      print(f'{existing.dataset_name} is already prepared in {existing.data_dir} ({sizes}); '
-            f'nothing to do')
+      print(f'{existing.dataset_name} is already prepared in {existing.data_dir} '
+            f'({sizes}); nothing to do')
       return existing, {}
   arguments = dict(data_dir=data_dir, config=name, videos=videos, annotations=annotations,
                    resample=resample, workers=workers, beam=beam_options is not None)
