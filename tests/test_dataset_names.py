@@ -12,6 +12,7 @@ import pytest
 import video_files as vf
 from vivit import datasets, prepare, task
 from vivit.datasets.video_folder import VideoFolder
+from vivit.datasets import lock
 from vivit.errors import ConfigError, DataError, MissingError
 from vivit.input import pipeline
 from vivit.recipes import base_config
@@ -35,10 +36,11 @@ def prepare_args(name, videos, data_dir, *extra):
 
 
 def snapshot(directory):
-  """{path: (size, mtime)} of every file under `directory`."""
+  """{path: (size, mtime)} of every file under `directory` but the prepare locks (a
+  run that is refused held one, and it names its last holder)."""
   return {os.path.relpath(os.path.join(d, n), directory):
           (os.stat(os.path.join(d, n)).st_size, os.stat(os.path.join(d, n)).st_mtime_ns)
-          for d, _, names in os.walk(directory) for n in names}
+          for d, _, names in os.walk(directory) for n in names if n != lock.LOCK}
 
 
 @pytest.fixture(scope='module')
@@ -150,12 +152,17 @@ def test_other_sources_are_refused_until_rebuild(named, tmp_path, capsys):
 def test_an_unfinished_run_from_other_sources_is_refused(named, tmp_path):
   root, _ = named
   data_dir = str(tmp_path / 'tfds')
-  # What a run killed before it decoded anything leaves.
-  VideoFolder(data_dir=data_dir, config='half', videos=str(root / 'birds')).record_sources()
+  # What a run killed after it decoded one video leaves.
+  half = VideoFolder(data_dir=data_dir, config='half', videos=str(root / 'birds'))
+  half.record_sources()
+  open(os.path.join(half.work_dir, 'a.npz'), 'wb').close()
   with pytest.raises(DataError, match=r'tfds/video_folder/half holds an unfinished '
-                                      r'preparation of video_folder/half \(0 videos '
+                                      r'preparation of video_folder/half \(1 video '
                                       r'decoded\) from --videos .*birds .* --rebuild'):
     prepare.prepare(prepare.parse_args(prepare_args('half', str(root / 'fish'), data_dir)))
+  # One that decoded nothing holds nothing worth keeping: it is replaced.
+  os.remove(os.path.join(half.work_dir, 'a.npz'))
+  assert prepare.main(prepare_args('half', str(root / 'fish'), data_dir)) == 0
 
 
 def test_a_dataset_without_recorded_sources_is_taken_with_a_warning(named, tmp_path,

@@ -378,10 +378,18 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
       return (f'{self.dataset_name} (' + ', '.join(
           f'{s} {v.num_examples}' for s, v in self.info.splits.items()) + ' examples)')
     if os.path.isdir(self.work_dir):
-      decoded = sum(name.endswith(DECODED) for _, _, names in os.walk(self.work_dir)
-                    for name in names)
-      return f'an unfinished preparation of {self.dataset_name} ({decoded} videos decoded)'
+      decoded = self.videos_done(DECODED)
+      return (f'an unfinished preparation of {self.dataset_name} ({decoded} '
+              f'video{"s" * (decoded != 1)} decoded)')
     return None
+
+  def videos_done(self, *suffixes: str) -> int:
+    """How many work files with one of `suffixes` (decoded, failed) the work dir holds."""
+    return sum(name.endswith(suffixes) for _, _, names in os.walk(self.work_dir)
+               for name in names)
+
+  def discard_work_dir(self) -> None:
+    shutil.rmtree(self.work_dir)
 
   def recorded_sources(self) -> Optional[dict]:
     """The sources of what is there (`contents`); None: not recorded (prepared before

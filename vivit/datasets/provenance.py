@@ -7,6 +7,7 @@ import sys
 from typing import Optional
 
 from vivit.errors import AnnotationError, DataError
+from vivit.datasets.work_files import DECODED
 
 
 def digest_files(path: str) -> str:
@@ -46,7 +47,8 @@ def describe(sources: dict) -> str:
 def check_sources(existing, videos: str, annotations: Optional[str]) -> None:
   """What `existing` (a VideoDatasetBuilder without sources of its own) holds, if
   anything, must come from `videos` and `annotations`: a dataset or an unfinished run
-  from others is refused, naming what is there and --rebuild; one whose sources were
+  from others is refused, naming what is there and --rebuild (an unfinished run that
+  decoded no video is replaced); one whose sources were
   not recorded (prepared before prepare recorded them) is taken, with a warning."""
   there = existing.contents()
   if there is None:
@@ -59,6 +61,9 @@ def check_sources(existing, videos: str, annotations: Optional[str]) -> None:
           f'{describe(sources)}; --rebuild deletes it and prepares it from them',
           file=sys.stderr, flush=True)
   elif recorded != sources:
+    if not existing.is_prepared() and not existing.videos_done(DECODED):
+      existing.discard_work_dir()  # a run from other sources that decoded nothing
+      return
     another = '--name or --data_dir' if existing.NAMED else '--data_dir'
     raise DataError(f'{existing.dataset_dir} holds {there} from {describe(recorded)}, '
                     f'not from {describe(sources)}: prepare it under another {another}, '
