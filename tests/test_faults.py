@@ -95,8 +95,8 @@ def test_resume_checks_before_touching_the_workdir(data_dir, tmp_path, monkeypat
   monkeypatch.setattr(type(epath.Path(workdir)), 'read_text', failing_read)
   monkeypatch.setattr(checkpoints, 'RETRY_PAUSES_S', (0.0,))
   capsys.readouterr()
-  status = cli.run(lambda _: train.train_and_evaluate(config(**{'training.num_steps': 6}),
-                                                      workdir))
+  longer = {'training.num_steps': 6, 'training.allow_changes': True}  # the schedule changes
+  status = cli.run(lambda _: train.train_and_evaluate(config(**longer), workdir))
   out, err = capsys.readouterr()
   assert status == 2
   assert err.count('\n') == 1 and err.startswith(
@@ -120,8 +120,7 @@ def test_resume_checks_before_touching_the_workdir(data_dir, tmp_path, monkeypat
   assert listing(workdir) == before
 
   # The fault gone, a training-only change: resumes at the latest step.
-  result = train.train_and_evaluate(config(**{'training.num_steps': 6,
-                                              'model.dropout_rate': 0.1}), workdir)
+  result = train.train_and_evaluate(config(**longer, **{'model.dropout_rate': 0.1}), workdir)
   out = capsys.readouterr().out
   assert f'resumed from {workdir}/checkpoints/4' in out
   assert 'model.dropout_rate 0.0 -> 0.1' in out
@@ -133,7 +132,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
     data_dir, tmp_path, capsys):  # noqa: F811
   workdir = str(tmp_path / 'truncated')
   config = lambda steps, **kw: tiny_run_config(
-      data_dir, **{'training.num_steps': steps, 'training.eval_every': 2, **kw})
+      data_dir, **{'training.num_steps': steps, 'training.eval_every': 2,
+                   'training.allow_changes': True, **kw})  # resumed for more steps
   train.train_and_evaluate(config(4), workdir)
   latest = os.path.join(workdir, 'checkpoints', '4')
   files = [os.path.join(root, f) for root, _, names in os.walk(latest) for f in names]

@@ -133,8 +133,8 @@ def test_train_resume_and_evaluate_with_a_url_workdir(
   train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 4}), workdir)
   out = capsys.readouterr().out
   assert f'warning: workdir {workdir} is not on a local file system, so it is not locked' in out
-  result = train.train_and_evaluate(tiny_run_config(data_dir, **{'training.num_steps': 6}),
-                                    workdir)
+  result = train.train_and_evaluate(tiny_run_config(data_dir, **{
+      'training.num_steps': 6, 'training.allow_changes': True}), workdir)
   assert result['step'] == 6
   assert f'resumed from {workdir}/checkpoints/4' in capsys.readouterr().out
 

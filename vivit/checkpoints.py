@@ -15,11 +15,15 @@ never leaves a half-written `params/`.
 Every path may be local or a URL that `etils.epath` reads and writes
 (`gs://bucket/run`); see `vivit.workdir.as_path`.
 """
+import contextlib
 import json
 import math
 import os
+import re
+import sys
+import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import flax
 import jax
@@ -229,17 +233,72 @@ def train_managers(workdir: epath.PathLike, keep: int):
 
 
 def save(manager: ocp.CheckpointManager, step: int, item, **kwargs) -> None:
-  """`manager.save`, with a failure (disk full, no permission) reported as what it is."""
+  """`manager.save`, with a failure (disk full, no permission) reported as what it is:
+  a CheckpointSaveError naming the checkpoint and the cause. Orbax writes in threads,
+  each of which logs its own traceback of the failure: those are kept off the
+  terminal (shown with --verbose)."""
   try:
-    manager.save(step, args=ocp.args.StandardSave(item), **kwargs)
-    manager.wait_until_finished()
+    with _stderr_held_back():
+      try:
+        manager.save(step, args=ocp.args.StandardSave(item), **kwargs)
+      except Exception:  # pylint: disable=broad-except
+        with contextlib.suppress(Exception):  # the save's threads end, quietly, first
+          manager.wait_until_finished()
+        raise
+      manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-except  (OSError, or orbax's wrapping)
     manager.reload()
     kept = manager.latest_step()
     raise CheckpointSaveError(
-        f'saving checkpoint {step} to {manager.directory} failed ({type(e).__name__}: '
-        f'{e}); the checkpoints before it are intact (latest: '
+        f'saving checkpoint {step} failed: {manager.directory}/{step} cannot be written '
+        f'({_write_failure(e)}); the checkpoints before it are intact (latest: '
         f'{"none" if kept is None else kept})') from e
+
+
+@contextlib.contextmanager
+def _stderr_held_back() -> Iterator[None]:
+  """A block whose output on stderr (file descriptor 2: Python's, absl's and C++'s
+  alike, from every thread) is held in a temporary file, and written out when the
+  block ends without an error; dropped when it raises (the error says what
+  happened). Nothing is held back with --verbose, or where no temporary file can
+  be made."""
+  from vivit import verbose
+  try:
+    held = None if verbose() else tempfile.TemporaryFile()
+  except OSError:
+    held = None
+  if held is None:
+    yield
+    return
+  with held:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+    held.seek(0)
+    text = held.read()  # reached only without an error
+    if text:
+      sys.stderr.write(text.decode(errors='replace'))
+      sys.stderr.flush()
+
+
+def _write_failure(error: Exception) -> str:
+  """Why a checkpoint write failed: the OS error at the bottom of orbax's and
+  tensorstore's wrapping (`No space left on device`), else the first line."""
+  cause = error
+  while cause is not None:
+    code = re.search(r"os_error_code='(\d+)'", str(cause))
+    if code:
+      return os.strerror(int(code.group(1)))
+    if isinstance(cause, OSError) and cause.strerror:
+      return cause.strerror
+    cause = cause.__cause__ or cause.__context__
+  return first_line(f'{type(error).__name__}: {error}')
 
 
 # Where checkpoints go that training must not resume from (damaged, or best params

@@ -39,11 +39,11 @@ class TrainingDiverged(UserError, RuntimeError):
   """A non-finite loss or parameters: training stopped."""
 
 
-class CheckpointSaveError(UserError, RuntimeError):
-  """A checkpoint could not be written (disk full, no permission)."""
-
-
 class OutputError(UserError, OSError):
   """An output file or directory that may not or cannot be written: an input, an
   existing file (without --overwrite), a directory that is missing or read-only, a
-  full disk (the message names the file)."""
+  full disk (the message names the file). Also any workdir write that fails."""
+
+
+class CheckpointSaveError(OutputError):
+  """A checkpoint could not be written (disk full, no permission)."""

@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterator, List, Sequence
 from etils import epath
 
 from vivit.errors import OutputError, UserError
-from vivit.workdir import atomic_path, is_local
+from vivit.workdir import atomic_path, cannot_write, is_local
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -53,10 +53,6 @@ def check_files(option: str, paths: Sequence[str], inputs: Dict[str, str],
                       f'another name')
 
 
-def _cannot_write(path: str, error: OSError) -> OutputError:
-  return OutputError(f'{path} cannot be written: {error.strerror or error}')
-
-
 def write_files(writers: Dict[str, Callable[[str], None]]) -> List[str]:
   """Writes each file of `writers` ({path: function writing a file at the name it is
   given}) under a temporary name beside it, then renames them all to their paths; the
@@ -69,11 +65,11 @@ def write_files(writers: Dict[str, Callable[[str], None]]) -> List[str]:
         try:
           write(os.fspath(partial))
         except OSError as e:
-          raise _cannot_write(path, e) from None
+          raise cannot_write(path, e) from None
   except OSError as e:  # a rename
     if isinstance(e, UserError):
       raise
-    raise _cannot_write((e.filename or ', '.join(writers)).removesuffix('.tmp'),
+    raise cannot_write((e.filename or ', '.join(writers)).removesuffix('.tmp'),
                         e) from None
   return list(writers)
 

@@ -113,7 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
       nonfinite='stop',  # or 'skip': steps with a non-finite update are skipped
       # When every checkpoint of the workdir is damaged: train again from step 0
       # instead of stopping (the damaged ones stay in WORKDIR/set_aside/).
-      restart_from_scratch=False))
+      restart_from_scratch=False,
+      # Resume even with changes that break the run's determinism or schedule (a new
+      # learning rate, batch size, dataset...: `vivit.config_changes`).
+      allow_changes=False))
   config.eval = ml_collections.ConfigDict(dict(batch_size=64, num_clips=4, num_crops=3))
   config.mesh = ml_collections.ConfigDict(dict(
       fsdp=1,  # devices per FSDP group; the rest of the mesh is data-parallel
@@ -171,7 +174,7 @@ FIELD_RANGES = {
     'training.log_every': whole(),
     'training.eval_every': whole(),
     'training.checkpoint_every': whole(),
-    'training.keep_checkpoints': whole(optional=True),  # None: every one
+    'training.keep_checkpoints': whole(optional=True),  # at least 1; None: every one
     'eval.batch_size': whole(),
     'eval.num_clips': whole(),
     'mesh.fsdp': whole(),

@@ -9,6 +9,7 @@ and the data position are functions of the step). SIGTERM saves and exits. Any
 config field can be set with --config.SECTION.FIELD=VALUE. DIR may be a local
 directory or a URL that `etils.epath` reads and writes (`gs://bucket/run`).
 """
+import json
 import signal
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,13 +23,16 @@ from jax.experimental import multihost_utils
 
 from vivit import checkpoints, errors, evaluate, initialise, sharding, task
 from vivit import cli as cli_lib
+from vivit.config_changes import check_resume
 from vivit.input import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import all_finite, make_optimizer, skipped_steps
 from vivit.recipes import check_config
+from vivit.run_record import append_run_record, run_record
 from vivit.step import TrainState, train_step
 from vivit.workdir import (MetricWriter, WorkdirLock, as_path, check_workdir_model,
-                           record_workdir_model, save_class_names, write_atomically)
+                           read_record, record_workdir_model, save_class_names,
+                           write_atomically)
 
 # With several hosts, how often (in steps) they agree on whether one got SIGTERM.
 STOP_CHECK_EVERY = 10
@@ -142,7 +146,7 @@ def _first_state(config, workdir, init_from, optimizer, mesh, last, best, labels
     lines = [f'initialising from {init_from.path}:'] + [
         f'  {line}' for line in initialise.report_lines(report)]
     print('\n'.join(lines), flush=True)
-    (workdir / 'initialisation.txt').write_text('\n'.join(lines) + '\n')
+    write_atomically(workdir / 'initialisation.txt', '\n'.join(lines) + '\n')
   params = jax.device_put(params, state_sharding.params)
   state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                   out_shardings=state_sharding)(params)
@@ -236,14 +240,23 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   last, best = checkpoints.train_managers(workdir, training.keep_checkpoints)
   start, state, state_sharding = _first_state(config, workdir, init_from, optimizer, mesh,
                                               last, best, labels)
+  stored_config = workdir / 'config.json'
+  changes = check_resume(read_record(stored_config, 'a config') if start and
+                         stored_config.exists() else None, config, steps_per_epoch,
+                         workdir, start)
   # Only now that the run has resumed (or begun) does it record its settings.
   record_workdir_model(workdir, config.model)
+  record = None
   if jax.process_index() == 0:
-    write_atomically(workdir / 'config.json', config.to_json(indent=2))
+    write_atomically(stored_config, config.to_json(indent=2))
     save_class_names(workdir, labels.names_by_head)
     if start and model_changes:
       print('resuming with other training-only model settings: '
             + ', '.join(model_changes), flush=True)
+    if changes:
+      print('resuming with changed settings: ' + ', '.join(changes), flush=True)
+    record = run_record(start)
+    append_run_record(workdir, record)
   batch_sharding = sharding.batch_sharding(mesh)
   step_fn = jax.jit(
       lambda s, b: train_step(s, b, model=model, optimizer=optimizer, training=training,
@@ -256,6 +269,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       pipeline.train_batches(config.dataset, training.batch_size, config.seed, start),
       batch_sharding)
   writer = MetricWriter(workdir, start)
+  if record is not None:
+    writer.write_text(start, 'run', '    ' + json.dumps(record, indent=2).replace(
+        '\n', '\n    '))  # a markdown code block
   divergence = DivergenceCheck(training, lambda: (
       'none yet' if last.latest_step() is None
       else f'{workdir}/checkpoints/{last.latest_step()}'))
@@ -266,50 +282,47 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   # Loop: a step, then the periodic actions due at it.
   step, val_top1, stopping, run_start = start, None, False, time.time()
   train_log = TrainLog(writer, total_steps)
-  with StopRequest() as stop_request:
-    try:
-      # A stop during the validation of the step resumed from cut it short: redone.
-      if start and is_eval_step(start) and multihost_utils.broadcast_one_to_all(
-          np.int32(not writer.logged(start, 'validation'))):
-        val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, start,
+  with StopRequest() as stop_request, writer:
+    # A stop during the validation of the step resumed from cut it short: redone.
+    if start and is_eval_step(start) and multihost_utils.broadcast_one_to_all(
+        np.int32(not writer.logged(start, 'validation'))):
+      val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, start,
+                           stop_request)
+      if val_top1 is not None:
+        checkpoints.save(best, start, state.params, metrics={'top1': val_top1})
+      stopping = val_top1 is None
+      if stopping:
+        print(f'{stop_request.name}: validation of step {start} cut short again '
+              f'(checkpoint {start} is on disk); exiting', flush=True)
+    while step < total_steps and not stopping:
+      state, metrics = step_fn(state, next(batches))
+      step += 1
+      train_log.add(metrics)
+      divergence.add(step, metrics['loss'])
+      last_step = step == total_steps
+      logged = step % training.log_every == 0 or last_step
+      evaluated = is_eval_step(step)
+      saved = step % training.checkpoint_every == 0 or last_step
+      stopping = stop_request.agreed(step, logged or evaluated or saved)
+      if logged or evaluated or saved or stopping:
+        divergence.check(step, state.params)
+      if logged:
+        train_log.write(step, float(schedule(step - 1)), None if divergence.enabled
+                        else skipped_steps(state.opt_state))
+      if evaluated:
+        val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, step,
                              stop_request)
-        if val_top1 is not None:
-          checkpoints.save(best, start, state.params, metrics={'top1': val_top1})
-        stopping = val_top1 is None
-        if stopping:
-          print(f'{stop_request.name}: validation of step {start} cut short again '
-                f'(checkpoint {start} is on disk); exiting', flush=True)
-      while step < total_steps and not stopping:
-        state, metrics = step_fn(state, next(batches))
-        step += 1
-        train_log.add(metrics)
-        divergence.add(step, metrics['loss'])
-        last_step = step == total_steps
-        logged = step % training.log_every == 0 or last_step
-        evaluated = is_eval_step(step)
-        saved = step % training.checkpoint_every == 0 or last_step
-        stopping = stop_request.agreed(step, logged or evaluated or saved)
-        if logged or evaluated or saved or stopping:
-          divergence.check(step, state.params)
-        if logged:
-          train_log.write(step, float(schedule(step - 1)), None if divergence.enabled
-                          else skipped_steps(state.opt_state))
-        if evaluated:
-          val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, step,
-                               stop_request)
-          if val_top1 is None:
-            stopping = True
-          else:
-            checkpoints.save(best, step, state.params, metrics={'top1': val_top1})
-        if saved or stopping:
-          checkpoints.save(last, step, state, force=stopping)
-        if stopping:
-          print(f'{stop_request.name}: saved checkpoint at step {step}'
-                + (' (its validation was cut short; redone on resume)'
-                   if evaluated and val_top1 is None else '') + '; exiting', flush=True)
-          break
-    finally:
-      writer.close()
+        if val_top1 is None:
+          stopping = True
+        else:
+          checkpoints.save(best, step, state.params, metrics={'top1': val_top1})
+      if saved or stopping:
+        checkpoints.save(last, step, state, force=stopping)
+      if stopping:
+        print(f'{stop_request.name}: saved checkpoint at step {step}'
+              + (' (its validation was cut short; redone on resume)'
+                 if evaluated and val_top1 is None else '') + '; exiting', flush=True)
+        break
   if writer.active and not stopping:
     if step == start:
       print(f'{workdir} already holds the final checkpoint (step {step}); nothing to '

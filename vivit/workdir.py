@@ -4,6 +4,7 @@ the workdir lock, the model record, class names, the metric writer.
 A training workdir holds:
   WORKDIR/.lock               the lock of the training that uses it (`WorkdirLock`)
   WORKDIR/config.json         the run's config
+  WORKDIR/run.json            a record per start of training (`vivit.run_record`)
   WORKDIR/model_config.json   the model it trains (`record_workdir_model`)
   WORKDIR/class_names.json    the output classes' names (`save_class_names`)
   WORKDIR/metrics.jsonl       a JSON record per log line (`MetricWriter`)
@@ -27,7 +28,7 @@ import ml_collections
 from etils import epath
 
 from vivit import ranges
-from vivit.errors import CheckpointError, MissingError, WorkdirBusy
+from vivit.errors import CheckpointError, MissingError, OutputError, UserError, WorkdirBusy
 from vivit.models import default_model_config
 
 
@@ -61,8 +62,30 @@ def atomic_path(path: epath.PathLike) -> Iterator[epath.Path]:
     raise
 
 
+def cannot_write(path: epath.PathLike, error: Exception) -> OutputError:
+  """The error for a failed write of `path` (a full disk, a read-only file system):
+  an OSError's reason, or the first line of another library's (TensorFlow's)."""
+  reason = getattr(error, 'strerror', None) or getattr(error, 'message', None) or str(error)
+  lines = str(reason).strip().splitlines() or [type(error).__name__]
+  return OutputError(f'{path} cannot be written: {lines[0][:300]}')
+
+
+@contextlib.contextmanager
+def writing(path: epath.PathLike, *errors: type) -> Iterator[None]:
+  """A block that writes `path`: an OSError (or one of `errors`) raised in it is an
+  OutputError naming `path` (`cannot_write`); the project's own errors pass."""
+  try:
+    yield
+  except (OSError,) + errors as e:
+    if isinstance(e, UserError):
+      raise
+    raise cannot_write(path, e) from None
+
+
 def write_atomically(path: epath.PathLike, text: str) -> None:
-  with atomic_path(path) as partial:
+  """`path` holds `text`, or what it held before; a failed write is an OutputError
+  naming `path`."""
+  with writing(path), atomic_path(path) as partial:
     partial.write_text(text)
 
 
@@ -100,11 +123,12 @@ class WorkdirLock:
       raise WorkdirBusy(f'workdir {os.path.dirname(self._path)} is in use by another '
                         f'training ({holder}); wait for it to finish or use another '
                         f'--workdir') from None
-    self._file.seek(0)
-    self._file.truncate()
-    self._file.write(f'pid {os.getpid()} on {os.uname().nodename}, since '
-                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
-    self._file.flush()
+    with writing(self._path):
+      self._file.seek(0)
+      self._file.truncate()
+      self._file.write(f'pid {os.getpid()} on {os.uname().nodename}, since '
+                       f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
+      self._file.flush()
     return self
 
   def __exit__(self, *exc):
@@ -255,7 +279,8 @@ def record_workdir_model(workdir: epath.PathLike,
   workdir)."""
   if jax.process_index() == 0:
     workdir = as_path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with writing(workdir):
+      workdir.mkdir(parents=True, exist_ok=True)
     write_atomically(workdir / 'model_config.json', model_config_to_json(model_config))
 
 
@@ -352,20 +377,25 @@ def class_order(stored, wanted, checkpoint: str, dataset: str, hint: str = ''
 
 
 class MetricWriter:
-  """Metrics to WORKDIR/metrics.jsonl and TensorBoard events (host 0).
+  """Metrics to WORKDIR/metrics.jsonl and TensorBoard events (host 0); a context
+  that closes them.
 
   A run resuming at step `start` first drops the records of later steps (written
   before a kill, after the checkpoint it resumes from: they are logged again) and
   a partly written last line. A local metrics.jsonl is then appended to line by
   line. Object stores (a `gs://` workdir) cannot append: there the file is rewritten
-  whole at every write, so that a crash keeps every line written either way."""
+  whole at every write, so that a crash keeps every line written either way. A
+  failed write (a full disk) is an OutputError naming the file; the lines written
+  before it stay."""
 
   def __init__(self, workdir: epath.Path, start: int):
     self.active = jax.process_index() == 0
     self._logged = set()
     if self.active:
       import tensorflow as tf
-      self._tb = tf.summary.create_file_writer(os.fspath(workdir / 'tensorboard'))
+      self._events = workdir / 'tensorboard'
+      with writing(self._events, tf.errors.OpError):
+        self._tb = tf.summary.create_file_writer(os.fspath(self._events))
       self._path = workdir / 'metrics.jsonl'
       written = self._path.read_text() if self._path.exists() else ''
       lines = _records_until(written, start)
@@ -374,7 +404,18 @@ class MetricWriter:
       self._logged = {(r['step'], r['split']) for r in map(json.loads, lines)}
       local = is_local(self._path)
       # Only a store that cannot append keeps the lines, to rewrite them whole.
-      self._jsonl, self._lines = (self._path.open('a'), None) if local else (None, lines)
+      with writing(self._path):
+        self._jsonl, self._lines = (self._path.open('a'), None) if local else (None, lines)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, *exc):
+    try:
+      self.close()
+    except OutputError:
+      if exc_type is None:
+        raise  # else the error that brought us here says more
 
   def logged(self, step: int, split: str) -> bool:
     """Whether metrics.jsonl holds `split`'s record of `step` (host 0; False elsewhere)."""
@@ -387,22 +428,40 @@ class MetricWriter:
     record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
     line = json.dumps(record) + '\n'
     self._logged.add((step, split))
-    if self._jsonl is not None:
-      self._jsonl.write(line)
-      self._jsonl.flush()
-    else:
-      self._lines.append(line)
-      self._path.write_text(''.join(self._lines))
-    with self._tb.as_default(step=step):
-      for name, value in metrics.items():
-        tf.summary.scalar(f'{split}/{name}', float(value))
-    self._tb.flush()
+    with writing(self._path):
+      if self._jsonl is not None:
+        self._jsonl.write(line)
+        self._jsonl.flush()
+      else:
+        self._lines.append(line)
+        self._path.write_text(''.join(self._lines))
+    with writing(self._events, tf.errors.OpError):
+      with self._tb.as_default(step=step):
+        for name, value in metrics.items():
+          tf.summary.scalar(f'{split}/{name}', float(value))
+      self._tb.flush()
+
+  def write_text(self, step: int, tag: str, text: str) -> None:
+    """`text` (markdown) as TensorBoard text under `tag` (host 0)."""
+    if not self.active:
+      return
+    import tensorflow as tf
+    with writing(self._events, tf.errors.OpError):
+      with self._tb.as_default(step=step):
+        tf.summary.text(tag, text)
+      self._tb.flush()
 
   def close(self) -> None:
     if self.active:
-      if self._jsonl is not None:
-        self._jsonl.close()
-      self._tb.close()
+      import tensorflow as tf
+      jsonl, self._jsonl = self._jsonl, None
+      try:
+        if jsonl is not None:
+          with writing(self._path):
+            jsonl.close()
+      finally:
+        with writing(self._events, tf.errors.OpError):
+          self._tb.close()
 
 
 def _records_until(text: str, step: int) -> List[str]:
