@@ -12,7 +12,7 @@ import pytest
 import video_files as vf
 from vivit import datasets, prepare, task
 from vivit.datasets.video_folder import VideoFolder
-from vivit.datasets import lock
+from vivit.datasets.builder import LOCK
 from vivit.errors import ConfigError, DataError, MissingError
 from vivit.input import pipeline
 from vivit.recipes import base_config
@@ -40,7 +40,7 @@ def snapshot(directory):
   run that is refused held one, and it names its last holder)."""
   return {os.path.relpath(os.path.join(d, n), directory):
           (os.stat(os.path.join(d, n)).st_size, os.stat(os.path.join(d, n)).st_mtime_ns)
-          for d, _, names in os.walk(directory) for n in names if n != lock.LOCK}
+          for d, _, names in os.walk(directory) for n in names if n != LOCK}
 
 
 @pytest.fixture(scope='module')

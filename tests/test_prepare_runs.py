@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 import video_files as vf
 from vivit import prepare
-from vivit.datasets import lock
+from vivit.datasets.builder import preparing
 from vivit.datasets.work_files import FAILED
 from helpers import run_env
 
@@ -105,7 +105,7 @@ def test_two_prepares_at_once_make_one_dataset(tmp_path):
   videos = write_tree(str(tmp_path / 'videos'), 4, 8, (48, 64))
   data_dir = tmp_path / 'tfds'
   errs = [tmp_path / 'err0', tmp_path / 'err1']
-  with lock.preparing(str(data_dir / 'video_folder'), 'video_folder'):
+  with preparing(str(data_dir / 'video_folder'), 'video_folder'):
     processes = []
     for err in errs:
       with open(err, 'w') as f:

@@ -45,8 +45,8 @@ def test_a_held_workdir_refuses_a_second_lock_until_released(tmp_path):
 def test_a_workdir_that_cannot_be_written_is_named(tmp_path):
   (tmp_path / 'file').write_text('')
   run = str(tmp_path / 'file' / 'run')
-  with pytest.raises(errors.MissingError,
-                     match=re.escape(f'workdir {run} cannot be written: [Errno 20]')):
+  with pytest.raises(errors.OutputError,
+                     match=re.escape(f'{run}/.lock cannot be written: Not a directory')):
     with workdir.WorkdirLock(run):
       pass
 

@@ -18,16 +18,16 @@ Every path here may be local or any URL `etils.epath` reads and writes
 made absolute (orbax wants them so) and URLs are kept as given.
 """
 import contextlib
+import functools
 import json
 import os
-import time
 from typing import Any, Dict, Iterator, List, Optional
 
 import jax
 import ml_collections
 from etils import epath
 
-from vivit import ranges
+from vivit import locks, ranges
 from vivit.errors import CheckpointError, MissingError, OutputError, UserError, WorkdirBusy
 from vivit.models import default_model_config
 
@@ -90,16 +90,16 @@ def write_atomically(path: epath.PathLike, text: str) -> None:
 
 
 class WorkdirLock:
-  """An exclusive lock on a training workdir (`WORKDIR/.lock`, an OS file lock, so
-  it dies with its process: a crashed run leaves nothing to clean up). Taken by
-  process 0 only: the hosts of one run share the workdir. A workdir that is a URL
-  (`gs://bucket/run`) is not locked, with a warning: an object store has no file
-  locks, and a lock object would outlive a killed run."""
+  """An exclusive lock on a training workdir (`WORKDIR/.lock`, `vivit.locks`: it dies
+  with its process, so a crashed run leaves nothing to clean up); a second training
+  is refused. Taken by process 0 only: the hosts of one run share the workdir. A
+  workdir that is a URL (`gs://bucket/run`) is not locked, with a warning: an object
+  store has no file locks, and a lock object would outlive a killed run."""
 
   def __init__(self, workdir: epath.PathLike):
     self._workdir = as_path(workdir)
     self._path = os.path.join(self._workdir, '.lock')
-    self._file = None
+    self._held = contextlib.ExitStack()
 
   def __enter__(self):
     if jax.process_index():
@@ -108,32 +108,17 @@ class WorkdirLock:
       print(f'warning: workdir {self._workdir} is not on a local file system, so it is '
             f'not locked: make sure no other training uses it', flush=True)
       return self
-    import fcntl
-    try:
-      os.makedirs(os.path.dirname(self._path), exist_ok=True)
-      self._file = open(self._path, 'a+')
-    except OSError as e:
-      raise MissingError(f'workdir {self._workdir} cannot be written: {e}') from None
-    try:
-      fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      self._file.seek(0)
-      holder = self._file.read().strip() or 'another process'
-      self._file.close()
-      raise WorkdirBusy(f'workdir {os.path.dirname(self._path)} is in use by another '
-                        f'training ({holder}); wait for it to finish or use another '
-                        f'--workdir') from None
-    with writing(self._path):
-      self._file.seek(0)
-      self._file.truncate()
-      self._file.write(f'pid {os.getpid()} on {os.uname().nodename}, since '
-                       f'{time.strftime("%Y-%m-%d %H:%M:%S")}')
-      self._file.flush()
+    workdir = os.path.dirname(self._path)
+
+    def refuse(holder: str) -> None:
+      raise WorkdirBusy(f'workdir {workdir} is in use by another training ({holder}); '
+                        f'wait for it to finish or use another --workdir')
+    self._held.enter_context(
+        locks.held(self._path, refuse, functools.partial(cannot_write, self._path)))
     return self
 
   def __exit__(self, *exc):
-    if self._file is not None:
-      self._file.close()  # releases the lock
+    self._held.close()  # releases the lock
 
 
 # The model record: DIR/model_config.json.

@@ -14,7 +14,7 @@ Preparation runs in two stages so that it survives being killed:
    `_decode_all`). A restarted run decodes only the videos without a work file.
 2. write: TFDS writes the dataset from those files, then the report, then the work
    files go.
-One run at a time prepares a dataset: `prepare_dataset` holds its lock (lock.py).
+One run at a time prepares a dataset: `prepare_dataset` holds its lock (vivit.locks).
 A split without a video to write (none found, or every one failed) ends the run
 with the report and one error naming it, before decoding when that is known then.
 With `beam=True` both stages are one Apache Beam pipeline (TFDS's Beam support),
@@ -36,9 +36,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vivit import video
-from vivit.errors import ConfigError, DataError, UserError
-from vivit.datasets import lock
+from vivit import locks, video
+from vivit.errors import ConfigError, DataError, OutputError, UserError
 from vivit.datasets.decoders import WORKER_DIED, Decoders, decode_entry
 from vivit.datasets.entries import Entry, check_class_names, check_entries, check_split
 from vivit.datasets.provenance import check_sources, digest_files
@@ -50,6 +49,7 @@ WORK_DIR = '_prepare'
 # leaves this, never a partial work dir that a next run would take for its own.
 REMOVED_WORK_DIR = '_prepare.removing'
 REPORT = 'prepare_report.json'
+LOCK = 'prepare.lock'  # one run at a time prepares a dataset (vivit.locks)
 SOURCES = 'sources.json'  # in the work dir: what an unfinished run prepares from
 VERSION_DIR = re.compile(r'\d+\.\d+\.\d+')
 # A video in flight when this many whole runs were killed is named (it may be what
@@ -421,13 +421,29 @@ class VideoDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
 
 
+def preparing(dataset_dir: str, dataset_name: str):
+  """The lock of the dataset in `dataset_dir` (`vivit.locks`): one run at a time
+  prepares a dataset; a second waits for the holder, saying once whom it waits for."""
+  path = os.path.join(dataset_dir, LOCK)
+
+  def wait(holder: str) -> None:
+    print(f'{dataset_name}: waiting for the run that is preparing it ({holder}; lock '
+          f'{path}) to finish', file=sys.stderr, flush=True)
+
+  def cannot_write(error: OSError) -> OutputError:
+    return OutputError(f'{path}: cannot create the lock of {dataset_name} '
+                       f'({error.strerror})')
+  return locks.held(path, wait, cannot_write)
+
+
 def prepare_dataset(builder_cls: type, *, data_dir: str, name: Optional[str] = None,
                     **kwargs) -> Tuple[VideoDatasetBuilder, dict]:
-  """`_prepare_locked`, holding the dataset's lock (lock.py: waits for a run that
-  holds it); first removes the work dir that a run killed while deleting it left."""
+  """`_prepare_locked`, holding the dataset's lock (`preparing`: the waiting run then
+  finds the dataset prepared, or the killed holder's work to resume); first removes
+  the work dir that a run killed while deleting it left."""
   dataset_name = f'{builder_cls.name}/{name}' if name else builder_cls.name
   dataset_dir = os.path.join(data_dir, *dataset_name.split('/'))
-  with lock.preparing(dataset_dir, dataset_name):
+  with preparing(dataset_dir, dataset_name):
     shutil.rmtree(os.path.join(dataset_dir, REMOVED_WORK_DIR), ignore_errors=True)
     return _prepare_locked(builder_cls, data_dir=data_dir, name=name, **kwargs)
 
