@@ -1,15 +1,15 @@
 """Prepare a dataset: `vivit-prepare DATASET --videos DIR --annotations PATH --data_dir OUT`.
 
+Examples:
+  vivit-prepare kinetics400 --videos k400/videos \\
+      --annotations k400/annotations --data_dir /data/tfds --workers 16
+  vivit-prepare video_folder --name birds --videos my_videos --data_dir /data/tfds
+
 Turns an official dataset release (or any folder of labelled videos) into a TFDS
 dataset of JPEG frames at `--fps`, short side `--short_side`, that training reads
 with `--config.dataset.name=DATASET --config.dataset.data_dir=OUT`; your own videos
 under a name (`video_folder --name NAME`: `--config.dataset.name=video_folder/NAME`),
 as many as you like in one data dir.
-
-Examples:
-  vivit-prepare kinetics400 --videos k400/videos \\
-      --annotations k400/annotations --data_dir /data/tfds --workers 16
-  vivit-prepare video_folder --name birds --videos my_videos --data_dir /data/tfds
 
 Bad videos are skipped and listed in OUT/DATASET[/NAME]/prepare_report.json. A run that
 is killed resumes where it stopped; a finished dataset is not rebuilt, and one
