@@ -256,6 +256,8 @@ BAD_FIELDS = [
     ('training.batch_size', -8, 'training.batch_size=-8 is not a whole number'),
     ('training.log_every', 0, 'training.log_every=0 is not a whole number'),
     ('training.checkpoint_every', 0, 'training.checkpoint_every=0 is not a whole number'),
+    ('training.profile_steps', -1, 'training.profile_steps=-1 is not a whole number from 0 '
+                                   'to 2147483647'),
     ('eval.batch_size', 0, 'eval.batch_size=0 is not a whole number'),
     ('training.num_epochs', float('nan'), 'training.num_epochs=nan is not a finite number '
                                           '> 0'),

@@ -3,6 +3,7 @@ train, evaluate and checkpoint like 1 process x 8 devices (FSDP 4x2 both), and
 checkpoints resume on another topology (8 devices with FSDP 4x2 -> 2 processes
 data-parallel; 2 processes -> 1 device) to the same result as an uninterrupted run:
 together, 1 device, 8 devices and 2 hosts train the same model."""
+import glob
 import json
 import os
 import re
@@ -65,13 +66,17 @@ def one_process(data_dir, tmp_path_factory):  # noqa: F811
 @pytest.fixture(scope='module')
 def two_processes(data_dir, tmp_path_factory):  # noqa: F811
   workdir = tmp_path_factory.mktemp('two') / 'run'
-  out = train(data_dir, workdir, processes=2, devices=4, **{'mesh.fsdp': 2})
+  out = train(data_dir, workdir, processes=2, devices=4,
+              **{'mesh.fsdp': 2, 'training.profile_steps': 2})
   return workdir, out
 
 
 def test_two_processes_train_and_evaluate_like_one(one_process, two_processes):
   workdir, out = two_processes
   assert '[0] step 4/4' in out and '[1] step 4/4' not in out  # process 0 reports
+  # training.profile_steps: process 0 traces (the numbers below are the same).
+  assert '[0] profiling steps 2-3' in out and '[1] profiling' not in out
+  assert len(glob.glob(str(workdir / 'tensorboard/plugins/profile/*/*.xplane.pb'))) == 1
   np.testing.assert_allclose([r['loss'] for r in read_metrics(workdir)],
                              [r['loss'] for r in read_metrics(one_process)], atol=1e-5)
   two, one = read_metrics(workdir, 'validation')[-1], read_metrics(one_process, 'validation')[-1]

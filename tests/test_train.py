@@ -1,6 +1,7 @@
 """The training loop end to end (`vivit.train`): kill and resume, a workdir evaluated
 and loaded as a checkpoint, input errors, the paper's configs. (Its parts: test_step,
 test_optim, test_sharding, test_workdir; faults and signals: test_faults.)"""
+import glob
 import json
 import os
 import re
@@ -78,11 +79,20 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
 
 
 def test_train_in_process_then_evaluate(data_dir, tmp_path, capsys):
-  config = tiny_run_config(data_dir, **{'training.mixup': 0.2, 'training.label_smoothing': 0.1})
+  config = tiny_run_config(data_dir, **{'training.mixup': 0.2, 'training.label_smoothing': 0.1,
+                                        'training.profile_steps': 2})
   result = train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 12 and 0 <= result['val_top1'] <= 1
   validation = read_metrics(tmp_path, 'validation')
   assert [r['step'] for r in validation] == [6, 12]
+  # training.profile_steps: steps 2-3 traced into WORKDIR/tensorboard, for TensorBoard.
+  [trace] = glob.glob(str(tmp_path / 'tensorboard' / 'plugins' / 'profile' / '*' /
+                          '*.xplane.pb'))
+  out = capsys.readouterr().out
+  assert (f'profiling steps 2-3 (training.profile_steps) into {tmp_path}/tensorboard/'
+          f'plugins/profile/\n') in out
+  assert (f'profile of steps 2-3 written to {os.path.dirname(trace)}; view it with '
+          f'`tensorboard --logdir {tmp_path}/tensorboard`') in out
 
   out = evaluate.run(tiny_run_config(data_dir, **{'training.mixup': 0.2,
                                               'training.label_smoothing': 0.1}), str(tmp_path))
@@ -123,6 +133,7 @@ def test_train_in_process_then_evaluate(data_dir, tmp_path, capsys):
                                                       'training.label_smoothing': 0.1}),
                              str(tmp_path))
   assert again['step'] == 12 and again['val_top1'] is None
+  assert 'training.profile_steps 2 -> 0' in capsys.readouterr().out  # accepted
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['10', '12']
 
   # Same workdir, different model: refused, naming the field.

@@ -32,6 +32,7 @@ RESUME_CHANGES = {
     'training.eval_every': ACCEPTED,
     'training.checkpoint_every': ACCEPTED,
     'training.keep_checkpoints': ACCEPTED,
+    'training.profile_steps': ACCEPTED,  # what is traced, not what is trained
     'training.restart_from_scratch': ACCEPTED,
     'training.allow_changes': ACCEPTED,
     'init_from': ACCEPTED,  # a resumed run starts from its checkpoint

@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip_group=config_dict.FieldReference(8, field_type=int),
       label_smoothing=0.0, mixup=0.0,
       log_every=100, eval_every=5000, checkpoint_every=1000, keep_checkpoints=3,
+      # N > 0: a jax profiler trace of N steps from the second after each start, into
+      # WORKDIR/tensorboard/plugins/profile/ (vivit.profiling); 0: none.
+      profile_steps=0,
       nonfinite='stop',  # or 'skip': steps with a non-finite update are skipped
       # When every checkpoint of the workdir is damaged: train again from step 0
       # instead of stopping (the damaged ones stay in WORKDIR/set_aside/).
@@ -175,6 +178,7 @@ FIELD_RANGES = {
     'training.eval_every': whole(),
     'training.checkpoint_every': whole(),
     'training.keep_checkpoints': whole(optional=True),  # at least 1; None: every one
+    'training.profile_steps': whole(0),  # 0: no profile
     'eval.batch_size': whole(),
     'eval.num_clips': whole(),
     'mesh.fsdp': whole(),

@@ -27,12 +27,13 @@ from vivit.config_changes import check_resume
 from vivit.input import pipeline
 from vivit.models import build_model, init_params
 from vivit.optim import all_finite, make_optimizer, skipped_steps
+from vivit.profiling import ProfileWindow
 from vivit.recipes import check_config
 from vivit.run_record import append_run_record, run_record
 from vivit.step import TrainState, train_step
 from vivit.workdir import (MetricWriter, WorkdirLock, as_path, check_workdir_model,
                            read_record, record_workdir_model, save_class_names,
-                           write_atomically)
+                           tensorboard_dir, write_atomically)
 
 # With several hosts, how often (in steps) they agree on whether one got SIGTERM.
 STOP_CHECK_EVERY = 10
@@ -282,7 +283,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   # Loop: a step, then the periodic actions due at it.
   step, val_top1, stopping, run_start = start, None, False, time.time()
   train_log = TrainLog(writer, total_steps)
-  with StopRequest() as stop_request, writer:
+  profile = ProfileWindow(training.profile_steps, start, tensorboard_dir(workdir))
+  with StopRequest() as stop_request, writer, profile:
     # A stop during the validation of the step resumed from cut it short: redone.
     if start and is_eval_step(start) and multihost_utils.broadcast_one_to_all(
         np.int32(not writer.logged(start, 'validation'))):
@@ -295,7 +297,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         print(f'{stop_request.name}: validation of step {start} cut short again '
               f'(checkpoint {start} is on disk); exiting', flush=True)
     while step < total_steps and not stopping:
-      state, metrics = step_fn(state, next(batches))
+      state, metrics = profile.run(step + 1, step_fn, state, next(batches))
       step += 1
       train_log.add(metrics)
       divergence.add(step, metrics['loss'])

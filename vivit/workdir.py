@@ -8,7 +8,8 @@ A training workdir holds:
   WORKDIR/model_config.json   the model it trains (`record_workdir_model`)
   WORKDIR/class_names.json    the output classes' names (`save_class_names`)
   WORKDIR/metrics.jsonl       a JSON record per log line (`MetricWriter`)
-  WORKDIR/tensorboard/        the same metrics as TensorBoard events
+  WORKDIR/tensorboard/        the same metrics as TensorBoard events (`tensorboard_dir`);
+                              plugins/profile/: profiles (`vivit.profiling`)
   WORKDIR/checkpoints/, best/, set_aside/   orbax checkpoints (`vivit.checkpoints`)
 A params directory (`checkpoints.save_params`) holds model_config.json and
 class_names.json too.
@@ -361,6 +362,12 @@ def class_order(stored, wanted, checkpoint: str, dataset: str, hint: str = ''
 # Metrics: WORKDIR/metrics.jsonl and WORKDIR/tensorboard/.
 
 
+def tensorboard_dir(workdir: epath.PathLike) -> epath.Path:
+  """WORKDIR/tensorboard: the metrics' TensorBoard events (`MetricWriter`) and the
+  profiles of training steps (`vivit.profiling`)."""
+  return as_path(workdir) / 'tensorboard'
+
+
 class MetricWriter:
   """Metrics to WORKDIR/metrics.jsonl and TensorBoard events (host 0); a context
   that closes them.
@@ -378,7 +385,7 @@ class MetricWriter:
     self._logged = set()
     if self.active:
       import tensorflow as tf
-      self._events = workdir / 'tensorboard'
+      self._events = tensorboard_dir(workdir)
       with writing(self._events, tf.errors.OpError):
         self._tb = tf.summary.create_file_writer(os.fspath(self._events))
       self._path = workdir / 'metrics.jsonl'
