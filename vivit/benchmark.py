@@ -2,7 +2,7 @@
 
   vivit-benchmark --out results/gpu
   vivit-benchmark --out results/fe --variants 2 --dtypes bfloat16 --batch 32
-  vivit-benchmark --out quick --model Ti/16x2 --frames 8 --resolution 64 --layers 2
+  vivit-benchmark --out quick --model S/16x2 --frames 8 --resolution 64 --layers 2
 
 For each variant (the paper's models 1-4, `--variants`), compute dtype (`--dtypes`)
 and pass (`--passes`): the forward (inference) and the train step (vivit.step's, as
