@@ -2,7 +2,8 @@
 forward time and memory against the frame count, beside its per-variant table.
 
   python experiments/benchmark.py --out runs/benchmark --sweep 8,16,32,64 --variants 1,2,3,4
-  python experiments/benchmark.py --out runs/quick --model S/16x2 --frames 8 --resolution 64 --loop-steps 0
+  python experiments/benchmark.py --out runs/quick --model S/16x2 --frames 8 \\
+      --resolution 64 --loop-steps 0
 
 Runs `vivit-benchmark` (`vivit.benchmark`: each variant's forward and train step,
 clips/s, FLOPs, MFU, peak memory, the attention that ran, HF transformers beside

@@ -36,12 +36,12 @@ import subprocess
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from vivit import cli, outputs, peaks, verbose
-from vivit.errors import ConfigError, OutputError
+from vivit.errors import ConfigError
 from vivit.workdir import writing
 
 NUM_CLASSES = 400  # Kinetics-400's head, as the checkpoints this project loads
@@ -390,8 +390,10 @@ def result_line(row: dict) -> str:
   if row.get('mfu') is not None:
     parts.append(f"MFU {100 * row['mfu']:.1f} %")
   parts.append(f"peak {row['peak_bytes'] / 2 ** 30:.2f} GiB")
-  if row.get('attention'):
-    parts.append(f"attention {attention_cell(row['attention']) if isinstance(row['attention'], list) else row['attention']}")
+  if row.get('attention'):  # ours: the calls counted; HF's: its implementation's name
+    attention = row['attention']
+    parts.append('attention ' + (attention_cell(attention) if isinstance(attention, list)
+                                 else attention))
   return '  ' + ', '.join(parts)
 
 
