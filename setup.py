@@ -99,6 +99,7 @@ setup(
             "vivit-predict = vivit.predict:main",
             "vivit-prepare = vivit.prepare:main",
             "vivit-launch = vivit.launch:main",
+            "vivit-benchmark = vivit.benchmark:main",
         ],
     },
     extras_require={

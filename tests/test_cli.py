@@ -17,7 +17,7 @@ from helpers import CONFIG, cli_args, run_env
 from vivit import cli
 
 ENTRY_POINTS = ('vivit-train', 'vivit-evaluate', 'vivit-convert', 'vivit-predict',
-                'vivit-prepare', 'vivit-launch')
+                'vivit-prepare', 'vivit-launch', 'vivit-benchmark')
 
 
 def run_all(commands, env):
@@ -51,6 +51,8 @@ def mistakes(tmp_path, data_dir):  # noqa: F811
        '--videos'),
       (module('vivit.launch') + ['--processes=0', '--', f'--config={CONFIG}'],
        "argument --processes: '0' is not a whole number from 1 to 64"),
+      (module('vivit.benchmark') + ['--variants=5', f'--out={tmp_path / "bench"}'],
+       "--variants 5: unknown variant '5'"),
   ]
 
 
