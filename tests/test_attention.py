@@ -1,6 +1,8 @@
-"""The key-blocked attention and the fused CPU kernel against the plain one: values
-and gradients, every variant, with and without CLS, lengths that are not a multiple
-of the blocks; what 'auto' picks on CPU, NVIDIA GPUs and TPUs (device facts given)."""
+"""The key-blocked attention, the fused CPU kernel and cuDNN's padding against the
+plain attention: values and gradients, every variant, with and without CLS, lengths
+that are not a multiple of the blocks; what 'auto' picks on CPU, NVIDIA GPUs and TPUs
+(device facts given), for every attention of the paper's models."""
+import itertools
 import os
 import platform
 import subprocess
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import default_or_slow, random_params, random_video, tiny_model_config
-from vivit.models import attention, build_model, fused_attention
+from vivit.models import attention, build_model, fused_attention, get_model_config
 
 needs_fused = pytest.mark.skipif(bool(fused_attention.unavailable_reason()),
                                  reason=fused_attention.unavailable_reason() or 'available')
@@ -299,13 +301,22 @@ def arrays(shape=(2, 1568, 12, 64), dtype=jnp.bfloat16, key_length=None):
   return query, key, key
 
 
-@pytest.mark.parametrize('where,shape', [
-    (H100, (2, 1568, 12, 64)), (A100, (2, 1568, 12, 64)), (H100, (8, 16, 6, 256)),
-    (A100, (1, 2, 1, 8)), (H100, (2, 196, 16, 80))])
-def test_auto_picks_cudnn_on_nvidia_gpus_in_half_precision(where, shape):
+@pytest.mark.parametrize('where,shape,key_length,described', [
+    (H100, (2, 1568, 12, 64), None, 'cudnn'), (A100, (2, 1568, 12, 64), None, 'cudnn'),
+    (H100, (8, 16, 6, 256), None, 'cudnn'), (A100, (1, 2, 1, 8), None, 'cudnn'),
+    (H100, (2, 196, 16, 80), None, 'cudnn'),
+    (H100, (2, 1569, 12, 64), None, 'cudnn (padded 1569->1576)'),  # CLS + 1568 patches
+    (A100, (2, 1568, 12, 64), 9, 'cudnn (padded 1568/9->1568/16)'),
+    (A100, (1, 1, 1, 8), None, 'cudnn (padded 1->8)')])
+def test_auto_picks_cudnn_on_nvidia_gpus_in_half_precision(where, shape, key_length,
+                                                          described):
+  """Every token count: odd ones padded to a multiple of 8 (and the other side of
+  the attention with them), even ones as they are."""
   for dtype in (jnp.bfloat16, jnp.float16):
-    assert attention.cudnn_unavailable_reason(*arrays(shape, dtype), where) == ''
-    assert attention.auto_implementation(*arrays(shape, dtype), where) == 'cudnn'
+    qkv = arrays(shape, dtype, key_length)
+    assert attention.cudnn_unavailable_reason(*qkv, where) == ''
+    assert attention.auto_implementation(*qkv, where) == 'cudnn'
+    assert attention.describe_auto_implementation(*qkv, where) == described
 
 
 V100 = H100._replace(compute_capability=(7, 0))
@@ -320,8 +331,6 @@ FALLBACKS = [  # (where, query/key/value, what the reason says)
     (V100, arrays(), 'needs compute capability 8.0 or newer (this GPU: 7.0)'),
     (H100._replace(compute_capability=(10, 3), cudnn_version=91000), arrays(),
      'compute capability 10.3 needs cuDNN 9.11'),
-    (H100, arrays((2, 1569, 12, 64)), 'lengths 1569 and 1569'),  # CLS + 1568 patches
-    (H100, arrays(key_length=9), 'lengths 1568 and 9'),
     (H100, arrays((2, 0, 12, 64)), 'empty arrays'),
     (H100._replace(nvidia=False), arrays(), 'needs an NVIDIA GPU (JAX runs on gpu)'),
     (H100._replace(cudnn_version=None), arrays(), 'JAX finds no cuDNN'),
@@ -329,9 +338,81 @@ FALLBACKS = [  # (where, query/key/value, what the reason says)
 
 
 @pytest.mark.parametrize('where,qkv,reason', FALLBACKS, ids=[r for *_, r in FALLBACKS])
-def test_auto_falls_back_to_blocked_on_gpus_with_the_reason(where, qkv, reason):
+def test_auto_falls_back_on_gpus_with_the_reason(where, qkv, reason):
+  """Where cuDNN cannot run: XLA's attention where its three float32 [batch, heads,
+  queries, keys] matrices fit 1/32 of the memory (16 GiB where not said), else
+  blocked (e.g. [2, 12, 1568, 1568]: 708 MB, more than 512 MiB)."""
   assert reason in attention.cudnn_unavailable_reason(*qkv, where)
-  assert attention.auto_implementation(*qkv, where) == 'blocked'
+  (batch, queries, heads, _), keys = qkv[0].shape, qkv[1].shape[1]
+  for memory in (None, 80 * 2**30):
+    budget = (memory or 16 * 2**30) / 32
+    want = 'xla' if 3 * 4 * batch * heads * queries * keys <= budget else 'blocked'
+    assert attention.auto_implementation(*qkv, where._replace(memory=memory)) == want
+
+
+L4 = H100._replace(compute_capability=(8, 9), memory=22 * 2**30)
+
+
+def test_float32_on_gpus_xla_while_its_matrices_fit_blocked_beyond(monkeypatch):
+  """The three [batch, heads, queries, keys] float32 matrices of XLA's attention
+  against 1/32 of the device's memory (`memory_stats()['bytes_limit']`, 16 GiB where
+  the device does not say), the examples of an enclosing vmap counted: ViViT-B's
+  shapes on an 80 GB H100 and a 22 GiB L4, then at the budget's edge."""
+  h100 = H100._replace(memory=80 * 2**30)  # budget 2.5 GiB
+  cases = [  # (where, batch, length, auto): 12 heads of 64
+      (h100, 1, 3137, 'xla'),      # model 1, one clip: 1.42 GB
+      (h100, 2, 3137, 'blocked'),  # two: 2.83 GB
+      (L4, 1, 3137, 'blocked'),    # budget 0.69 GiB
+      (L4, 8 * 16, 197, 'xla'),    # model 2's spatial encoder, 8 clips: 0.72 GB
+      (L4, 16 * 16, 197, 'blocked'),
+      (H100, 1, 3137, 'blocked'),  # no memory said: a budget of 16 GiB / 32
+      (H100, 4 * 16, 197, 'xla')]
+  for where, batch, length, want in cases:
+    qkv = arrays((batch, length, 12, 64), jnp.float32)
+    assert attention.xla_matrix_bytes(*qkv[:2]) == 3 * 4 * batch * 12 * length**2
+    assert attention.auto_implementation(*qkv, where) == want, (where, batch, length)
+  # At the edge: (1, 64, 2, 8) holds 3 * 4 * 2 * 64 * 64 = 98304 bytes.
+  edge = arrays((1, 64, 2, 8), jnp.float32)
+  assert attention.auto_implementation(*edge, H100._replace(memory=32 * 98304)) == 'xla'
+  assert attention.auto_implementation(
+      *edge, H100._replace(memory=32 * 98304 - 1)) == 'blocked'
+  # Four of them under a vmap hold four times as much: blocked where one alone is not.
+  monkeypatch.setattr(attention, 'accelerator',
+                      lambda: H100._replace(memory=2 * 32 * 98304))
+  x = jnp.zeros((1, 64, 2, 8))
+  blocked = lambda fn, *args: 'exp2' in str(jax.make_jaxpr(fn)(*args))  # base-2 softmax
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # runs xla/blocked, not in cuDNN: float32
+    assert not blocked(lambda *qkv: attention.attend(*qkv), x, x, x)
+    mapped = jax.vmap(lambda *qkv: attention.attend(*qkv))
+    assert blocked(mapped, *[jnp.stack([x] * 4)] * 3)
+    assert blocked(jax.grad(lambda q: jnp.sum(mapped(q, q, q))), jnp.stack([x] * 4))
+
+
+def test_accelerator_reads_the_gpus_memory(monkeypatch):
+  """`memory_stats()['bytes_limit']` where the device has it, None where not."""
+  class Gpu:
+    compute_capability = '9.0'
+    client = type('Client', (), {'platform_version': 'PJRT C API\ncuda 12080'})()
+
+    def __init__(self, stats):
+      self.stats = stats
+
+    def memory_stats(self):
+      if isinstance(self.stats, Exception):
+        raise self.stats
+      return self.stats
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  try:
+    for stats, memory in (({'bytes_limit': 79 * 2**30, 'bytes_in_use': 0}, 79 * 2**30),
+                          (None, None), ({}, None), (NotImplementedError(), None)):
+      monkeypatch.setattr(jax, 'local_devices', lambda stats=stats: [Gpu(stats)])
+      attention.accelerator.cache_clear()
+      found = attention.accelerator()
+      assert found == attention.Accelerator('gpu', True, (9, 0), found.cudnn_version,
+                                            memory)
+  finally:
+    attention.accelerator.cache_clear()
 
 
 CPU_CASES = [  # (query/key/value): float32 at every head dim and length, half precision
@@ -356,43 +437,151 @@ def test_cuda_facts_never_change_the_cpu_choice(qkv):
 
 
 def test_gpu_fallback_warns_once_and_cudnn_refuses_with_the_reason(monkeypatch):
-  monkeypatch.setattr(attention, 'accelerator', lambda: H100)
-  attention._warn_not_cudnn.cache_clear()
+  """float32 on an H100: XLA's attention while it fits, blocked beyond (a device of
+  1 kB), each with one warning naming why not cuDNN."""
   x = jnp.zeros((1, 6, 2, 8))
-  with pytest.warns(UserWarning, match='runs blocked, not in cuDNN: cuDNN flash '
-                    'attention takes bfloat16 or float16, not float32'):
-    jaxpr = str(jax.make_jaxpr(attention.attend)(x, x, x))
-  assert 'custom_vjp' in jaxpr  # blocked_attention
-  with warnings.catch_warnings():
-    warnings.simplefilter('error')
-    jax.make_jaxpr(attention.attend)(x, x, x)  # the same reason: said once
+  for memory, implementation in ((None, 'xla'), (2**10, 'blocked')):
+    monkeypatch.setattr(attention, 'accelerator',
+                        lambda m=memory: H100._replace(memory=m))
+    attention._warn_not_cudnn.cache_clear()
+    attend = lambda *qkv: attention.attend(*qkv)  # new: jax caches traces of functions
+    with pytest.warns(UserWarning, match=f'runs {implementation}, not in cuDNN: cuDNN '
+                      'flash attention takes bfloat16 or float16, not float32'):
+      jaxpr = str(jax.make_jaxpr(attend)(x, x, x))
+    assert ('exp2' in jaxpr) == (implementation == 'blocked')  # its base-2 softmax
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')
+      jax.make_jaxpr(lambda *qkv: attention.attend(*qkv))(x, x, x)  # said once
   monkeypatch.undo()
   with pytest.raises(ValueError, match="'cudnn' cannot run here: cuDNN attention "
                      r'needs an NVIDIA GPU \(JAX runs on cpu\)'):
     attention.attend(x, x, x, implementation='cudnn')
 
 
-def test_jax_traces_cudnn_where_the_reason_is_empty(monkeypatch):
-  """jax's own checks, which run while tracing (no GPU needed once its cuDNN and
-  device queries are answered as on an H100), take what `cudnn_unavailable_reason`
-  passes, differentiated too, and refuse the odd length it keeps from them."""
+def simulate_cudnn(monkeypatch, where):
+  """jax's cuDNN attention traced (`jax.make_jaxpr`: no GPU needed) as on `where`:
+  its checks, which run while tracing, answered by `where`'s facts; and
+  `attention.accelerator()` is `where`."""
   stablehlo = pytest.importorskip('jax._src.cudnn.fused_attention_stablehlo')
-  monkeypatch.setattr(stablehlo, 'check_cudnn_version', lambda: H100.cudnn_version)
-  monkeypatch.setattr(stablehlo, 'check_compute_capability', lambda capability: True)
-  monkeypatch.setattr(stablehlo, 'is_cuda_compute_capability_equal', lambda c: False)
-  monkeypatch.setattr(attention, 'accelerator', lambda: H100)
+  capability = lambda text: tuple(int(part) for part in text.split('.'))
+  monkeypatch.setattr(stablehlo, 'check_cudnn_version', lambda: where.cudnn_version)
+  monkeypatch.setattr(stablehlo, 'check_compute_capability',
+                      lambda c: where.compute_capability >= capability(c))
+  monkeypatch.setattr(stablehlo, 'is_cuda_compute_capability_equal',
+                      lambda c: where.compute_capability == capability(c))
+  monkeypatch.setattr(attention, 'accelerator', lambda: where)
+
+
+def test_jax_traces_cudnn_where_the_reason_is_empty(monkeypatch):
+  """jax's own checks take what `cudnn_unavailable_reason` passes, differentiated
+  too: odd lengths padded (which jax alone refuses), under vmap too."""
+  simulate_cudnn(monkeypatch, H100)
 
   def gradient_jaxpr(shape, attend=attention.attend):
     loss = lambda q, k, v: jnp.sum(attend(q, k, v).astype(jnp.float32))
     x = jnp.zeros(shape, jnp.bfloat16)
     return str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, x, x))
-  for shape in [(2, 16, 4, 64), (1, 2, 1, 8), (2, 196, 2, 256)]:
-    assert 'dot_product_attention_bwd' in gradient_jaxpr(shape), shape
-  odd = (1, 9, 2, 8)
-  assert attention.auto_implementation(*arrays(odd)) == 'blocked'
+  for shape in [(2, 16, 4, 64), (1, 2, 1, 8), (2, 196, 2, 256), (1, 9, 2, 8),
+                (2, 197, 2, 64), (3, 2, 17, 2, 64)]:  # the last under a vmap
+    attend = jax.vmap(attention.attend) if len(shape) == 5 else attention.attend
+    assert 'dot_product_attention_bwd' in gradient_jaxpr(shape, attend), shape
   cudnn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
   with pytest.raises(NotImplementedError, match='Unsupported sequence length Q 9'):
-    gradient_jaxpr(odd, cudnn)
+    gradient_jaxpr((1, 9, 2, 8), cudnn)
+
+
+# The token counts (queries, keys) at which the padded attention is compared with
+# the plain one: odd (a CLS token: model 2's 197 and 17), queries and keys of
+# different counts; then (slow) one token, even but not a multiple of 8, a multiple.
+PADDED_LENGTHS = [((17, 17), (197, 197), (9, 17)),
+                  ((9, 9), (1, 1), (196, 196), (16, 16))]
+
+
+@pytest.mark.parametrize('lengths', default_or_slow(PADDED_LENGTHS, PADDED_LENGTHS[:1]))
+def test_padded_attention_equals_unpadded(lengths):
+  """cuDNN's padding (zeros to a multiple of 8, the true lengths given, the padded
+  query rows dropped) run through XLA's attention on CPU with the same lengths:
+  values and gradients (query, key, value) within float32 rounding of the unpadded
+  attention's, the output of the query's shape. With and without a first token that
+  draws most of the attention (key and value 3x the others'), as a CLS token may."""
+  cases = []
+  for (queries, keys), cls in itertools.product(lengths, (True, False)):
+    rng = np.random.RandomState(queries * 1000 + keys)
+    query, key, value = (rng.normal(size=(2, n, 3, 64)).astype(np.float32)
+                         for n in (queries, keys, keys))
+    if cls:
+      key[:, 0] *= 3
+      value[:, 0] *= 3
+    cases.append((query, key, value, rng.normal(size=query.shape).astype(np.float32)))
+  padded = lambda q, k, v: attention.padded_attention(q, k, v, 8, 'xla')
+  plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation='xla')
+
+  @jax.jit  # one compilation for all
+  def values_and_gradients(cases):
+    results = []
+    for query, key, value, cotangent in cases:
+      for fn in (padded, plain):
+        out, vjp = jax.vjp(fn, query, key, value)
+        results.append((out, *vjp(cotangent)))
+    return results
+  results = values_and_gradients(cases)
+  for (query, *_), got, want in zip(cases, results[::2], results[1::2]):
+    assert got[0].shape == query.shape
+    for g, w in zip(got, want):
+      # float32's rounding of sums in another order: ~1e-7 of the largest element
+      # (leaving out the lengths or the slice is off by 1e-2 or more).
+      assert np.max(np.abs(g - w)) <= 1e-6 * np.max(np.abs(w)), query.shape
+
+
+# The paper's models at their sizes (32x224x224 clips), bfloat16, one layer per
+# encoder (every layer of an encoder makes the same calls): (name, classifier,
+# the attention shapes [batch * other axis, tokens, heads, head_dim] of 2 clips).
+PAPER_MODELS = [
+    ('B/16x2', 'token', [(2, 3137, 12, 64)]),               # model 1: CLS + 16x14x14
+    ('B/16x2-FE', 'token', [(2, 197, 12, 64), (2, 17, 12, 64)]),  # model 2 (per frame)
+    ('B/16x2-FSA', 'gap', [(392, 16, 12, 64), (32, 196, 12, 64)]),  # model 3
+    ('B/16x2-FDP', 'gap', [(392, 16, 6, 64), (32, 196, 6, 64)]),    # model 4
+    ('B/16x2', 'gap', [(2, 3136, 12, 64)]),
+    ('L/16x2-FE', 'token', [(2, 197, 16, 64), (2, 17, 16, 64)]),
+    ('H/14x2', 'token', [(2, 4097, 16, 80)])]                # 16x16x16 tokens + CLS
+CUDNN_GPUS = {'A100': A100._replace(cudnn_version=90800), 'L4': L4._replace(
+    cudnn_version=90800), 'H100': H100._replace(cudnn_version=90800)}
+
+
+@pytest.mark.parametrize('name,classifier,shapes', PAPER_MODELS,
+                         ids=[f'{name}-{classifier}' for name, classifier, _ in
+                              PAPER_MODELS])
+def test_every_attention_of_the_paper_models_is_cudnn_on_nvidia_gpus(
+    name, classifier, shapes, monkeypatch):
+  """The bfloat16 training step's gradient traced as on an A100 (jax's cuDNN checks
+  answered as there: the strictest of these GPUs), every `attend` recorded: each
+  call, those of model 2's per-frame vmap and model 4's split heads included, is
+  cuDNN on the A100, the L4 and the H100 with cuDNN 9.8, and the traced step holds
+  one cuDNN attention forward and backward per call and nothing blocked."""
+  simulate_cudnn(monkeypatch, CUDNN_GPUS['A100'])
+  calls = []
+  choose = attention.auto_implementation
+
+  def recorded(query, key, value, where=None):
+    calls.append(tuple(jax.ShapeDtypeStruct(x.shape, x.dtype)
+                       for x in (query, key, value)))
+    return choose(query, key, value, where)
+  monkeypatch.setattr(attention, 'auto_implementation', recorded)
+  config = get_model_config(name, dtype='bfloat16', classifier=classifier, num_layers=1)
+  config.temporal.num_layers = 1
+  model = build_model(config)
+  video = jax.ShapeDtypeStruct((2, 32, 224, 224, 3), jnp.uint8)
+  params = jax.eval_shape(lambda v: model.init(jax.random.PRNGKey(0), v), video)['params']
+  loss = lambda p, v: jnp.mean(model.apply({'params': p}, v, train=True).astype(
+      jnp.float32))
+  calls.clear()  # init's calls
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params, video))
+  assert [q.shape for q, _, _ in calls] == shapes
+  for gpu, where in CUDNN_GPUS.items():
+    assert [choose(*qkv, where) for qkv in calls] == ['cudnn'] * len(calls), gpu
+  assert jaxpr.count('dot_product_attention_fwd') == len(calls)
+  assert jaxpr.count('dot_product_attention_bwd') == len(calls)
+  assert 'exp2' not in jaxpr and 'scan' not in jaxpr  # nothing blocked
 
 
 # Every variant, with and without a CLS token, both embeddings.

@@ -1,6 +1,7 @@
 """Attention algorithms and their dispatch (`attend`, for `model.attention`): XLA's,
-key-blocked online softmax, the fused CPU kernel (`fused_attention`), cuDNN; and
-model 4's split of the heads between time and space (`factorised_attend`).
+key-blocked online softmax, the fused CPU kernel (`fused_attention`), cuDNN (with the
+token axis padded where jax would refuse it: `padded_attention`); and model 4's split
+of the heads between time and space (`factorised_attend`).
 """
 import functools
 import warnings
@@ -16,12 +17,37 @@ from vivit.models import fused_attention as fused
 # Attention implementations (`model.attention`): 'auto' = on CPU 'fused' where it runs
 # (float32), else 'blocked' from this many tokens on (where the full [heads, N, N]
 # matrix costs hundreds of MB), else 'xla'; on NVIDIA GPUs 'cudnn' where cuDNN takes
-# the arrays, else 'blocked'; on TPU 'xla'. 'observed' materialises the probabilities
-# and hands them to the caller's `observe` (`vivit.explain` records and differentiates
-# them): slower, for explanations only.
+# the dtype and head dim (every token count: odd ones padded, `CUDNN_PAD_MULTIPLE`),
+# else (float32 above all) 'xla' where its materialised matrices fit
+# `XLA_MEMORY_FRACTION` of the device's memory (`xla_fits`), else 'blocked'; on TPU
+# 'xla'. 'observed' materialises the probabilities and hands them to the caller's
+# `observe` (`vivit.explain` records and differentiates them): slower, for
+# explanations only.
 ATTENTION_IMPLEMENTATIONS = ('auto', 'fused', 'xla', 'blocked', 'cudnn', 'observed')
 BLOCKED_MIN_LENGTH = 1024
 KEY_BLOCK = 128  # fastest of 32..1024 on this CPU (3137 tokens, 12 heads)
+# jax (0.10) differentiates cuDNN attention over even token counts only (its check for
+# a bias, seqlen divisible by 2, also counts the empty placeholder it passes for none).
+# So an odd count (every CLS model: 3137, 197, 17) is padded with zeros to a multiple
+# of this and cuDNN is given the true lengths (its padding mask: padded keys weigh
+# nothing; padded query rows are dropped). Even counts are left as they are: cuDNN 9
+# takes any length and tiles it by 64 or 128 itself, while the pad and the slice are
+# copies of query, key, value and output in both passes. Padding to its tile would add
+# no work it skips and up to 127 tokens of copies (model 3's 16-step time attention:
+# 8x); 8 rather than the next even count adds at most 6 tokens and starts each row
+# cuDNN reads along the tokens (the float32 softmax statistics kept for the backward,
+# [batch, heads, tokens]) on a 16-byte boundary, the width of its vector loads.
+CUDNN_PAD_MULTIPLE = 8
+# Where cuDNN cannot run (float32, V100s, odd head dims), XLA's materialised attention
+# is the faster exact path while its [batch, heads, queries, keys] float32 matrices
+# fit: the probabilities the backward keeps (one per layer, until the backward) and
+# the two it makes while running (their gradient and the logits'), three in all, at
+# most this fraction of the device's memory (`Accelerator.memory`); beyond it the
+# key-blocked scan, which never holds them.
+XLA_MEMORY_FRACTION = 1 / 32
+# The memory assumed where the device does not say (`memory_stats()` missing): the
+# smallest of the usual training GPUs (T4, V100 16 GB).
+DEFAULT_DEVICE_MEMORY = 16 * 2**30
 
 
 class Accelerator(NamedTuple):
@@ -31,6 +57,7 @@ class Accelerator(NamedTuple):
   nvidia: bool = False  # a CUDA GPU (not ROCm)
   compute_capability: Optional[Tuple[int, int]] = None
   cudnn_version: Optional[int] = None  # as cuDNN counts it: 91000 is 9.10.0
+  memory: Optional[int] = None  # bytes the device may allocate (None: not said)
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,24 +67,28 @@ def accelerator() -> Accelerator:
   if backend != 'gpu':
     return Accelerator(backend)
   device = jax.local_devices()[0]
+  try:
+    memory = (device.memory_stats() or {}).get('bytes_limit')
+  except (AttributeError, NotImplementedError, RuntimeError):
+    memory = None
   if 'cuda' not in device.client.platform_version.lower():
-    return Accelerator(backend)
+    return Accelerator(backend, memory=memory)
   capability = tuple(int(part) for part in device.compute_capability.split('.')[:2])
   try:
     from jax._src.lib import cuda_versions  # what jax's own cuDNN attention asks
     cudnn = cuda_versions.cudnn_get_version() if cuda_versions is not None else None
   except (ImportError, AttributeError, RuntimeError):
     cudnn = None
-  return Accelerator(backend, True, capability, cudnn)
+  return Accelerator(backend, True, capability, cudnn, memory)
 
 
 def cudnn_unavailable_reason(query, key, value,
                              where: Optional[Accelerator] = None) -> str:
-  """Why `jax.nn.dot_product_attention(implementation='cudnn')` (cuDNN flash
-  attention) cannot take these `[batch, length, heads, head_dim]` arrays on `where`
-  (default: here); '' when it can. The limits: compute capability 8.0 or newer (10.3
-  from cuDNN 9.11), float16 or bfloat16, head dims a multiple of 8 up to 128, or 256
-  from compute capability 9.0 and cuDNN 9.5, and even lengths."""
+  """Why `attend(..., implementation='cudnn')` (cuDNN flash attention) cannot take
+  these `[batch, length, heads, head_dim]` arrays on `where` (default: here); '' when
+  it can. The limits: compute capability 8.0 or newer (10.3 from cuDNN 9.11), float16
+  or bfloat16, head dims a multiple of 8 up to 128, or 256 from compute capability 9.0
+  and cuDNN 9.5. Any token count: odd ones are padded (`cudnn_padded_lengths`)."""
   where = where or accelerator()
   if not where.nvidia:
     return f'cuDNN attention needs an NVIDIA GPU (JAX runs on {where.backend})'
@@ -87,31 +118,117 @@ def cudnn_unavailable_reason(query, key, value,
             f'on compute capability {capability}')
   if depth > 128 and where.cudnn_version < 90500:
     return f'head_dim {depth} needs cuDNN 9.5 or newer (have {where.cudnn_version})'
-  if query.shape[1] % 2 or key.shape[1] % 2:
-    # jax (0.10) refuses odd lengths under differentiation: its check for a bias
-    # (seqlen divisible by 2) also counts the empty placeholder it passes for none.
-    return (f'lengths {query.shape[1]} and {key.shape[1]}: jax differentiates cuDNN '
-            f'attention over even lengths only')
   return ''
 
 
+def cudnn_padded_lengths(query, key) -> Tuple[int, int]:
+  """The (query, key) token counts cuDNN runs for these arrays: odd ones padded to a
+  multiple of `CUDNN_PAD_MULTIPLE` (jax differentiates even counts only), the rest as
+  they are."""
+  if query.shape[1] % 2 or key.shape[1] % 2:
+    return tuple(_round_up(x.shape[1], CUDNN_PAD_MULTIPLE) for x in (query, key))
+  return query.shape[1], key.shape[1]
+
+
+def _round_up(length: int, multiple: int) -> int:
+  return -(-length // multiple) * multiple
+
+
+def _mapped_size(x) -> int:
+  """How many copies of `x` the `jax.vmap`s around this call run at once (flax's
+  `nn.vmap`: model 2's per-frame encoder): their axes are not in `x.shape`. 1 where
+  they cannot be seen (inside a `jax.checkpoint` traced on its own)."""
+  size = 1
+  while isinstance(x, getattr(jax.core, 'Tracer', ())):
+    if hasattr(x, 'batch_dim'):  # a vmap's tracer: the whole array is its `val`
+      if isinstance(x.batch_dim, int):
+        size *= x.val.shape[x.batch_dim]
+      x = x.val
+    elif hasattr(x, 'primal'):  # differentiation's tracers hold the value inside
+      x = x.primal
+    else:
+      break
+  return size
+
+
+def xla_matrix_bytes(query, key) -> int:
+  """Bytes of the float32 `[batch, heads, queries, keys]` matrices that XLA's
+  attention holds at once in a training step (three: the probabilities the backward
+  keeps, their gradient and the logits'), counting the examples of enclosing vmaps."""
+  batch, queries, heads, _ = query.shape
+  return 3 * 4 * _mapped_size(query) * batch * heads * queries * key.shape[1]
+
+
+def xla_fits(query, key, where: Optional[Accelerator] = None) -> bool:
+  """Whether XLA's materialised attention keeps within `XLA_MEMORY_FRACTION` of the
+  memory of `where` (default: here; `DEFAULT_DEVICE_MEMORY` where it does not say)."""
+  memory = (where or accelerator()).memory or DEFAULT_DEVICE_MEMORY
+  return xla_matrix_bytes(query, key) <= XLA_MEMORY_FRACTION * memory
+
+
 def auto_implementation(query, key, value, where: Optional[Accelerator] = None) -> str:
-  """What `implementation='auto'` runs for these arrays on `where` (default: here)."""
+  """What `implementation='auto'` runs for these arrays on `where` (default: here):
+  one of 'fused', 'xla', 'blocked', 'cudnn' (also where the tokens are padded for it:
+  `describe_auto_implementation` says so)."""
   where = where or accelerator()
   if where.backend == 'tpu':
     # XLA:TPU fuses the plain softmax attention around its matrix-unit dots, which is
     # the fastest of these there; the blocked scan only serialises it.
     return 'xla'
   if where.backend == 'gpu':
-    return 'blocked' if cudnn_unavailable_reason(query, key, value, where) else 'cudnn'
+    if not cudnn_unavailable_reason(query, key, value, where):
+      return 'cudnn'
+    return 'xla' if xla_fits(query, key, where) else 'blocked'
   if fused.supports(query, key, value):
     return 'fused'
   return 'blocked' if key.shape[1] >= BLOCKED_MIN_LENGTH else 'xla'
 
 
+def describe_auto_implementation(query, key, value,
+                                 where: Optional[Accelerator] = None) -> str:
+  """`auto_implementation`, with cuDNN's padding where there is some: e.g. 'cudnn
+  (padded 3137->3144)' (for reports; the choice itself is `auto_implementation`'s)."""
+  implementation = auto_implementation(query, key, value, where)
+  if implementation == 'cudnn':
+    lengths = (query.shape[1], key.shape[1])
+    padded = cudnn_padded_lengths(query, key)
+    if padded != lengths:
+      said = lambda counts: '/'.join(map(str, sorted(set(counts), key=counts.index)))
+      return f'cudnn (padded {said(lengths)}->{said(padded)})'
+  return implementation
+
+
 @functools.lru_cache(maxsize=None)
-def _warn_not_cudnn(reason: str) -> None:
-  warnings.warn(f'vivit: attention on this GPU runs blocked, not in cuDNN: {reason}')
+def _warn_not_cudnn(implementation: str, reason: str) -> None:
+  warnings.warn(f'vivit: attention on this GPU runs {implementation}, not in cuDNN: '
+                f'{reason}')
+
+
+def padded_attention(query, key, value, multiple: int, implementation: str = 'cudnn'):
+  """`jax.nn.dot_product_attention(query, key, value, implementation=implementation)`
+  with the token axes padded with zeros to a multiple of `multiple` and the true
+  lengths given (`query_seq_lengths`, `key_value_seq_lengths`: padded keys weigh
+  nothing), the padded query rows dropped: values and gradients those of the
+  unpadded attention. `[batch, length, heads, head_dim]` in and out. cuDNN's path
+  (`attend`), and on CPU with implementation='xla' (the tests)."""
+  batch, queries = query.shape[:2]
+  keys = key.shape[1]
+
+  def padded(x, length):
+    extra = _round_up(length, multiple) - length
+    return jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0))) if extra else x
+
+  def lengths(length):
+    # Made from `query` (times 0), not a constant: under a vmap (model 2's per-frame
+    # encoder) jax's cuDNN batching folds the mapped axis into the batch of the
+    # arrays and of the lengths alike, so the lengths must be mapped too.
+    zero = jax.lax.stop_gradient(query[:, 0, 0, 0]).astype(jnp.int32) * 0
+    return zero + jnp.full((batch,), length, jnp.int32)
+  out = jax.nn.dot_product_attention(
+      padded(query, queries), padded(key, keys), padded(value, keys),
+      query_seq_lengths=lengths(queries), key_value_seq_lengths=lengths(keys),
+      implementation=implementation)
+  return out[:, :queries]
 
 
 def attend(query, key, value, *, dropout_rate: float = 0.0,
@@ -128,11 +245,12 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
       dims a multiple of 16 up to 128), 'xla' (`jax.nn.dot_product_attention`'s XLA
       path: the full probability matrix), 'blocked' (`blocked_attention`: key blocks
       with an online softmax, never the full matrix), 'cudnn' (cuDNN flash attention
-      on NVIDIA GPUs, where `cudnn_unavailable_reason` is ''), 'observed' (the
-      probabilities materialised and passed through `observe`) or 'auto'
-      (`auto_implementation`: on CPU 'fused' where `fused.supports` the arrays, else
-      'blocked' for `BLOCKED_MIN_LENGTH` tokens or more, else 'xla'; on NVIDIA GPUs
-      'cudnn' where it runs, else 'blocked', with a warning naming why; on TPU 'xla').
+      on NVIDIA GPUs, where `cudnn_unavailable_reason` is ''; odd token counts padded:
+      `padded_attention`), 'observed' (the probabilities materialised and passed
+      through `observe`) or 'auto' (`auto_implementation`: on CPU 'fused' where
+      `fused.supports` the arrays, else 'blocked' for `BLOCKED_MIN_LENGTH` tokens or
+      more, else 'xla'; on NVIDIA GPUs 'cudnn' where it runs, else 'xla' where
+      `xla_fits`, else 'blocked', with a warning naming why not cuDNN; on TPU 'xla').
     observe: for 'observed': a function of the probabilities `[batch, heads, queries,
       keys]` returning what weighs the values (`vivit.explain` returns them
       recorded and perturbed).
@@ -156,7 +274,7 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
   if implementation == 'auto':
     implementation = auto_implementation(query, key, value)
     if accelerator().backend == 'gpu' and implementation != 'cudnn':
-      _warn_not_cudnn(cudnn_unavailable_reason(query, key, value))
+      _warn_not_cudnn(implementation, cudnn_unavailable_reason(query, key, value))
   if implementation == 'fused':
     if not fused.supports(query, key, value):
       raise ConfigError(
@@ -174,6 +292,8 @@ def attend(query, key, value, *, dropout_rate: float = 0.0,
     reason = cudnn_unavailable_reason(query, key, value)
     if reason:
       raise ConfigError(f"attention implementation 'cudnn' cannot run here: {reason}")
+    if cudnn_padded_lengths(query, key) != (query.shape[1], key.shape[1]):
+      return padded_attention(query, key, value, CUDNN_PAD_MULTIPLE, 'cudnn')
   return jax.nn.dot_product_attention(query, key, value, implementation=implementation)
 
 

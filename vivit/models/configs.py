@@ -52,7 +52,8 @@ def default_model_config() -> ml_collections.ConfigDict:
   config.dtype = 'float32'           # compute dtype; params stay float32
   # Attention: 'auto' (on CPU the fused C++ kernel in float32, else key-blocked online
   # softmax from 1024 tokens on, else XLA's; on NVIDIA GPUs cuDNN flash attention in
-  # bfloat16/float16 where it takes the shapes, else blocked; on TPU XLA's), 'fused',
+  # bfloat16/float16 where it takes the head dim, else XLA's where its matrices fit in
+  # memory, else blocked; on TPU XLA's), 'fused',
   # 'xla', 'blocked', 'cudnn', or 'observed' (the probabilities materialised and
   # exposed: what `vivit.explain` builds, slow for training).
   config.attention = 'auto'
