@@ -92,7 +92,8 @@ def test_each_attention_call_is_recorded_with_what_auto_runs_there():
   assert [(c['part'], tuple(c['shape'])) for c in calls] == expected
   for call in calls:
     query = jax.ShapeDtypeStruct(tuple(call['shape']), jnp.bfloat16)
-    assert call['implementation'] == attention.auto_implementation(query, query, query, h100)
+    assert call['implementation'] == attention.describe_auto_implementation(
+        query, query, query, h100)
   assert benchmark.attention_cell(benchmark.attention_summary(calls + calls)) == (
       f"{calls[0]['implementation']} x2 (2 tokens, time), "
       f"{calls[1]['implementation']} x2 (4 tokens, space)")

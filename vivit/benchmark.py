@@ -116,7 +116,7 @@ def recorded_attention(calls: List[dict], where=None):
   """Within the block, each attention the model traces appends to `calls`: its part
   ('all'; model 4's 'time' and 'space' halves), query shape `[batch, tokens, heads,
   head_dim]`, dtype and the implementation that runs it (for 'auto',
-  `attention.auto_implementation` of those arrays on `where`, an
+  `attention.describe_auto_implementation` of those arrays on `where`, an
   `attention.Accelerator`: by default this process's)."""
   import flax.linen as nn
   import jax
@@ -138,7 +138,7 @@ def recorded_attention(calls: List[dict], where=None):
         query = jax.ShapeDtypeStruct(shape, module.dtype)
         implementation = module.implementation
         if implementation == 'auto':
-          implementation = attention.auto_implementation(
+          implementation = attention.describe_auto_implementation(
               query, query, query, where or attention.accelerator())
         calls.append({'part': part, 'shape': list(shape), 'dtype': query.dtype.name,
                       'implementation': implementation})
