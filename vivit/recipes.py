@@ -7,6 +7,7 @@ they change: `paper_config(...)` the fields that differ between the paper's rows
 """
 import importlib.util
 import os
+import re
 from typing import Optional, Sequence
 
 import ml_collections
@@ -14,6 +15,7 @@ from ml_collections import config_dict
 
 from vivit.errors import ConfigError, MissingError
 from vivit.models import get_model_config
+from vivit.optim import PATTERN_FIELDS
 from vivit.ranges import finite, whole
 
 # Augmentation per recipe, as scenic's ViViT configs set it
@@ -104,6 +106,25 @@ def base_config() -> ml_collections.ConfigDict:
       warmup_epochs=2.5, optimizer='sgd', learning_rate=0.1, momentum=0.9,
       b1=0.9, b2=0.999,  # adamw only
       weight_decay=0.0, schedule='cosine', grad_clip=1.0,
+      # Fine-tuning recipes (vivit.optim; configs/finetune_modern.py). Each off by
+      # default, as the paper trains. Parameters are named by their '/'-joined path
+      # (`Transformer/encoderblock_0/LayerNorm_0/scale`, `output_projection/kernel`);
+      # the patterns are regular expressions searched in those names, each of which
+      # must match some parameter.
+      # Layer-wise learning-rate decay (BEiT, MAE, VideoMAE: 0.75): each parameter's
+      # learning rate times layer_decay ** (depth + 1 - its layer), the embeddings
+      # layer 0, encoder block k layer k, the head (and final LayerNorm) depth + 1;
+      # model 2's spatial then temporal blocks as one stack (vivit.optim.layer_numbers).
+      # 1.0: off.
+      layer_decay=1.0,
+      # Parameters that weight decay leaves alone, e.g. (r'(^|/)(bias|scale)$',
+      # r'(^|/)(pos_embedding|cls\w*)$'): biases, LayerNorm scales, position
+      # embeddings, CLS tokens. Empty: every parameter decays.
+      weight_decay_exclude=(),
+      # Parameters not trained (no update, no decay: bit-identical after training),
+      # e.g. ('^(?!output_projection/)',): train the head only; ('^embedding/',):
+      # keep the patch embedding as loaded.
+      freeze=(),
       # Clip per 8 examples as scenic does per device (its configs: batch 64 on one
       # 8-core TPU host), so the result does not depend on the devices used. None:
       # clip the batch's gradient.
@@ -170,6 +191,7 @@ FIELD_RANGES = {
     'training.b1': finite(0, 1, below=True),
     'training.b2': finite(0, 1, below=True),
     'training.weight_decay': finite(0),
+    'training.layer_decay': finite(0, 1, above=True),  # 1: off
     'training.grad_clip': finite(0, optional=True),  # None or 0: no clipping
     'training.grad_clip_group': whole(0, optional=True),  # None or 0: the whole batch
     'training.label_smoothing': finite(0, 1),
@@ -186,15 +208,32 @@ FIELD_RANGES = {
 }
 
 
+def _check_pattern_field(name: str, patterns) -> None:
+  """ConfigError unless `patterns` (config field `name`) is a tuple of regular
+  expressions."""
+  if not isinstance(patterns, (tuple, list)) or not all(isinstance(p, str) for p in patterns):
+    raise ConfigError(f'{name}={patterns!r} is not a tuple of regular expressions '
+                      f"(parameter-name patterns, e.g. ('bias$',))")
+  for pattern in patterns:
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f'{name} pattern {pattern!r} is not a regular expression: {e}'
+                        ) from None
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """ConfigError naming the first numeric field no run can use (nan, out of range,
-  not a whole number; see FIELD_RANGES) and what it allows: before a run reads any,
+  not a whole number; see FIELD_RANGES), or pattern field that is not a tuple of
+  regular expressions, and what it allows: before a run reads any,
   so that none fails later with a traceback (a zero `log_every`) or silently."""
   for name, allowed in FIELD_RANGES.items():
     value = config
     for key in name.split('.'):
       value = value[key]
     allowed.check(name, value)
+  for field in PATTERN_FIELDS:
+    _check_pattern_field(f'training.{field}', config.training[field])
   if config.eval.num_crops not in (1, 3):
     raise ConfigError(f'eval.num_crops={config.eval.num_crops!r} is not 1 or 3')
   dataset = config.dataset
