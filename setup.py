@@ -116,10 +116,16 @@ setup(
                "torch>=2.6"],
         # `prepare --beam`: TFDS's Apache Beam generation (Dataflow, Flink, Spark).
         "beam": ["apache-beam>=2.77.0"],
+        # `training.loggers` 'wandb' and 'mlflow' (vivit/loggers.py). mlflow-skinny logs
+        # to a tracking server or a file store; the full `mlflow` (its UI, database
+        # stores) also provides the module.
+        "wandb": ["wandb>=0.31.0"],
+        "mlflow": ["mlflow-skinny>=3.18.0"],
         # torch==2.13.0 (>= 2.6, for torch.load(weights_only=True)) is the CPU build; an
         # unpinned torch pulls a multi-GB CUDA build.
         "test": ["pytest>=9.0.3", "pytest-xdist>=3.8.0", "hypothesis>=6.155.2",
                  "psutil>=7.2.2", "transformers>=5.24.0", "safetensors>=0.8.0",
-                 "huggingface_hub>=2.4.0", "torch==2.13.0", "apache-beam>=2.77.0"],
+                 "huggingface_hub>=2.4.0", "torch==2.13.0", "apache-beam>=2.77.0",
+                 "wandb>=0.31.0", "mlflow-skinny>=3.18.0"],
     },
 )

@@ -19,7 +19,7 @@ from vivit.video import Progress
 # The modules of setup.py's extras, by extra: imported inside functions only, so a base
 # install runs everything else; without one, `run` says which extra brings it.
 EXTRAS = {'transformers': 'hf', 'safetensors': 'hf', 'torch': 'hf', 'huggingface_hub': 'hf',
-          'apache_beam': 'beam'}
+          'apache_beam': 'beam', 'wandb': 'wandb', 'mlflow': 'mlflow'}
 
 
 def user_errors() -> tuple:

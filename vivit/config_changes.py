@@ -33,6 +33,8 @@ RESUME_CHANGES = {
     'training.checkpoint_every': ACCEPTED,
     'training.keep_checkpoints': ACCEPTED,
     'training.profile_steps': ACCEPTED,  # what is traced, not what is trained
+    'training.loggers': ACCEPTED,  # where metrics go
+    'training.logger_project': ACCEPTED,
     'training.restart_from_scratch': ACCEPTED,
     'training.allow_changes': ACCEPTED,
     'init_from': ACCEPTED,  # a resumed run starts from its checkpoint

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from vivit import loggers
 from vivit.errors import ConfigError, MissingError
 from vivit.models import get_model_config
 from vivit.optim import PATTERN_FIELDS
@@ -134,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
       # N > 0: a jax profiler trace of N steps from the second after each start, into
       # WORKDIR/tensorboard/plugins/profile/ (vivit.profiling); 0: none.
       profile_steps=0,
+      # Where metrics go besides WORKDIR/metrics.jsonl (vivit.loggers): 'tensorboard'
+      # (WORKDIR/tensorboard/), 'wandb', 'mlflow' (each with the extra of its name).
+      # logger_project: their W&B project, MLflow experiment; None: the workdir's name.
+      loggers=('tensorboard',), logger_project=config_dict.placeholder(str),
       nonfinite='stop',  # or 'skip': steps with a non-finite update are skipped
       # When every checkpoint of the workdir is damaged: train again from step 0
       # instead of stopping (the damaged ones stay in WORKDIR/set_aside/).
@@ -234,6 +239,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     allowed.check(name, value)
   for field in PATTERN_FIELDS:
     _check_pattern_field(f'training.{field}', config.training[field])
+  loggers.check_names(config.training.loggers)
   if config.eval.num_crops not in (1, 3):
     raise ConfigError(f'eval.num_crops={config.eval.num_crops!r} is not 1 or 3')
   dataset = config.dataset

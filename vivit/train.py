@@ -21,7 +21,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from vivit import checkpoints, errors, evaluate, initialise, sharding, task
+from vivit import checkpoints, errors, evaluate, initialise, loggers, sharding, task
 from vivit import cli as cli_lib
 from vivit.config_changes import check_resume
 from vivit.input import pipeline
@@ -209,6 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Returns {'step', 'params', 'val_top1'}."""
   check_config(config)
+  loggers.require(config.training.loggers)
   workdir = as_path(workdir)
   with WorkdirLock(workdir):
     return _train_and_evaluate(config, workdir)
@@ -269,7 +270,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   batches = sharding.prefetch(
       pipeline.train_batches(config.dataset, training.batch_size, config.seed, start),
       batch_sharding)
-  writer = MetricWriter(workdir, start)
+  writer = MetricWriter(workdir, start, config, record)
   if record is not None:
     writer.write_text(start, 'run', '    ' + json.dumps(record, indent=2).replace(
         '\n', '\n    '))  # a markdown code block

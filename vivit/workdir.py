@@ -10,6 +10,8 @@ A training workdir holds:
   WORKDIR/metrics.jsonl       a JSON record per log line (`MetricWriter`)
   WORKDIR/tensorboard/        the same metrics as TensorBoard events (`tensorboard_dir`);
                               plugins/profile/: profiles (`vivit.profiling`)
+  WORKDIR/trackers.json       the W&B and MLflow run ids of `training.loggers`
+                              (`MetricWriter`); wandb/, mlruns/: their local files
   WORKDIR/checkpoints/, best/, set_aside/   orbax checkpoints (`vivit.checkpoints`)
 A params directory (`checkpoints.save_params`) holds model_config.json and
 class_names.json too.
@@ -28,7 +30,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from vivit import locks, ranges
+from vivit import locks, loggers, ranges
 from vivit.errors import CheckpointError, MissingError, OutputError, UserError, WorkdirBusy
 from vivit.models import default_model_config
 
@@ -369,8 +371,10 @@ def tensorboard_dir(workdir: epath.PathLike) -> epath.Path:
 
 
 class MetricWriter:
-  """Metrics to WORKDIR/metrics.jsonl and TensorBoard events (host 0); a context
-  that closes them.
+  """Metrics to WORKDIR/metrics.jsonl and to the loggers of `config.training.loggers`:
+  TensorBoard events and the trackers of `vivit.loggers` (W&B, MLflow), on host 0; a
+  context that closes them. The trackers start with the config and the run record
+  (`vivit.run_record`) as hyperparameters; `write_text` puts the record in TensorBoard.
 
   A run resuming at step `start` first drops the records of later steps (written
   before a kill, after the checkpoint it resumes from: they are logged again) and
@@ -378,16 +382,22 @@ class MetricWriter:
   line. Object stores (a `gs://` workdir) cannot append: there the file is rewritten
   whole at every write, so that a crash keeps every line written either way. A
   failed write (a full disk) is an OutputError naming the file; the lines written
-  before it stay."""
+  before it stay. A tracker that fails (a network, a server) is warned about once
+  and dropped: training goes on. Their run ids are kept in WORKDIR/trackers.json,
+  so that a resumed training continues the same tracker runs."""
 
-  def __init__(self, workdir: epath.Path, start: int):
+  def __init__(self, workdir: epath.Path, start: int,
+               config: Optional[ml_collections.ConfigDict] = None,
+               record: Optional[Dict[str, Any]] = None):
     self.active = jax.process_index() == 0
-    self._logged = set()
+    self._logged, self._trackers, self._tb = set(), {}, None
     if self.active:
-      import tensorflow as tf
+      names = config.training.loggers if config is not None else ('tensorboard',)
       self._events = tensorboard_dir(workdir)
-      with writing(self._events, tf.errors.OpError):
-        self._tb = tf.summary.create_file_writer(os.fspath(self._events))
+      if 'tensorboard' in names:
+        import tensorflow as tf
+        with writing(self._events, tf.errors.OpError):
+          self._tb = tf.summary.create_file_writer(os.fspath(self._events))
       self._path = workdir / 'metrics.jsonl'
       written = self._path.read_text() if self._path.exists() else ''
       lines = _records_until(written, start)
@@ -398,13 +408,55 @@ class MetricWriter:
       # Only a store that cannot append keeps the lines, to rewrite them whole.
       with writing(self._path):
         self._jsonl, self._lines = (self._path.open('a'), None) if local else (None, lines)
+      if config is not None:
+        try:
+          self._start_trackers(workdir, names, config, record)
+        except BaseException:
+          self.close(failed=True)
+          raise
+
+  def _start_trackers(self, workdir: epath.Path, names, config: ml_collections.ConfigDict,
+                      record: Optional[Dict[str, Any]]) -> None:
+    ids_path = workdir / 'trackers.json'
+    ids = read_record(ids_path, 'a record of tracker runs') if ids_path.exists() else {}
+    ids = ids if isinstance(ids, dict) else {}
+    name = os.path.basename(os.fspath(workdir).rstrip('/'))
+    project = config.training.logger_project or name
+    params = loggers.hyperparameters(json.loads(config.to_json()), record)
+    for logger in names:
+      if logger not in loggers.TRACKERS:
+        continue
+      try:
+        tracker = loggers.TRACKERS[logger](name, project, os.fspath(workdir) if
+                                           is_local(workdir) else None,
+                                           ids.get(logger), params)
+      except Exception as error:  # pylint: disable=broad-except
+        self._drop(logger, error)
+        continue
+      self._trackers[logger] = tracker
+      if ids.get(logger) != tracker.run_id:
+        ids[logger] = tracker.run_id
+        write_atomically(ids_path, json.dumps(ids, indent=2) + '\n')
+
+  def _drop(self, logger: str, error: Exception) -> None:
+    """Warns once of a failed tracker, which logs nothing more in this run."""
+    self._trackers.pop(logger, None)
+    print(f'warning: logger {logger} failed ({loggers.reason(error)}); training goes on '
+          f'without it', flush=True)
+
+  def _each_tracker(self, action) -> None:
+    for logger, tracker in list(self._trackers.items()):
+      try:
+        action(tracker)
+      except Exception as error:  # pylint: disable=broad-except
+        self._drop(logger, error)
 
   def __enter__(self):
     return self
 
   def __exit__(self, exc_type, *exc):
     try:
-      self.close()
+      self.close(failed=exc_type is not None)
     except OutputError:
       if exc_type is None:
         raise  # else the error that brought us here says more
@@ -416,9 +468,8 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: Dict[str, float]) -> None:
     if not self.active:
       return
-    import tensorflow as tf
-    record = {'step': step, 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    line = json.dumps(record) + '\n'
+    metrics = {k: float(v) for k, v in metrics.items()}
+    line = json.dumps({'step': step, 'split': split, **metrics}) + '\n'
     self._logged.add((step, split))
     with writing(self._path):
       if self._jsonl is not None:
@@ -427,15 +478,18 @@ class MetricWriter:
       else:
         self._lines.append(line)
         self._path.write_text(''.join(self._lines))
-    with writing(self._events, tf.errors.OpError):
-      with self._tb.as_default(step=step):
-        for name, value in metrics.items():
-          tf.summary.scalar(f'{split}/{name}', float(value))
-      self._tb.flush()
+    if self._tb is not None:
+      import tensorflow as tf
+      with writing(self._events, tf.errors.OpError):
+        with self._tb.as_default(step=step):
+          for name, value in metrics.items():
+            tf.summary.scalar(f'{split}/{name}', value)
+        self._tb.flush()
+    self._each_tracker(lambda tracker: tracker.write(step, split, metrics))
 
   def write_text(self, step: int, tag: str, text: str) -> None:
-    """`text` (markdown) as TensorBoard text under `tag` (host 0)."""
-    if not self.active:
+    """`text` (markdown) as TensorBoard text under `tag` (host 0, with TensorBoard)."""
+    if self._tb is None:
       return
     import tensorflow as tf
     with writing(self._events, tf.errors.OpError):
@@ -443,17 +497,24 @@ class MetricWriter:
         tf.summary.text(tag, text)
       self._tb.flush()
 
-  def close(self) -> None:
+  def close(self, failed: bool = False) -> None:
+    """Closes each output; `failed`: the run ended on an error (the trackers' runs
+    are marked failed)."""
     if self.active:
-      import tensorflow as tf
       jsonl, self._jsonl = self._jsonl, None
       try:
         if jsonl is not None:
           with writing(self._path):
             jsonl.close()
       finally:
-        with writing(self._events, tf.errors.OpError):
-          self._tb.close()
+        try:
+          if self._tb is not None:
+            import tensorflow as tf
+            with writing(self._events, tf.errors.OpError):
+              self._tb.close()
+        finally:
+          self._each_tracker(lambda tracker: tracker.close(failed))
+          self._trackers = {}
 
 
 def _records_until(text: str, step: int) -> List[str]:
