@@ -79,12 +79,14 @@ def test_sigkill_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
 
 
 def test_train_in_process_then_evaluate(data_dir, tmp_path, capsys):
+  modern = {'training.grad_accumulation': 2, 'training.ema_decay': 0.9}
   config = tiny_run_config(data_dir, **{'training.mixup': 0.2, 'training.label_smoothing': 0.1,
-                                        'training.profile_steps': 2})
+                                        'training.profile_steps': 2, **modern})
   result = train_and_evaluate(config, str(tmp_path))
   assert result['step'] == 12 and 0 <= result['val_top1'] <= 1
   validation = read_metrics(tmp_path, 'validation')
   assert [r['step'] for r in validation] == [6, 12]
+  assert all(0 <= r['ema_top1'] <= 1 for r in validation)  # the EMA validated beside
   # training.profile_steps: steps 2-3 traced into WORKDIR/tensorboard, for TensorBoard.
   [trace] = glob.glob(str(tmp_path / 'tensorboard' / 'plugins' / 'profile' / '*' /
                           '*.xplane.pb'))
@@ -127,10 +129,14 @@ def test_train_in_process_then_evaluate(data_dir, tmp_path, capsys):
   for a, b in zip(jax.tree_util.tree_leaves(best), jax.tree_util.tree_leaves(saved_best)):
     np.testing.assert_array_equal(a, b)
   assert best_step in (6, 12)
+  record, = [r for r in validation if r['step'] == best_step]
+  kept = checkpoints.best_manager(str(tmp_path)).metrics(best_step)
+  assert kept['params'] == ('ema' if record['ema_top1'] > record['top1'] else 'raw')
 
   # Restarting a finished run trains nothing and keeps its checkpoints.
   again = train_and_evaluate(tiny_run_config(data_dir, **{'training.mixup': 0.2,
-                                                      'training.label_smoothing': 0.1}),
+                                                      'training.label_smoothing': 0.1,
+                                                      **modern}),
                              str(tmp_path))
   assert again['step'] == 12 and again['val_top1'] is None
   assert 'training.profile_steps 2 -> 0' in capsys.readouterr().out  # accepted

@@ -211,8 +211,10 @@ def _untrusted(path: epath.PathLike, read: Callable[[], Any]) -> Any:
                           f'checkpoint?): {first_line(reason)}') from None
 
 
-# Training checkpoints: WORKDIR/checkpoints/<step> (train state, the last N) and
-# WORKDIR/best/<step> (params of the best validation top-1).
+# Training checkpoints: WORKDIR/checkpoints/<step> (train state, the last N: step,
+# params, optimiser state and, with training.ema_decay, the params' EMA) and
+# WORKDIR/best/<step> (params of the best validation top-1: the raw params or their
+# EMA, whichever scored better; its metrics say which, 'params': 'raw' or 'ema').
 
 
 def best_manager(workdir: epath.PathLike) -> ocp.CheckpointManager:
@@ -358,7 +360,10 @@ def _read_once(manager, step: int, target):
         return DAMAGED, None, 'no default/ directory (the train state) in it'
       return READ, _read(manager, step, target), ''
     except Exception as error:  # pylint: disable=broad-except  (sorted out below)
-      if 'structures do not match' in str(error):
+      # (Orbax's words for a target tree unlike the saved one: other leaves, or other
+      # keys, e.g. an EMA that one side has.)
+      if any(words in str(error) for words in ('structures do not match',
+                                               'Structure mismatch')):
         return OTHER_CONFIG, None, str(error)
       damage = _damage(error)
       if damage is not None:
@@ -411,8 +416,9 @@ def restore_latest(manager: ocp.CheckpointManager, target):
     if agreed == OTHER_CONFIG:
       raise CheckpointError(
           f'checkpoint {path} holds a train state of a different shape than this '
-          f'config builds (was training.optimizer, training.nonfinite or gradient '
-          f'clipping changed since it was written?); resume with the config it was '
+          f'config builds (was training.optimizer, training.nonfinite, gradient '
+          f'clipping or training.ema_decay (on/off) changed since it was written?); '
+          f'resume with the config it was '
           f'written with (WORKDIR/config.json), or use a new --workdir')
     print(f'warning: checkpoint {path} is damaged ('
           f'{first_line(reason) if outcome == DAMAGED else "another host cannot read it"}'

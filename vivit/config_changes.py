@@ -26,6 +26,7 @@ RESUME_CHANGES = {
     'dataset.num_threads': ACCEPTED,  # speed only
     'dataset.test_split': ACCEPTED,  # not read in training
     'training': REFUSED,  # optimiser, learning rate, schedule, batch size, loss
+    # (grad_accumulation and ema_decay too: the updates' rounding, the EMA's params)
     'training.num_steps': TOTAL_STEPS,
     'training.num_epochs': TOTAL_STEPS,
     'training.log_every': ACCEPTED,

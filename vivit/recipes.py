@@ -18,6 +18,7 @@ from vivit.errors import ConfigError, MissingError
 from vivit.models import get_model_config
 from vivit.optim import PATTERN_FIELDS
 from vivit.ranges import finite, whole
+from vivit.step import check_accumulation
 
 # Augmentation per recipe, as scenic's ViViT configs set it
 # (scenic/projects/vivit/configs/<dataset>/*.py, `dataset_configs.augmentation_params`):
@@ -131,6 +132,13 @@ def base_config() -> ml_collections.ConfigDict:
       # clip the batch's gradient.
       grad_clip_group=config_dict.FieldReference(8, field_type=int),
       label_smoothing=0.0, mixup=0.0,
+      # N > 1: each batch's gradient summed over N micro-batches of batch_size / N
+      # (one pass's activations: memory), one update per batch; 1: off.
+      grad_accumulation=1,
+      # d in (0, 1): an exponential moving average of the params, ema = d * ema +
+      # (1 - d) * params after each update, validated beside them and saved in best/
+      # when better; None: off.
+      ema_decay=config_dict.placeholder(float),
       log_every=100, eval_every=5000, checkpoint_every=1000, keep_checkpoints=3,
       # N > 0: a jax profiler trace of N steps from the second after each start, into
       # WORKDIR/tensorboard/plugins/profile/ (vivit.profiling); 0: none.
@@ -201,6 +209,8 @@ FIELD_RANGES = {
     'training.grad_clip_group': whole(0, optional=True),  # None or 0: the whole batch
     'training.label_smoothing': finite(0, 1),
     'training.mixup': finite(0),  # Beta(mixup, mixup); 0: off
+    'training.grad_accumulation': whole(),  # micro-batches per batch; 1: off
+    'training.ema_decay': finite(0, 1, above=True, below=True, optional=True),  # None: off
     'training.log_every': whole(),
     'training.eval_every': whole(),
     'training.checkpoint_every': whole(),
@@ -240,6 +250,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in PATTERN_FIELDS:
     _check_pattern_field(f'training.{field}', config.training[field])
   loggers.check_names(config.training.loggers)
+  training = config.training
+  check_accumulation(training.batch_size, training.grad_accumulation,
+                     training.grad_clip_group if training.grad_clip else None)
   if config.eval.num_crops not in (1, 3):
     raise ConfigError(f'eval.num_crops={config.eval.num_crops!r} is not 1 or 3')
   dataset = config.dataset

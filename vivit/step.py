@@ -19,9 +19,48 @@ from vivit.models import pixels_to_unit_range
 
 @flax.struct.dataclass
 class TrainState:
+  """`ema_params`: the exponential moving average of `params` (`training.ema_decay`),
+  None when off."""
   step: jax.Array
   params: Any
   opt_state: Any
+  ema_params: Any = None
+
+
+def initial_state(params, optimizer, training: ml_collections.ConfigDict) -> TrainState:
+  """The train state at step 0 from `params`; its EMA, if any, starts at `params`."""
+  ema = (jax.tree_util.tree_map(jnp.copy, params)
+         if training.ema_decay is not None else None)
+  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), ema)
+
+
+def update_ema(ema, params, decay: float):
+  """`decay * ema + (1 - decay) * params`, leaf by leaf (no warm-up, no debiasing)."""
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+
+
+def check_accumulation(batch_size: int, accumulation: int, group) -> int:
+  """The micro-batch size of `training.grad_accumulation`; ConfigError unless the
+  batch splits into that many micro-batches of whole clipping groups."""
+  if batch_size % accumulation:
+    raise ConfigError(f'training.grad_accumulation={accumulation} does not divide '
+                      f'training.batch_size={batch_size}')
+  micro = batch_size // accumulation
+  if accumulation > 1 and group and micro % group:
+    raise ConfigError(f'training.grad_accumulation={accumulation} splits the batch of '
+                      f'{batch_size} into micro-batches of {micro}, not whole groups of '
+                      f'training.grad_clip_group={group}')
+  return micro
+
+
+def micro_batches(x, accumulation: int, unit: int = 1):
+  """`[batch, ...]` -> `[accumulation, batch // accumulation, ...]`: micro-batch k
+  holds the runs of `unit` examples (clipping groups) k, k + accumulation, ...:
+  strided, so that each micro-batch stays spread over the devices holding the batch."""
+  units = x.shape[0] // unit
+  x = x.reshape((units // accumulation, accumulation, unit) + x.shape[1:])
+  x = jnp.swapaxes(x, 0, 1)
+  return x.reshape((accumulation, (units // accumulation) * unit) + x.shape[3:])
 
 
 def mixup(rng, video, labels, alpha: float):
@@ -108,14 +147,22 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   group = training.grad_clip_group if training.grad_clip else None
-  if group:
+  batch_size = video.shape[0]
+  accumulation = training.grad_accumulation
+  if group and batch_size % group:
+    raise ConfigError(f'training.grad_clip_group={group} does not divide the batch '
+                      f'of {batch_size}')
+  check_accumulation(batch_size, accumulation, group)
+
+  def batch_grads(video, targets, labels, rngs):
+    """(loss, metrics, grads, grad norm) of a (micro-)batch; `rngs`: one dropout key
+    per clipping group, or one key."""
+    if not group:
+      (loss, metrics), grads = grad_fn(state.params, video, targets, labels, rngs)
+      return loss, metrics, grads, optax.global_norm(grads)
     # Scenic clips each device's gradient before averaging over devices; here each
     # group of `group` examples is one such device, whatever the devices are.
-    batch_size = video.shape[0]
-    if batch_size % group:
-      raise ConfigError(f'training.grad_clip_group={group} does not divide the batch '
-                        f'of {batch_size}')
-    split = lambda x: x.reshape((batch_size // group, group) + x.shape[1:])
+    split = lambda x: x.reshape((x.shape[0] // group, group) + x.shape[1:])
 
     def group_grads(video, targets, labels, rng):
       (loss, metrics), grads = grad_fn(state.params, video, targets, labels, rng)
@@ -123,16 +170,40 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
       scale = jnp.minimum(1.0, training.grad_clip / jnp.maximum(norm, 1e-12))
       return loss, metrics, jax.tree_util.tree_map(lambda g: g * scale, grads), norm
     loss, metrics, grads, norms = jax.vmap(group_grads)(
-        split(video), split(targets), split(batch['label']),
-        jax.random.split(dropout_rng, batch_size // group))
-    loss, metrics, grads = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0),
-                                                  (loss, metrics, grads))
-    grad_norm = jnp.mean(norms)  # before clipping, as below
+        split(video), split(targets), split(labels), rngs)
+    loss, metrics, grads, norm = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0),
+                                                        (loss, metrics, grads, norms))
+    return loss, metrics, grads, norm  # the mean norm before clipping, as below
+
+  # With clipping groups each group has its own dropout key, whichever micro-batch
+  # holds it: accumulation then draws the same dropout masks as one pass.
+  rngs = jax.random.split(dropout_rng, batch_size // group) if group else dropout_rng
+  if accumulation == 1:
+    loss, metrics, grads, grad_norm = batch_grads(video, targets, batch['label'], rngs)
   else:
-    (loss, metrics), grads = grad_fn(state.params, video, targets, batch['label'],
-                                     dropout_rng)
-    grad_norm = optax.global_norm(grads)
+    # One micro-batch's activations at a time; the gradients summed, then averaged
+    # (micro-batches are equal in size: the mean over the batch).
+    unit = group or 1
+    micro = lambda x: micro_batches(x, accumulation, unit)
+    if group:
+      micro_rngs = micro_batches(rngs, accumulation)
+    else:  # one pass's dropout masks cannot be split: each micro-batch draws its own
+      micro_rngs = jax.random.split(dropout_rng, accumulation)
+
+    def add_micro_batch(total, inputs):
+      return jax.tree_util.tree_map(jnp.add, total, batch_grads(*inputs)), None
+    inputs = (micro(video), micro(targets), micro(batch['label']), micro_rngs)
+    zeros = jax.tree_util.tree_map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(batch_grads, *jax.tree_util.tree_map(lambda x: x[0], inputs)))
+    total, _ = jax.lax.scan(add_micro_batch, zeros, inputs)
+    loss, metrics, grads, grad_norm = jax.tree_util.tree_map(lambda x: x / accumulation,
+                                                             total)
+    if not group:  # the norm of the batch's gradient, not the micro-batches' mean norm
+      grad_norm = optax.global_norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  ema_params = (None if state.ema_params is None
+                else update_ema(state.ema_params, params, training.ema_decay))
   metrics = {'loss': loss, **metrics, 'grad_norm': grad_norm}
-  return TrainState(state.step + 1, params, opt_state), metrics
+  return TrainState(state.step + 1, params, opt_state, ema_params), metrics

@@ -15,7 +15,6 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
@@ -30,7 +29,7 @@ from vivit.optim import all_finite, make_optimizer, skipped_steps
 from vivit.profiling import ProfileWindow
 from vivit.recipes import check_config
 from vivit.run_record import append_run_record, run_record
-from vivit.step import TrainState, train_step
+from vivit.step import initial_state, train_step
 from vivit.workdir import (MetricWriter, WorkdirLock, as_path, check_workdir_model,
                            read_record, record_workdir_model, save_class_names,
                            tensorboard_dir, write_atomically)
@@ -122,8 +121,8 @@ def _first_state(config, workdir, init_from, optimizer, mesh, last, best, labels
   workdir whose every checkpoint is damaged only with
   `training.restart_from_scratch`. Best params saved after that step are set aside."""
   def init_state():
-    params = init_params(config.model, jax.random.PRNGKey(config.seed))
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    return initial_state(init_params(config.model, jax.random.PRNGKey(config.seed)),
+                         optimizer, config.training)
   abstract = jax.eval_shape(init_state)
   min_size = config.mesh.fsdp_min_size
   state_sharding = sharding.tree_shardings(mesh, abstract, min_size)
@@ -149,7 +148,7 @@ def _first_state(config, workdir, init_from, optimizer, mesh, last, best, labels
     print('\n'.join(lines), flush=True)
     write_atomically(workdir / 'initialisation.txt', '\n'.join(lines) + '\n')
   params = jax.device_put(params, state_sharding.params)
-  state = jax.jit(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+  state = jax.jit(lambda p: initial_state(p, optimizer, config.training),
                   out_shardings=state_sharding)(params)
   return 0, state, state_sharding
 
@@ -182,22 +181,39 @@ class TrainLog:
     self._window, self._start = [], time.time()
 
 
-def _validate(writer, logits_fn, params, config, labels, mesh, step, stop_request
-              ) -> Optional[float]:
-  """One-view top-1 on the eval split, written and printed; None when a stop signal
-  cut the pass short."""
-  result = evaluate.evaluate_split(
-      logits_fn, params, config.dataset, config.dataset.eval_split,
-      config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1,
-      stop=stop_request.during_validation)
-  if result is None:
-    return None
-  writer.write(step, 'validation', evaluate.scalar_metrics(result))
+def _validate(writer, logits_fn, state, config, labels, mesh, step, stop_request,
+              best) -> Optional[float]:
+  """One-view top-1 on the eval split of the params and, with `training.ema_decay`,
+  of their EMA (logged as `ema_top1`...), written and printed; the better of the two
+  saved in `best` (its metrics say which: 'params' 'raw' or 'ema'). The raw params'
+  top-1; None when a stop signal cut the pass short."""
+  candidates = {'raw': state.params}
+  if state.ema_params is not None:
+    candidates['ema'] = state.ema_params
+  results = {}
+  for name, params in candidates.items():
+    results[name] = evaluate.evaluate_split(
+        logits_fn, params, config.dataset, config.dataset.eval_split,
+        config.eval.batch_size, labels, mesh, num_clips=1, num_crops=1,
+        stop=stop_request.during_validation)
+    if results[name] is None:
+      return None
+  result = results['raw']
+  metrics = evaluate.scalar_metrics(result)
+  if 'ema' in results:
+    metrics.update({f'ema_{k}': v for k, v in evaluate.scalar_metrics(results['ema']).items()
+                    if k != 'num_videos'})
+  writer.write(step, 'validation', metrics)
   if writer.active:
     heads = ''.join(f" | {name} {result[name + '_top1']:.4f}"
                     for name, _ in labels.label_heads or ())
-    print(f"step {step} | validation top-1 {result['top1']:.4f}{heads} "
+    ema = f" | EMA top-1 {results['ema']['top1']:.4f}" if 'ema' in results else ''
+    print(f"step {step} | validation top-1 {result['top1']:.4f}{heads}{ema} "
           f"({result['num_videos']} videos)", flush=True)
+  # The raw params on a tie: the EMA only when strictly better.
+  chosen = max(results, key=lambda name: (results[name]['top1'], name == 'raw'))
+  checkpoints.save(best, step, candidates[chosen],
+                   metrics={'top1': results[chosen]['top1'], 'params': chosen})
   return result['top1']
 
 
@@ -227,6 +243,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       config, config.dataset.train_split, config.dataset.eval_split)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(training.batch_size, mesh)
+  micro_batch = training.batch_size // training.grad_accumulation
+  if micro_batch % mesh.devices.size:
+    raise errors.ConfigError(
+        f'training.grad_accumulation={training.grad_accumulation} splits the batch of '
+        f'{training.batch_size} into micro-batches of {micro_batch}, not divisible by the '
+        f'{mesh.devices.size} devices of the mesh')
   steps_per_epoch = train_examples // training.batch_size
   total_steps = training.num_steps or int(training.num_epochs * steps_per_epoch)
   if total_steps < 1:
@@ -289,10 +311,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
     # A stop during the validation of the step resumed from cut it short: redone.
     if start and is_eval_step(start) and multihost_utils.broadcast_one_to_all(
         np.int32(not writer.logged(start, 'validation'))):
-      val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, start,
-                           stop_request)
-      if val_top1 is not None:
-        checkpoints.save(best, start, state.params, metrics={'top1': val_top1})
+      val_top1 = _validate(writer, logits_fn, state, config, labels, mesh, start,
+                           stop_request, best)
       stopping = val_top1 is None
       if stopping:
         print(f'{stop_request.name}: validation of step {start} cut short again '
@@ -313,12 +333,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         train_log.write(step, float(schedule(step - 1)), None if divergence.enabled
                         else skipped_steps(state.opt_state))
       if evaluated:
-        val_top1 = _validate(writer, logits_fn, state.params, config, labels, mesh, step,
-                             stop_request)
-        if val_top1 is None:
-          stopping = True
-        else:
-          checkpoints.save(best, step, state.params, metrics={'top1': val_top1})
+        val_top1 = _validate(writer, logits_fn, state, config, labels, mesh, step,
+                             stop_request, best)
+        stopping = stopping or val_top1 is None
       if saved or stopping:
         checkpoints.save(last, step, state, force=stopping)
       if stopping:
