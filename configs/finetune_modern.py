@@ -61,8 +61,10 @@ def get_config() -> ml_collections.ConfigDict:
       weight_decay=0.05, weight_decay_exclude=NO_WEIGHT_DECAY, layer_decay=0.75,
       num_epochs=75.0, warmup_epochs=5.0, schedule='cosine', grad_clip=0.0,  # no clipping
       label_smoothing=0.1, mixup=0.8)
-  # Gradient accumulation and an EMA of the weights would be set here
-  # (training.grad_accumulation, training.ema_decay): VideoMAE reaches its batch of
-  # 384 with data parallelism (--update_freq 1), and its EMA is off (--model_ema).
+  # VideoMAE reaches its batch of 384 with data parallelism (--update_freq 1) and
+  # keeps its EMA off (--model_ema). Where 16 clips fit but 384 are wanted:
+  # --config.training.batch_size=384 --config.training.grad_accumulation=24 (the
+  # learning rate above follows batch_size); an EMA: --config.training.ema_decay=0.9999.
+  training.update(grad_accumulation=1, ema_decay=None)
   config.eval.update(num_clips=5, num_crops=3)
   return config
