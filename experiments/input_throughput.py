@@ -171,19 +171,20 @@ def train_step_seconds(model_name: str, batch_size: int, num_classes: int = 400,
                        **overrides) -> float:
   import jax
   import jax.numpy as jnp
-  import ml_collections
   from vivit.models import build_model, get_model_config, init_params
   from vivit.optim import make_optimizer
-  from vivit.step import TrainState, train_step
+  from vivit.step import initial_state, train_step
   config = get_model_config(model_name, num_classes=num_classes, input_size=(32, 224, 224),
                             **overrides)
   model = build_model(config)
-  training = ml_collections.ConfigDict(dict(
-      optimizer='sgd', learning_rate=0.1, momentum=0.9, weight_decay=0.0,
-      schedule='constant', grad_clip=1.0, label_smoothing=0.0, mixup=0.0))
+  from vivit.recipes import base_config
+  training = base_config().training  # every field the step reads, at its default
+  training.update(optimizer='sgd', learning_rate=0.1, momentum=0.9, weight_decay=0.0,
+                  schedule='constant', grad_clip=1.0, grad_clip_group=None,
+                  label_smoothing=0.0, mixup=0.0)
   optimizer, _ = make_optimizer(training, 100, 0)
   params = init_params(config, jax.random.PRNGKey(0))
-  state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  state = initial_state(params, optimizer, training)
   step = jax.jit(lambda s, b: train_step(s, b, model=model, optimizer=optimizer,
                                          training=training, num_classes=num_classes,
                                          seed=0), donate_argnums=0)
