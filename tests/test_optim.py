@@ -231,3 +231,47 @@ def test_a_pattern_that_matches_no_parameter_is_one_line(data_dir, tmp_path, cap
     assert run() == 2
     err = capsys.readouterr().err
     assert err.startswith(f'error: {message}') and err.count('\n') == 1, err
+
+
+class _HeadBesideAFrozenWeight:
+  """logits = bias + (w - stop_gradient(w)) * sum(clip) on the first class: `w` changes
+  no logit but has a large gradient; without `w`, logits = bias."""
+
+  def __init__(self, with_weight: bool):
+    self.with_weight = with_weight
+
+  def apply(self, variables, video, train=False, rngs=None):
+    params = variables['params']
+    logits = jnp.broadcast_to(params['head']['bias'], (video.shape[0], 3))
+    if self.with_weight:
+      weight = params['other']['w']
+      total = video.reshape(video.shape[0], -1).sum(axis=1, keepdims=True)
+      # on the first class only: a softmax's logit gradients sum to zero over classes
+      logits = logits + (weight - jax.lax.stop_gradient(weight)) * total * jnp.eye(3)[0]
+    return logits
+
+
+def test_a_frozen_parameters_gradient_is_not_in_the_clipping_norm():
+  """Clipped per group of examples (a clip that binds), the head beside a frozen weight
+  with a large gradient takes the update and reports the norm it takes alone."""
+  from vivit.step import initial_state, train_step
+  rng = np.random.RandomState(0)
+  batch = {'video': rng.uniform(0, 255, (4, 2, 4, 4, 3)).astype(np.float32),
+           'label': rng.randint(0, 3, 4)}
+  bias = {'head': {'bias': jnp.zeros(3)}}
+  results = []
+  for with_weight in (True, False):
+    training = training_config(optimizer='sgd', learning_rate=0.1, grad_clip=0.01,
+                               grad_clip_group=2, schedule='constant', warmup_epochs=0.0,
+                               freeze=('other/w',) if with_weight else ())
+    optimizer, _ = optim.make_optimizer(training, 1, 0)
+    params = dict(bias, other={'w': jnp.ones(())}) if with_weight else bias
+    state, metrics = train_step(initial_state(params, optimizer, training), batch,
+                                model=_HeadBesideAFrozenWeight(with_weight),
+                                optimizer=optimizer, training=training, num_classes=3,
+                                seed=0)
+    results.append((state.params['head']['bias'], float(metrics['grad_norm'])))
+  (frozen_beside, norm_beside), (alone, norm_alone) = results
+  assert norm_alone > 0.01  # the clip binds
+  assert norm_beside == pytest.approx(norm_alone, rel=1e-6)
+  np.testing.assert_allclose(frozen_beside, alone, rtol=1e-6, atol=0)

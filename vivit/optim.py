@@ -102,6 +102,16 @@ def _map_named(fn: Callable[[str, Any], Any], tree):
   return jax.tree_util.tree_map_with_path(lambda path, x: fn(param_name(path), x), tree)
 
 
+def without_frozen(grads, training: ml_collections.ConfigDict):
+  """`grads` with the leaves of the parameters `training.freeze` names set to zero:
+  what the train step clips by (a frozen backbone's gradient must not shrink the
+  trained head's clipping scale)."""
+  if not training.freeze:
+    return grads
+  return _map_named(lambda name, g: jnp.zeros_like(g) if _matches(training.freeze, name)
+                    else g, grads)
+
+
 def _matches(patterns: Iterable[str], name: str) -> bool:
   return any(re.search(pattern, name) for pattern in patterns)
 

@@ -15,6 +15,7 @@ import optax
 from vivit.colour import augment_colour
 from vivit.errors import ConfigError
 from vivit.models import pixels_to_unit_range
+from vivit.optim import without_frozen
 
 
 @flax.struct.dataclass
@@ -144,7 +145,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, optimiz
   def loss_fn(params, video, targets, labels, rng):
     logits = model.apply({'params': params}, video, train=True, rngs={'dropout': rng})
     return loss_and_metrics(logits, targets, labels, label_heads)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def grad_fn(*args):  # frozen parameters' gradients are zero: never in a clipping norm
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(*args)
+    return (loss, metrics), without_frozen(grads, training)
 
   group = training.grad_clip_group if training.grad_clip else None
   batch_size = video.shape[0]
