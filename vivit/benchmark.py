@@ -90,7 +90,7 @@ def jitted_pass(spec, config, abstract: bool = False):
   import jax.numpy as jnp
   from vivit.models import build_model, init_params
   from vivit.optim import make_optimizer
-  from vivit.step import TrainState, train_step
+  from vivit.step import initial_state, train_step
   model = build_model(config)
   init = functools.partial(init_params, config)
   key = jax.random.PRNGKey(0)
@@ -101,9 +101,8 @@ def jitted_pass(spec, config, abstract: bool = False):
     return jax.jit(lambda p, v: model.apply({'params': p}, v)), (params, video)
   training = training_settings(spec['batch'])
   optimizer, _ = make_optimizer(training, 10 ** 6, 0)
-  opt_state = (jax.eval_shape(optimizer.init, params) if abstract else
-               jax.jit(optimizer.init)(params))
-  state = TrainState(jnp.zeros((), jnp.int32), params, opt_state)
+  start = functools.partial(initial_state, optimizer=optimizer, training=training)
+  state = jax.eval_shape(start, params) if abstract else jax.jit(start)(params)
   labels = jnp.zeros((spec['batch'],), jnp.int32)
   step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer,
                                    training=training, num_classes=NUM_CLASSES, seed=0),

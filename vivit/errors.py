@@ -47,3 +47,10 @@ class OutputError(UserError, OSError):
 
 class CheckpointSaveError(OutputError):
   """A checkpoint could not be written (disk full, no permission)."""
+
+
+def summary(error: BaseException) -> str:
+  """Another library's error in a warning: 'TypeName: its message' on one line, at most
+  300 characters of it."""
+  text = ' '.join(str(error).split())[:300]
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__

@@ -58,12 +58,6 @@ def hyperparameters(config: Dict[str, Any], record: Optional[Dict[str, Any]]
   return flat
 
 
-def reason(error: BaseException) -> str:
-  """A tracker's error on one line."""
-  text = ' '.join(str(error).split())
-  return f'{type(error).__name__}: {text[:300]}' if text else type(error).__name__
-
-
 class Wandb:
   """A Weights & Biases run (`wandb.init`): online, or offline under DIRECTORY/wandb/
   with WANDB_MODE=offline (upload later with `wandb sync`); wandb's other settings

@@ -15,17 +15,14 @@ from typing import Any, Callable, Set
 import jax
 from etils import epath
 
+from vivit.errors import summary
+
 # Steps after a start (or resume) left out of the trace: the first compiles.
 STEPS_BEFORE_TRACE = 1
 
 
 def _steps(first: int, last: int) -> str:
   return f'steps {first}-{last}' if last > first else f'step {first}'
-
-
-def _reason(error: Exception) -> str:
-  lines = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
 
 
 class ProfileWindow:
@@ -83,7 +80,7 @@ class ProfileWindow:
       jax.profiler.start_trace(os.fspath(self._log_dir))
     except Exception as e:  # pylint: disable=broad-except  (a profile never stops training)
       print(f'warning: the profile of {_steps(self.first, self.last)} '
-            f'(training.profile_steps) did not start ({_reason(e)}); training goes on '
+            f'(training.profile_steps) did not start ({summary(e)}); training goes on '
             f'without it', flush=True)
       return
     self._tracing = True
@@ -99,7 +96,7 @@ class ProfileWindow:
       jax.profiler.stop_trace()
     except Exception as e:  # pylint: disable=broad-except  (nor does its export)
       print(f'warning: the profile of {steps} could not be written to '
-            f'{self._profile_dir()}/ ({_reason(e)})', flush=True)
+            f'{self._profile_dir()}/ ({summary(e)})', flush=True)
       return
     new = sorted(self._runs() - self._runs_before)
     where = self._profile_dir() / new[-1] if new else self._profile_dir()

@@ -31,7 +31,8 @@ import ml_collections
 from etils import epath
 
 from vivit import locks, loggers, ranges
-from vivit.errors import CheckpointError, MissingError, OutputError, UserError, WorkdirBusy
+from vivit.errors import (CheckpointError, MissingError, OutputError, UserError, WorkdirBusy,
+                          summary)
 from vivit.models import default_model_config
 
 
@@ -441,7 +442,7 @@ class MetricWriter:
   def _drop(self, logger: str, error: Exception) -> None:
     """Warns once of a failed tracker, which logs nothing more in this run."""
     self._trackers.pop(logger, None)
-    print(f'warning: logger {logger} failed ({loggers.reason(error)}); training goes on '
+    print(f'warning: logger {logger} failed ({summary(error)}); training goes on '
           f'without it', flush=True)
 
   def _each_tracker(self, action) -> None:
