@@ -55,12 +55,14 @@ def kind(name: str) -> str:
   return RESUME_CHANGES[name]
 
 
-def _flat(values: Any, prefix: str) -> Dict[str, Any]:
+def flatten(values: Any, prefix: str = '') -> Dict[str, Any]:
+  """{'training.learning_rate': leaf, ...} of nested dicts (a config's JSON); a leaf
+  given at the top is {`prefix` without its dot: leaf}."""
   if not isinstance(values, dict):
     return {prefix[:-1]: values}
   flat = {}
   for key, value in values.items():
-    flat.update(_flat(value, f'{prefix}{key}.'))
+    flat.update(flatten(value, f'{prefix}{key}.'))
   return flat
 
 
@@ -84,8 +86,8 @@ def check_resume(stored: Optional[Dict[str, Any]], config: ml_collections.Config
   old_total_steps = _total_steps(old_training, steps_per_epoch)
   new_total_steps = _total_steps(json.loads(config.training.to_json()), steps_per_epoch)
   new = json.loads(config.to_json())
-  old_flat = {k: v for s in SECTIONS if s in stored for k, v in _flat(stored[s], s + '.').items()}
-  new_flat = {k: v for s in SECTIONS if s in new for k, v in _flat(new[s], s + '.').items()}
+  old_flat = {k: v for s in SECTIONS if s in stored for k, v in flatten(stored[s], s + '.').items()}
+  new_flat = {k: v for s in SECTIONS if s in new for k, v in flatten(new[s], s + '.').items()}
   changed = sorted(k for k in old_flat.keys() & new_flat.keys() if old_flat[k] != new_flat[k])
   cosine = 'cosine' in (old_training.get('schedule'), config.training.schedule)
 

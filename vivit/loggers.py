@@ -16,6 +16,7 @@ import time
 from typing import Any, Dict, Iterable, Optional
 
 from vivit import verbose
+from vivit.config_changes import flatten
 from vivit.errors import ConfigError
 
 # What `training.loggers` may name: TensorBoard (MetricWriter's own) and TRACKERS
@@ -45,17 +46,7 @@ def hyperparameters(config: Dict[str, Any], record: Optional[Dict[str, Any]]
   """The run's config (a JSON object) and its run record (`vivit.run_record`, under
   `run.`) flattened to {'training.learning_rate': 0.1, 'run.versions.jax': ...};
   values are JSON scalars or lists."""
-  flat = {}
-
-  def add(value, prefix):
-    if isinstance(value, dict):
-      for key, inner in value.items():
-        add(inner, f'{prefix}{key}.')
-    else:
-      flat[prefix[:-1]] = value
-  add(config, '')
-  add(record or {}, 'run.')
-  return flat
+  return {**flatten(config), **flatten(record or {}, 'run.')}
 
 
 class Wandb:

@@ -31,6 +31,7 @@ import ml_collections
 from etils import epath
 
 from vivit import locks, loggers, ranges
+from vivit.config_changes import flatten
 from vivit.errors import (CheckpointError, MissingError, OutputError, UserError, WorkdirBusy,
                           summary)
 from vivit.models import default_model_config
@@ -230,16 +231,6 @@ TRAINING_ONLY_FIELDS = ('dropout_rate', 'attention_dropout_rate', 'stochastic_de
                         'tubelet_init')
 
 
-def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> Dict[str, Any]:
-  flat = {}
-  for key, value in json.loads(model_config_to_json(config)).items():
-    if isinstance(value, dict):
-      flat.update(_flat(ml_collections.ConfigDict(value), f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 def check_workdir_model(workdir: epath.PathLike,
                         model_config: ml_collections.ConfigDict) -> List[str]:
   """Raises CheckpointError naming every field (with both values) in which
@@ -249,7 +240,8 @@ def check_workdir_model(workdir: epath.PathLike,
   stored = load_model_config(workdir)
   if stored is None:
     return []
-  old, new = _flat(stored), _flat(model_config)
+  old, new = (flatten(json.loads(model_config_to_json(config)))
+              for config in (stored, model_config))
   changed = [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k)]
   refused = [c for c in changed if c[0] not in TRAINING_ONLY_FIELDS]
