@@ -15,9 +15,8 @@ import ml_collections
 import optax
 
 from vivit.errors import ConfigError
+from vivit.recipes import PATTERN_FIELDS
 
-# The `training` fields that hold parameter-name patterns.
-PATTERN_FIELDS = ('weight_decay_exclude', 'freeze')
 # The encoders of a model, from input to output (model 2: spatial, then temporal).
 ENCODERS = ('Transformer', 'SpatialTransformer', 'TemporalTransformer')
 _BLOCK = re.compile(r'^(\w+)/encoderblock_(\d+)/')  # (encoder, block index)

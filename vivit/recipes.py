@@ -16,9 +16,7 @@ from ml_collections import config_dict
 from vivit import loggers
 from vivit.errors import ConfigError, MissingError
 from vivit.models import get_model_config
-from vivit.optim import PATTERN_FIELDS
 from vivit.ranges import finite, whole
-from vivit.step import check_accumulation
 
 # Augmentation per recipe, as scenic's ViViT configs set it
 # (scenic/projects/vivit/configs/<dataset>/*.py, `dataset_configs.augmentation_params`):
@@ -235,6 +233,25 @@ def _check_pattern_field(name: str, patterns) -> None:
     except re.error as e:
       raise ConfigError(f'{name} pattern {pattern!r} is not a regular expression: {e}'
                         ) from None
+
+
+# The training fields that hold regular expressions over parameter names
+# (`vivit.optim`: checked against the model's names when the optimiser starts).
+PATTERN_FIELDS = ('weight_decay_exclude', 'freeze')
+
+
+def check_accumulation(batch_size: int, accumulation: int, group) -> int:
+  """The micro-batch size of `training.grad_accumulation`; ConfigError unless the
+  batch splits into that many micro-batches of whole clipping groups."""
+  if batch_size % accumulation:
+    raise ConfigError(f'training.grad_accumulation={accumulation} does not divide '
+                      f'training.batch_size={batch_size}')
+  micro = batch_size // accumulation
+  if accumulation > 1 and group and micro % group:
+    raise ConfigError(f'training.grad_accumulation={accumulation} splits the batch of '
+                      f'{batch_size} into micro-batches of {micro}, not whole groups of '
+                      f'training.grad_clip_group={group}')
+  return micro
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

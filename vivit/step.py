@@ -16,6 +16,7 @@ from vivit.colour import augment_colour
 from vivit.errors import ConfigError
 from vivit.models import pixels_to_unit_range
 from vivit.optim import without_frozen
+from vivit.recipes import check_accumulation
 
 
 @flax.struct.dataclass
@@ -38,20 +39,6 @@ def initial_state(params, optimizer, training: ml_collections.ConfigDict) -> Tra
 def update_ema(ema, params, decay: float):
   """`decay * ema + (1 - decay) * params`, leaf by leaf (no warm-up, no debiasing)."""
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-
-
-def check_accumulation(batch_size: int, accumulation: int, group) -> int:
-  """The micro-batch size of `training.grad_accumulation`; ConfigError unless the
-  batch splits into that many micro-batches of whole clipping groups."""
-  if batch_size % accumulation:
-    raise ConfigError(f'training.grad_accumulation={accumulation} does not divide '
-                      f'training.batch_size={batch_size}')
-  micro = batch_size // accumulation
-  if accumulation > 1 and group and micro % group:
-    raise ConfigError(f'training.grad_accumulation={accumulation} splits the batch of '
-                      f'{batch_size} into micro-batches of {micro}, not whole groups of '
-                      f'training.grad_clip_group={group}')
-  return micro
 
 
 def micro_batches(x, accumulation: int, unit: int = 1):
