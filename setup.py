@@ -100,6 +100,7 @@ setup(
             "vivit-prepare = vivit.prepare:main",
             "vivit-launch = vivit.launch:main",
             "vivit-benchmark = vivit.benchmark:main",
+            "vivit-export = vivit.export:main",
         ],
     },
     extras_require={

@@ -188,7 +188,7 @@ def test_the_pages_show_every_command():
   """The checks above reach each command: a page shows every one of them."""
   shown = {command for page in PAGES for command, _ in invocations(open(page).read())}
   expected = {'vivit.train', 'vivit.evaluate', 'vivit.predict', 'vivit.convert',
-              'vivit.prepare', 'vivit.launch', 'vivit.demo_video'}
+              'vivit.prepare', 'vivit.launch', 'vivit.demo_video', 'vivit-export'}
   assert expected <= shown
 
 

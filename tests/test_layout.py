@@ -14,7 +14,8 @@ from vivit.recipes import base_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Commands and what only commands use: nothing below may import them.
 TOP = ('vivit.train', 'vivit.evaluate', 'vivit.predict', 'vivit.prepare', 'vivit.cli',
-       'vivit.launch', 'vivit.demo_video', 'vivit.convert.__main__', 'vivit.benchmark')
+       'vivit.launch', 'vivit.demo_video', 'vivit.convert.__main__', 'vivit.benchmark',
+       'vivit.export')
 
 
 def python_files(*folders):

@@ -355,15 +355,10 @@ def _our_tensors(hf: Dict[str, Any], weights: Dict[str, np.ndarray], path: str
   return config, flat
 
 
-def to_transformers(model_config: ml_collections.ConfigDict, params: Params, path: str,
-                    class_names: Optional[Sequence[str]] = None) -> None:
-  """Writes a directory `VivitForVideoClassification.from_pretrained` loads.
-
-  Only model 1 with tubelet embedding, token classifier and a square input exists
-  in transformers; anything else raises CheckpointError.
-  """
-  from safetensors.numpy import save_file
-  from transformers import VivitConfig
+def check_exportable(model_config: ml_collections.ConfigDict) -> None:
+  """CheckpointError naming every reason `model_config` has no transformers
+  equivalent: transformers has model 1 with tubelet embedding, token classifier and a
+  square input only."""
   reasons = []
   if model_config.variant != variants.SPATIO_TEMPORAL:
     reasons.append(f'variant {model_config.variant!r} (HF has {variants.SPATIO_TEMPORAL} '
@@ -375,11 +370,25 @@ def to_transformers(model_config: ml_collections.ConfigDict, params: Params, pat
   if model_config.representation_size is not None and model_config.num_classes:
     reasons.append('representation_size with a classifier (HF has no pre-logits '
                    'layer before its classifier)')
-  frames, height, width = model_config.input_size
+  _, height, width = model_config.input_size
   if height != width:
     reasons.append(f'non-square input {height}x{width} (HF has one image_size)')
   if reasons:
     raise CheckpointError('cannot export to transformers: ' + '; '.join(reasons))
+
+
+def to_transformers(model_config: ml_collections.ConfigDict, params: Params, path: str,
+                    class_names: Optional[Sequence[str]] = None) -> None:
+  """Writes a directory `VivitForVideoClassification.from_pretrained` loads, its
+  `id2label` the `class_names` (`LABEL_i` without). `vivit.export` (`vivit-export
+  --format transformers`) takes a checkpoint's own names.
+
+  Only what `check_exportable` allows; anything else raises CheckpointError.
+  """
+  from safetensors.numpy import save_file
+  from transformers import VivitConfig
+  check_exportable(model_config)
+  frames, height, _ = model_config.input_size
   check_params(model_config, params)
   num_classes = model_config.num_classes
   if class_names is not None and len(class_names) != num_classes:
