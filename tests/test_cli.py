@@ -17,7 +17,7 @@ from helpers import CONFIG, cli_args, run_env
 from vivit import cli
 
 ENTRY_POINTS = ('vivit-train', 'vivit-evaluate', 'vivit-convert', 'vivit-predict',
-                'vivit-prepare', 'vivit-launch', 'vivit-benchmark')
+                'vivit-prepare', 'vivit-launch', 'vivit-benchmark', 'vivit-export')
 
 
 def run_all(commands, env):
@@ -53,6 +53,8 @@ def mistakes(tmp_path, data_dir):  # noqa: F811
        "argument --processes: '0' is not a whole number from 1 to 64"),
       (module('vivit.benchmark') + ['--variants=5', f'--out={tmp_path / "bench"}'],
        "--variants 5: unknown variant '5'"),
+      (module('vivit.export') + [f'--checkpoint={tmp_path}', f'--out={tmp_path / "served"}'],
+       'cannot tell the format of the checkpoint'),
   ]
 
 

@@ -213,6 +213,8 @@ def test_a_two_head_model_serves_each_head(two_head_checkpoint, tmp_path):
                      'classifier$'):
     export.export(two_head_checkpoint, str(tmp_path / 'hf'), 'transformers')
   assert not os.path.exists(tmp_path / 'hf')
+  with pytest.raises(export.OutputError, match='^--out gs://b/served: a local directory'):
+    export.export(two_head_checkpoint, 'gs://b/served')
 
 
 def test_the_transformers_export_keeps_the_class_names(served, tmp_path, capsys):

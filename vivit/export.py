@@ -34,9 +34,10 @@ from typing import Dict, Optional
 import numpy as np
 
 from vivit import cli, outputs
-from vivit.errors import CheckpointError
+from vivit.errors import CheckpointError, OutputError
 from vivit.inference import DEFAULT_FPS, DEFAULT_STRIDE, Setup, load
 from vivit.video import MAX_SOURCE_FPS
+from vivit.workdir import is_local
 
 FORMATS = ('saved_model', 'stablehlo', 'transformers')
 # The platforms a saved_model or stablehlo export runs on: its StableHLO is lowered
@@ -179,6 +180,9 @@ def export(checkpoint: str, out: str, format_name: str = 'saved_model', *,
   (whole or not at all), with `serving.json`; returns the `Setup` exported."""
   if format_name not in FORMATS:
     raise CheckpointError(f'format {format_name!r}: one of {", ".join(FORMATS)}')
+  if not is_local(out):
+    raise OutputError(f'--out {out}: a local directory (export there, then copy it: '
+                      f'TF Serving and jax read from a bucket too)')
   outputs.check_new_directory('--out', out)  # before the checkpoint is read
   setup = load(checkpoint, fps=fps, stride=stride)
   if format_name == 'transformers':
