@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import random_params, run_env, tiny_model_config
+from helpers import (DEFAULT_VARIANT_CASES, VARIANT_CASES, default_or_slow, random_params,
+                     run_env, tiny_model_config)
 from vivit import checkpoints, export, inference, serving, video
 from vivit.demo_video import write_frames
 from vivit.models import build_model, variants
@@ -243,3 +244,20 @@ def test_the_transformers_export_keeps_the_class_names(served, tmp_path, capsys)
   err = capsys.readouterr().err
   assert err.startswith("error: cannot export to transformers: variant 'factorised_encoder'")
   assert err.count('\n') == 1 and not os.path.exists(tmp_path / 'fe_hf')
+
+
+@pytest.mark.parametrize('case', default_or_slow(VARIANT_CASES, [  # model 1: above
+    case for case in DEFAULT_VARIANT_CASES if case[0] != variants.SPATIO_TEMPORAL]))
+def test_every_variant_exports_with_symbolic_batch_frames_and_size(case, tmp_path):
+  """Each variant traces with symbolic shapes and, lowered for every platform,
+  gives what the model gives on this one."""
+  variant, embedding, classifier = case
+  config = tiny_model_config(variant, embedding, classifier)
+  checkpoints.save_params(str(tmp_path / 'params'), config, random_params(config), NAMES)
+  setup = inference.load(str(tmp_path / 'params'))
+  exported, params = export.exported_function(setup)
+  clips = np.random.RandomState(4).randint(0, 256, (2, 9, 20, 24, 3), np.uint8)
+  logits = build_model(setup.model_config).apply(
+      {'params': setup.params}, serving.centre_view(clips, **setup.view()))
+  np.testing.assert_allclose(exported.call(params, clips)['probabilities'],
+                             jax.nn.softmax(logits, axis=-1), atol=1e-5)

@@ -63,10 +63,17 @@ def video_shape(setup: Setup) -> str:
   return f'batch, {frames_dimension(setup)}, height, width, 3'
 
 
-def _video_spec(setup: Setup):
+def exported_function(setup: Setup):
+  """(`jax.export.Exported`, flat params) of `setup`'s serving function
+  (`vivit.serving`), with a symbolic batch, frame count and frame size, lowered for
+  every platform of `PLATFORMS`."""
   import jax
-  shape = jax.export.symbolic_shape(video_shape(setup))
-  return jax.ShapeDtypeStruct(shape, np.uint8)
+  from vivit.serving import serving_function
+  fn, params = serving_function(setup)
+  param_specs = {name: jax.ShapeDtypeStruct(value.shape, value.dtype)
+                 for name, value in params.items()}
+  video = jax.ShapeDtypeStruct(jax.export.symbolic_shape(video_shape(setup)), np.uint8)
+  return jax.export.export(jax.jit(fn), platforms=PLATFORMS)(param_specs, video), params
 
 
 def description(setup: Setup, format_name: str) -> Dict:
@@ -98,13 +105,7 @@ def description(setup: Setup, format_name: str) -> Dict:
 
 def export_stablehlo(setup: Setup, directory: str) -> None:
   """`model.stablehlo` and `params.npz` in `directory` (the module docstring)."""
-  import jax
-  from vivit.serving import serving_function
-  fn, params = serving_function(setup)
-  param_specs = {name: jax.ShapeDtypeStruct(value.shape, value.dtype)
-                 for name, value in params.items()}
-  exported = jax.export.export(jax.jit(fn), platforms=PLATFORMS)(param_specs,
-                                                                  _video_spec(setup))
+  exported, params = exported_function(setup)
   with open(os.path.join(directory, STABLEHLO_FILE), 'wb') as f:
     f.write(exported.serialize())
   np.savez(os.path.join(directory, PARAMS_FILE), **params)
