@@ -34,8 +34,8 @@ from typing import Dict, Optional
 import numpy as np
 
 from vivit import cli, outputs
-from vivit.errors import CheckpointError, OutputError
-from vivit.inference import DEFAULT_FPS, DEFAULT_STRIDE, Setup, load
+from vivit.errors import CheckpointError, ConfigError, OutputError
+from vivit.inference import DEFAULT_FPS, DEFAULT_STRIDE, MAX_STRIDE, Setup, load
 from vivit.video import MAX_SOURCE_FPS
 from vivit.workdir import is_local
 
@@ -46,7 +46,6 @@ PLATFORMS = ('cpu', 'cuda', 'tpu')
 STABLEHLO_FILE = 'model.stablehlo'
 PARAMS_FILE = 'params.npz'
 DESCRIPTION_FILE = 'serving.json'
-MAX_STRIDE = 1000
 
 
 def frames_dimension(setup: Setup) -> str:
@@ -180,7 +179,7 @@ def export(checkpoint: str, out: str, format_name: str = 'saved_model', *,
   """Writes `checkpoint`'s serving model in `format_name` to the new directory `out`
   (whole or not at all), with `serving.json`; returns the `Setup` exported."""
   if format_name not in FORMATS:
-    raise CheckpointError(f'format {format_name!r}: one of {", ".join(FORMATS)}')
+    raise ConfigError(f'format {format_name!r}: one of {", ".join(FORMATS)}')
   if not is_local(out):
     raise OutputError(f'--out {out}: a local directory (export there, then copy it: '
                       f'TF Serving and jax read from a bucket too)')

@@ -27,6 +27,7 @@ from vivit.errors import CheckpointError, ConfigError, VideoError
 # frame rate, scenic's Kinetics stride.
 DEFAULT_FPS = 25.0
 DEFAULT_STRIDE = 2
+MAX_STRIDE = 1000  # the largest --stride: frames between a clip's frames
 
 # `bars(description)`: (a reader's progress callback or None, a closer).
 ProgressBars = Callable[[str], Tuple[Optional[video.Progress], Callable[[], None]]]

@@ -30,15 +30,14 @@ import numpy as np
 
 from vivit import cli, explain, outputs, timeline
 from vivit.errors import ConfigError
-from vivit.inference import (DEFAULT_FPS, DEFAULT_STRIDE, ProgressBars, clip_at, load,
-                             video_views)
+from vivit.inference import (DEFAULT_FPS, DEFAULT_STRIDE, MAX_STRIDE, ProgressBars, clip_at,
+                             load, video_views)
 from vivit.video import MAX_SOURCE_FPS
 
 # The largest values of the arguments that size a run: what is held in memory at once
 # (`--views` clips of every crop, `--batch` windows) and how far into a video.
 MAX_CLIPS = 100
 MAX_BATCH = 256
-MAX_STRIDE = 1000
 MAX_SECONDS = 1e6  # --start, --hop: 11 days
 
 
