@@ -256,7 +256,9 @@ def test_every_variant_exports_with_symbolic_batch_frames_and_size(case, tmp_pat
   checkpoints.save_params(str(tmp_path / 'params'), config, random_params(config), NAMES)
   setup = inference.load(str(tmp_path / 'params'))
   exported, params = export.exported_function(setup)
-  clips = np.random.RandomState(4).randint(0, 256, (2, 9, 20, 24, 3), np.uint8)
+  # Frames at the short side the view is cut at: the resize is the identity, exact under
+  # any fusion (a resize's rounding is `test_the_view_is_the_evaluations_...`'s).
+  clips = np.random.RandomState(4).randint(0, 256, (2, 9, 18, 24, 3), np.uint8)
   logits = build_model(setup.model_config).apply(
       {'params': setup.params}, serving.centre_view(clips, **setup.view()))
   np.testing.assert_allclose(exported.call(params, clips)['probabilities'],
