@@ -57,10 +57,11 @@ fused_attention = Extension(
 # there; constraints.txt pins the newest, which CI tests). TensorFlow is added by
 # `tensorflow_requirement`.
 INSTALL_REQUIRES = [
-    # jaxlib < 0.9 breaks TensorFlow's trace annotations after a jax profiler trace.
-    "jax>=0.9.0",
-    "jaxlib>=0.9.0",  # vivit/models/fused_attention.py loads the kernel with it
-    "flax>=0.10.4",
+    # Older jaxlibs log errors loading cached CPU executables (0.9, 0.10.0-1, on AVX-512
+    # hosts) or break TensorFlow's trace annotations after a jax profiler trace (< 0.9).
+    "jax>=0.10.2",
+    "jaxlib>=0.10.2",  # vivit/models/fused_attention.py loads the kernel with it
+    "flax>=0.12.2",  # older nn.remat passes jax.checkpoint concrete=, gone in jax 0.10
     "optax>=0.2.4",
     "orbax-checkpoint>=0.11.17",  # PyTreeRestore(partial_restore=); jax 0.9's layouts
     "ml_collections>=1.0.0",
