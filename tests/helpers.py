@@ -67,9 +67,12 @@ def final_params(workdir, step):
   path = os.path.join(workdir, 'checkpoints', str(step), 'default')
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(path)
+    # orbax < 0.11.24 gives the tree's metadata itself, later ones a StepMetadata.
+    metadata = getattr(metadata, 'item_metadata', metadata)
     target = jax.tree_util.tree_map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        checkpointer.metadata(path).item_metadata)
+        getattr(metadata, 'tree', metadata))
     state = checkpointer.restore(path, target)
   return state['params']
 

@@ -142,7 +142,7 @@ def test_a_workdirs_params_are_read_alone(tmp_path):
   config = tiny_model_config()
   params, best_params = random_params(config), random_params(config, seed=1)
   last, best = checkpoints.train_managers(tmp_path, keep=1)
-  checkpoints.save(last, 3, {'step': np.int32(3), 'params': params,
+  checkpoints.save(last, 3, {'step': np.asarray(3, np.int32), 'params': params,
                              'opt_state': {'mu': np.zeros(4, np.float32)}})
   record_workdir_model(tmp_path, config)
   redeclare(tmp_path / 'checkpoints' / '3' / 'default', 'opt_state.mu', shape=BOMB_SHAPE)

@@ -3,11 +3,13 @@ setup.py (the base install, or an extra whose modules are imported inside functi
 only), and the shipped configs run by name from a non-editable install."""
 import ast
 import importlib.metadata
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 from packaging.requirements import Requirement  # pytest requires packaging
@@ -25,14 +27,45 @@ def distribution(requirement: str) -> str:
   return re.sub(r'[-_.]+', '-', name).lower()
 
 
+def setup_definitions():
+  """setup.py's module-level constants (INSTALL_REQUIRES, TENSORFLOW, ...) and
+  `tensorflow_requirement`, read without running `setup()`."""
+  tree = ast.parse(open(os.path.join(ROOT, 'setup.py')).read())
+  kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.FunctionDef))
+          or isinstance(node, ast.Assign) and all(
+              isinstance(t, ast.Name) and t.id.isupper() for t in node.targets)]
+  namespace = {}
+  exec(compile(ast.Module(body=kept, type_ignores=[]), 'setup.py', 'exec'), namespace)
+  return namespace
+
+
 def setup_requirements():
-  """(install_requires, {extra: requirements}) of setup.py, read without running it."""
+  """(install_requires, {extra: requirements}) of setup.py as it would give them here,
+  read without running it."""
   tree = ast.parse(open(os.path.join(ROOT, 'setup.py')).read())
   call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
               and getattr(node.func, 'id', None) == 'setup')
   keywords = {k.arg: k.value for k in call.keywords}
-  return (ast.literal_eval(keywords['install_requires']),
+  definitions = setup_definitions()
+  return (definitions['INSTALL_REQUIRES'] + [definitions['tensorflow_requirement']()],
           ast.literal_eval(keywords['extras_require']))
+
+
+def floor(requirement: str) -> str:
+  """The version of the `>=` of a requirement."""
+  specifier = Requirement(requirement).specifier
+  (version,) = [s.version for s in specifier if s.operator == '>=']
+  return version
+
+
+def pins(name):
+  """{distribution: version} of a constraints file."""
+  found = {}
+  for line in open(os.path.join(ROOT, name)):
+    if line.strip() and not line.startswith('#'):
+      distribution_name, _, version = line.strip().partition('==')
+      found[distribution(distribution_name)] = version
+  return found
 
 
 def third_party_imports():
@@ -73,14 +106,16 @@ def test_every_imported_package_is_declared():
   problems = []
   for (module, in_function), files in sorted(third_party_imports().items()):
     where = f'{module} (imported in {", ".join(sorted(set(files)))})'
-    if module not in by_module:
-      problems.append(f'{where}: not installed here, so its distribution is unknown')
-    elif module in cli.EXTRAS:
+    if module in cli.EXTRAS:
       extra = cli.EXTRAS[module]
-      if not by_module[module] & {distribution(r) for r in extras.get(extra, [])}:
+      # Its distribution is known where the extra is installed (CI installs them all).
+      if module in by_module and not by_module[module] & {
+          distribution(r) for r in extras.get(extra, [])}:
         problems.append(f'{where}: not in the {extra!r} extra of setup.py')
       if not in_function:
         problems.append(f'{where}: an extra\'s module imported at module level')
+    elif module not in by_module:
+      problems.append(f'{where}: not installed here, so its distribution is unknown')
     elif not by_module[module] & base:
       problems.append(f'{where}: {"/".join(sorted(by_module[module]))} is not in '
                       f'install_requires (nor is {module} in cli.EXTRAS)')
@@ -155,20 +190,55 @@ def test_constraints_pin_each_declared_requirement_within_its_bounds():
   """constraints.txt (what CI installs with) pins every requirement of the base
   install and the test extra, at a version setup.py allows."""
   install_requires, extras = setup_requirements()
-  pins = {}
-  for line in open(os.path.join(ROOT, 'constraints.txt')):
-    if line.strip() and not line.startswith('#'):
-      name, _, version = line.strip().partition('==')
-      pins[distribution(name)] = version
+  pinned = pins('constraints.txt')
   problems = []
   for text in install_requires + extras['test']:
     requirement = Requirement(text)
     if requirement.marker is not None and not requirement.marker.evaluate():
       continue
-    version = pins.get(distribution(text))
+    version = pinned.get(distribution(text))
     if version is None or not requirement.specifier.contains(version, prereleases=True):
       problems.append(f'{text}: constraints.txt has {version}')
   assert not problems, '\n'.join(problems)
+
+
+def test_constraints_min_pin_exactly_the_floors():
+  """constraints-min.txt pins each floor of the base install and the hf extra (torch
+  aside: the test extra's CPU build), and nothing else; TensorFlow's two candidates
+  share one floor; the test extra asks for no more than the hf extra's floors."""
+  definitions = setup_definitions()
+  _, extras = setup_requirements()
+  hf = [text for text in extras['hf'] if distribution(text) != 'torch']
+  declared = definitions['INSTALL_REQUIRES'] + [definitions['TENSORFLOW_CPU']] + hf
+  floors = {distribution(text): floor(text) for text in declared}
+  assert pins('constraints-min.txt') == floors
+  assert floor(definitions['TENSORFLOW']) == floor(definitions['TENSORFLOW_CPU'])
+  test_extra = {distribution(text): text for text in extras['test']}
+  assert [test_extra[distribution(text)] for text in hf] == hf
+
+
+@pytest.mark.parametrize('installed,machine,system,expected', [
+    ((), 'x86_64', 'linux', 'TENSORFLOW_CPU'),
+    ((), 'AMD64', 'win32', 'TENSORFLOW_CPU'),
+    (('tensorflow',), 'x86_64', 'linux', 'TENSORFLOW'),
+    (('tensorflow-cpu',), 'x86_64', 'linux', 'TENSORFLOW_CPU'),
+    ((), 'aarch64', 'linux', 'TENSORFLOW'),
+    ((), 'arm64', 'darwin', 'TENSORFLOW'),
+])
+def test_a_full_tensorflow_is_kept_and_tensorflow_cpu_taken_where_it_has_wheels(
+    monkeypatch, installed, machine, system, expected):
+  definitions = setup_definitions()
+  site_packages = sysconfig.get_paths()['purelib']
+
+  def distributions(name, path):
+    return [name] if name in installed and site_packages in path else []
+
+  monkeypatch.setattr(importlib.metadata, 'distributions', distributions)
+  # As under pip's build isolation: the environment's site-packages not on sys.path.
+  monkeypatch.setattr(definitions['sys'], 'path', ['/build-env/overlay'])
+  monkeypatch.setattr(definitions['platform'], 'machine', lambda: machine)
+  monkeypatch.setattr(definitions['sys'], 'platform', system)
+  assert definitions['tensorflow_requirement']() == definitions[expected]
 
 
 def test_ci_runs_the_readme_test_command():
@@ -176,3 +246,45 @@ def test_ci_runs_the_readme_test_command():
   block = readme.split('**2. Run the tests**', 1)[1].split('```bash\n', 1)[1].split('\n```')[0]
   ci = open(os.path.join(ROOT, '.ci', 'run')).read().strip().splitlines()[-1]
   assert block.strip() == ci == 'pip install -c constraints.txt -e ".[test]" && python -m pytest -q'
+
+
+# The floors' check: the hf extra and the test extra's tools, not the whole test extra
+# (apache-beam, wandb and mlflow have floors of their own far above the base floors; the
+# tests of those extras skip without them).
+FLOOR_TOOLS = ('pytest', 'pytest-xdist', 'hypothesis', 'psutil', 'torch')
+FLOOR_TESTS = ('tests/test_models.py', 'tests/test_convert.py', 'tests/test_train.py',
+               'tests/test_pipeline.py', 'tests/test_step.py')
+
+
+@pytest.mark.slow  # ~6 min: a venv of the floors (~2 GB), then a part of the suite in it
+def test_the_suite_passes_at_the_floors(tmp_path):
+  """`pip install -c constraints-min.txt` gives exactly the floors, and the models,
+  the conversion against transformers, training and resuming, and the input
+  pipeline pass with them."""
+  _, extras = setup_requirements()
+  tools = [text for text in extras['test'] if distribution(text) in FLOOR_TOOLS]
+  source = tmp_path / 'source'  # a copy: the build writes beside the sources
+  os.makedirs(source)
+  for name in ('setup.py', 'pyproject.toml'):
+    shutil.copy(os.path.join(ROOT, name), source)
+  for name in ('vivit', 'configs'):
+    shutil.copytree(os.path.join(ROOT, name), source / name,
+                    ignore=shutil.ignore_patterns('__pycache__', '*.so'))
+  venv = tmp_path / 'venv'
+  subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True)
+  python = str(venv / 'bin' / 'python')
+  install = subprocess.run(
+      [python, '-m', 'pip', 'install', '--quiet', '--disable-pip-version-check', '-c',
+       os.path.join(ROOT, 'constraints-min.txt'), f'{source}[hf]'] + tools,
+      capture_output=True, text=True)
+  assert install.returncode == 0, install.stderr[-3000:]
+  versions = subprocess.run(
+      [python, '-c', 'import importlib.metadata as m, json, sys; print(json.dumps('
+       '{d: m.version(d) for d in sys.argv[1:]}))', *pins('constraints-min.txt')],
+      capture_output=True, text=True, check=True)
+  assert json.loads(versions.stdout) == pins('constraints-min.txt')
+  # The checkout's vivit (pytest.ini's pythonpath) with the floors' libraries.
+  result = subprocess.run(
+      [python, '-m', 'pytest', '-q', '-n', '2', '-p', 'no:cacheprovider', *FLOOR_TESTS],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout[-5000:]

@@ -178,6 +178,7 @@ def test_with_beam_a_split_whose_every_video_fails_is_one_error_after_the_report
                                                                                  capsys):
   """Beam decodes as it writes: the split is found empty only then (Beam's own logger
   may print its error before the line)."""
+  pytest.importorskip('apache_beam')  # the beam extra
   videos = str(tmp_path / 'clips')
   vf.write_video(os.path.join(videos, 'a.mp4'), 4, 25, (48, 64))
   vf.write_bad(os.path.join(videos, 'bad.mp4'), 'corrupt')
