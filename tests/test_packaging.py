@@ -253,14 +253,14 @@ def test_ci_runs_the_readme_test_command():
 # tests of those extras skip without them).
 FLOOR_TOOLS = ('pytest', 'pytest-xdist', 'hypothesis', 'psutil', 'torch')
 FLOOR_TESTS = ('tests/test_models.py', 'tests/test_convert.py', 'tests/test_train.py',
-               'tests/test_pipeline.py', 'tests/test_step.py')
+               'tests/test_pipeline.py', 'tests/test_step.py', 'tests/test_export.py')
 
 
 @pytest.mark.slow  # ~6 min: a venv of the floors (~2 GB), then a part of the suite in it
 def test_the_suite_passes_at_the_floors(tmp_path):
   """`pip install -c constraints-min.txt` gives exactly the floors, and the models,
-  the conversion against transformers, training and resuming, and the input
-  pipeline pass with them."""
+  the conversion against transformers, training and resuming, the input pipeline and
+  the serving exports (jax2tf, jax.export) pass with them."""
   _, extras = setup_requirements()
   tools = [text for text in extras['test'] if distribution(text) in FLOOR_TOOLS]
   source = tmp_path / 'source'  # a copy: the build writes beside the sources
