@@ -246,8 +246,9 @@ def test_the_transformers_export_keeps_the_class_names(served, tmp_path, capsys)
   assert err.count('\n') == 1 and not os.path.exists(tmp_path / 'fe_hf')
 
 
-@pytest.mark.parametrize('case', default_or_slow(VARIANT_CASES, [  # model 1: above
-    case for case in DEFAULT_VARIANT_CASES if case[0] != variants.SPATIO_TEMPORAL]))
+# The default run: model 4 (its split heads reshape the symbolic batch); model 1 above.
+@pytest.mark.parametrize('case', default_or_slow(VARIANT_CASES, [
+    case for case in DEFAULT_VARIANT_CASES if case[0] == variants.FACTORISED_DOT_PRODUCT]))
 def test_every_variant_exports_with_symbolic_batch_frames_and_size(case, tmp_path):
   """Each variant traces with symbolic shapes and, lowered for every platform,
   gives what the model gives on this one."""
