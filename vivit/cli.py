@@ -312,3 +312,19 @@ def finite(low: float = -float('inf'), high: float = float('inf'), *,
            above: bool = False) -> Callable[[str], float]:
   """argparse `type=`: a finite number from `low` (`above`: greater than it) to `high`."""
   return argument_type(ranges.finite(low, high, above=above))
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+  """`--checkpoint`, `--fps` and `--stride`: what `vivit.inference.load` takes, for the
+  commands that read a model for prediction (predict, export)."""
+  from vivit.inference import DEFAULT_FPS, DEFAULT_STRIDE, MAX_STRIDE
+  from vivit.video import MAX_SOURCE_FPS
+  parser.add_argument('--checkpoint', required=True,
+                      help='training workdir, params directory, HF ViViT directory or '
+                           'Hub id (org/name[@revision])')
+  parser.add_argument('--fps', type=finite(0, MAX_SOURCE_FPS, above=True),
+                      help="the frame rate clips are cut at (default: the training "
+                           f"dataset's, else {DEFAULT_FPS:g}; at most {MAX_SOURCE_FPS:g})")
+  parser.add_argument('--stride', type=whole(1, MAX_STRIDE),
+                      help="frame stride of a clip (default: the training config's, else "
+                           f'{DEFAULT_STRIDE}; at most {MAX_STRIDE})')

@@ -35,8 +35,7 @@ import numpy as np
 
 from vivit import cli, outputs
 from vivit.errors import CheckpointError, ConfigError, OutputError
-from vivit.inference import DEFAULT_FPS, DEFAULT_STRIDE, MAX_STRIDE, Setup, load
-from vivit.video import MAX_SOURCE_FPS
+from vivit.inference import Setup, load
 from vivit.workdir import is_local
 
 FORMATS = ('saved_model', 'stablehlo', 'transformers')
@@ -196,19 +195,11 @@ def export(checkpoint: str, out: str, format_name: str = 'saved_model', *,
 
 def _main(argv=None) -> int:
   parser = cli.ArgumentParser(prog='vivit-export', description=__doc__)
-  parser.add_argument('--checkpoint', required=True,
-                      help='training workdir, params directory, HF ViViT directory or '
-                           'Hub id (org/name[@revision])')
+  cli.add_checkpoint_arguments(parser)
   parser.add_argument('--out', required=True, help='a new or empty directory')
   parser.add_argument('--format', choices=FORMATS, default='saved_model',
                       help='saved_model (TF Serving, default), stablehlo (jax.export, '
                            'for JAX services) or transformers (model 1, HF directory)')
-  parser.add_argument('--fps', type=cli.finite(0, MAX_SOURCE_FPS, above=True),
-                      help=f"the frame rate the served frames come at (default: the "
-                           f"training dataset's, else {DEFAULT_FPS:g})")
-  parser.add_argument('--stride', type=cli.whole(1, MAX_STRIDE),
-                      help="frame stride of the clip (default: the training config's, "
-                           f'else {DEFAULT_STRIDE})')
   args = parser.parse_args(argv)
   setup = export(args.checkpoint, args.out, args.format, fps=args.fps, stride=args.stride)
   from vivit.serving import span

@@ -30,9 +30,7 @@ import numpy as np
 
 from vivit import cli, explain, outputs, timeline
 from vivit.errors import ConfigError
-from vivit.inference import (DEFAULT_FPS, DEFAULT_STRIDE, MAX_STRIDE, ProgressBars, clip_at,
-                             load, video_views)
-from vivit.video import MAX_SOURCE_FPS
+from vivit.inference import ProgressBars, clip_at, load, video_views
 
 # The largest values of the arguments that size a run: what is held in memory at once
 # (`--views` clips of every crop, `--batch` windows) and how far into a video.
@@ -80,20 +78,12 @@ def predict(checkpoint: str, video: str, *, views: str = '1x1', top: int = 5,
 
 def _main(argv=None) -> int:
   parser = cli.ArgumentParser(prog='vivit-predict', description=__doc__)
-  parser.add_argument('--checkpoint', required=True,
-                      help='training workdir, params directory, HF ViViT directory or '
-                           'Hub id (org/name[@revision])')
+  cli.add_checkpoint_arguments(parser)
   parser.add_argument('--video', required=True, help='a video file (mp4, webm, ...)')
   parser.add_argument('--views', help='CLIPSxCROPS (default 1x1; the '
                       "paper's test: 4x3)")
   parser.add_argument('--top', type=cli.whole(), help='classes per head to print, or to '
                       'write per window with --timeline (default 5)')
-  parser.add_argument('--fps', type=cli.finite(0, MAX_SOURCE_FPS, above=True),
-                      help=f"decode at this rate (default: the training dataset's, else "
-                           f'{DEFAULT_FPS:g}; at most {MAX_SOURCE_FPS:g})')
-  parser.add_argument('--stride', type=cli.whole(1, MAX_STRIDE),
-                      help="frame stride of a clip (default: the training config's, else "
-                           f'{DEFAULT_STRIDE}; at most {MAX_STRIDE})')
   parser.add_argument('--timeline', metavar='OUT',
                       help='instead: top classes of windows over the whole video, '
                            'written to OUT.csv, OUT.json and OUT.png')
